@@ -1,0 +1,78 @@
+"""Writing files so that a kill at any moment leaves either the old complete file or the new one."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from config import UserError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write through `write(file)` into a temporary file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}; choose a writable folder (e.g. --out-dir)")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_torch(path: str | Path, obj: Any) -> Path:
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def fingerprint(path: str | Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file: recorded in config.json so a run names exactly the data it saw."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": h.hexdigest()}
+
+
+def fresh_directory(parent: str | Path, name: str) -> Path:
+    """Create parent/name, or parent/name-2, -3, ... : an existing run folder is never reused."""
+    parent = Path(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {parent}: {e.strerror}; choose another --out-dir")
+    for i in range(1, 10_000):
+        candidate = parent / (name if i == 1 else f"{name}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"cannot create run folder {candidate}: {e.strerror}; choose another --out-dir")
+    raise UserError(f"too many runs named {name} in {parent}; choose another --out-dir")

@@ -1,0 +1,191 @@
+"""The built-in fictitious-gas benchmark, in exactly the scientist's HDF5 layout, and its Bayes limit.
+
+Log-density is a stationary Gaussian random field on a periodic grid. Its covariance is diagonal in Fourier
+space with eigenvalues
+
+    lambda_c(k) ∝ exp(-0.67 |k|) * exp(s_c * (a/2) * |k| * cos 2θ),   s = +1 (label 0), -1 (label 1), a = 0.033
+
+(|k| in grid units, θ the angle of the wave vector from the first grid axis, k = 0 removed), scaled to a
+per-pixel standard deviation of 0.13, plus a per-sample offset (std 0.035). Class 1 is class 0 transposed:
+the classes differ only by a small-scale anisotropy. The numbers were calibrated on the real test file.
+
+Because both classes are Gaussian with known spectra, the exact likelihood-ratio test on the Fourier modes
+of log-density is the best any classifier can do: `bayes_predict` and `bayes_theoretical_accuracy`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from config import UserError
+from fileio import atomic_write, write_json
+
+SPECTRAL_DECAY = 0.67
+ANISOTROPY = 0.033
+PIXEL_STD = 0.13
+OFFSET_STD = 0.035
+GRID = 28
+MANIFEST = "benchmark.json"
+FILES = ("train.hdf5", "valid.hdf5", "test_no_labels.hdf5", "test_labels.hdf5")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Samples per split and class. Defaults: train 28,000 (9/14 label 1), valid 500+900, test 500+500."""
+    train0: int = 10_000
+    train1: int = 18_000
+    valid0: int = 500
+    valid1: int = 900
+    test0: int = 500
+    test1: int = 500
+
+
+def wave_vectors(grid: int = GRID) -> tuple[np.ndarray, np.ndarray]:
+    """|k| and cos 2θ for every Fourier mode of a grid x grid periodic field (θ from the first axis)."""
+    k = np.fft.fftfreq(grid, d=1.0 / grid)
+    ki, kj = np.meshgrid(k, k, indexing="ij")
+    kk = np.hypot(ki, kj)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos2 = np.where(kk > 0, (ki**2 - kj**2) / np.maximum(kk, 1e-12) ** 2, 0.0)
+    return kk, cos2
+
+
+def class_spectrum(label: int, grid: int = GRID) -> np.ndarray:
+    """Covariance eigenvalues lambda_c(k) of log-density (minus its offset); mean(lambda) = PIXEL_STD**2."""
+    kk, cos2 = wave_vectors(grid)
+    sign = 1.0 if label == 0 else -1.0
+    spec = np.exp(-SPECTRAL_DECAY * kk) * np.exp(sign * ANISOTROPY / 2 * kk * cos2)
+    spec[0, 0] = 0.0
+    # The two classes are transposes of each other, so they share one normalisation.
+    return spec * (PIXEL_STD**2 / spec.mean())
+
+
+def sample_log_density(labels: np.ndarray, rng: np.random.Generator, grid: int = GRID,
+                       chunk: int = 4096) -> np.ndarray:
+    """Gaussian random fields (N, grid, grid), float64: white noise coloured by sqrt(lambda) in Fourier space."""
+    out = np.empty((len(labels), grid, grid))
+    amplitude = {c: np.sqrt(class_spectrum(c, grid)) for c in (0, 1)}
+    for start in range(0, len(labels), chunk):
+        lab = labels[start:start + chunk]
+        white = rng.standard_normal((len(lab), grid, grid))
+        amp = np.where(lab[:, None, None] == 1, amplitude[1], amplitude[0])
+        field = np.fft.ifft2(np.fft.fft2(white) * amp).real
+        out[start:start + chunk] = field + OFFSET_STD * rng.standard_normal((len(lab), 1, 1))
+    return out
+
+
+def make_split(n0: int, n1: int, dates: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One split sorted by label. dates: 'label' (train: constant = label), 'valid' (2..6), 'test' (7..9)."""
+    labels = np.concatenate([np.zeros(n0, np.int64), np.ones(n1, np.int64)])
+    density = np.exp(sample_log_density(labels, rng)).astype(np.float16)
+    shape = density.shape
+    if dates == "label":
+        date = np.broadcast_to(labels[:, None, None], shape)
+    elif dates == "valid":
+        date = rng.integers(2, 7, size=shape)
+    else:
+        date = rng.integers(7, 10, size=shape)
+    return {"density": density, "recording_date": date.astype(np.float16), "labels": labels}
+
+
+def _write_hdf5(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def write(f) -> None:
+        with h5py.File(f, "w") as h:
+            for key, value in arrays.items():
+                h.create_dataset(key, data=value)
+    atomic_write(path, write)
+
+
+def generate_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Sizes()) -> Path:
+    """Write train/valid/test_no_labels.hdf5 and the answer key test_labels.hdf5, then a manifest."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plan = {"train.hdf5": (sizes.train0, sizes.train1, "label"),
+            "valid.hdf5": (sizes.valid0, sizes.valid1, "valid"),
+            "test_no_labels.hdf5": (sizes.test0, sizes.test1, "test")}
+    for index, (name, (n0, n1, dates)) in enumerate(plan.items()):
+        split = make_split(n0, n1, dates, np.random.default_rng([seed, index]))
+        labels = split["labels"].astype(np.int8)[:, None]
+        if name.startswith("test"):
+            _write_hdf5(directory / "test_labels.hdf5", {"labels": labels})
+            labels = np.full_like(labels, -1)
+        _write_hdf5(directory / name, {"density": split["density"],
+                                       "recording_date": split["recording_date"], "labels": labels})
+    write_json(directory / MANIFEST, {"generator": "fictitious-gas benchmark", "version": 1, "seed": seed,
+                                      "sizes": asdict(sizes), "files": list(FILES)})
+    return directory
+
+
+def ensure_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Sizes()) -> Path:
+    """Reuse the benchmark in `directory` if it matches; else generate it. Never replaces foreign files."""
+    directory = Path(directory)
+    manifest = directory / MANIFEST
+    if manifest.exists():
+        try:
+            saved = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        same = saved.get("seed") == seed and saved.get("sizes") == asdict(sizes)
+        if same and all((directory / f).exists() for f in FILES):
+            return directory
+    else:
+        foreign = [f for f in FILES if (directory / f).exists()]
+        if foreign:
+            raise UserError(f"{directory} holds {', '.join(foreign)} that the benchmark generator did not "
+                            f"create; move them away or pass --data-dir pointing at them")
+    return generate_benchmark(directory, seed, sizes)
+
+
+# ---- the Bayes limit -------------------------------------------------------------------------------------
+
+def quantisation_variance(grid: int = GRID) -> float:
+    """Variance that float16 storage adds to each log-density pixel (measured on fixed fields)."""
+    field = sample_log_density(np.zeros(64, np.int64), np.random.default_rng(12345), grid)
+    stored = np.log(np.exp(field).astype(np.float16).astype(np.float64))
+    return float(np.mean((stored - field) ** 2))
+
+
+def _observed_spectra(grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """lambda_0, lambda_1 plus white quantisation noise, and the mask of informative modes (k != 0)."""
+    noise = quantisation_variance(grid)
+    lam0, lam1 = class_spectrum(0, grid) + noise, class_spectrum(1, grid) + noise
+    mask = np.ones((grid, grid), bool)
+    mask[0, 0] = False  # the per-sample offset lives in k = 0 and is the same for both classes
+    return lam0, lam1, mask
+
+
+def bayes_log_likelihood_ratio(density: np.ndarray) -> np.ndarray:
+    """log p(x | label 1) - log p(x | label 0) for each (N, grid, grid) density sample, exactly Gaussian."""
+    grid = density.shape[-1]
+    lam0, lam1, mask = _observed_spectra(grid)
+    x = np.log(density.astype(np.float64))
+    power = np.abs(np.fft.fft2(x)) ** 2 / grid**2  # |X_k|^2 / N^2 has expectation lambda_k
+    quad = (power * (1 / lam0 - 1 / lam1))[:, mask].sum(axis=1)
+    return 0.5 * quad - 0.5 * np.log(lam1 / lam0)[mask].sum()
+
+
+def bayes_predict(density: np.ndarray) -> np.ndarray:
+    """The Bayes-optimal label (equal priors) for each sample."""
+    return (bayes_log_likelihood_ratio(density) > 0).astype(np.int64)
+
+
+def bayes_theoretical_accuracy(grid: int = GRID) -> float:
+    """Expected accuracy of `bayes_predict` with equal priors (normal approximation of the LLR).
+
+    |X_k|^2 / (N^2 lambda_k) is a unit exponential for each of the paired modes k, -k (each pair counted twice
+    in the full-grid sum) and chi^2_1 for the self-conjugate ones, so the LLR's variance under either class is
+    sum_k 2 w_k^2 with w_k the weight of mode k scaled by that class's lambda_k.
+    """
+    lam0, lam1, mask = _observed_spectra(grid)
+    const = -0.5 * np.log(lam1 / lam0)[mask].sum()
+    accuracy = 0.0
+    for lam, correct_sign in ((lam0, -1.0), (lam1, 1.0)):
+        w = (0.5 * lam * (1 / lam0 - 1 / lam1))[mask]
+        mean, std = w.sum() + const, math.sqrt(2 * (w**2).sum())
+        accuracy += 0.5 * 0.5 * (1 + math.erf(correct_sign * mean / std / math.sqrt(2)))
+    return accuracy
