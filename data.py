@@ -1,0 +1,203 @@
+"""Loading the scientist's HDF5 files into device tensors, with checks and the shortcut guard.
+
+Layout of each split file: `density` (N, S, S) and `recording_date` (N, S, S) float16, `labels` (N, 1) int8
+(-1 in the test file). Whole splits become float32 tensors (N, C, S, S) normalised with training statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from config import CHANNEL_NAMES, UserError
+
+SPLIT_FILES = {"train": "train.hdf5", "valid": "valid.hdf5", "test": "test_no_labels.hdf5"}
+ANSWER_FILE = "test_labels.hdf5"  # optional answer key beside the test file (the built-in benchmark has one)
+KEYS = ("density", "recording_date", "labels")
+
+
+@dataclass
+class RawSplit:
+    """One split as numpy arrays: channel name -> (N, S, S) float32, and labels (N,) int64."""
+    channels: dict[str, np.ndarray]
+    labels: np.ndarray
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _read_dataset(h5: h5py.File, key: str, path: Path) -> np.ndarray:
+    if key not in h5 or not isinstance(h5[key], h5py.Dataset):
+        found = ", ".join(sorted(h5.keys())) or "none"
+        raise UserError(f"{path} has no dataset '{key}' (found: {found}); each split needs "
+                        f"{', '.join(KEYS)}")
+    try:
+        return h5[key][()]
+    except Exception as e:  # h5py raises OSError, KeyError or ValueError on damaged data
+        raise UserError(f"{path}: dataset '{key}' cannot be read ({e}); the file is damaged, copy it again")
+
+
+def read_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_NAMES,
+               labelled: bool = True) -> RawSplit:
+    """Read and check one split file; every problem becomes one UserError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{name} file {path} not found; put {SPLIT_FILES.get(name, path.name)} in --data-dir")
+    try:
+        h5 = h5py.File(path, "r")
+    except Exception:
+        raise UserError(f"{path} is not a readable HDF5 file (truncated or another format); copy it again")
+    with h5:
+        arrays = {key: _read_dataset(h5, key, path) for key in channels}
+        labels = _read_dataset(h5, "labels", path)
+    n = len(labels)
+    if labels.ndim not in (1, 2) or (labels.ndim == 2 and labels.shape[1] != 1):
+        raise UserError(f"{path}: labels have shape {labels.shape}, expected (N, 1)")
+    if n == 0:
+        raise UserError(f"{path}: the {name} split is empty; it needs at least one sample")
+    for key, value in arrays.items():
+        if value.ndim != 3 or value.shape[1] != value.shape[2]:
+            raise UserError(f"{path}: {key} has shape {value.shape}, expected (N, S, S) square grids")
+        if value.shape[0] != n:
+            raise UserError(f"{path}: {key} has {value.shape[0]} samples but labels has {n}; "
+                            f"the datasets must have the same length")
+    shapes = {value.shape for value in arrays.values()}
+    if len(shapes) > 1:
+        raise UserError(f"{path}: channel shapes differ ({', '.join(f'{k} {v.shape}' for k, v in arrays.items())})")
+    out = {}
+    for key, value in arrays.items():
+        value = value.astype(np.float32)
+        bad = int((~np.isfinite(value)).sum())
+        if bad:
+            raise UserError(f"{path}: {key} in the {name} split has {bad} NaN or Inf values; clean the data")
+        out[key] = value
+    labels = labels.reshape(-1).astype(np.int64)
+    if labelled and not np.isin(labels, (0, 1)).all():
+        odd = sorted(set(np.unique(labels).tolist()) - {0, 1})[:5]
+        raise UserError(f"{path}: {name} labels must be 0 or 1, found {odd}")
+    return RawSplit(out, labels, path)
+
+
+def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
+    """True test labels when an answer file sits beside the test file (the built-in benchmark), else None."""
+    path = data_dir / ANSWER_FILE
+    if not path.is_file():
+        return None
+    with h5py.File(path, "r") as h5:
+        labels = np.asarray(h5["labels"][()]).reshape(-1).astype(np.int64)
+    return labels if len(labels) == n else None
+
+
+def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
+    """Read train, valid and test from `data_dir` and check that they share one grid size."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} does not exist; pass --data-dir with the HDF5 files")
+    splits = {name: read_split(data_dir / file, name, labelled=name != "test")
+              for name, file in SPLIT_FILES.items()}
+    sizes = {name: s.channels["density"].shape[1:] for name, s in splits.items()}
+    if len(set(sizes.values())) > 1:
+        raise UserError(f"grid sizes differ between splits ({sizes}); all splits must use the same grid")
+    return splits
+
+
+# ---- the shortcut guard --------------------------------------------------------------------------------
+
+def find_confounders(splits: dict[str, RawSplit]) -> dict[str, str]:
+    """Channels that give the labels away in training but not elsewhere: name -> evidence.
+
+    A channel is a confounder when it is constant within every training sample and that constant alone
+    separates the training labels, or when its training values do not overlap those of valid or test.
+    """
+    train = splits["train"]
+    found = {}
+    for name, values in train.channels.items():
+        flat = values.reshape(len(values), -1)
+        constant = bool((flat.min(axis=1) == flat.max(axis=1)).all())
+        per_sample = flat[:, 0]
+        v0, v1 = per_sample[train.labels == 0], per_sample[train.labels == 1]
+        separates = len(v0) and len(v1) and (v0.max() < v1.min() or v1.max() < v0.min())
+        if constant and separates:
+            found[name] = (f"constant within every training sample and alone separates the training labels "
+                           f"(label 0: {v0.min():g}..{v0.max():g}, label 1: {v1.min():g}..{v1.max():g})")
+            continue
+        lo, hi = float(values.min()), float(values.max())
+        for other in ("valid", "test"):
+            ov = splits[other].channels[name]
+            olo, ohi = float(ov.min()), float(ov.max())
+            if ohi < lo or olo > hi:
+                found[name] = (f"training values {lo:g}..{hi:g} do not overlap {other} values {olo:g}..{ohi:g}")
+                break
+    return found
+
+
+def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[str]:
+    """Resolve --channels: 'auto' drops confounders (and says so); an explicit list is used as given."""
+    for name, evidence in confounders.items():
+        log(f"WARNING: shortcut guard: channel '{name}' looks like a confounder: {evidence}")
+    if spec != "auto":
+        names = [n.strip() for n in spec.split(",")]
+        for name in names:
+            if name in confounders:
+                log(f"WARNING: --channels keeps '{name}' as asked; expect memorisation, not generalisation")
+        return names
+    names = [n for n in CHANNEL_NAMES if n not in confounders]
+    if not names:
+        raise UserError("every channel was flagged as a confounder; pass --channels explicitly to use them")
+    if confounders:
+        log(f"--channels auto: training on {', '.join(names)} (left out: {', '.join(confounders)})")
+    return names
+
+
+# ---- tensors on the device -----------------------------------------------------------------------------
+
+def channel_stats(train: RawSplit, channels: list[str]) -> dict[str, list[float]]:
+    """Per-channel mean and std from the training split only (saved in every checkpoint)."""
+    mean = [float(train.channels[c].mean(dtype=np.float64)) for c in channels]
+    std = [max(float(train.channels[c].std(dtype=np.float64)), 1e-6) for c in channels]
+    return {"channels": channels, "mean": mean, "std": std}
+
+
+def to_tensor(split: RawSplit, stats: dict[str, list[float]], device: torch.device | str) -> torch.Tensor:
+    """(N, C, S, S) float32 on `device`, channels in `stats` order, normalised with training statistics."""
+    x = np.stack([split.channels[c] for c in stats["channels"]], axis=1)
+    mean = np.asarray(stats["mean"], np.float32)[None, :, None, None]
+    std = np.asarray(stats["std"], np.float32)[None, :, None, None]
+    return torch.from_numpy((x - mean) / std).to(device)
+
+
+@dataclass
+class DeviceData:
+    """Everything training needs, resident on one device."""
+    x: dict[str, torch.Tensor]
+    y: dict[str, torch.Tensor | None]
+    stats: dict[str, list[float]]
+    image_size: int
+
+
+def to_device(splits: dict[str, RawSplit], channels: list[str], device: torch.device | str,
+              test_labels: np.ndarray | None = None) -> DeviceData:
+    """Normalise with training statistics and move every split to `device`. Test y is the answer key or None."""
+    stats = channel_stats(splits["train"], channels)
+    x = {name: to_tensor(split, stats, device) for name, split in splits.items()}
+    y = {name: torch.from_numpy(split.labels).float().to(device) for name, split in splits.items()}
+    y["test"] = None if test_labels is None else torch.from_numpy(test_labels).float().to(device)
+    return DeviceData(x, y, stats, image_size=x["train"].shape[-1])
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, device: torch.device | str,
+                  rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+    """Index batches for one epoch: one permutation drawn on the device from (seed, epoch), full batches only.
+
+    Every process draws the same permutation and takes a disjoint slice of it, so all ranks run the same
+    number of steps. The permutation depends only on (seed, epoch): a resumed run shuffles identically.
+    """
+    generator = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=generator, device=device)
+    steps = max(n // (batch_size * world), 1)
+    per_step = min(batch_size, n // world)
+    return [order[(s * world + rank) * per_step:(s * world + rank + 1) * per_step] for s in range(steps)]

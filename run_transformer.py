@@ -1,0 +1,261 @@
+"""Train the gas classifier and write a complete, never-overwritten run folder.
+
+    python run_transformer.py --loss smooth                 # train (built-in benchmark when data/ is empty)
+    python run_transformer.py --resume runs/RUN             # continue an interrupted run
+    python run_transformer.py --predict runs/RUN --input new.hdf5 --output new_predictions.txt
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+import torch
+
+import synthetic
+from config import Config, UserError, build_parser, config_from_dict
+from data import (SPLIT_FILES, choose_channels, find_confounders, load_splits, read_answer_key, read_split,
+                  to_device, to_tensor)
+from fileio import fingerprint, fresh_directory, save_torch, write_json, write_text
+from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
+from train import (Diverged, Interrupted, TrainState, build_model, build_optimizer, build_scheduler, evaluate,
+                   fit, pick_device, predict_proba)
+
+Log = Callable[[str], None]
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+
+def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
+    """The real files when --data-dir has train.hdf5, else the built-in benchmark (generated on first use)."""
+    data_dir = Path(cfg.data_dir)
+    if (data_dir / SPLIT_FILES["train"]).exists():
+        return data_dir, "real"
+    bench = data_dir / "synthetic"
+    log(f"no {SPLIT_FILES['train']} in {data_dir}/: using the built-in synthetic benchmark in {bench}/")
+    return synthetic.ensure_benchmark(bench, cfg.synthetic_seed), "synthetic"
+
+
+def bayes_limit(splits: dict, test_labels: np.ndarray | None) -> dict[str, float]:
+    """Accuracy of the exact likelihood-ratio classifier on each split of the built-in benchmark."""
+    labels = {"train": splits["train"].labels, "valid": splits["valid"].labels, "test": test_labels}
+    return {name: float((synthetic.bayes_predict(splits[name].channels["density"]) == y).mean())
+            for name, y in labels.items() if y is not None}
+
+
+def load_data(cfg: Config, device: torch.device, log: Log, stats: dict | None = None):
+    """Read, check and move the data; returns (DeviceData, info for config.json and the summary)."""
+    data_dir, source = resolve_data_dir(cfg, log)
+    splits = load_splits(data_dir)
+    confounders = find_confounders(splits)
+    channels = stats["channels"] if stats else choose_channels(cfg.channels, confounders, log)
+    test_labels = read_answer_key(data_dir, len(splits["test"]))
+    data = to_device(splits, channels, device, test_labels)
+    if stats:
+        data.stats = stats
+        data.x = {name: to_tensor(split, stats, device) for name, split in splits.items()}
+    info = {"data_dir": str(data_dir), "source": source, "channels": channels, "confounders": confounders,
+            "files": {name: fingerprint(data_dir / f) for name, f in SPLIT_FILES.items()},
+            "sizes": {name: len(s) for name, s in splits.items()}}
+    if source == "synthetic":
+        info["bayes_accuracy"] = bayes_limit(splits, test_labels)
+    return data, info
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------
+
+def checkpoint(model, optimizer, scheduler, state: TrainState, cfg: Config, data) -> dict[str, Any]:
+    """Everything needed to resume exactly, or to predict without the training data."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "train_state": dataclasses.asdict(state),
+            "config": dataclasses.asdict(cfg), "stats": data.stats, "image_size": data.image_size,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path} not found; pass a run folder written by run_transformer.py")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise UserError(f"{path} is not a checkpoint written by run_transformer.py (or it is damaged)")
+    if not isinstance(payload, dict) or not {"model", "config", "stats"} <= payload.keys():
+        raise UserError(f"{path} is not a checkpoint written by run_transformer.py")
+    return payload
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "h5py": h5py.__version__, "device": str(device), "platform": platform.platform(),
+            "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else ""}
+
+
+# ---- training --------------------------------------------------------------------------------------------
+
+def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from: dict | None = None
+        ) -> dict[str, Any]:
+    """Train one configuration end to end and write its run folder; returns the summary."""
+    start = time.time()
+    progress = sys.stderr.isatty() if progress is None else progress
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data, info = load_data(cfg, device, log, resume_from["stats"] if resume_from else None)
+    model = build_model(cfg, len(info["channels"]), data.image_size).to(device)
+    steps_per_epoch = max(len(data.x["train"]) // cfg.batch_size, 1)
+    optimizer = build_optimizer(cfg, model, device)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+    state = TrainState()
+    if resume_from:
+        run_dir = Path(cfg.resume)
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scheduler.load_state_dict(resume_from["scheduler"])
+        state = TrainState(**resume_from["train_state"])
+        torch.set_rng_state(resume_from["rng"])
+        if resume_from["cuda_rng"] and device.type == "cuda":
+            torch.cuda.set_rng_state_all(resume_from["cuda_rng"])
+        log(f"resuming {run_dir} after epoch {state.epoch}")
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = fresh_directory(cfg.out_dir, f"{stamp}-{cfg.model}-{cfg.optimizer}-{cfg.loss}")
+        write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": info,
+                                             "environment": environment(device)})
+    log(f"run folder: {run_dir}  ({sum(p.numel() for p in model.parameters()):,} parameters, {device}, "
+        f"{steps_per_epoch} steps/epoch)")
+
+    def on_epoch(st: TrainState, improved: bool) -> None:
+        payload = checkpoint(model, optimizer, scheduler, st, cfg, data)
+        if improved:
+            save_torch(run_dir / "best.pt", payload)
+        save_torch(run_dir / "last.pt", payload)
+        write_metrics_csv(run_dir / "metrics.csv", st.history)
+
+    if not resume_from:
+        save_torch(run_dir / "last.pt", checkpoint(model, optimizer, scheduler, state, cfg, data))
+    try:
+        fit(model, optimizer, scheduler, data, cfg, state, on_epoch, log, progress)
+    except Interrupted as e:
+        raise Interrupted(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
+                          f"python run_transformer.py --resume {run_dir}") from None
+    except Diverged as e:
+        log(f"error: {e}")
+        if not (run_dir / "best.pt").exists():
+            raise Diverged(f"{e}; no epoch finished, so there is no checkpoint to predict with") from None
+        finish(run_dir, model, cfg, data, info, state, start, log, diverged=str(e))
+        raise
+    return finish(run_dir, model, cfg, data, info, state, start, log)
+
+
+def finish(run_dir: Path, model, cfg: Config, data, info: dict, state: TrainState, start: float, log: Log,
+           diverged: str = "") -> dict[str, Any]:
+    """Restore the best checkpoint, predict the test set, and write the curves and summary."""
+    best = load_checkpoint(run_dir / "best.pt")
+    model.load_state_dict(best["model"])
+    final = state.history[-1] if state.history else {}
+    best_row = state.history[best["train_state"]["epoch"] - 1]
+    probs = predict_proba(model, data.x["test"]).cpu().numpy()
+    write_predictions(run_dir / "predictions.txt", probs)
+    write_probabilities(run_dir / "test_probabilities.csv", probs)
+    write_predictions(cfg.predictions, probs)
+    plot_curves(run_dir / "curves.png", state.history, f"{cfg.model} {cfg.optimizer} {cfg.loss} "
+                f"channels={','.join(info['channels'])}")
+    summary = {"run_dir": str(run_dir), "data_source": info["source"], "channels": info["channels"],
+               "epochs_run": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": state.best_loss,
+               "val_acc": best_row["val_acc"], "val_auc": best_row["val_auc"],
+               "final_train_loss": final.get("train_loss"), "final_train_acc": final.get("train_acc"),
+               "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - start, 1),
+               "diverged": diverged}
+    if data.y["test"] is not None:
+        test = evaluate(model, data.x["test"], data.y["test"])
+        summary.update({"test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"]})
+    if "bayes_accuracy" in info:
+        summary["bayes_accuracy"] = info["bayes_accuracy"]
+    write_json(run_dir / "summary.json", summary)
+    log(f"best epoch {state.best_epoch}: val acc {summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
+        + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
+        + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
+        + f" | predictions: {run_dir}/predictions.txt and {cfg.predictions}")
+    return summary
+
+
+# ---- resume and predict ----------------------------------------------------------------------------------
+
+def explicit_flags(argv: list[str]) -> dict[str, Any]:
+    """The options the user actually typed (defaults suppressed), as Config field names."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict]:
+    payload = load_checkpoint(run_dir / "last.pt")
+    saved = config_from_dict(payload["config"])
+    asked = dataclasses.replace(saved, **typed)
+    diff = {k: (v, asked.model_fields()[k]) for k, v in saved.model_fields().items() if asked.model_fields()[k] != v}
+    if diff:
+        names = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+        raise UserError(f"cannot resume {run_dir}: the model differs ({names}); drop those flags or start anew")
+    return asked, payload
+
+
+def predict_file(cfg: Config, log: Log = print) -> Path:
+    """Classify --input with the best checkpoint of --predict RUN_DIR; writes 0/1 lines and a probability CSV."""
+    if not cfg.input:
+        raise UserError("--predict needs --input FILE.hdf5, the measurements to classify")
+    run_dir, source = Path(cfg.predict), Path(cfg.input)
+    payload = load_checkpoint(run_dir / "best.pt")
+    saved = config_from_dict(payload["config"])
+    stats = payload["stats"]
+    output = Path(cfg.output) if cfg.output else run_dir / f"predictions-{source.stem}.txt"
+    csv_path = output.with_suffix(".csv")
+    for path in (output, csv_path):
+        if path.exists():
+            raise UserError(f"{path} already exists; choose another --output (nothing was overwritten)")
+    split = read_split(source, "input", tuple(stats["channels"]), labelled=False)
+    if split.channels[stats["channels"][0]].shape[-1] != payload["image_size"]:
+        raise UserError(f"{source} has {split.channels[stats['channels'][0]].shape[-1]}-pixel grids but the "
+                        f"model was trained on {payload['image_size']}")
+    device = pick_device(cfg.device)
+    model = build_model(saved, len(stats["channels"]), payload["image_size"]).to(device)
+    model.load_state_dict(payload["model"])
+    probs = predict_proba(model, to_tensor(split, stats, device)).cpu().numpy()
+    write_predictions(output, probs)
+    write_probabilities(csv_path, probs)
+    log(f"{len(probs)} predictions ({int((probs > 0.5).sum())} new state) -> {output} and {csv_path}")
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        typed = explicit_flags(argv)
+        cfg = Config(**{**dataclasses.asdict(Config()), **typed})
+        if cfg.predict:
+            predict_file(cfg)
+            return 0
+        if cfg.resume:
+            cfg, payload = resume_config(Path(cfg.resume), typed)
+            run(cfg, resume_from=payload)
+        else:
+            run(cfg)
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Diverged:
+        return 3
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

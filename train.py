@@ -1,0 +1,256 @@
+"""The training loop: model, optimizer, schedule and loss from a Config, trained on device-resident tensors.
+
+Design for speed: the data set already lives on the device, each epoch draws one permutation there and slices
+batches from it, and losses/accuracies are accumulated on the device and read once per epoch, so the hot
+loop never synchronises with the host. Design for safety: the first non-finite loss is recorded on the device
+and reported as divergence at the end of the epoch; a signal asks the loop to stop after the current step.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from cnn import ReferenceCNN
+from config import Config, UserError
+from data import DeviceData, epoch_batches
+from vision_transformer import VisionTransformer
+
+EVAL_BATCH = 2048
+
+
+class Diverged(Exception):
+    """A non-finite loss: training stops, the best checkpoint so far is kept."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: the partial epoch is abandoned, last.pt holds the last complete one."""
+
+
+# ---- building blocks -------------------------------------------------------------------------------------
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed, ample precision here
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.device(name)
+
+
+def build_model(cfg: Config, in_channels: int, image_size: int) -> nn.Module:
+    if image_size % cfg.patch_size and cfg.model == "vit":
+        raise UserError(f"--patch-size {cfg.patch_size} does not divide the image size {image_size}; "
+                        f"use a divisor such as {', '.join(str(d) for d in range(1, image_size) if image_size % d == 0)}")
+    if cfg.emb_dim % cfg.heads:
+        raise UserError(f"--emb-dim {cfg.emb_dim} is not divisible by --heads {cfg.heads}")
+    if cfg.model == "cnn":
+        return ReferenceCNN(in_channels, image_size)
+    return VisionTransformer(in_channels, image_size, cfg.patch_size, cfg.emb_dim, cfg.depth, cfg.heads,
+                             cfg.mlp_dim, cfg.dropout, cfg.emb_dropout, cfg.patch_norm, cfg.block_norm)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices and kernels only: biases, norms, CLS and position embeddings are left alone."""
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        no_decay = p.ndim < 2 or name.endswith(("cls_token", "pos_embedding"))
+        (keep if no_decay else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg: Config, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg.weight_decay)
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fast)
+    return torch.optim.AdamW(groups, lr=cfg.lr, **fast)
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Stepped every iteration. sgd: LinearLR 1.0 -> 0.1 over steps_per_epoch * epochs (the request);
+    adamw: linear warmup for warmup_epochs, then cosine decay to zero (the previous baseline)."""
+    total = steps_per_epoch * cfg.epochs
+    if cfg.optimizer == "sgd":
+        return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.1, total_iters=total)
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def training_loss(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """bce: BCE with logits; mse: MSE on sigmoid(logits); smooth: BCE on targets y(1-eps) + eps/2."""
+    if cfg.loss == "mse":
+        return lambda logits, y: F.mse_loss(torch.sigmoid(logits), y)
+    eps = cfg.smoothing if cfg.loss == "smooth" else 0.0
+    return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y * (1 - eps) + 0.5 * eps)
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Probabilities of label 1, (N,), in eval mode, in fixed-size chunks (the last one padded)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        n = len(chunk)
+        if n < batch and len(x) > batch:  # keep shapes fixed so a compiled model never recompiles
+            chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
+        out.append(torch.sigmoid(model(chunk).float().squeeze(1)[:n]))
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def log_loss(p: torch.Tensor, y: torch.Tensor) -> float:
+    return float(F.binary_cross_entropy(p.clamp(1e-7, 1 - 1e-7), y))
+
+
+def accuracy(p: torch.Tensor, y: torch.Tensor) -> float:
+    return float(((p > 0.5).float() == y).float().mean())
+
+
+def roc_auc(p: torch.Tensor, y: torch.Tensor) -> float:
+    """Area under the ROC curve via the Mann-Whitney statistic, ties given average ranks."""
+    p, y = p.double().cpu().numpy(), y.cpu().numpy()
+    n1, n0 = int(y.sum()), int(len(y) - y.sum())
+    if n0 == 0 or n1 == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(len(p))
+    sorted_p = p[order]
+    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2.0  # 1-based average rank of each tie group
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    p = predict_proba(model, x)
+    return {"loss": log_loss(p, y), "acc": accuracy(p, y), "auc": roc_auc(p, y)}
+
+
+# ---- the loop --------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainState:
+    """Everything that must survive an interruption, besides model/optimizer/scheduler state."""
+    epoch: int = 0  # completed epochs
+    best_loss: float = float("inf")
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag that the loop checks between steps (no work is torn mid-write)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __enter__(self) -> "StopFlag":
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceData, cfg: Config, epoch: int,
+                stop: StopFlag, autocast, progress: bool) -> dict[str, float]:
+    """One pass over the training set. Sums stay on the device until the end of the epoch."""
+    x, y = data.x["train"], data.y["train"]
+    batches = epoch_batches(len(x), cfg.batch_size, epoch, cfg.seed, x.device)
+    device = x.device
+    sums = torch.zeros(3, device=device)  # objective, log loss, correct
+    count = sum(len(idx) for idx in batches)
+    step_ids = torch.arange(len(batches), device=device, dtype=torch.float32)
+    first_bad = torch.full((), float("inf"), device=device)
+    model.train()
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress,
+               file=sys.stderr)
+    for step, idx in enumerate(bar):
+        if stop.signum is not None:
+            raise Interrupted(f"signal {stop.signum} during epoch {epoch + 1}, step {step}")
+        xb, yb = x[idx], y[idx]
+        with autocast:
+            logits = model(xb).float().squeeze(1)
+        loss = loss_fn(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            first_bad = torch.where(torch.isfinite(loss) | (first_bad < step_ids[step]), first_bad, step_ids[step])
+            hard = F.binary_cross_entropy_with_logits(logits, yb)
+            sums += torch.stack([loss * len(idx), hard * len(idx), ((logits > 0).float() == yb).sum()])
+    objective, hard_loss, correct = sums.tolist()  # the one host sync of the epoch
+    bad = float(first_bad)
+    if math.isfinite(bad):
+        raise Diverged(f"training diverged at epoch {epoch + 1}, step {int(bad)}: the loss became NaN or "
+                       f"infinite; the learning rate ({cfg.lr:g}) is probably too high, try --lr {cfg.lr / 10:g}")
+    return {"train_objective": objective / count, "train_loss": hard_loss / count, "train_acc": correct / count}
+
+
+def fit(model: nn.Module, optimizer, scheduler, data: DeviceData, cfg: Config, state: TrainState,
+        on_epoch: Callable[[TrainState, bool], None], log: Callable[[str], None] = print,
+        progress: bool = False) -> TrainState:
+    """Train until cfg.epochs or early stopping on validation log loss.
+
+    After every epoch `on_epoch(state, improved)` saves checkpoints and metrics (the caller decides where).
+    """
+    loss_fn = training_loss(cfg)
+    device = data.x["train"].device
+    use_bf16 = cfg.precision == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    with StopFlag() as stop:
+        while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
+            epoch = state.epoch
+            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+            row.update(train_epoch(model, optimizer, scheduler, loss_fn, data, cfg, epoch, stop, autocast,
+                                   progress))
+            val = evaluate(model, data.x["valid"], data.y["valid"])
+            row.update({"val_loss": val["loss"], "val_acc": val["acc"], "val_auc": val["auc"]})
+            row["gap_acc"] = row["train_acc"] - row["val_acc"]
+            row["gap_loss"] = row["val_loss"] - row["train_loss"]
+            improved = row["val_loss"] < state.best_loss
+            state.epoch = epoch + 1
+            state.history.append(row)
+            if improved:
+                state.best_loss, state.best_epoch, state.bad_epochs = row["val_loss"], epoch + 1, 0
+            else:
+                state.bad_epochs += 1
+            on_epoch(state, improved)
+            log(format_row(row, improved))
+            if stop.signum is not None:
+                raise Interrupted(f"signal {stop.signum} after epoch {epoch + 1}")
+    return state
+
+
+def format_row(row: dict[str, float], improved: bool) -> str:
+    return (f"epoch {row['epoch']:3d}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
+            f"auc {row['val_auc']:.4f} | gap acc {row['gap_acc']:+.4f} loss {row['gap_loss']:+.4f}"
+            + ("  *" if improved else ""))

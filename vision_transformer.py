@@ -1,0 +1,117 @@
+"""A small Vision Transformer for 28x28 gas images, with the requested BatchNorm patch embedding.
+
+PatchEmbedding: Conv2d (kernel = stride = patch) -> BatchNorm2d -> tokens -> CLS -> position embedding ->
+Dropout(0.2). Blocks are pre-norm (LayerNorm by default, or BatchNorm over token features as the optional
+experiment). The head reads the CLS token and returns one logit per image, shape (B, 1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from einops.layers.torch import Rearrange
+from torch import nn
+
+
+class TokenBatchNorm(nn.Module):
+    """BatchNorm1d over the feature dimension of (B, N, D) tokens: statistics pooled over batch and tokens."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.norm(rearrange(x, "b n d -> b d n")), "b d n -> b n d")
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    assert kind in ("layer", "batch"), f"unknown block norm {kind!r}: use 'layer' or 'batch'"
+    return nn.LayerNorm(dim) if kind == "layer" else TokenBatchNorm(dim)
+
+
+class PatchEmbedding(nn.Module):
+    """(B, C, H, W) images -> (B, 1 + H*W/patch^2, emb_dim) tokens, CLS token first."""
+
+    def __init__(self, in_channels: int = 2, patch_size: int = 4, emb_dim: int = 32, image_size: int = 28,
+                 norm: str = "batch", dropout: float = 0.2):
+        super().__init__()
+        assert image_size % patch_size == 0, \
+            f"patch size {patch_size} does not divide image size {image_size}; pick a divisor of {image_size}"
+        assert norm in ("batch", "none"), f"unknown patch norm {norm!r}: use 'batch' or 'none'"
+        self.image_size = image_size
+        self.num_patches = (image_size // patch_size) ** 2
+        self.proj = nn.Conv2d(in_channels, emb_dim, kernel_size=patch_size, stride=patch_size)
+        # The requested change: normalise each embedding channel over batch and patch positions.
+        self.norm = nn.BatchNorm2d(emb_dim) if norm == "batch" else nn.Identity()
+        self.to_tokens = Rearrange("b e h w -> b (h w) e")
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, emb_dim))
+        self.pos_embedding = nn.Parameter(torch.zeros(1, self.num_patches + 1, emb_dim))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.pos_embedding, std=0.02)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.shape[-1] == images.shape[-2] == self.image_size, \
+            f"expected {self.image_size}x{self.image_size} images, got {tuple(images.shape[-2:])}"
+        tokens = self.to_tokens(self.norm(self.proj(images)))
+        cls = repeat(self.cls_token, "1 1 e -> b 1 e", b=tokens.shape[0])
+        tokens = torch.cat([cls, tokens], dim=1) + self.pos_embedding
+        return self.dropout(tokens)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on torch's fused scaled_dot_product_attention."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        assert dim % heads == 0, f"emb_dim {dim} must be divisible by heads {heads}"
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(rearrange(y, "b h n d -> b n (h d)"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(Norm(x)), then x + MLP(Norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, norm: str = "layer"):
+        super().__init__()
+        self.norm1 = make_norm(norm, dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = make_norm(norm, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(mlp_dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """(B, C, H, W) -> (B, 1) logits of the new state."""
+
+    def __init__(self, in_channels: int = 2, image_size: int = 28, patch_size: int = 4, emb_dim: int = 32,
+                 depth: int = 4, heads: int = 4, mlp_dim: int = 64, dropout: float = 0.1,
+                 emb_dropout: float = 0.2, patch_norm: str = "batch", block_norm: str = "layer"):
+        super().__init__()
+        self.embed = PatchEmbedding(in_channels, patch_size, emb_dim, image_size, patch_norm, emb_dropout)
+        self.blocks = nn.Sequential(*[Block(emb_dim, heads, mlp_dim, dropout, block_norm) for _ in range(depth)])
+        self.norm = make_norm(block_norm, emb_dim)
+        self.head = nn.Linear(emb_dim, 1)
+        self.apply(_init_linear)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(self.blocks(self.embed(images)))
+        return self.head(tokens[:, 0])
+
+
+def _init_linear(module: nn.Module) -> None:
+    """ViT-style init: truncated normal 0.02 for linear weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.zeros_(module.bias)
