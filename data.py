@@ -5,6 +5,7 @@ Layout of each split file: `density` (N, S, S) and `recording_date` (N, S, S) fl
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,15 +31,67 @@ class RawSplit:
         return len(self.labels)
 
 
-def _read_dataset(h5: h5py.File, key: str, path: Path) -> np.ndarray:
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def _dataset(h5: h5py.File, key: str, path: Path) -> h5py.Dataset:
     if key not in h5 or not isinstance(h5[key], h5py.Dataset):
         found = ", ".join(sorted(h5.keys())) or "none"
         raise UserError(f"{path} has no dataset '{key}' (found: {found}); each split needs "
                         f"{', '.join(KEYS)}")
+    ds = h5[key]
+    if ds.dtype.kind not in "biuf":
+        raise UserError(f"{path}: dataset '{key}' holds {ds.dtype} values, expected numbers")
+    return ds
+
+
+def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Channels (N, S, S) of one shape, labels (N,) or (N, 1), N > 0: checked before any data is read."""
+    labels = shapes["labels"]
+    if len(labels) not in (1, 2) or (len(labels) == 2 and labels[1] != 1):
+        raise UserError(f"{path}: labels have shape {labels}, expected (N, 1)")
+    n = labels[0]
+    if n == 0:
+        raise UserError(f"{path}: the {name} split is empty; it needs at least one sample")
+    channels = {k: v for k, v in shapes.items() if k != "labels"}
+    for key, shape in channels.items():
+        if len(shape) != 3 or shape[1] != shape[2] or shape[1] == 0:
+            raise UserError(f"{path}: {key} has shape {shape}, expected (N, S, S) square grids")
+        if shape[0] != n:
+            raise UserError(f"{path}: {key} has {shape[0]} samples but labels has {n}; "
+                            f"the datasets must have the same length")
+    if len(set(channels.values())) > 1:
+        raise UserError(f"{path}: channel shapes differ ({', '.join(f'{k} {v}' for k, v in channels.items())})")
+
+
+def _read_arrays(path: Path, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named datasets of one HDF5 file, shapes checked first. h5py reports damage with many exception
+    types (OSError, KeyError, RuntimeError, ValueError, ...): every one of them becomes one UserError line."""
     try:
-        return h5[key][()]
-    except Exception as e:  # h5py raises OSError, KeyError or ValueError on damaged data
-        raise UserError(f"{path}: dataset '{key}' cannot be read ({e}); the file is damaged, copy it again")
+        h5 = h5py.File(path, "r")
+    except Exception:
+        raise UserError(f"{path} is not a readable HDF5 file (truncated or another format); copy it again")
+    try:
+        with h5:
+            datasets = {key: _dataset(h5, key, path) for key in keys}
+            _check_shapes(path, name, {key: ds.shape for key, ds in datasets.items()})
+            # A damaged header can declare an enormous dataset: refuse it rather than swap or be killed.
+            if sum(ds.size * 4 for ds in datasets.values()) > _memory_bytes():
+                raise UserError(f"{path} declares more data than this machine's memory "
+                                f"({', '.join(f'{k} {ds.shape}' for k, ds in datasets.items())})")
+            return {key: np.asarray(ds[()]) for key, ds in datasets.items()}
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{path} is damaged ({_one_line(e)}); copy it again")
 
 
 def read_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_NAMES,
@@ -47,39 +100,24 @@ def read_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{name} file {path} not found; put {SPLIT_FILES.get(name, path.name)} in --data-dir")
-    try:
-        h5 = h5py.File(path, "r")
-    except Exception:
-        raise UserError(f"{path} is not a readable HDF5 file (truncated or another format); copy it again")
-    with h5:
-        arrays = {key: _read_dataset(h5, key, path) for key in channels}
-        labels = _read_dataset(h5, "labels", path)
-    n = len(labels)
-    if labels.ndim not in (1, 2) or (labels.ndim == 2 and labels.shape[1] != 1):
-        raise UserError(f"{path}: labels have shape {labels.shape}, expected (N, 1)")
-    if n == 0:
-        raise UserError(f"{path}: the {name} split is empty; it needs at least one sample")
-    for key, value in arrays.items():
-        if value.ndim != 3 or value.shape[1] != value.shape[2]:
-            raise UserError(f"{path}: {key} has shape {value.shape}, expected (N, S, S) square grids")
-        if value.shape[0] != n:
-            raise UserError(f"{path}: {key} has {value.shape[0]} samples but labels has {n}; "
-                            f"the datasets must have the same length")
-    shapes = {value.shape for value in arrays.values()}
-    if len(shapes) > 1:
-        raise UserError(f"{path}: channel shapes differ ({', '.join(f'{k} {v.shape}' for k, v in arrays.items())})")
+    arrays = _read_arrays(path, name, (*channels, "labels"))
+    labels = arrays.pop("labels").reshape(-1)
     out = {}
     for key, value in arrays.items():
-        value = value.astype(np.float32)
-        bad = int((~np.isfinite(value)).sum())
-        if bad:
-            raise UserError(f"{path}: {key} in the {name} split has {bad} NaN or Inf values; clean the data")
+        with np.errstate(over="ignore"):  # values beyond float32 become inf and are counted below
+            value = value.astype(np.float32)
+        nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
+        if nan or inf:
+            raise UserError(f"{path}: {key} in the {name} split has {nan} NaN and {inf} infinite values "
+                            f"(of {value.size}); clean the data or drop those samples")
         out[key] = value
-    labels = labels.reshape(-1).astype(np.int64)
-    if labelled and not np.isin(labels, (0, 1)).all():
-        odd = sorted(set(np.unique(labels).tolist()) - {0, 1})[:5]
-        raise UserError(f"{path}: {name} labels must be 0 or 1, found {odd}")
-    return RawSplit(out, labels, path)
+    valid = np.isin(labels, (0, 1))  # checked before any cast, so 0.5 or NaN cannot pass as 0
+    if labelled and not valid.all():
+        odd = np.unique(labels[~valid])
+        raise UserError(f"{path}: {name} labels must be 0 or 1, found {len(odd)} other values "
+                        f"({', '.join(f'{v:g}' for v in odd[:5].tolist())}) in {int((~valid).sum())} samples")
+    # Unlabelled files carry placeholders (-1 in the test file): keep 0/1, mark anything else -1.
+    return RawSplit(out, np.where(valid, labels, -1).astype(np.int64), path)
 
 
 def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
@@ -87,9 +125,16 @@ def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
     path = data_dir / ANSWER_FILE
     if not path.is_file():
         return None
-    with h5py.File(path, "r") as h5:
-        labels = np.asarray(h5["labels"][()]).reshape(-1).astype(np.int64)
-    return labels if len(labels) == n else None
+    try:
+        with h5py.File(path, "r") as h5:
+            labels = np.asarray(_dataset(h5, "labels", path)[()]).reshape(-1)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{path} (the test answer key) is damaged ({_one_line(e)}); delete or replace it")
+    if len(labels) != n or not np.isin(labels, (0, 1)).all():
+        return None
+    return labels.astype(np.int64)
 
 
 def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
@@ -99,9 +144,10 @@ def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
         raise UserError(f"data folder {data_dir} does not exist; pass --data-dir with the HDF5 files")
     splits = {name: read_split(data_dir / file, name, labelled=name != "test")
               for name, file in SPLIT_FILES.items()}
-    sizes = {name: s.channels["density"].shape[1:] for name, s in splits.items()}
+    sizes = {name: s.channels["density"].shape[1] for name, s in splits.items()}
     if len(set(sizes.values())) > 1:
-        raise UserError(f"grid sizes differ between splits ({sizes}); all splits must use the same grid")
+        grids = ", ".join(f"{name} {s}x{s}" for name, s in sizes.items())
+        raise UserError(f"grid sizes differ between splits ({grids}); all splits must use the same grid")
     return splits
 
 
