@@ -17,6 +17,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _reason(path: Path, e: OSError) -> str:
+    """Why `path` cannot be written, in words: a file standing where a folder should be is named."""
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    return f"{blocker} is a file, not a folder" if blocker else (e.strerror or str(e))
+
+
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write through `write(file)` into a temporary file beside `path`, fsync, then rename over `path`."""
     path = Path(path)
@@ -24,7 +30,7 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror}; choose a writable folder (e.g. --out-dir)")
+        raise UserError(f"cannot write {path}: {_reason(path, e)}; choose a writable folder (e.g. --out-dir)")
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -32,6 +38,9 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, or `path` is a folder: the old file (if any) is left as it was
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {_reason(path, e)}; choose another path or free some space")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -65,7 +74,8 @@ def fresh_directory(parent: str | Path, name: str) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create output folder {parent}: {e.strerror}; choose another --out-dir")
+        raise UserError(f"cannot create output folder {parent}: {_reason(parent / 'x', e)}; "
+                        f"choose another --out-dir")
     for i in range(1, 10_000):
         candidate = parent / (name if i == 1 else f"{name}-{i}")
         try:
@@ -74,5 +84,6 @@ def fresh_directory(parent: str | Path, name: str) -> Path:
         except FileExistsError:
             continue
         except OSError as e:
-            raise UserError(f"cannot create run folder {candidate}: {e.strerror}; choose another --out-dir")
+            raise UserError(f"cannot create run folder {candidate}: {_reason(candidate, e)}; "
+                            f"choose another --out-dir")
     raise UserError(f"too many runs named {name} in {parent}; choose another --out-dir")
