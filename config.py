@@ -24,19 +24,22 @@ def _opt(default: Any, help: str, choices: tuple | None = None, check: Callable 
 
 
 def positive(x: float) -> bool:
+    """must be > 0"""
     return x > 0
 
 
 def non_negative(x: float) -> bool:
+    """must be >= 0"""
     return x >= 0
 
 
 def probability(x: float) -> bool:
-    """In [0, 1): a dropout rate, a momentum or a smoothing eps."""
+    """must be in [0, 1): a dropout rate, a momentum or a smoothing eps"""
     return 0 <= x < 1
 
 
 def channel_spec(text: str) -> bool:
+    """'auto' or distinct names from density, recording_date separated by commas"""
     if text == "auto":
         return True
     names = [n.strip() for n in text.split(",")]
@@ -108,15 +111,21 @@ def _checked(kind: type, name: str, check: Callable | None) -> Callable[[str], A
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}")
         if check is not None and not check(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range for --{name} ({check.__name__})")
+            hint = check.__doc__ or check.__name__  # the check's docstring says what is allowed
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range for --{name} ({hint})")
         return value
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line and exit code 2 (argparse would print the whole usage block first)."""
+        self.exit(2, f"error: {message}; see --help\n")
+
+
 def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     """One --flag per Config field, with the field's default, help, choices and range check."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
