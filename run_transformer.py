@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import torch
 
+import distributed
 import synthetic
 from config import Config, UserError, build_parser, config_from_dict
 from data import (SPLIT_FILES, choose_channels, find_confounders, load_splits, read_answer_key, read_split,
@@ -94,7 +95,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def environment(device: torch.device) -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "h5py": h5py.__version__, "device": str(device), "platform": platform.platform(),
-            "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else ""}
+            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+            "world_size": str(distributed.world())}
 
 
 # ---- training --------------------------------------------------------------------------------------------
@@ -104,11 +106,15 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
     """Train one configuration end to end and write its run folder; returns the summary."""
     start = time.time()
     progress = sys.stderr.isatty() if progress is None else progress
-    device = pick_device(cfg.device)
+    device = distributed.setup(pick_device(cfg.device), cfg.sync_bn)  # torchrun: join the group
+    main_rank = distributed.is_main()
+    if not main_rank:  # rank 0 alone prints and writes
+        log, progress = (lambda message: None), False
     torch.manual_seed(cfg.seed)
-    data, info = load_data(cfg, device, log, resume_from["stats"] if resume_from else None)
+    with distributed.main_first():  # rank 0 generates the built-in benchmark before the others read it
+        data, info = load_data(cfg, device, log, resume_from["stats"] if resume_from else None)
     model = build_model(cfg, len(info["channels"]), data.image_size).to(device)
-    steps_per_epoch = max(len(data.x["train"]) // cfg.batch_size, 1)
+    steps_per_epoch = max(len(data.x["train"]) // (cfg.batch_size * distributed.world()), 1)
     optimizer = build_optimizer(cfg, model, device)
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     state = TrainState()
@@ -122,30 +128,41 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
         if resume_from["cuda_rng"] and device.type == "cuda":
             torch.cuda.set_rng_state_all(resume_from["cuda_rng"])
         log(f"resuming {run_dir} after epoch {state.epoch}")
+    elif not main_rank:
+        run_dir = Path(cfg.out_dir)  # never written: only rank 0 creates a run folder
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = fresh_directory(cfg.out_dir, f"{stamp}-{cfg.model}-{cfg.optimizer}-{cfg.loss}")
         write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": info,
                                              "environment": environment(device)})
+    if distributed.world() > 1:  # identical weights on every rank, but each rank its own dropout masks
+        torch.manual_seed(cfg.seed + 1_000_003 * (distributed.rank() + 1) + state.epoch)
     log(f"run folder: {run_dir}  ({sum(p.numel() for p in model.parameters()):,} parameters, {device}, "
-        f"{steps_per_epoch} steps/epoch)")
+        f"{steps_per_epoch} steps/epoch" + (f" on each of {distributed.world()} processes" if
+                                            distributed.world() > 1 else "") + ")")
 
     def on_epoch(st: TrainState, improved: bool) -> None:
+        if not main_rank:
+            return
         payload = checkpoint(model, optimizer, scheduler, st, cfg, data)
         if improved:
             save_torch(run_dir / "best.pt", payload)
         save_torch(run_dir / "last.pt", payload)
         write_metrics_csv(run_dir / "metrics.csv", st.history)
 
-    if not resume_from:
+    if not resume_from and main_rank:
         save_torch(run_dir / "last.pt", checkpoint(model, optimizer, scheduler, state, cfg, data))
     try:
         fit(model, optimizer, scheduler, data, cfg, state, on_epoch, log, progress)
+        if not main_rank:
+            return {"rank": distributed.rank(), "epochs_run": state.epoch}
     except Interrupted as e:
         raise Interrupted(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
                           f"python run_transformer.py --resume {run_dir}") from None
     except Diverged as e:
         log(f"error: {e}")
+        if not main_rank:
+            raise
         if not (run_dir / "best.pt").exists():
             raise Diverged(f"{e}; no epoch finished, so there is no checkpoint to predict with") from None
         finish(run_dir, model, cfg, data, info, state, start, log, diverged=str(e))
@@ -248,13 +265,17 @@ def main(argv: list[str] | None = None) -> int:
             run(cfg)
         return 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except Diverged:
         return 3
     except Interrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"interrupted: {e}", file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import distributed
 from cnn import ReferenceCNN
 from config import Config, UserError
 from data import DeviceData, epoch_batches
@@ -102,6 +103,27 @@ def training_loss(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y * (1 - eps) + 0.5 * eps)
 
 
+def compile_mode(device: torch.device) -> str | None:
+    """CUDA graphs ("reduce-overhead") on one GPU, where launch overhead dominates a small model. BatchNorm's
+    running statistics are buffers at fixed addresses, updated in place by every replay (checked against
+    eager in tests/test_train_compile.py). Under DDP and on CPU: the default mode."""
+    return "reduce-overhead" if device.type == "cuda" and not distributed.active() else None
+
+
+def training_model(model: nn.Module, cfg: Config, device: torch.device, backend: str = "inductor") -> nn.Module:
+    """The module the training steps call: DDP under torchrun, torch.compile with --compile.
+
+    Both wrappers share `model`'s parameters and buffers. Evaluation and checkpoints use `model` itself
+    (eager, unwrapped): evaluation never triggers a recompile and checkpoint keys match single-process runs.
+    Training batches all have one shape (epoch_batches yields full batches only), so one compile suffices.
+    """
+    step_model = distributed.wrap(model, device, cfg.sync_bn)
+    if cfg.compile:
+        mode = compile_mode(device) if backend == "inductor" else None
+        step_model = torch.compile(step_model, backend=backend, mode=mode)
+    return step_model
+
+
 # ---- evaluation ------------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -182,18 +204,22 @@ def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceDat
                 stop: StopFlag, autocast, progress: bool) -> dict[str, float]:
     """One pass over the training set. Sums stay on the device until the end of the epoch."""
     x, y = data.x["train"], data.y["train"]
-    batches = epoch_batches(len(x), cfg.batch_size, epoch, cfg.seed, x.device)
+    batches = epoch_batches(len(x), cfg.batch_size, epoch, cfg.seed, x.device, distributed.rank(),
+                            distributed.world())
     device = x.device
     sums = torch.zeros(3, device=device)  # objective, log loss, correct
-    count = sum(len(idx) for idx in batches)
+    count = sum(len(idx) for idx in batches) * distributed.world()  # every rank runs equal full batches
+    cudagraphs = cfg.compile and device.type == "cuda"
     step_ids = torch.arange(len(batches), device=device, dtype=torch.float32)
     first_bad = torch.full((), float("inf"), device=device)
     model.train()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress,
                file=sys.stderr)
     for step, idx in enumerate(bar):
-        if stop.signum is not None:
+        if stop.signum is not None and not distributed.active():  # under DDP all ranks stop after the epoch
             raise Interrupted(f"signal {stop.signum} during epoch {epoch + 1}, step {step}")
+        if cudagraphs:  # a new iteration: CUDA-graph outputs of the previous step may be overwritten now
+            torch.compiler.cudagraph_mark_step_begin()
         xb, yb = x[idx], y[idx]
         with autocast:
             logits = model(xb).float().squeeze(1)
@@ -206,6 +232,7 @@ def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceDat
             first_bad = torch.where(torch.isfinite(loss) | (first_bad < step_ids[step]), first_bad, step_ids[step])
             hard = F.binary_cross_entropy_with_logits(logits, yb)
             sums += torch.stack([loss * len(idx), hard * len(idx), ((logits > 0).float() == yb).sum()])
+    sums, first_bad = distributed.sum_over_ranks(sums), distributed.min_over_ranks(first_bad)
     objective, hard_loss, correct = sums.tolist()  # the one host sync of the epoch
     bad = float(first_bad)
     if math.isfinite(bad):
@@ -225,13 +252,15 @@ def fit(model: nn.Module, optimizer, scheduler, data: DeviceData, cfg: Config, s
     device = data.x["train"].device
     use_bf16 = cfg.precision == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    step_model = training_model(model, cfg, device)
     with StopFlag() as stop:
         while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
             epoch = state.epoch
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-            row.update(train_epoch(model, optimizer, scheduler, loss_fn, data, cfg, epoch, stop, autocast,
+            row.update(train_epoch(step_model, optimizer, scheduler, loss_fn, data, cfg, epoch, stop, autocast,
                                    progress))
-            val = evaluate(model, data.x["valid"], data.y["valid"])
+            distributed.sync_buffers(model)  # same BatchNorm statistics on every rank before evaluating
+            val = distributed.from_main(evaluate(model, data.x["valid"], data.y["valid"]), device)
             row.update({"val_loss": val["loss"], "val_acc": val["acc"], "val_auc": val["auc"]})
             row["gap_acc"] = row["train_acc"] - row["val_acc"]
             row["gap_loss"] = row["val_loss"] - row["train_loss"]
@@ -244,7 +273,7 @@ def fit(model: nn.Module, optimizer, scheduler, data: DeviceData, cfg: Config, s
                 state.bad_epochs += 1
             on_epoch(state, improved)
             log(format_row(row, improved))
-            if stop.signum is not None:
+            if distributed.any_rank(stop.signum is not None, device):
                 raise Interrupted(f"signal {stop.signum} after epoch {epoch + 1}")
     return state
 
