@@ -36,6 +36,14 @@ class Diverged(Exception):
 class Interrupted(Exception):
     """SIGINT or SIGTERM arrived: the partial epoch is abandoned, last.pt holds the last complete one."""
 
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum  # the exit code is 128 + signum, as if the signal had killed the process
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
 
 # ---- building blocks -------------------------------------------------------------------------------------
 
@@ -200,6 +208,13 @@ class StopFlag:
             signal.signal(s, handler)
 
 
+@torch.no_grad()
+def all_finite(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer (BatchNorm statistics too) is finite: one sync."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+
+
 def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceData, cfg: Config, epoch: int,
                 stop: StopFlag, autocast, progress: bool) -> dict[str, float]:
     """One pass over the training set. Sums stay on the device until the end of the epoch."""
@@ -217,7 +232,8 @@ def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceDat
                file=sys.stderr)
     for step, idx in enumerate(bar):
         if stop.signum is not None and not distributed.active():  # under DDP all ranks stop after the epoch
-            raise Interrupted(f"signal {stop.signum} during epoch {epoch + 1}, step {step}")
+            raise Interrupted(f"{signal_name(stop.signum)} during epoch {epoch + 1}, step {step + 1}",
+                              stop.signum)
         if cudagraphs:  # a new iteration: CUDA-graph outputs of the previous step may be overwritten now
             torch.compiler.cudagraph_mark_step_begin()
         xb, yb = x[idx], y[idx]
@@ -235,9 +251,15 @@ def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceDat
     sums, first_bad = distributed.sum_over_ranks(sums), distributed.min_over_ranks(first_bad)
     objective, hard_loss, correct = sums.tolist()  # the one host sync of the epoch
     bad = float(first_bad)
+    hint = f"the learning rate (--lr {cfg.lr:g}) is probably too high, try --lr {cfg.lr / 10:g}"
     if math.isfinite(bad):
-        raise Diverged(f"training diverged at epoch {epoch + 1}, step {int(bad)}: the loss became NaN or "
-                       f"infinite; the learning rate ({cfg.lr:g}) is probably too high, try --lr {cfg.lr / 10:g}")
+        raise Diverged(f"training diverged at epoch {epoch + 1}, step {int(bad) + 1} of {len(batches)}: the "
+                       f"loss became NaN or infinite (or the gradient of the step before did); {hint}")
+    # A non-finite gradient in the last step leaves no bad loss behind: check the weights once per epoch,
+    # before they can reach a checkpoint.
+    if not all_finite(model):
+        raise Diverged(f"training diverged at epoch {epoch + 1}, step {len(batches)} of {len(batches)}: the "
+                       f"weights became NaN or infinite (a non-finite gradient); {hint}")
     return {"train_objective": objective / count, "train_loss": hard_loss / count, "train_acc": correct / count}
 
 
@@ -274,7 +296,8 @@ def fit(model: nn.Module, optimizer, scheduler, data: DeviceData, cfg: Config, s
             on_epoch(state, improved)
             log(format_row(row, improved))
             if distributed.any_rank(stop.signum is not None, device):
-                raise Interrupted(f"signal {stop.signum} after epoch {epoch + 1}")
+                signum = stop.signum or signal.SIGTERM  # under DDP another rank may have been signalled
+                raise Interrupted(f"{signal_name(signum)} after epoch {epoch + 1}", signum)
     return state
 
 
