@@ -1,0 +1,121 @@
+"""DDP under torchrun on CPU: 2 gloo processes on a tiny generated data set.
+
+Checks that training runs, that the ranks end with identical weights, that only rank 0 prints and writes,
+and that the recorded metrics equal a single-process computation with the same model and data.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import distributed
+import synthetic
+from config import config_from_dict
+from data import epoch_batches
+from run_transformer import load_checkpoint, load_data
+from train import build_model, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ddp") / "data"
+    synthetic.generate_benchmark(path, 0, synthetic.Sizes(200, 200, 50, 50, 40, 40))
+    return path
+
+
+def torchrun(tmp: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """2 gloo processes of run_transformer.main; returns the result, the run folder and the weight dumps."""
+    dumps, runs = tmp / "dumps", tmp / "runs"
+    dumps.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "ddp_worker.py"), str(dumps), "--out-dir", str(runs),
+           "--predictions", str(tmp / "predictions.txt"), *MODEL, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    folders = list(runs.iterdir())
+    assert len(folders) == 1, f"exactly one run folder (rank 0's) expected, found {folders}"
+    return proc, folders[0], dumps
+
+
+def metrics(run_dir: Path) -> list[dict[str, float]]:
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def model_and_data(run_dir: Path, name: str = "last.pt"):
+    """The saved model and the run's data, rebuilt in this single process."""
+    payload = load_checkpoint(run_dir / name)
+    cfg = config_from_dict(payload["config"])
+    model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"])
+    model.load_state_dict(payload["model"])  # same keys as a single-process model: the unwrapped module
+    data, _ = load_data(cfg, torch.device("cpu"), lambda m: None, payload["stats"])
+    return model, data, cfg
+
+
+def test_two_processes_stay_in_sync_and_match_single_process_evaluation(data_dir, tmp_path):
+    proc, run_dir, dumps = torchrun(tmp_path, ["--data-dir", str(data_dir), "--epochs", "2",
+                                               "--batch-size", "16"])
+    # rank 0 alone prints: one line per epoch, and the run says how it was split
+    assert proc.stdout.count("epoch   1 ") == 1 and proc.stdout.count("epoch   2 ") == 1, proc.stdout
+    assert "on each of 2 processes" in proc.stdout
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "metrics.csv", "best.pt", "last.pt",
+                                                    "summary.json", "predictions.txt"}
+
+    ranks = [torch.load(dumps / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys()
+    differ = [k for k in ranks[0] if not torch.equal(ranks[0][k], ranks[1][k])]
+    assert not differ, f"ranks ended with different weights or BatchNorm statistics: {differ}"
+
+    model, data, cfg = model_and_data(run_dir)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ranks[0][key]), f"last.pt differs from the trained weights at {key}"
+    torch.manual_seed(cfg.seed)  # run() seeds the same way before building the model
+    initial = build_model(cfg, len(data.stats["channels"]), data.image_size).state_dict()
+    assert not torch.equal(initial["head.weight"], ranks[0]["head.weight"]), "training did not change weights"
+
+    single = evaluate(model, data.x["valid"], data.y["valid"])
+    last = metrics(run_dir)[-1]
+    for key in ("loss", "acc", "auc"):
+        assert last[f"val_{key}"] == pytest.approx(single[key], rel=2e-5, abs=1e-6), key
+
+
+def test_training_metrics_are_summed_over_both_ranks_disjoint_slices(data_dir, tmp_path):
+    # With lr 1e-30 the weights cannot move and dropout is off, so the epoch's training metrics are a
+    # fixed function of the initial model and of which images each rank saw in which batch.
+    _, run_dir, _ = torchrun(tmp_path, ["--data-dir", str(data_dir), "--epochs", "1", "--batch-size", "16",
+                                        "--lr", "1e-30", "--dropout", "0", "--emb-dropout", "0"])
+    model, data, cfg = model_and_data(run_dir)
+    x, y = data.x["train"], data.y["train"]
+    slices = [epoch_batches(len(x), cfg.batch_size, 0, cfg.seed, "cpu", r, 2) for r in (0, 1)]
+    seen = torch.cat([idx for rank in slices for idx in rank])
+    assert len(seen) == len(set(seen.tolist())) == 2 * (len(x) // 32) * 16, "rank slices overlap"
+    model.train()  # training-mode BatchNorm: statistics of each rank's own batch, as in the run
+    loss = correct = 0.0
+    with torch.no_grad():
+        for idx in seen.split(cfg.batch_size):
+            logits = model(x[idx]).squeeze(1)
+            loss += float(torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx])) * len(idx)
+            correct += float(((logits > 0).float() == y[idx]).sum())
+    row = metrics(run_dir)[0]
+    assert row["train_loss"] == pytest.approx(loss / len(seen), rel=1e-4)
+    assert row["train_acc"] == pytest.approx(correct / len(seen), abs=1e-6)
+
+
+def test_helpers_are_no_ops_without_torchrun():
+    assert distributed.world() == 1 and distributed.rank() == 0 and distributed.is_main()
+    t = torch.tensor([1.0, 2.0])
+    assert distributed.sum_over_ranks(t) is t and distributed.min_over_ranks(t) is t
+    assert distributed.from_main({"a": 0.5}, torch.device("cpu")) == {"a": 0.5}
+    model = torch.nn.BatchNorm1d(3)
+    assert distributed.wrap(model, torch.device("cpu"), sync_bn=False) is model
+    assert distributed.any_rank(True, torch.device("cpu")) and not distributed.any_rank(False, torch.device("cpu"))
