@@ -87,3 +87,18 @@ def fresh_directory(parent: str | Path, name: str) -> Path:
             raise UserError(f"cannot create run folder {candidate}: {_reason(candidate, e)}; "
                             f"choose another --out-dir")
     raise UserError(f"too many runs named {name} in {parent}; choose another --out-dir")
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail now, not after hours of training, when a file could not be written at `path` later."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; name a file, e.g. {path / 'predictions.txt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {_reason(path, e)}; choose another path")
+    return path

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
@@ -23,10 +26,10 @@ import synthetic
 from config import Config, UserError, build_parser, config_from_dict
 from data import (SPLIT_FILES, choose_channels, find_confounders, load_splits, read_answer_key, read_split,
                   to_device, to_tensor)
-from fileio import fingerprint, fresh_directory, save_torch, write_json, write_text
+from fileio import check_writable, fingerprint, fresh_directory, save_torch, write_json, write_text
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
 from train import (Diverged, Interrupted, TrainState, build_model, build_optimizer, build_scheduler, evaluate,
-                   fit, pick_device, predict_proba)
+                   fit, pick_device, predict_proba, signal_name)
 
 Log = Callable[[str], None]
 
@@ -38,6 +41,15 @@ def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
     data_dir = Path(cfg.data_dir)
     if (data_dir / SPLIT_FILES["train"]).exists():
         return data_dir, "real"
+    present = [f for f in SPLIT_FILES.values() if (data_dir / f).exists()]
+    if present:
+        raise UserError(f"{data_dir} has {', '.join(present)} but no {SPLIT_FILES['train']}; add it, or point "
+                        f"--data-dir at the folder with all three split files")
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError(f"--data-dir {data_dir} is a file; pass the folder that holds {SPLIT_FILES['train']}")
+    if not data_dir.exists() and cfg.data_dir != Config.data_dir:  # a typo must not summon synthetic data
+        raise UserError(f"data folder {data_dir} does not exist; pass --data-dir with the HDF5 files (an empty "
+                        f"folder gets the built-in synthetic benchmark)")
     bench = data_dir / "synthetic"
     log(f"no {SPLIT_FILES['train']} in {data_dir}/: using the built-in synthetic benchmark in {bench}/")
     return synthetic.ensure_benchmark(bench, cfg.synthetic_seed), "synthetic"
@@ -101,6 +113,19 @@ def environment(device: torch.device) -> dict[str, str]:
 
 # ---- training --------------------------------------------------------------------------------------------
 
+def check_predictions_path(path: Path) -> None:
+    """--predictions is rewritten at the end of every run: before training, refuse a path that cannot be
+    written or that holds anything but an earlier predictions file (0/1 lines), such as a data file."""
+    check_writable(path)
+    if path.exists() and (path.stat().st_size > 1 << 26 or not set(path.read_bytes()) <= set(b"01\n")):
+        raise UserError(f"--predictions {path} exists and is not a predictions file (0/1 lines); it would be "
+                        f"overwritten, so choose another path")
+
+
+class ResumableInterrupt(Interrupted):
+    """An interruption after the run folder and its last.pt exist: the message says how to resume."""
+
+
 def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from: dict | None = None
         ) -> dict[str, Any]:
     """Train one configuration end to end and write its run folder; returns the summary."""
@@ -110,6 +135,8 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
     main_rank = distributed.is_main()
     if not main_rank:  # rank 0 alone prints and writes
         log, progress = (lambda message: None), False
+    if main_rank:
+        check_predictions_path(Path(cfg.predictions))
     torch.manual_seed(cfg.seed)
     with distributed.main_first():  # rank 0 generates the built-in benchmark before the others read it
         data, info = load_data(cfg, device, log, resume_from["stats"] if resume_from else None)
@@ -153,21 +180,22 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
     if not resume_from and main_rank:
         save_torch(run_dir / "last.pt", checkpoint(model, optimizer, scheduler, state, cfg, data))
     try:
-        fit(model, optimizer, scheduler, data, cfg, state, on_epoch, log, progress)
+        try:
+            fit(model, optimizer, scheduler, data, cfg, state, on_epoch, log, progress)
+        except Diverged as e:
+            if not main_rank:
+                raise
+            if not (run_dir / "best.pt").exists():
+                raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
+            finish(run_dir, model, cfg, data, info, state, start, log, diverged=str(e))
+            raise Diverged(f"{e}. Kept {run_dir}/best.pt (epoch {state.best_epoch}) and wrote the predictions "
+                           f"from it") from None
         if not main_rank:
             return {"rank": distributed.rank(), "epochs_run": state.epoch}
+        return finish(run_dir, model, cfg, data, info, state, start, log)
     except Interrupted as e:
-        raise Interrupted(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
-                          f"python run_transformer.py --resume {run_dir}") from None
-    except Diverged as e:
-        log(f"error: {e}")
-        if not main_rank:
-            raise
-        if not (run_dir / "best.pt").exists():
-            raise Diverged(f"{e}; no epoch finished, so there is no checkpoint to predict with") from None
-        finish(run_dir, model, cfg, data, info, state, start, log, diverged=str(e))
-        raise
-    return finish(run_dir, model, cfg, data, info, state, start, log)
+        raise ResumableInterrupt(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
+                                 f"python run_transformer.py --resume {run_dir}", e.signum) from None
 
 
 def finish(run_dir: Path, model, cfg: Config, data, info: dict, state: TrainState, start: float, log: Log,
@@ -212,14 +240,33 @@ def explicit_flags(argv: list[str]) -> dict[str, Any]:
     return vars(parser.parse_args(argv))
 
 
+# Stored in the optimizer and scheduler state: a resumed run would silently ignore a new value.
+OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "batch_size")
+
+
 def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict]:
+    """The saved config with the flags typed now; refuses flags that would change the model or optimizer."""
+    if not run_dir.is_dir():
+        raise UserError(f"--resume {run_dir} is not a run folder; pass a folder written by run_transformer.py")
     payload = load_checkpoint(run_dir / "last.pt")
-    saved = config_from_dict(payload["config"])
+    missing = sorted({"optimizer", "scheduler", "train_state", "rng", "cuda_rng"} - payload.keys())
+    try:
+        if missing:
+            raise TypeError(f"no {', '.join(missing)}")
+        saved = config_from_dict(payload["config"])
+        TrainState(**payload["train_state"])
+    except (TypeError, AttributeError, ValueError) as e:
+        raise UserError(f"{run_dir}/last.pt cannot be resumed ({e}); it is damaged or was not written by "
+                        f"run_transformer.py") from None
     asked = dataclasses.replace(saved, **typed)
-    diff = {k: (v, asked.model_fields()[k]) for k, v in saved.model_fields().items() if asked.model_fields()[k] != v}
-    if diff:
-        names = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
-        raise UserError(f"cannot resume {run_dir}: the model differs ({names}); drop those flags or start anew")
+    for kind, fields in (("model settings", tuple(saved.model_fields())),
+                         ("optimizer settings", OPTIMIZER_FIELDS)):
+        diff = {k: (getattr(saved, k), getattr(asked, k)) for k in fields if getattr(asked, k) != getattr(saved, k)}
+        if diff:
+            names = ", ".join(f"--{k.replace('_', '-')}: checkpoint {a!r} vs requested {b!r}"
+                              for k, (a, b) in diff.items())
+            raise UserError(f"cannot resume {run_dir}: the {kind} differ ({names}); drop those flags, or start "
+                            f"a new run with them")
     return asked, payload
 
 
@@ -250,30 +297,53 @@ def predict_file(cfg: Config, log: Log = print) -> Path:
     return output
 
 
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Interrupted at once (no traceback, atomic writes leave no partial file) while
+    data is read or generated and results are written; during training fit's StopFlag takes over."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def handle(signum: int, frame) -> None:
+        raise Interrupted(signal_name(signum), signum)
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad input (one line), 3 diverged, 128 + signal number when interrupted."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         typed = explicit_flags(argv)
         cfg = Config(**{**dataclasses.asdict(Config()), **typed})
-        if cfg.predict:
-            predict_file(cfg)
-            return 0
-        if cfg.resume:
-            cfg, payload = resume_config(Path(cfg.resume), typed)
-            run(cfg, resume_from=payload)
-        else:
-            run(cfg)
+        with signals_interrupt():
+            if cfg.predict:
+                predict_file(cfg)
+                return 0
+            if cfg.resume:
+                cfg, payload = resume_config(Path(cfg.resume), typed)
+                run(cfg, resume_from=payload)
+            else:
+                run(cfg)
         return 0
     except UserError as e:
         if distributed.is_main():
             print(f"error: {e}", file=sys.stderr)
         return 2
-    except Diverged:
+    except Diverged as e:
+        if distributed.is_main():
+            print(f"error: {e}", file=sys.stderr)
         return 3
     except Interrupted as e:
         if distributed.is_main():
-            print(f"interrupted: {e}", file=sys.stderr)
-        return 130
+            hint = "" if isinstance(e, ResumableInterrupt) else "; nothing to resume yet: run the same command again"
+            print(f"interrupted: {e}{hint}", file=sys.stderr)
+        return 128 + int(e.signum)
     finally:
         distributed.teardown()
 
