@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny built-in benchmark (a fraction of a second to generate) and the real test file."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import synthetic  # noqa: E402
+
+REAL_TEST_FILE = ROOT.parent / "shared" / "gasdata" / "test_no_labels.hdf5"
+TINY = synthetic.Sizes(train0=200, train1=200, valid0=50, valid1=50, test0=40, test1=40)
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory) -> Path:
+    """A small copy of the built-in benchmark in the scientist's layout (read-only by convention)."""
+    return synthetic.generate_benchmark(tmp_path_factory.mktemp("tiny") / "bench", seed=0, sizes=TINY)
+
+
+@pytest.fixture
+def real_test_file() -> Path:
+    if not REAL_TEST_FILE.is_file():
+        pytest.skip(f"real test file {REAL_TEST_FILE} not present")
+    return REAL_TEST_FILE
