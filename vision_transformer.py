@@ -46,8 +46,9 @@ class PatchEmbedding(nn.Module):
         self.to_tokens = Rearrange("b e h w -> b (h w) e")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, emb_dim))
         self.pos_embedding = nn.Parameter(torch.zeros(1, self.num_patches + 1, emb_dim))
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embedding, std=0.02)
+        # trunc_normal_ truncates at absolute a, b (default +-2): pass +-2 std explicitly.
+        nn.init.trunc_normal_(self.cls_token, std=0.02, a=-0.04, b=0.04)
+        nn.init.trunc_normal_(self.pos_embedding, std=0.02, a=-0.04, b=0.04)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -113,5 +114,5 @@ class VisionTransformer(nn.Module):
 def _init_linear(module: nn.Module) -> None:
     """ViT-style init: truncated normal 0.02 for linear weights, zero biases."""
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
         nn.init.zeros_(module.bias)

@@ -1,0 +1,107 @@
+"""Optimizers, schedules, losses and metrics of the training loop."""
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from config import Config
+from data import load_splits, to_device
+from train import (TrainState, build_model, build_optimizer, build_scheduler, fit, parameter_groups, roc_auc,
+                   training_loss)
+
+
+def small_cfg(**kw) -> Config:
+    return dataclasses.replace(Config(), emb_dim=16, depth=1, heads=2, mlp_dim=32, batch_size=64, **kw)
+
+
+def test_losses_match_hand_computed_values():
+    logits = torch.tensor([2.0, -1.0])
+    y = torch.tensor([1.0, 0.0])
+    p = torch.sigmoid(logits)
+    bce = -(math.log(p[0]) + math.log(1 - p[1])) / 2
+    assert training_loss(small_cfg(loss="bce"))(logits, y).item() == pytest.approx(bce, rel=1e-6)
+    mse = ((p[0] - 1) ** 2 + p[1] ** 2) / 2
+    assert training_loss(small_cfg(loss="mse"))(logits, y).item() == pytest.approx(float(mse), rel=1e-6)
+    # eps = 0.1 gives targets 0.95 and 0.05
+    smooth = -(0.95 * math.log(p[0]) + 0.05 * math.log(1 - p[0]) + 0.05 * math.log(p[1])
+               + 0.95 * math.log(1 - p[1])) / 2
+    assert training_loss(small_cfg(loss="smooth", smoothing=0.1))(logits, y).item() == pytest.approx(smooth, rel=1e-6)
+
+
+def test_sgd_momentum_and_linear_lr_reach_one_tenth_after_exactly_all_steps():
+    cfg = small_cfg(optimizer="sgd", lr=0.1, epochs=3)
+    model = build_model(cfg, 1, 28)
+    opt = build_optimizer(cfg, model, torch.device("cpu"))
+    assert isinstance(opt, torch.optim.SGD) and all(g["momentum"] == 0.9 for g in opt.param_groups)
+    steps_per_epoch = 7
+    sched = build_scheduler(cfg, opt, steps_per_epoch)
+    assert isinstance(sched, torch.optim.lr_scheduler.LinearLR)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(steps_per_epoch * cfg.epochs):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(0.1)
+    assert lrs[-1] == pytest.approx(0.01)  # factor 0.1 after len(loader) * epochs steps, not before
+    assert lrs[-2] > 0.01 + 1e-9
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_adamw_warmup_then_cosine_shape():
+    cfg = small_cfg(optimizer="adamw", lr=1e-3, epochs=10, warmup_epochs=2)
+    model = build_model(cfg, 1, 28)
+    opt = build_optimizer(cfg, model, torch.device("cpu"))
+    assert isinstance(opt, torch.optim.AdamW)
+    sched = build_scheduler(cfg, opt, 10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    peak = lrs.index(max(lrs))
+    assert peak == 19 and max(lrs) == pytest.approx(1e-3)  # 2 warmup epochs of 10 steps
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1])), "warmup rises linearly"
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:])), "cosine decays"
+    assert lrs[-1] < 1e-5
+
+
+def test_weight_decay_spares_biases_norms_and_embeddings():
+    model = build_model(small_cfg(), 1, 28)
+    decay, keep = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    kept = {names[id(p)] for p in keep["params"]}
+    assert {"embed.cls_token", "embed.pos_embedding", "embed.norm.weight", "head.bias"} <= kept
+    assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+
+
+def test_roc_auc_matches_pairwise_definition_with_ties():
+    p = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.4, 0.9])
+    y = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+    pairs = [(float(p[i] > p[j]) + 0.5 * float(p[i] == p[j])) for i in range(6) for j in range(6)
+             if y[i] == 1 and y[j] == 0]
+    assert roc_auc(p, y) == pytest.approx(sum(pairs) / len(pairs))
+
+
+def test_fit_learns_records_metrics_and_stops_early(tiny_benchmark):
+    cfg = small_cfg(optimizer="adamw", lr=3e-3, weight_decay=0.05, epochs=4, patience=2, seed=1)
+    data = to_device(load_splits(tiny_benchmark), ["density"], "cpu")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, 1, 28)
+    opt = build_optimizer(cfg, model, torch.device("cpu"))
+    sched = build_scheduler(cfg, opt, len(data.x["train"]) // cfg.batch_size)
+    calls = []
+    state = fit(model, opt, sched, data, cfg, TrainState(), lambda st, imp: calls.append(imp), log=lambda s: None)
+    assert 1 <= state.epoch <= 4 and len(state.history) == state.epoch == len(calls)
+    row = state.history[0]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "gap_acc", "gap_loss", "lr"):
+        assert math.isfinite(row[key]), key
+    assert row["gap_acc"] == pytest.approx(row["train_acc"] - row["val_acc"])
+    assert state.best_loss == min(r["val_loss"] for r in state.history)
+    assert calls[0] is True  # the first epoch always improves on +inf
+    # validation loss is the log loss of the probabilities, whatever the training loss
+    model.eval()
+    with torch.no_grad():
+        p = torch.sigmoid(model(data.x["valid"]).squeeze(1))
+    assert state.history[-1]["val_loss"] == pytest.approx(F.binary_cross_entropy(p, data.y["valid"]).item(), rel=1e-4)
