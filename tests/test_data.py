@@ -1,0 +1,74 @@
+"""Loading the scientist's layout, normalisation, batching and the shortcut guard."""
+import numpy as np
+import torch
+
+from data import (channel_stats, choose_channels, epoch_batches, find_confounders, load_splits, read_split,
+                  to_device)
+
+
+def test_real_test_file_loads_in_the_scientists_layout(real_test_file):
+    split = read_split(real_test_file, "test", labelled=False)
+    assert len(split) == 1000
+    assert split.channels["density"].shape == (1000, 28, 28)
+    assert split.channels["density"].dtype == np.float32
+    assert set(np.unique(split.labels)) == {-1}
+    assert 6.99 <= split.channels["recording_date"].min() and split.channels["recording_date"].max() <= 9.01
+    stats = channel_stats(split, ["density", "recording_date"])
+    x = to_device({"train": split, "valid": split, "test": split}, ["density"], "cpu").x["test"]
+    assert x.shape == (1000, 1, 28, 28) and x.dtype == torch.float32
+    assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3
+    assert stats["channels"] == ["density", "recording_date"]
+
+
+def test_channels_are_selected_in_the_requested_order(tiny_benchmark):
+    splits = load_splits(tiny_benchmark)
+    data = to_device(splits, ["recording_date", "density"], "cpu")
+    assert data.x["train"].shape == (400, 2, 28, 28)
+    assert data.stats["channels"] == ["recording_date", "density"]
+    # channel 0 is the date: constant within each training sample
+    first = data.x["train"][:, 0].flatten(1)
+    assert torch.all(first.min(1).values == first.max(1).values)
+
+
+def test_normalisation_uses_training_statistics_only(tiny_benchmark):
+    splits = load_splits(tiny_benchmark)
+    data = to_device(splits, ["density"], "cpu")
+    mean, std = data.stats["mean"][0], data.stats["std"][0]
+    assert mean == np.float64(splits["train"].channels["density"].mean(dtype=np.float64))
+    expected_valid = (splits["valid"].channels["density"] - np.float32(mean)) / np.float32(std)
+    assert np.allclose(data.x["valid"][:, 0].numpy(), expected_valid, atol=1e-5)
+    assert data.y["test"] is None  # no answer key passed
+
+
+def test_shortcut_guard_flags_recording_date_and_not_density(tiny_benchmark):
+    found = find_confounders(load_splits(tiny_benchmark))
+    assert set(found) == {"recording_date"}
+    assert "separates the training labels" in found["recording_date"]
+
+
+def test_auto_channels_drop_confounders_and_explicit_lists_keep_them():
+    messages = []
+    confounders = {"recording_date": "evidence"}
+    assert choose_channels("auto", confounders, messages.append) == ["density"]
+    assert any("recording_date" in m and "WARNING" in m for m in messages)
+    assert choose_channels("density,recording_date", confounders, messages.append) == ["density", "recording_date"]
+    assert choose_channels("auto", {}, messages.append) == ["density", "recording_date"]
+
+
+def test_non_overlapping_ranges_are_a_confounder(tiny_benchmark):
+    splits = load_splits(tiny_benchmark)
+    splits["train"].channels["density"] = splits["train"].channels["density"] + 100.0
+    assert "density" in find_confounders(splits)
+
+
+def test_batches_shuffle_every_epoch_cover_disjoint_full_batches():
+    first = epoch_batches(1000, 64, epoch=0, seed=0, device="cpu")
+    second = epoch_batches(1000, 64, epoch=1, seed=0, device="cpu")
+    assert len(first) == 1000 // 64 and all(len(b) == 64 for b in first)
+    flat = torch.cat(first)
+    assert len(torch.unique(flat)) == len(flat)  # no sample twice in an epoch
+    assert not torch.equal(flat, torch.cat(second))  # reshuffled each epoch
+    assert torch.equal(flat, torch.cat(epoch_batches(1000, 64, epoch=0, seed=0, device="cpu")))  # reproducible
+    ranks = [torch.cat(epoch_batches(1000, 64, 0, 0, "cpu", rank=r, world=2)) for r in (0, 1)]
+    assert len(set(ranks[0].tolist()) & set(ranks[1].tolist())) == 0
+    assert len(ranks[0]) == len(ranks[1])

@@ -1,0 +1,91 @@
+"""End to end through the command line, as the scientist uses it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import run_transformer
+from conftest import ROOT
+
+SMALL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--batch-size", "64"]
+
+
+def train(tmp_path: Path, data: Path, *extra: str) -> Path:
+    out = tmp_path / "runs"
+    argv = ["--data-dir", str(data), "--out-dir", str(out), "--predictions", str(tmp_path / "outputs" / "p.txt"),
+            "--epochs", "2", *SMALL, *extra]
+    assert run_transformer.main(argv) == 0
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def test_cli_run_writes_every_output(tmp_path, tiny_benchmark, capsys):
+    run_dir = train(tmp_path, tiny_benchmark, "--loss", "smooth")
+    for name in ("config.json", "metrics.csv", "best.pt", "last.pt", "curves.png", "summary.json",
+                 "predictions.txt", "test_probabilities.csv"):
+        assert (run_dir / name).is_file(), name
+    lines = (run_dir / "predictions.txt").read_text().splitlines()
+    assert len(lines) == 80 and set(lines) <= {"0", "1"}
+    assert (tmp_path / "outputs" / "p.txt").read_text() == (run_dir / "predictions.txt").read_text()
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 2
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["config"]["loss"] == "smooth" and saved["data"]["channels"] == ["density"]
+    assert saved["data"]["source"] == "real"  # a folder with train.hdf5 counts as real files
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0 <= summary["test_acc"] <= 1  # the tiny benchmark carries its answer key
+    checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
+    assert checkpoint["config"]["loss"] == "smooth" and checkpoint["stats"]["channels"] == ["density"]
+    out = capsys.readouterr().out
+    assert "recording_date" in out and "WARNING" in out  # the shortcut guard spoke
+    assert "epoch   1" in out and "val loss" in out
+
+
+def test_explicit_channels_keep_the_confounder_and_the_model_follows(tmp_path, tiny_benchmark):
+    run_dir = train(tmp_path, tiny_benchmark, "--channels", "density,recording_date", "--model", "cnn")
+    checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
+    assert checkpoint["model"]["features.0.0.weight"].shape[1] == 2
+
+
+def test_two_runs_never_share_a_folder(tmp_path, tiny_benchmark):
+    first = train(tmp_path / "a", tiny_benchmark)
+    argv = ["--data-dir", str(tiny_benchmark), "--out-dir", str(first.parent), "--predictions",
+            str(tmp_path / "p2.txt"), "--epochs", "1", *SMALL]
+    assert run_transformer.main(argv) == 0
+    assert len([p for p in first.parent.iterdir() if p.is_dir()]) == 2
+
+
+def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark):
+    run_dir = train(tmp_path, tiny_benchmark)
+    output = tmp_path / "new" / "pred.txt"
+    argv = ["--predict", str(run_dir), "--input", str(tiny_benchmark / "valid.hdf5"), "--output", str(output)]
+    assert run_transformer.main(argv) == 0
+    lines = output.read_text().splitlines()
+    assert len(lines) == 100 and set(lines) <= {"0", "1"}
+    rows = output.with_suffix(".csv").read_text().splitlines()
+    assert rows[0] == "index,probability,label" and len(rows) == 101
+    probs = np.array([float(r.split(",")[1]) for r in rows[1:]])
+    assert ((probs > 0.5).astype(int).astype(str) == np.array(lines)).all()
+    assert run_transformer.main(argv) == 2  # refuses to overwrite its own earlier output
+
+
+def test_empty_data_dir_uses_the_built_in_benchmark(tmp_path, monkeypatch):
+    import synthetic
+    from conftest import TINY
+    monkeypatch.setattr(synthetic.ensure_benchmark, "__defaults__", (0, TINY))  # keep the benchmark tiny
+    (tmp_path / "empty").mkdir()
+    run_dir = train(tmp_path, tmp_path / "empty")
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["data"]["source"] == "synthetic"
+    assert (tmp_path / "empty" / "synthetic" / "train.hdf5").is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["bayes_accuracy"]["test"] > summary["test_acc"]
+
+
+def test_help_lists_the_flags():
+    out = subprocess.run([sys.executable, str(ROOT / "run_transformer.py"), "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for flag in ("--optimizer", "--loss", "--smoothing", "--channels", "--patch-norm", "--block-norm", "--predict"):
+        assert flag in out
