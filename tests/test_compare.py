@@ -1,0 +1,161 @@
+"""The ablation harness: grid bookkeeping, resumption after an interruption, and one real end-to-end run."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import compare
+import run_transformer
+from config import Config
+from report import write_metrics_csv
+from train import Interrupted
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second OpenMP thread costs more than it gives (and much more on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def changed(cfg: Config, base: Config) -> dict:
+    a, b = dataclasses.asdict(cfg), dataclasses.asdict(base)
+    return {k: v for k, v in a.items() if b[k] != v}
+
+
+def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
+    chosen = compare.variants(compare.FULL.configs)
+    assert [v.name for v in chosen[:2]] == ["before/with-date", "before/no-date"]
+    assert len(chosen) == 16 and len({v.name for v in chosen}) == 16
+    assert set(compare.FULL.configs) == {"before", "+patch-bn", "+sgd-linear", "+mse", "+smooth", "+block-bn",
+                                         "after", "cnn"}
+    base = Config(data_dir="somewhere")
+    before = compare.Variant("before", "no-date").build(base)
+    assert (before.model, before.patch_norm, before.block_norm, before.optimizer, before.loss) == \
+        ("vit", "none", "layer", "adamw", "bce")
+    assert before.weight_decay == 0.05 and before.channels == "density" and before.data_dir == "somewhere"
+    assert compare.Variant("before", "with-date").build(base).channels == "density,recording_date"
+    expected = {"+patch-bn": {"patch_norm": "batch"}, "+sgd-linear": {"optimizer": "sgd", "weight_decay": 5e-4},
+                "+mse": {"loss": "mse"}, "+smooth": {"loss": "smooth"}, "+block-bn": {"block_norm": "batch"},
+                "after": {"patch_norm": "batch", "optimizer": "sgd", "weight_decay": 5e-4, "loss": "smooth"},
+                "cnn": {"model": "cnn"}}
+    for name, diff in expected.items():
+        assert changed(compare.Variant(name, "no-date").build(base), before) == diff, name
+    # Probes: one per rate of the variant's optimizer, at the probe seed; finals: one per seed.
+    out = tmp_path / "out"
+    sgd = compare.probe_jobs(compare.Variant("after", "no-date"), compare.FULL, base, out)
+    assert [j["lr"] for j in sgd] == list(compare.LR_GRID["sgd"])
+    assert all(j["seed"] == compare.PROBE_SEED and j["config"]["epochs"] == compare.FULL.probe_epochs for j in sgd)
+    finals = compare.final_jobs(compare.Variant("before", "with-date"), 1e-3, compare.FULL, base, out)
+    assert [j["seed"] for j in finals] == list(range(compare.FULL.seeds))
+    keys = [j["key"] for v in chosen for j in compare.probe_jobs(v, compare.FULL, base, out)]
+    assert len(set(keys)) == len(keys), "every run has its own key"
+    # The key names the experiment, not where it runs or is written.
+    cfg = before
+    assert compare.job_key(cfg) == compare.job_key(dataclasses.replace(cfg, out_dir="x", device="cuda"))
+    assert compare.job_key(cfg) != compare.job_key(dataclasses.replace(cfg, seed=1))
+
+
+def test_choose_lr_prefers_lowest_validation_loss_and_never_a_diverged_probe():
+    rows = [{"lr": 0.02, "summary": {"best_val_loss": 0.64}}, {"lr": 0.1, "summary": {"best_val_loss": 0.61}},
+            {"lr": 0.5, "summary": {"diverged": "NaN"}}]
+    assert compare.choose_lr(rows) == 0.1
+    rows[1]["summary"]["best_val_loss"] = float("nan")
+    assert compare.choose_lr(rows) == 0.02
+
+
+class FakeRun:
+    """Stands in for run_transformer.run: writes a metrics.csv, returns a summary, counts calls."""
+
+    def __init__(self, interrupt_after: int | None = None):
+        self.calls: list[tuple] = []
+        self.interrupt_after = interrupt_after
+
+    def __call__(self, cfg: Config, log=print, progress=None, resume_from=None) -> dict:
+        if self.interrupt_after is not None and len(self.calls) == self.interrupt_after:
+            raise Interrupted("signal 15 during epoch 1")
+        self.calls.append((cfg.model, cfg.optimizer, cfg.loss, cfg.channels, cfg.lr, cfg.seed, cfg.epochs))
+        run_dir = Path(cfg.out_dir) / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        loss = 0.6 + abs(cfg.lr - 1e-3) + 0.01 * cfg.seed  # 1e-3 is the best rate
+        write_metrics_csv(run_dir / "metrics.csv", [
+            {"epoch": e + 1, "train_loss": loss - 0.1 * e, "val_loss": loss, "train_acc": 0.7, "val_acc": 0.8}
+            for e in range(cfg.epochs)])
+        return {"run_dir": str(run_dir), "best_val_loss": loss, "val_acc": 0.8, "val_auc": 0.85, "test_acc": 0.75,
+                "test_auc": 0.8, "final_gap_acc": -0.1, "final_train_loss": loss, "best_epoch": cfg.epochs,
+                "wall_time_s": 1.0, "diverged": ""}
+
+
+def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark: Path, tmp_path: Path,
+                                                                  monkeypatch, capsys):
+    out = tmp_path / "out"
+    argv = ["--only", "before,+sgd-linear", "--data-dir", str(tiny_benchmark), "--out-dir", str(out),
+            "--epochs", "2", "--probe-epochs", "1", "--seeds", "2", "--device", "cpu"]
+    total = 2 * 2 * (3 + 2)  # 2 configurations x 2 channel sets x (3 probes + 2 seeds)
+    first = FakeRun(interrupt_after=7)
+    monkeypatch.setattr(run_transformer, "run", first)
+    assert compare.main(argv) == 130
+    assert "rerun the same command" in capsys.readouterr().err
+    results = out / "results.jsonl"
+    assert len(results.read_text().splitlines()) == 7
+    with open(results, "a") as f:
+        f.write('{"key": "torn by a kil')  # a kill in the middle of a write
+    second = FakeRun()
+    monkeypatch.setattr(run_transformer, "run", second)
+    assert compare.main(argv) == 0
+    assert len(second.calls) == total - 7, "finished runs are not rerun"
+    assert not set(first.calls) & set(second.calls)
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(rows) == total and len({r["key"] for r in rows}) == total
+    # Every variant chose 1e-3 or the SGD rate nearest to it, and ran its seeds there.
+    report = list(csv.DictReader(open(out / "report.csv")))
+    assert {r["variant"]: float(r["lr"]) for r in report} == {
+        "before/with-date": 1e-3, "before/no-date": 1e-3, "+sgd-linear/with-date": 0.02, "+sgd-linear/no-date": 0.02}
+    assert all(r["seeds"] == "2" and float(r["test_acc_mean"]) == pytest.approx(0.75) for r in report)
+    third = FakeRun()
+    monkeypatch.setattr(run_transformer, "run", third)
+    assert compare.main(argv) == 0 and third.calls == [], "a finished grid runs nothing"
+    # Another epoch budget is another experiment: its runs are new.
+    fourth = FakeRun()
+    monkeypatch.setattr(run_transformer, "run", fourth)
+    assert compare.main(argv[:-6] + ["--epochs", "3", "--probe-epochs", "1", "--seeds", "2", "--device", "cpu",
+                                     "--max-minutes", "1e-9"]) == 0
+    assert fourth.calls == [], "--max-minutes: no new run once the time is up"
+    assert "Incomplete grid" in (out / "report.md").read_text()
+
+
+def test_bad_arguments_are_one_line_errors(tiny_benchmark: Path, tmp_path: Path, capsys):
+    assert compare.main(["--only", "before,nope", "--data-dir", str(tiny_benchmark), "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --only: unknown configuration nope") and "\n" not in err
+    assert compare.main(["--seeds", "0", "--data-dir", str(tiny_benchmark), "--out-dir", str(tmp_path)]) == 2
+
+
+def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys):
+    """Real training through run_transformer.run in 2 worker processes (the CNN, the cheapest model; the ViT
+    is trained in tests/test_synthetic.py), one epoch per run on the tiny benchmark."""
+    out = tmp_path / "out"
+    argv = ["--quick", "--only", "cnn", "--data-dir", str(tiny_benchmark), "--out-dir", str(out), "--epochs", "1",
+            "--probe-epochs", "1", "--device", "cpu", "--jobs", "2"]
+    assert compare.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| cnn | density | " in printed and "Bayes limit" in printed
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * (len(compare.QUICK.lr_grid["adamw"]) + compare.QUICK.seeds)
+    assert all(r["history"] and 0 <= r["summary"]["test_acc"] <= 1 for r in rows)
+    report = list(csv.DictReader(open(out / "report.csv")))
+    assert [r["variant"] for r in report] == ["cnn/with-date", "cnn/no-date"]
+    assert all(r["seeds"] == "2" and 0 <= float(r["test_acc_mean"]) <= 1 for r in report)
+    for name in ("report.md", "figures/accuracy.png", "figures/curves_cnn_with-date.png",
+                 "figures/curves_cnn_no-date.png"):
+        assert (out / name).stat().st_size > 0, name
+    md = (out / "report.md").read_text()
+    assert "Bayes limit" in md and "Incomplete" not in md
+    assert compare.main(argv) == 0 and "0 runs to do; 8 finished runs" in capsys.readouterr().out
