@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -96,7 +97,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path} not found; pass a run folder written by run_transformer.py")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles before failing: one line is enough
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         raise UserError(f"{path} is not a checkpoint written by run_transformer.py (or it is damaged)")
     if not isinstance(payload, dict) or not {"model", "config", "stats"} <= payload.keys():

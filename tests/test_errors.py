@@ -1,0 +1,332 @@
+"""Bad input gets one clear line and exit code 2, never a traceback or a hang; nothing the user owns is
+overwritten (issue 5). Every case runs run_transformer.main in-process on a private copy of a tiny data set."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import run_transformer
+import synthetic
+from config import UserError
+from fileio import fingerprint, fresh_directory, write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--device", "cpu", "--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32",
+        "--batch-size", "64", "--epochs", "1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs on one intra-op thread: on a busy 2-core machine spinning OpenMP threads cost 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    return synthetic.generate_benchmark(tmp_path_factory.mktemp("pristine"), 0,
+                                        synthetic.Sizes(200, 200, 50, 50, 40, 40))
+
+
+@pytest.fixture(scope="module")
+def trained_run(pristine, tmp_path_factory) -> Path:
+    """One finished tiny run (emb 16) to resume and predict from."""
+    tmp = tmp_path_factory.mktemp("trained")
+    argv = ["--data-dir", str(pristine), "--out-dir", str(tmp / "runs"), "--predictions", str(tmp / "p.txt"), *TINY]
+    torch.set_num_threads(1)
+    assert run_transformer.main(argv) == 0
+    return next((tmp / "runs").iterdir())
+
+
+def main_result(argv: list[str], capsys) -> tuple[int, str]:
+    """Exit code and stderr of run_transformer.main (argparse errors arrive as SystemExit); a warning would be
+    a second line on the user's terminal, so none may be raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            rc = run_transformer.main(argv)
+        except SystemExit as e:
+            rc = e.code
+    assert not caught, [str(w.message) for w in caught]
+    return rc, capsys.readouterr().err
+
+
+def replace(path: Path, **datasets: np.ndarray) -> None:
+    """Rewrite some datasets of an HDF5 file in place (only ever on a test's private copy)."""
+    with h5py.File(path, "a") as h5:
+        for key, value in datasets.items():
+            del h5[key]
+            h5.create_dataset(key, data=value)
+
+
+def read(path: Path, key: str) -> np.ndarray:
+    with h5py.File(path, "r") as h5:
+        return h5[key][()]
+
+
+def delete(path: Path, key: str) -> None:
+    with h5py.File(path, "a") as h5:
+        del h5[key]
+
+
+def with_nan(path: Path, key: str, count: int, value: float) -> None:
+    x = read(path, key).astype(np.float32)
+    x.reshape(-1)[:count] = value
+    replace(path, **{key: x.astype(np.float16)})
+
+
+# Each case: how to spoil the data folder d (a private copy) or the command, given tmp and the trained run;
+# returns the extra argv; then the words the one error line must contain.
+Setup = Callable[[Path, Path, Path], list[str]]
+CASES: dict[str, tuple[Setup, list[str]]] = {
+    "data-dir-missing": (lambda d, tmp, run: ["--data-dir", str(tmp / "nowhere")],
+                         ["nowhere does not exist", "--data-dir"]),
+    "data-dir-is-a-file": (lambda d, tmp, run: ["--data-dir", str(d / "valid.hdf5")], ["is a file"]),
+    "split-missing": (lambda d, tmp, run: (d / "valid.hdf5").unlink() or [],
+                      ["valid file", "valid.hdf5 not found", "put valid.hdf5 in --data-dir"]),
+    "train-missing": (lambda d, tmp, run: (d / "train.hdf5").unlink() or [],
+                      ["has valid.hdf5, test_no_labels.hdf5 but no train.hdf5"]),
+    "not-hdf5": (lambda d, tmp, run: (d / "train.hdf5").write_text("density,labels\n1,0\n") and [],
+                 ["train.hdf5 is not a readable HDF5 file", "copy it again"]),
+    "truncated": (lambda d, tmp, run: (d / "test_no_labels.hdf5").write_bytes(
+        (d / "test_no_labels.hdf5").read_bytes()[:60_000]) and [], ["test_no_labels.hdf5", "copy it again"]),
+    "key-missing": (lambda d, tmp, run: delete(d / "valid.hdf5", "labels") or [],
+                    ["has no dataset 'labels'", "found: density, recording_date"]),
+    "labels-shorter": (lambda d, tmp, run: replace(d / "train.hdf5", labels=read(d / "train.hdf5", "labels")[:-3])
+                       or [], ["density has 400 samples but labels has 397"]),
+    "channels-disagree": (lambda d, tmp, run: replace(d / "valid.hdf5", recording_date=np.zeros((100, 20, 20),
+                                                                                                   np.float16))
+                          or [], ["channel shapes differ", "recording_date (100, 20, 20)"]),
+    "non-square": (lambda d, tmp, run: replace(d / "valid.hdf5", density=np.ones((100, 28, 27), np.float16))
+                   or [], ["(100, 28, 27)", "square grids"]),
+    "grid-differs-between-splits": (lambda d, tmp, run: replace(
+        d / "test_no_labels.hdf5", density=np.ones((80, 20, 20), np.float16),
+        recording_date=np.ones((80, 20, 20), np.float16)) or [],
+        ["grid sizes differ between splits", "train 28x28", "test 20x20"]),
+    "nan": (lambda d, tmp, run: with_nan(d / "train.hdf5", "density", 3, np.nan) or [],
+            ["density in the train split has 3 NaN and 0 infinite values"]),
+    "inf": (lambda d, tmp, run: with_nan(d / "valid.hdf5", "recording_date", 5, np.inf) or [],
+            ["recording_date in the valid split has 0 NaN and 5 infinite values"]),
+    "train-labels": (lambda d, tmp, run: replace(d / "train.hdf5", labels=np.full((400, 1), 2, np.int8)) or [],
+                     ["train labels must be 0 or 1", "(2) in 400 samples"]),
+    "valid-labels": (lambda d, tmp, run: replace(d / "valid.hdf5", labels=np.full((100, 1), -1, np.int8)) or [],
+                     ["valid labels must be 0 or 1", "(-1)"]),
+    "empty-split": (lambda d, tmp, run: replace(d / "valid.hdf5", density=np.zeros((0, 28, 28), np.float16),
+                                                recording_date=np.zeros((0, 28, 28), np.float16),
+                                                labels=np.zeros((0, 1), np.int8)) or [],
+                    ["the valid split is empty"]),
+    "unknown-channel": (lambda d, tmp, run: ["--channels", "density,pressure"],
+                        ["--channels", "density,pressure", "recording_date"]),
+    "patch-size": (lambda d, tmp, run: ["--patch-size", "5"],
+                   ["--patch-size 5 does not divide the image size 28", "1, 2, 4, 7, 14"]),
+    "heads": (lambda d, tmp, run: ["--heads", "3"], ["--emb-dim 16 is not divisible by --heads 3"]),
+    "out-dir-under-a-file": (lambda d, tmp, run: ["--out-dir", str(d / "train.hdf5" / "runs")],
+                             ["train.hdf5 is a file, not a folder", "--out-dir"]),
+    "predictions-under-a-file": (lambda d, tmp, run: ["--predictions", str(d / "valid.hdf5" / "p.txt")],
+                                 ["valid.hdf5 is a file, not a folder"]),
+    "predictions-is-a-folder": (lambda d, tmp, run: ["--predictions", str(tmp)], ["it is a folder"]),
+    "predictions-onto-data": (lambda d, tmp, run: ["--predictions", str(d / "train.hdf5")],
+                              ["not a predictions file", "choose another path"]),
+    "resume-model-differs": (lambda d, tmp, run: ["--resume", str(run), "--emb-dim", "8", "--depth", "2"],
+                             ["model settings differ", "--emb-dim: checkpoint 16 vs requested 8",
+                              "--depth: checkpoint 1 vs requested 2"]),
+    "resume-lr-differs": (lambda d, tmp, run: ["--resume", str(run), "--lr", "0.01"],
+                          ["optimizer settings differ", "--lr: checkpoint 0.05 vs requested 0.01"]),
+    "resume-not-a-checkpoint": (lambda d, tmp, run: (tmp / "fake").mkdir() or (tmp / "fake" / "last.pt")
+                                .write_bytes(b"\x80\x04not a pickle") and ["--resume", str(tmp / "fake")],
+                                ["last.pt is not a checkpoint written by run_transformer.py"]),
+    "resume-not-a-run-folder": (lambda d, tmp, run: ["--resume", str(tmp / "nowhere")], ["is not a run folder"]),
+    "resume-a-weights-only-file": (lambda d, tmp, run: (tmp / "w").mkdir() or torch.save(
+        {"model": {}, "config": {}, "stats": {}}, tmp / "w" / "last.pt") or ["--resume", str(tmp / "w")],
+        ["cannot be resumed", "no cuda_rng, optimizer, rng, scheduler, train_state"]),
+    "predict-output-exists": (lambda d, tmp, run: (tmp / "mine.txt").write_text("my notes\n") and [
+        "--predict", str(run), "--input", str(d / "test_no_labels.hdf5"), "--output", str(tmp / "mine.txt")],
+        ["mine.txt already exists", "nothing was overwritten"]),
+    "predict-damaged-input": (lambda d, tmp, run: (tmp / "x.hdf5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(99))
+                              and ["--predict", str(run), "--input", str(tmp / "x.hdf5")],
+                              ["x.hdf5 is not a readable HDF5 file"]),
+    "benchmark-foreign-files": (lambda d, tmp, run: (tmp / "mine" / "synthetic").mkdir(parents=True) or shutil.copy(
+        d / "train.hdf5", tmp / "mine" / "synthetic" / "train.hdf5") and ["--data-dir", str(tmp / "mine")],
+        ["holds train.hdf5 that the benchmark generator did not create", "move them away"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gives_one_clear_line_and_exit_2(case, pristine, trained_run, tmp_path, capsys):
+    setup, words = CASES[case]
+    data = Path(shutil.copytree(pristine, tmp_path / "data"))
+    extra = setup(data, tmp_path, trained_run)
+    user_files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    run_files = {p: p.read_bytes() for p in trained_run.iterdir()}
+    argv = ["--data-dir", str(data), "--out-dir", str(tmp_path / "runs"), "--predictions",
+            str(tmp_path / "pred.txt"), *TINY, *extra]
+    rc, err = main_result(argv, capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    # Nothing that existed was changed, nothing was half-written, and no run folder was started.
+    assert {p: p.read_bytes() for p in user_files} == user_files
+    assert {p: p.read_bytes() for p in trained_run.iterdir()} == run_files
+    assert not list(tmp_path.rglob("*.tmp")) and not (tmp_path / "runs").exists()
+
+
+def test_the_command_line_prints_exactly_one_line_and_no_traceback(pristine, tmp_path):
+    data = Path(shutil.copytree(pristine, tmp_path / "data"))
+    with_nan(data / "valid.hdf5", "density", 7, np.nan)
+    proc = subprocess.run([sys.executable, "run_transformer.py", "--data-dir", str(data), "--out-dir",
+                           str(tmp_path / "runs"), "--predictions", str(tmp_path / "p.txt"), *TINY], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: {data / 'valid.hdf5'}: density in the valid split has 7 NaN and 0 infinite " \
+                          f"values (of 78400); clean the data or drop those samples\n"
+
+
+def test_every_bad_input_named_in_the_issue_has_a_case():
+    issue = ["data-dir-missing", "split-missing", "not-hdf5", "truncated", "key-missing", "labels-shorter",
+             "channels-disagree", "non-square", "grid-differs-between-splits", "patch-size", "nan", "inf",
+             "train-labels", "valid-labels", "empty-split", "unknown-channel", "out-dir-under-a-file",
+             "resume-model-differs", "resume-not-a-checkpoint"]
+    assert set(issue) <= set(CASES)
+
+
+# ---- fuzz: a damaged file ends in success or one UserError line, quickly ------------------------------------
+
+FUZZ = textwrap.dedent(r'''
+    import json, random, shutil, sys, time
+    from pathlib import Path
+    import h5py, numpy as np
+    import data
+    from config import UserError
+
+    source, work, seed, attempts = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    rng = random.Random(seed)
+    raw = source.read_bytes()
+
+    def flip(path, region):
+        b = bytearray(raw)
+        for _ in range(rng.randint(1, 40)):
+            b[rng.randrange(min(region, len(b)))] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(b))
+
+    def structural(path, kind):
+        shutil.copy(source, path)
+        with h5py.File(path, "a") as h5:
+            key = rng.choice(["density", "recording_date", "labels"])
+            old = h5[key][()]
+            del h5[key]
+            if kind == "delete":
+                return
+            if kind == "resize":
+                shape = tuple(max(0, s + rng.choice([-2, -1, 0, 1, 5])) for s in old.shape)
+                shape = shape if rng.random() < 0.8 else shape + (rng.randint(0, 2),)
+                h5.create_dataset(key, data=np.resize(old, shape))
+            elif kind == "dtype":
+                h5.create_dataset(key, data=rng.choice([old.astype("S4"), old.astype(np.float64) * 1e300,
+                                                        old.astype(np.complex64), np.float32(1.0)]))
+            elif kind == "group":
+                h5.create_group(key)
+
+    out = {"ok": 0, "user": 0, "bad": [], "slowest": 0.0}
+    for i in range(attempts):
+        path = work / f"attempt{i}.hdf5"
+        kind = rng.choice(["flip", "flip-metadata", "truncate", "delete", "resize", "dtype", "group"])
+        if kind == "flip":
+            flip(path, len(raw))
+        elif kind == "flip-metadata":
+            flip(path, 4096)
+        elif kind == "truncate":
+            path.write_bytes(raw[:rng.randrange(len(raw))])
+        else:
+            structural(path, kind)
+        start = time.time()
+        try:
+            data.read_split(path, "valid")
+            out["ok"] += 1
+        except UserError as e:
+            if "\n" in str(e) or str(path) not in str(e):
+                out["bad"].append(f"{kind}: unclear message {e!r}")
+            out["user"] += 1
+        except BaseException as e:
+            out["bad"].append(f"{kind}: {type(e).__name__}: {e}")
+        out["slowest"] = max(out["slowest"], time.time() - start)
+    print(json.dumps(out))
+''')
+
+
+def test_fuzzed_hdf5_ends_in_success_or_a_clear_error(pristine, tmp_path):
+    """Bytes flipped (anywhere, or in the metadata), truncation, datasets deleted, resized, retyped or replaced
+    by groups. Run in a subprocess so a crash or a hang in the HDF5 library fails the test, not the suite."""
+    source = shutil.copy(pristine / "valid.hdf5", tmp_path / "valid.hdf5")
+    proc = subprocess.run([sys.executable, "-c", FUZZ, str(source), str(tmp_path), "5", "200"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr  # no warnings either: the user would see them beside the error line
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["bad"] == [], out["bad"]
+    assert out["user"] >= 100 and out["ok"] + out["user"] == 200, out
+    assert out["slowest"] < 5.0, out
+
+
+# ---- never lose the user's data -------------------------------------------------------------------------
+
+def test_a_run_never_reuses_an_existing_folder(tmp_path):
+    first = fresh_directory(tmp_path, "run")
+    write_text(first / "metrics.csv", "mine\n")
+    second, third = fresh_directory(tmp_path, "run"), fresh_directory(tmp_path, "run")
+    assert [first.name, second.name, third.name] == ["run", "run-2", "run-3"]
+    assert (first / "metrics.csv").read_text() == "mine\n" and not any(second.iterdir())
+
+
+def test_a_failed_write_leaves_the_previous_file(tmp_path):
+    """What a kill in the middle of a write leaves: the complete old file, and no temporary file."""
+    from fileio import atomic_write
+    target = tmp_path / "last.pt"
+    write_text(target, "complete old checkpoint")
+
+    def half_then_killed(f):
+        f.write(b"half of the new")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, half_then_killed)
+    assert target.read_text() == "complete old checkpoint" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_training_leaves_the_data_files_untouched(pristine, trained_run):
+    config = json.loads((trained_run / "config.json").read_text())
+    for record in config["data"]["files"].values():
+        assert fingerprint(record["path"]) == record
+    assert "test_labels.hdf5" in {p.name for p in pristine.iterdir()}
+
+
+def test_predict_refuses_to_overwrite_and_writes_when_the_output_is_new(pristine, trained_run, tmp_path, capsys):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("0\n1\n")
+    argv = ["--predict", str(trained_run), "--input", str(pristine / "test_no_labels.hdf5"), "--device", "cpu"]
+    rc, err = main_result([*argv, "--output", str(taken)], capsys)
+    assert rc == 2 and "already exists" in err and taken.read_text() == "0\n1\n"
+    (tmp_path / "new.csv").write_text("mine")  # the probability CSV beside a new output is protected too
+    rc, err = main_result([*argv, "--output", str(tmp_path / "new.txt")], capsys)
+    assert rc == 2 and "new.csv already exists" in err and not (tmp_path / "new.txt").exists()
+    assert run_transformer.main([*argv, "--output", str(tmp_path / "fresh.txt")]) == 0
+    assert len((tmp_path / "fresh.txt").read_text().split()) == 80
+
+
+def test_read_split_raises_only_user_errors_for_a_missing_file(tmp_path):
+    from data import read_split
+    with pytest.raises(UserError, match="not found"):
+        read_split(tmp_path / "absent.hdf5", "train")

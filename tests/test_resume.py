@@ -1,0 +1,260 @@
+"""Interruption, resume, divergence and reproducibility of run_transformer (issue 5), on tiny CPU runs.
+
+The resume test sends a real SIGTERM to a training subprocess and checks that the resumed run ends bit for bit
+where an uninterrupted run with the same seed ends. The other tests call run_transformer.main in-process.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_transformer
+import synthetic
+import train
+from config import CHANNEL_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--device", "cpu", "--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32",
+        "--batch-size", "64"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs on one intra-op thread: on a busy 2-core machine spinning OpenMP threads cost 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return synthetic.generate_benchmark(tmp_path_factory.mktemp("tiny"), 0, synthetic.Sizes(200, 200, 50, 50, 40, 40))
+
+
+def cli(data: Path, tmp: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(data), "--out-dir", str(tmp / "runs"), "--predictions", str(tmp / "pred.txt"),
+            *TINY, *extra]
+
+
+def only_run(tmp: Path) -> Path:
+    runs = sorted((tmp / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---- SIGTERM, then --resume: identical to an uninterrupted run ----------------------------------------------
+
+def start(argv: list[str], log: Path) -> subprocess.Popen:
+    """The CLI in a subprocess with one intra-op thread, so both runs do the same float operations."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "run_transformer.py", *argv], cwd=ROOT, env=env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def finished(proc: subprocess.Popen, log: Path, timeout: float = 120) -> tuple[int, str]:
+    rc = proc.wait(timeout=timeout)
+    return rc, log.read_text()
+
+
+def wait_for_rows(run_parent: Path, k: int, proc: subprocess.Popen, timeout: float = 60) -> Path:
+    """Poll (no sleeps tied to speed) until the run's metrics.csv has k epochs; returns the run folder."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for run_dir in run_parent.glob("*"):
+            if (run_dir / "metrics.csv").exists() and len(rows(run_dir)) >= k:
+                return run_dir
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.01)
+    raise AssertionError(f"no metrics.csv with {k} rows within {timeout} s")
+
+
+def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
+    # 50 steps of 32 per epoch: the signal lands inside epoch 2, whose partial work is abandoned and replayed.
+    data = synthetic.generate_benchmark(tmp_path / "data", 0, synthetic.Sizes(800, 800, 50, 50, 40, 40))
+    args = ["--data-dir", str(data), *TINY, "--batch-size", "32", "--epochs", "4", "--seed", "3"]
+    ref = start([*args, "--out-dir", str(tmp_path / "ref" / "runs"), "--predictions", str(tmp_path / "ref.txt")],
+                tmp_path / "ref.log")
+    cut = start([*args, "--out-dir", str(tmp_path / "cut" / "runs"), "--predictions", str(tmp_path / "cut.txt")],
+                tmp_path / "cut.log")
+    run_dir = wait_for_rows(tmp_path / "cut" / "runs", 1, cut)
+    cut.send_signal(signal.SIGTERM)
+    rc, out = finished(cut, tmp_path / "cut.log")
+    assert rc == 128 + signal.SIGTERM, out
+    assert "Traceback" not in out
+    message = [line for line in out.splitlines() if line.startswith("interrupted:")]
+    assert len(message) == 1 and "SIGTERM" in message[0], out
+    assert f"{run_dir}/last.pt" in message[0] and f"--resume {run_dir}" in message[0], message
+    saved_epoch = torch.load(run_dir / "last.pt", weights_only=True)["train_state"]["epoch"]
+    assert 1 <= saved_epoch < 4 and len(rows(run_dir)) == saved_epoch
+    assert not (run_dir / "summary.json").exists()  # the interrupted run did not pretend to finish
+    assert not list(run_dir.glob(".*.tmp")), "a temporary file was left behind"
+
+    resumed = start(["--resume", str(run_dir)], tmp_path / "resumed.log")
+    rc, out = finished(resumed, tmp_path / "resumed.log")
+    assert rc == 0, out
+    assert f"resuming {run_dir} after epoch {saved_epoch}" in out
+    rc, out = finished(ref, tmp_path / "ref.log")
+    assert rc == 0, out
+    ref_dir = only_run(tmp_path / "ref")
+
+    assert (run_dir / "metrics.csv").read_text() == (ref_dir / "metrics.csv").read_text()
+    assert len(rows(run_dir)) == 4
+    a = torch.load(run_dir / "last.pt", weights_only=True)
+    b = torch.load(ref_dir / "last.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert a["train_state"] == b["train_state"] and torch.equal(a["rng"], b["rng"])
+    assert (run_dir / "predictions.txt").read_text() == (ref_dir / "predictions.txt").read_text()
+    assert (tmp_path / "cut.txt").read_text() == (tmp_path / "ref.txt").read_text()
+
+
+def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(tiny_data, tmp_path, monkeypatch, capsys):
+    """A signal while epoch 1 is evaluated: the epoch completes, is saved, and the run stops with exit 130."""
+    evaluate = train.evaluate
+
+    def evaluate_then_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # caught by fit's StopFlag, which only sets a flag
+        return evaluate(*args, **kwargs)
+    monkeypatch.setattr(train, "evaluate", evaluate_then_ctrl_c)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    rc = run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "3"))
+    err = capsys.readouterr().err
+    run_dir = only_run(tmp_path)
+    assert rc == 130
+    assert err.strip() == (f"interrupted: SIGINT after epoch 1; {run_dir}/last.pt holds epoch 1. Resume with: "
+                           f"python run_transformer.py --resume {run_dir}")
+    assert torch.load(run_dir / "last.pt", weights_only=True)["train_state"]["epoch"] == 1
+    assert len(rows(run_dir)) == 1
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
+
+
+def test_sigterm_before_training_exits_cleanly(tiny_data, tmp_path, monkeypatch, capsys):
+    """A signal while the data is loaded: no traceback, exit 143, no run folder, nothing half-written."""
+    load = run_transformer.load_data
+
+    def load_then_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return load(*args, **kwargs)
+    monkeypatch.setattr(run_transformer, "load_data", load_then_sigterm)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    rc = run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1"))
+    err = capsys.readouterr().err
+    assert rc == 128 + signal.SIGTERM
+    assert err.startswith("interrupted: SIGTERM") and "run the same command again" in err and len(
+        err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+def test_last_pt_holds_all_state_and_resuming_a_finished_run_appends_nothing(tiny_data, tmp_path, capsys):
+    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "2")) == 0
+    run_dir = only_run(tmp_path)
+    payload = torch.load(run_dir / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "train_state", "rng", "config", "stats"} <= payload.keys()
+    state = payload["train_state"]
+    assert state["epoch"] == 2 and len(state["history"]) == 2 and math.isfinite(state["best_loss"])
+    assert {"bad_epochs", "best_epoch"} <= state.keys()
+    assert payload["scheduler"]["last_epoch"] == 2 * (400 // 64)
+    before = (run_dir / "metrics.csv").read_text()
+    assert run_transformer.main(["--resume", str(run_dir)]) == 0
+    assert (run_dir / "metrics.csv").read_text() == before
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # resume writes into the same folder, no new one
+
+
+# ---- divergence -----------------------------------------------------------------------------------------
+
+def test_huge_learning_rate_stops_with_epoch_step_and_lr(tiny_data, tmp_path, capsys):
+    rc = run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "3", "--lr", "1e6"))
+    err = capsys.readouterr().err.strip()
+    assert rc == 3
+    assert len(err.splitlines()) == 1 and err.startswith("error: training diverged at epoch 1, step "), err
+    assert "--lr 1e+06" in err and "try --lr 100000" in err and "no checkpoint" in err
+    assert not (tmp_path / "pred.txt").exists()
+
+
+def bad_from_call(make_loss, first_bad_call: int, poison_weights_only: bool):
+    """Wraps train.training_loss: from a given call on, a NaN loss, or a finite loss with a NaN gradient."""
+    calls = {"n": 0}
+
+    def make(cfg):
+        loss_fn = make_loss(cfg)
+
+        def loss(logits, y):
+            calls["n"] += 1
+            value = loss_fn(logits, y)
+            if calls["n"] < first_bad_call:
+                return value
+            if poison_weights_only:  # sqrt'(0) = inf and inf * 0 = NaN: the value stays 0, the gradient is NaN
+                return value + (logits * 0).sum().sqrt()
+            return value * float("nan")
+        return loss
+    return make
+
+
+@pytest.mark.parametrize("poison_weights_only", [False, True], ids=["nan-loss", "nan-gradient-last-step"])
+def test_divergence_keeps_best_checkpoint_and_writes_its_predictions(tiny_data, tmp_path, monkeypatch, capsys,
+                                                                     poison_weights_only):
+    steps = 400 // 64  # 6 full batches per epoch; the bad step is the last one of epoch 2
+    monkeypatch.setattr(train, "training_loss", bad_from_call(train.training_loss, 2 * steps, poison_weights_only))
+    rc = run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "4"))
+    err = capsys.readouterr().err.strip()
+    run_dir = only_run(tmp_path)
+    assert rc == 3
+    what = "weights became NaN" if poison_weights_only else "loss became NaN"
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: training diverged at epoch 2, step {steps} of "
+                                                         f"{steps}: the {what}"), err
+    assert "learning rate (--lr 0.05)" in err and f"Kept {run_dir}/best.pt (epoch 1)" in err
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    assert best["train_state"]["epoch"] == 1 and last["train_state"]["epoch"] == 1  # nothing poisoned saved
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    predictions = (run_dir / "predictions.txt").read_text().split()
+    assert len(predictions) == 80 and set(predictions) <= {"0", "1"}
+    assert (tmp_path / "pred.txt").read_text().split() == predictions
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_epoch"] == 1 and "diverged at epoch 2" in summary["diverged"]
+
+
+# ---- reproducibility ------------------------------------------------------------------------------------
+
+def test_same_seed_gives_identical_metrics_and_config_records_provenance(tiny_data, tmp_path, capsys):
+    for name in ("a", "b"):
+        assert run_transformer.main(cli(tiny_data, tmp_path / name, "--epochs", "2", "--seed", "7")) == 0
+    a, b = only_run(tmp_path / "a"), only_run(tmp_path / "b")
+    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
+    assert len(rows(a)) == 2
+    assert run_transformer.main(cli(tiny_data, tmp_path / "c", "--epochs", "2", "--seed", "8")) == 0
+    assert (only_run(tmp_path / "c") / "metrics.csv").read_text() != (a / "metrics.csv").read_text()
+
+    config = json.loads((a / "config.json").read_text())
+    assert config["config"]["seed"] == 7
+    env = config["environment"]
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert {"python", "numpy", "h5py"} <= env.keys()
+    files = config["data"]["files"]
+    assert set(files) == {"train", "valid", "test"}
+    for record in files.values():  # the fingerprint names the exact bytes the run saw (and did not change)
+        content = Path(record["path"]).read_bytes()
+        assert record["bytes"] == len(content) and record["sha256"] == hashlib.sha256(content).hexdigest()
+    assert config["data"]["channels"] == [c for c in CHANNEL_NAMES if c != "recording_date"]
+
