@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import distributed
-import synthetic
 from config import config_from_dict
 from data import epoch_batches
 from run_transformer import load_checkpoint, load_data
@@ -23,13 +22,6 @@ from train import build_model, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ddp") / "data"
-    synthetic.generate_benchmark(path, 0, synthetic.Sizes(200, 200, 50, 50, 40, 40))
-    return path
 
 
 def torchrun(tmp: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, Path, Path]:
@@ -62,8 +54,8 @@ def model_and_data(run_dir: Path, name: str = "last.pt"):
     return model, data, cfg
 
 
-def test_two_processes_stay_in_sync_and_match_single_process_evaluation(data_dir, tmp_path):
-    proc, run_dir, dumps = torchrun(tmp_path, ["--data-dir", str(data_dir), "--epochs", "2",
+def test_two_processes_stay_in_sync_and_match_single_process_evaluation(tiny_benchmark, tmp_path):
+    proc, run_dir, dumps = torchrun(tmp_path, ["--data-dir", str(tiny_benchmark), "--epochs", "2",
                                                "--batch-size", "16"])
     # rank 0 alone prints: one line per epoch, and the run says how it was split
     assert proc.stdout.count("epoch   1 ") == 1 and proc.stdout.count("epoch   2 ") == 1, proc.stdout
@@ -89,10 +81,10 @@ def test_two_processes_stay_in_sync_and_match_single_process_evaluation(data_dir
         assert last[f"val_{key}"] == pytest.approx(single[key], rel=2e-5, abs=1e-6), key
 
 
-def test_training_metrics_are_summed_over_both_ranks_disjoint_slices(data_dir, tmp_path):
+def test_training_metrics_are_summed_over_both_ranks_disjoint_slices(tiny_benchmark, tmp_path):
     # With lr 1e-30 the weights cannot move and dropout is off, so the epoch's training metrics are a
     # fixed function of the initial model and of which images each rank saw in which batch.
-    _, run_dir, _ = torchrun(tmp_path, ["--data-dir", str(data_dir), "--epochs", "1", "--batch-size", "16",
+    _, run_dir, _ = torchrun(tmp_path, ["--data-dir", str(tiny_benchmark), "--epochs", "1", "--batch-size", "16",
                                         "--lr", "1e-30", "--dropout", "0", "--emb-dropout", "0"])
     model, data, cfg = model_and_data(run_dir)
     x, y = data.x["train"], data.y["train"]

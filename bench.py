@@ -1,0 +1,296 @@
+"""Training throughput: the scientist's per-sample HDF5 + DataLoader loop against ours, same model and data.
+
+    python bench.py                                   # CPU (CUDA when available): img/s, ratio, FLOPs
+    python bench.py --device cuda --batch-size 4096 --precision bf16 --compile
+    python bench.py --time-to-target                  # wall time of the default recipe to 83% val accuracy
+
+A benchmark, not a test: it prints what it measured. (a) "original": a torch Dataset that reads every sample
+from the HDF5 file with h5py, a DataLoader (batch 64, 2 workers), `.item()` after every step, AdamW with a
+LambdaLR warmup-cosine schedule. (b) "ours": train.train_epoch itself on device-resident tensors (one
+permutation per epoch on the device, one host sync per epoch), optionally compiled. Both train the same
+model on the same images; throughput is timed after warm-up steps (DataLoader start-up, compilation).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+import run_transformer
+from config import Config, UserError
+from data import SPLIT_FILES, DeviceData
+from train import (StopFlag, TrainState, build_model, build_optimizer, build_scheduler, fit, pick_device,
+                   train_epoch, training_loss, training_model)
+
+
+# ---- (a) the original style -------------------------------------------------------------------------------
+
+class HDF5Samples(Dataset):
+    """One sample per __getitem__, read from the HDF5 file with h5py: how the scientist's script loads data.
+
+    The file is opened lazily in each DataLoader worker (h5py handles do not survive fork).
+    """
+
+    def __init__(self, path: Path, stats: dict):
+        self.path, self.channels = path, stats["channels"]
+        self.mean = np.asarray(stats["mean"], np.float32)[:, None, None]
+        self.std = np.asarray(stats["std"], np.float32)[:, None, None]
+        with h5py.File(path, "r") as h5:
+            self.n = len(h5["labels"])
+        self.h5 = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.h5 is None:
+            self.h5 = h5py.File(self.path, "r")
+        x = np.stack([self.h5[c][i] for c in self.channels]).astype(np.float32)
+        y = float(self.h5["labels"][i][0])
+        return torch.from_numpy((x - self.mean) / self.std), torch.tensor(y)
+
+
+Timer = Callable[[int], float]  # runs that many training steps, returns the wall seconds they took
+
+
+def original_loop(cfg: Config, data_dir: Path, stats: dict, image_size: int, device: torch.device,
+                  warmup: int, workers: int) -> Timer:
+    """The per-sample DataLoader loop, batch 64, .item() every step, AdamW + LambdaLR, warmed up."""
+    torch.manual_seed(cfg.seed)
+    loader = DataLoader(HDF5Samples(data_dir / SPLIT_FILES["train"], stats), batch_size=64, shuffle=True,
+                        num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    model = build_model(cfg, len(stats["channels"]), image_size).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=cfg.weight_decay)
+    scheduler = build_scheduler(dataclasses.replace(cfg, optimizer="adamw"), optimizer, len(loader))
+    model.train()
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))  # epochs back to back
+    totals = {"loss": 0.0, "correct": 0}
+
+    def run(steps: int) -> float:
+        start = time.perf_counter()  # the previous step's .item() already waited for the device
+        for xb, yb in itertools.islice(batches, steps):
+            xb, yb = xb.to(device), yb.to(device)
+            logits = model(xb).squeeze(1)
+            loss = F.binary_cross_entropy_with_logits(logits, yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            totals["loss"] += loss.item()
+            totals["correct"] += ((logits > 0).float() == yb).sum().item()
+        return time.perf_counter() - start
+
+    run(warmup)  # worker start-up and first batches
+    return run
+
+
+# ---- (b) our loop -----------------------------------------------------------------------------------------
+
+def training_images(data: DeviceData, n: int) -> DeviceData:
+    """`data` with its training split cut to the first n images (n <= len), all on the same device."""
+    x, y = dict(data.x), dict(data.y)
+    x["train"], y["train"] = data.x["train"][:n], data.y["train"][:n]
+    return dataclasses.replace(data, x=x, y=y)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def our_loop(cfg: Config, data: DeviceData, device: torch.device, steps: int, warmup: int) -> Timer:
+    """train.train_epoch itself: whole epochs over the resident training set, or over a slice of `steps`
+    batches when that is fewer; warmed up with `warmup` steps (which compile the model when asked)."""
+    torch.manual_seed(cfg.seed)
+    bs, n = cfg.batch_size, len(data.x["train"])
+    if bs > n:
+        raise UserError(f"--batch-size {bs} is larger than the training set ({n} images)")
+    model = build_model(cfg, len(data.stats["channels"]), data.image_size).to(device)
+    optimizer = build_optimizer(cfg, model, device)
+    scheduler = build_scheduler(cfg, optimizer, n // bs)
+    step_model = training_model(model, cfg, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
+    loss_fn, stop = training_loss(cfg), StopFlag()
+
+    def epoch(d: DeviceData, e: int) -> int:
+        train_epoch(step_model, optimizer, scheduler, loss_fn, d, cfg, e, stop, autocast, False)
+        return len(d.x["train"]) // bs
+
+    timed = training_images(data, steps * bs) if steps * bs <= n else data
+    epochs = itertools.count()
+
+    def run(steps: int) -> float:
+        sync(device)
+        start, done = time.perf_counter(), 0
+        while done < steps:
+            done += epoch(timed, next(epochs))
+        sync(device)
+        return time.perf_counter() - start
+
+    epoch(training_images(data, min(warmup, n // bs) * bs), next(epochs))
+    return run
+
+
+def flops_per_image(cfg: Config, in_channels: int, image_size: int) -> float:
+    """FLOPs of one training step (forward + backward) per image, counted by FlopCounterMode on CPU."""
+    model = build_model(cfg, in_channels, image_size)
+    x = torch.randn(8, in_channels, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return counter.get_total_flops() / len(x)
+
+
+def measure(timers: dict[str, Timer], steps: dict[str, int], rounds: int) -> dict[str, float]:
+    """Seconds per style, the styles taking turns `rounds` times: on a shared machine both see the same load."""
+    seconds = dict.fromkeys(timers, 0.0)
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            seconds[name] += timer(steps[name])
+    return seconds
+
+
+def print_table(rows: list[dict], flops: float) -> None:
+    base = rows[0]["img_s"]
+    print(f"{'style':<72} {'batch':>6} {'prec':>5} {'steps':>6} {'img/s':>11} {'ratio':>8} {'GFLOP/s':>9}")
+    for r in rows:
+        print(f"{r['style']:<72} {r['batch']:>6} {r['precision']:>5} {r['steps']:>6} {r['img_s']:>11,.0f} "
+              f"{r['img_s'] / base:>7.2f}x {r['img_s'] * flops / 1e9:>9,.1f}")
+
+
+# ---- time to the scientist's target ------------------------------------------------------------------------
+
+class TargetReached(Exception):
+    pass
+
+
+def time_to_target(device_name: str, data_dir: str, target: float) -> None:
+    """Train the default recipe (run_transformer's defaults) and report the wall time until the validation
+    accuracy first reaches `target`; training time counts from the first step, evaluation included."""
+    cfg = Config(device=device_name, data_dir=data_dir)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # as run_transformer.run does
+    t0 = time.perf_counter()
+    data, info = run_transformer.load_data(cfg, device, lambda message: None)
+    load_s = time.perf_counter() - t0
+    model = build_model(cfg, len(info["channels"]), data.image_size).to(device)
+    optimizer = build_optimizer(cfg, model, device)
+    scheduler = build_scheduler(cfg, optimizer, max(len(data.x["train"]) // cfg.batch_size, 1))
+    print(f"time to {target:.0%} validation accuracy: default recipe ({cfg.model}, {cfg.optimizer}, {cfg.loss}, "
+          f"batch {cfg.batch_size}, {cfg.precision}, up to {cfg.epochs} epochs) on {info['source']} data "
+          f"{info['sizes']}, channels {','.join(info['channels'])}, {device}; data loading {load_s:.1f} s")
+    start = time.perf_counter()
+
+    def on_epoch(state: TrainState, improved: bool) -> None:
+        row, elapsed = state.history[-1], time.perf_counter() - start
+        print(f"  epoch {row['epoch']:3d}  {elapsed:8.1f} s  train acc {row['train_acc']:.4f}  "
+              f"val acc {row['val_acc']:.4f}  val loss {row['val_loss']:.4f}", flush=True)
+        if row["val_acc"] >= target:
+            raise TargetReached(f"reached {row['val_acc']:.4f} >= {target} at epoch {row['epoch']} after "
+                                f"{elapsed:.1f} s of training ({elapsed / row['epoch']:.1f} s/epoch)")
+
+    try:
+        state = fit(model, optimizer, scheduler, data, cfg, TrainState(), on_epoch, log=lambda message: None)
+    except TargetReached as e:
+        print(f"time to target: {e}")
+        return
+    best = max(r["val_acc"] for r in state.history)
+    print(f"time to target: not reached in {state.epoch} epochs ({time.perf_counter() - start:.1f} s); "
+          f"best validation accuracy {best:.4f}")
+
+
+# ---- command line -----------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, default=0, help="our loop's batch (default 4096 CUDA, 512 CPU)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="our loop (default bf16 autocast on CUDA, fp32 on CPU); the original is fp32")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile our training steps (CUDA graphs on a GPU)")
+    p.add_argument("--steps", type=int, default=0, help="timed steps of our loop per round (default 400 CUDA, 12 CPU)")
+    p.add_argument("--warmup", type=int, default=0, help="our untimed steps first (default 30 CUDA, 2 CPU)")
+    p.add_argument("--baseline-steps", type=int, default=0, help="timed original-style steps per round "
+                   "(default 300 CUDA, 80 CPU)")
+    p.add_argument("--rounds", type=int, default=0, help="the styles take turns this often (default 1 "
+                   "CUDA, 3 CPU): a shared machine's load then falls on both alike")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the original style")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"), help="our loop's optimizer")
+    p.add_argument("--data-dir", default="data", help="train.hdf5 here, else the built-in benchmark in "
+                   "DATA_DIR/synthetic (generated on first use)")
+    p.add_argument("--emb-dim", type=int, default=64)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--mlp-dim", type=int, default=128)
+    p.add_argument("--time-to-target", action="store_true", help="instead: time the default recipe "
+                   "(run_transformer's defaults, --device honoured) to --target validation accuracy")
+    p.add_argument("--target", type=float, default=0.83)
+    args = p.parse_args(argv)
+    for name in ("batch_size", "steps", "warmup", "baseline_steps", "rounds"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.time_to_target:
+            time_to_target(args.device, args.data_dir, args.target)
+            return 0
+        device = pick_device(args.device)
+        cuda = device.type == "cuda"
+        args.rounds = args.rounds or (1 if cuda else 3)
+        cfg = Config(device=args.device, data_dir=args.data_dir, emb_dim=args.emb_dim, depth=args.depth,
+                     heads=args.heads, mlp_dim=args.mlp_dim, optimizer=args.optimizer, compile=args.compile,
+                     batch_size=args.batch_size or (4096 if cuda else 512),
+                     precision=args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32"))
+        data, info = run_transformer.load_data(cfg, device, lambda message: None)
+        data_dir, channels = Path(info["data_dir"]), info["channels"]
+        flops = flops_per_image(cfg, len(channels), data.image_size)
+        where = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or 'CPU'}, " \
+            f"{torch.get_num_threads()} threads"
+        print(f"device: {device} ({where}) | torch {torch.__version__} | python {platform.python_version()}")
+        print(f"model: ViT emb {cfg.emb_dim}, depth {cfg.depth}, heads {cfg.heads}, mlp {cfg.mlp_dim}, patch "
+              f"{cfg.patch_size}, channels {','.join(channels)} | data: {info['source']}, "
+              f"{len(data.x['train']):,} training images | {flops / 1e6:.1f} MFLOP per image per training step "
+              f"(forward + backward, FlopCounterMode)", flush=True)
+        steps = {"original": args.baseline_steps or (300 if cuda else 80),
+                 "ours": args.steps or (400 if cuda else 12)}
+        timers = {"original": original_loop(cfg, data_dir, data.stats, data.image_size, device, 10, args.workers),
+                  "ours": our_loop(cfg, data, device, steps["ours"], args.warmup or (30 if cuda else 2))}
+        load = os.getloadavg()[0]
+        seconds = measure(timers, steps, args.rounds)
+        print(f"timed: {args.rounds} rounds, styles taking turns; load average {load:.1f} before, "
+              f"{os.getloadavg()[0]:.1f} after (on {os.cpu_count()} CPUs)")
+        compiled = f", torch.compile{' (CUDA graphs)' if cuda else ''}" if cfg.compile else ""
+        rows = [{"style": f"original: HDF5 Dataset + DataLoader ({args.workers} workers), .item()/step, AdamW",
+                 "batch": 64, "precision": "fp32"},
+                {"style": f"ours: resident tensors, 1 sync/epoch, {cfg.optimizer.upper()}{compiled}",
+                 "batch": cfg.batch_size, "precision": cfg.precision}]
+        for row, name in zip(rows, ("original", "ours")):
+            row["steps"] = steps[name] * args.rounds
+            row["img_s"] = row["steps"] * row["batch"] / seconds[name]
+        print_table(rows, flops)
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

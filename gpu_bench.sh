@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# GPU numbers for the README's speed section, in one go (~3-4 minutes on one H100/H200, cold caches):
+#
+#     bash gpu_bench.sh          # from the repository root; logs go to $OUT/ (or gpu_bench_logs/)
+#
+# Needs torch with CUDA plus einops, h5py, tqdm, matplotlib, pytest. The built-in benchmark is generated into
+# data/synthetic on first use. Each step has its own time limit, most important first, so a slow step cannot
+# take the others' time.
+set -uo pipefail
+cd "$(dirname "$0")"
+LOG="${OUT:-gpu_bench_logs}"
+mkdir -p "$LOG"
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOG/NAME.txt, keep going on failure
+    local name=$1 limit=$2; shift 2
+    echo "=== $name: $* (limit ${limit}s)" | tee "$LOG/$name.txt"
+    local t0=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee -a "$LOG/$name.txt"
+    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$LOG/$name.txt"
+}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  nproc; date -u; } 2>&1 | tee "$LOG/machine.txt"
+
+# 1. the table: original style vs our loop at batch 4096, bf16 autocast, torch.compile with CUDA graphs
+step bench_4096 110 python bench.py --device cuda --batch-size 4096 --precision bf16 --compile
+# 2. wall time of the default recipe (run_transformer's defaults) to 83% validation accuracy
+step time_to_target 60 python bench.py --device cuda --time-to-target
+# 3. CUDA graphs must keep BatchNorm running statistics exactly like eager training
+step cudagraph_test 75 python -m pytest -q -p no:cacheprovider tests/test_train_compile.py -k cuda
+# 4. a larger batch, for the scaling (the baseline runs again, briefly)
+step bench_8192 60 python bench.py --device cuda --batch-size 8192 --precision bf16 --compile --baseline-steps 100
+echo "logs in $LOG/"
