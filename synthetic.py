@@ -105,6 +105,11 @@ def generate_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Size
     """Write train/valid/test_no_labels.hdf5 and the answer key test_labels.hdf5, then a manifest."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    manifest = {"generator": "fictitious-gas benchmark", "version": 1, "seed": seed, "sizes": asdict(sizes),
+                "files": list(FILES)}
+    # Claim the files before writing them: an interrupted generation is then finished next time rather than
+    # refused as foreign files, and its mix of old and new files is never reused as complete.
+    write_json(directory / MANIFEST, {**manifest, "complete": False})
     plan = {"train.hdf5": (sizes.train0, sizes.train1, "label"),
             "valid.hdf5": (sizes.valid0, sizes.valid1, "valid"),
             "test_no_labels.hdf5": (sizes.test0, sizes.test1, "test")}
@@ -116,8 +121,7 @@ def generate_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Size
             labels = np.full_like(labels, -1)
         _write_hdf5(directory / name, {"density": split["density"],
                                        "recording_date": split["recording_date"], "labels": labels})
-    write_json(directory / MANIFEST, {"generator": "fictitious-gas benchmark", "version": 1, "seed": seed,
-                                      "sizes": asdict(sizes), "files": list(FILES)})
+    write_json(directory / MANIFEST, {**manifest, "complete": True})
     return directory
 
 
@@ -130,7 +134,7 @@ def ensure_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Sizes(
             saved = json.loads(manifest.read_text())
         except (OSError, ValueError):
             saved = {}
-        same = saved.get("seed") == seed and saved.get("sizes") == asdict(sizes)
+        same = saved.get("seed") == seed and saved.get("sizes") == asdict(sizes) and saved.get("complete", True)
         if same and all((directory / f).exists() for f in FILES):
             return directory
     else:

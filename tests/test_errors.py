@@ -36,9 +36,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    return synthetic.generate_benchmark(tmp_path_factory.mktemp("pristine"), 0,
-                                        synthetic.Sizes(200, 200, 50, 50, 40, 40))
+def pristine(tiny_benchmark) -> Path:
+    """conftest's tiny benchmark (400 train, 100 valid, 80 test samples); cases spoil private copies only."""
+    return tiny_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +330,24 @@ def test_read_split_raises_only_user_errors_for_a_missing_file(tmp_path):
     from data import read_split
     with pytest.raises(UserError, match="not found"):
         read_split(tmp_path / "absent.hdf5", "train")
+
+
+def test_an_interrupted_benchmark_generation_is_finished_next_time(tmp_path, monkeypatch):
+    """Killed after its first file: the next run completes the folder instead of calling the files foreign."""
+    sizes = synthetic.Sizes(20, 20, 10, 10, 10, 10)
+    write_hdf5 = synthetic._write_hdf5
+
+    def killed_after_one(path, arrays):
+        write_hdf5(path, arrays)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(synthetic, "_write_hdf5", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.ensure_benchmark(tmp_path, 0, sizes)
+    monkeypatch.setattr(synthetic, "_write_hdf5", write_hdf5)
+    assert json.loads((tmp_path / synthetic.MANIFEST).read_text())["complete"] is False
+    synthetic.ensure_benchmark(tmp_path, 0, sizes)
+    assert json.loads((tmp_path / synthetic.MANIFEST).read_text())["complete"] is True
+    assert all((tmp_path / f).is_file() for f in synthetic.FILES)
+    stamp = (tmp_path / "train.hdf5").stat().st_mtime_ns
+    synthetic.ensure_benchmark(tmp_path, 0, sizes)  # complete now: reused, not rewritten
+    assert (tmp_path / "train.hdf5").stat().st_mtime_ns == stamp

@@ -38,9 +38,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return synthetic.generate_benchmark(tmp_path_factory.mktemp("tiny"), 0, synthetic.Sizes(200, 200, 50, 50, 40, 40))
+@pytest.fixture
+def tiny_data(tiny_benchmark) -> Path:
+    """conftest's tiny benchmark: 400 train (6 batches of 64), 100 valid, 80 test samples."""
+    return tiny_benchmark
 
 
 def cli(data: Path, tmp: Path, *extra: str) -> list[str]:
