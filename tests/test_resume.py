@@ -134,6 +134,8 @@ def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(tiny_data, 
     evaluate = train.evaluate
 
     def evaluate_then_ctrl_c(*args, **kwargs):
+        handler = signal.getsignal(signal.SIGINT)
+        assert isinstance(getattr(handler, "__self__", None), train.StopFlag), "no StopFlag: would stop pytest"
         os.kill(os.getpid(), signal.SIGINT)  # caught by fit's StopFlag, which only sets a flag
         return evaluate(*args, **kwargs)
     monkeypatch.setattr(train, "evaluate", evaluate_then_ctrl_c)
@@ -154,6 +156,7 @@ def test_sigterm_before_training_exits_cleanly(tiny_data, tmp_path, monkeypatch,
     load = run_transformer.load_data
 
     def load_then_sigterm(*args, **kwargs):
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, handlers[1]), "would kill pytest"
         os.kill(os.getpid(), signal.SIGTERM)
         return load(*args, **kwargs)
     monkeypatch.setattr(run_transformer, "load_data", load_then_sigterm)
