@@ -105,6 +105,7 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
     assert "rerun the same command" in capsys.readouterr().err
     results = out / "results.jsonl"
     assert len(results.read_text().splitlines()) == 7
+    assert "Incomplete grid" in (out / "report.md").read_text(), "an interrupted grid still reports what finished"
     with open(results, "a") as f:
         f.write('{"key": "torn by a kil')  # a kill in the middle of a write
     second = FakeRun()
@@ -122,6 +123,9 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
     third = FakeRun()
     monkeypatch.setattr(run_transformer, "run", third)
     assert compare.main(argv) == 0 and third.calls == [], "a finished grid runs nothing"
+    (out / "report.md").unlink()
+    assert compare.main(argv + ["--report-only"]) == 0 and third.calls == []
+    assert "Incomplete" not in (out / "report.md").read_text()
     # Another epoch budget is another experiment: its runs are new.
     fourth = FakeRun()
     monkeypatch.setattr(run_transformer, "run", fourth)
