@@ -25,8 +25,8 @@ import torch
 import distributed
 import synthetic
 from config import Config, UserError, build_parser, config_from_dict
-from data import (SPLIT_FILES, choose_channels, find_confounders, load_splits, read_answer_key, read_split,
-                  to_device, to_tensor)
+from data import (ANSWER_FILE, SPLIT_FILES, choose_channels, find_confounders, load_splits, read_answer_key,
+                  read_split, to_device, to_tensor)
 from fileio import check_writable, fingerprint, fresh_directory, save_torch, write_json, write_text
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
 from train import (Diverged, Interrupted, TrainState, build_model, build_optimizer, build_scheduler, evaluate,
@@ -77,6 +77,8 @@ def load_data(cfg: Config, device: torch.device, log: Log, stats: dict | None = 
     info = {"data_dir": str(data_dir), "source": source, "channels": channels, "confounders": confounders,
             "files": {name: fingerprint(data_dir / f) for name, f in SPLIT_FILES.items()},
             "sizes": {name: len(s) for name, s in splits.items()}}
+    if test_labels is not None:  # the answer key behind the test metrics is data this run used, too
+        info["files"]["test_answers"] = fingerprint(data_dir / ANSWER_FILE)
     if source == "synthetic":
         info["bayes_accuracy"] = bayes_limit(splits, test_labels)
     return data, info
