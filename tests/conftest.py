@@ -5,11 +5,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import synthetic  # noqa: E402
+
+# Tiny models on tiny data: one thread is faster than two and keeps results independent of machine load.
+torch.set_num_threads(1)
 
 REAL_TEST_FILE = ROOT.parent / "shared" / "gasdata" / "test_no_labels.hdf5"
 TINY = synthetic.Sizes(train0=200, train1=200, valid0=50, valid1=50, test0=40, test1=40)
