@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 import run_transformer
 import synthetic
@@ -151,7 +152,6 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         written = sorted(folder.glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
         summary = {**(json.loads(written[-1].read_text()) if written else {}), "diverged": str(e)}
     history = read_history(Path(summary["run_dir"]) / "metrics.csv") if "run_dir" in summary else []
-    import torch
     device = torch.cuda.get_device_name(0) if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
     return {**{k: job[k] for k in ("key", "variant", "stage", "lr", "seed")}, "summary": summary,
             "history": history, "device": f"{device} ({os.cpu_count()} cores)"}
@@ -165,7 +165,6 @@ def read_history(path: Path) -> list[dict[str, float]]:
 
 
 def init_worker(threads: int) -> None:
-    import torch
     torch.set_num_threads(threads)  # N runs share the cores; oversubscribed OpenMP threads crawl
 
 
