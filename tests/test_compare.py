@@ -7,22 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import compare
 import run_transformer
 from config import Config
 from report import write_metrics_csv
 from train import Interrupted
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second OpenMP thread costs more than it gives (and much more on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def changed(cfg: Config, base: Config) -> dict:

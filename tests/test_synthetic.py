@@ -7,7 +7,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 import run_transformer
 import synthetic
@@ -112,15 +111,6 @@ def test_bayes_limit_matches_theory_on_a_large_sample():
 
 
 def test_bayes_beats_a_trained_model(tmp_path: Path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: a second OpenMP thread only adds overhead
-    try:
-        bayes_and_model_accuracy(tmp_path)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def bayes_and_model_accuracy(tmp_path: Path) -> None:
     """A short real ViT run (AdamW, density only) on a small benchmark; Bayes must beat it on valid and test."""
     data = synthetic.generate_benchmark(tmp_path / "data", 0, synthetic.Sizes(200, 200, 150, 150, 150, 150))
     cfg = Config(data_dir=str(data), channels="density", epochs=2, optimizer="adamw", lr=1e-3,
