@@ -359,6 +359,9 @@ def write_report(lines: list[dict[str, Any]], bayes: dict[str, float] | None, ou
         md += ["", "Model vs Bayes limit (test): " + "; ".join(
             f"{l['variant']} {100 * l['test_acc'][0]:.1f}% vs {100 * bayes['test']:.1f}%"
             for l in lines if math.isfinite(l["test_acc"][0]))]
+        above = [l["variant"] for l in lines if l["test_acc"][0] > bayes["test"]]
+        if above:  # possible only by chance on a small test set, or through a leak: look before trusting it
+            md += ["", f"**Warning**: above the Bayes limit on test: {', '.join(above)}."]
     md += ["", f"Learning-rate probes (seed {PROBE_SEED}, best validation log loss; * chosen):", ""]
     for l in lines:
         md.append(f"- {l['variant']}: " + ", ".join(
