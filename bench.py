@@ -64,7 +64,12 @@ class HDF5Samples(Dataset):
         return torch.from_numpy((x - self.mean) / self.std), torch.tensor(y)
 
 
-Timer = Callable[[int], float]  # runs that many training steps, returns the wall seconds they took
+# A timer trains for `steps` steps (when > 0) or else for at least `seconds`; returns (steps, wall seconds).
+Timer = Callable[[int, float], tuple[int, float]]
+
+
+def enough(done: int, start: float, steps: int, seconds: float) -> bool:
+    return done >= steps if steps > 0 else time.perf_counter() - start >= seconds
 
 
 def original_loop(cfg: Config, data_dir: Path, stats: dict, image_size: int, device: torch.device,
@@ -80,9 +85,10 @@ def original_loop(cfg: Config, data_dir: Path, stats: dict, image_size: int, dev
     batches = itertools.chain.from_iterable(itertools.repeat(loader))  # epochs back to back
     totals = {"loss": 0.0, "correct": 0}
 
-    def run(steps: int) -> float:
-        start = time.perf_counter()  # the previous step's .item() already waited for the device
-        for xb, yb in itertools.islice(batches, steps):
+    def run(steps: int, seconds: float) -> tuple[int, float]:
+        start, done = time.perf_counter(), 0  # the previous step's .item() already waited for the device
+        while not enough(done, start, steps, seconds):
+            xb, yb = next(batches)
             xb, yb = xb.to(device), yb.to(device)
             logits = model(xb).squeeze(1)
             loss = F.binary_cross_entropy_with_logits(logits, yb)
@@ -92,9 +98,10 @@ def original_loop(cfg: Config, data_dir: Path, stats: dict, image_size: int, dev
             scheduler.step()
             totals["loss"] += loss.item()
             totals["correct"] += ((logits > 0).float() == yb).sum().item()
-        return time.perf_counter() - start
+            done += 1
+        return done, time.perf_counter() - start
 
-    run(warmup)  # worker start-up and first batches
+    run(warmup, 0.0)  # worker start-up and first batches
     return run
 
 
@@ -112,9 +119,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def our_loop(cfg: Config, data: DeviceData, device: torch.device, steps: int, warmup: int) -> Timer:
-    """train.train_epoch itself: whole epochs over the resident training set, or over a slice of `steps`
-    batches when that is fewer; warmed up with `warmup` steps (which compile the model when asked)."""
+def our_loop(cfg: Config, data: DeviceData, device: torch.device, chunk: int, warmup: int) -> Timer:
+    """train.train_epoch itself, over the whole resident training set (chunk = 0) or over its first `chunk`
+    batches, so that a timer can stop between calls; warmed up (and compiled when asked) with `warmup` steps."""
     torch.manual_seed(cfg.seed)
     bs, n = cfg.batch_size, len(data.x["train"])
     if bs > n:
@@ -130,16 +137,16 @@ def our_loop(cfg: Config, data: DeviceData, device: torch.device, steps: int, wa
         train_epoch(step_model, optimizer, scheduler, loss_fn, d, cfg, e, stop, autocast, False)
         return len(d.x["train"]) // bs
 
-    timed = training_images(data, steps * bs) if steps * bs <= n else data
+    timed = training_images(data, chunk * bs) if 0 < chunk * bs < n else data
     epochs = itertools.count()
 
-    def run(steps: int) -> float:
+    def run(steps: int, seconds: float) -> tuple[int, float]:
         sync(device)
         start, done = time.perf_counter(), 0
-        while done < steps:
+        while not enough(done, start, steps, seconds):
             done += epoch(timed, next(epochs))
         sync(device)
-        return time.perf_counter() - start
+        return done, time.perf_counter() - start
 
     epoch(training_images(data, min(warmup, n // bs) * bs), next(epochs))
     return run
@@ -154,13 +161,16 @@ def flops_per_image(cfg: Config, in_channels: int, image_size: int) -> float:
     return counter.get_total_flops() / len(x)
 
 
-def measure(timers: dict[str, Timer], steps: dict[str, int], rounds: int) -> dict[str, float]:
-    """Seconds per style, the styles taking turns `rounds` times: on a shared machine both see the same load."""
-    seconds = dict.fromkeys(timers, 0.0)
+def measure(timers: dict[str, Timer], steps: int, seconds: float, rounds: int) -> dict[str, list[int | float]]:
+    """Steps and seconds per style, the styles taking turns `rounds` times: on a shared machine both see
+    the same load."""
+    totals = {name: [0, 0.0] for name in timers}
     for _ in range(rounds):
         for name, timer in timers.items():
-            seconds[name] += timer(steps[name])
-    return seconds
+            done, took = timer(steps, seconds)
+            totals[name][0] += done
+            totals[name][1] += took
+    return totals
 
 
 def print_table(rows: list[dict], flops: float) -> None:
@@ -222,12 +232,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="our loop (default bf16 autocast on CUDA, fp32 on CPU); the original is fp32")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile our training steps (CUDA graphs on a GPU)")
-    p.add_argument("--steps", type=int, default=0, help="timed steps of our loop per round (default 400 CUDA, 12 CPU)")
-    p.add_argument("--warmup", type=int, default=0, help="our untimed steps first (default 30 CUDA, 2 CPU)")
-    p.add_argument("--baseline-steps", type=int, default=0, help="timed original-style steps per round "
-                   "(default 300 CUDA, 80 CPU)")
+    p.add_argument("--seconds", type=float, default=0, help="timed seconds per style and round (default 3 "
+                   "CUDA, 8 CPU); our loop stops at the end of a train_epoch call (CUDA: a whole epoch)")
+    p.add_argument("--steps", type=int, default=0, help="instead of --seconds: timed steps per style and round")
+    p.add_argument("--warmup", type=int, default=0, help="our untimed steps first, compilation included "
+                   "(default 30 CUDA, 2 CPU)")
     p.add_argument("--rounds", type=int, default=0, help="the styles take turns this often (default 1 "
                    "CUDA, 3 CPU): a shared machine's load then falls on both alike")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the training process, both "
+                   "styles (default: torch's choice). On a CPU shared with other jobs, 1 avoids OpenMP "
+                   "threads waiting for each other at every operation")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the original style")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"), help="our loop's optimizer")
     p.add_argument("--data-dir", default="data", help="train.hdf5 here, else the built-in benchmark in "
@@ -240,14 +254,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(run_transformer's defaults, --device honoured) to --target validation accuracy")
     p.add_argument("--target", type=float, default=0.83)
     args = p.parse_args(argv)
-    for name in ("batch_size", "steps", "warmup", "baseline_steps", "rounds"):
+    for name in ("batch_size", "steps", "warmup", "rounds", "seconds", "threads"):
         if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be positive")
+            p.error(f"--{name.replace('_', '-')} must not be negative")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         if args.time_to_target:
             time_to_target(args.device, args.data_dir, args.target)
@@ -269,22 +285,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{cfg.patch_size}, channels {','.join(channels)} | data: {info['source']}, "
               f"{len(data.x['train']):,} training images | {flops / 1e6:.1f} MFLOP per image per training step "
               f"(forward + backward, FlopCounterMode)", flush=True)
-        steps = {"original": args.baseline_steps or (300 if cuda else 80),
-                 "ours": args.steps or (400 if cuda else 12)}
-        timers = {"original": original_loop(cfg, data_dir, data.stats, data.image_size, device, 10, args.workers),
-                  "ours": our_loop(cfg, data, device, steps["ours"], args.warmup or (30 if cuda else 2))}
+        timers = {"original": original_loop(cfg, data_dir, data.stats, data.image_size, device, 5, args.workers),
+                  "ours": our_loop(cfg, data, device, 0 if cuda else 4, args.warmup or (30 if cuda else 2))}
         load = os.getloadavg()[0]
-        seconds = measure(timers, steps, args.rounds)
-        print(f"timed: {args.rounds} rounds, styles taking turns; load average {load:.1f} before, "
-              f"{os.getloadavg()[0]:.1f} after (on {os.cpu_count()} CPUs)")
+        seconds = args.seconds or (3.0 if cuda else 8.0)
+        totals = measure(timers, args.steps, seconds, args.rounds)
+        budget = f"{args.steps} steps" if args.steps else f">= {seconds:g} s"
+        print(f"timed: {args.rounds} rounds of {budget} per style, styles taking turns; load average "
+              f"{load:.1f} before, {os.getloadavg()[0]:.1f} after (on {os.cpu_count()} CPUs)")
         compiled = f", torch.compile{' (CUDA graphs)' if cuda else ''}" if cfg.compile else ""
         rows = [{"style": f"original: HDF5 Dataset + DataLoader ({args.workers} workers), .item()/step, AdamW",
                  "batch": 64, "precision": "fp32"},
                 {"style": f"ours: resident tensors, 1 sync/epoch, {cfg.optimizer.upper()}{compiled}",
                  "batch": cfg.batch_size, "precision": cfg.precision}]
         for row, name in zip(rows, ("original", "ours")):
-            row["steps"] = steps[name] * args.rounds
-            row["img_s"] = row["steps"] * row["batch"] / seconds[name]
+            row["steps"], took = totals[name]
+            row["img_s"] = row["steps"] * row["batch"] / took
         print_table(rows, flops)
         return 0
     except UserError as e:

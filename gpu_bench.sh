@@ -28,5 +28,5 @@ step time_to_target 60 python bench.py --device cuda --time-to-target
 # 3. CUDA graphs must keep BatchNorm running statistics exactly like eager training
 step cudagraph_test 75 python -m pytest -q -p no:cacheprovider tests/test_train_compile.py -k cuda
 # 4. a larger batch, for the scaling (the baseline runs again, briefly)
-step bench_8192 60 python bench.py --device cuda --batch-size 8192 --precision bf16 --compile --baseline-steps 100
+step bench_8192 60 python bench.py --device cuda --batch-size 8192 --precision bf16 --compile --seconds 2
 echo "logs in $LOG/"
