@@ -53,6 +53,8 @@ class Config:
                          "train.hdf5 the built-in synthetic benchmark is generated into DATA_DIR/synthetic")
     channels: str = _opt("auto", "input channels, comma separated from {density, recording_date}; 'auto' "
                          "drops channels the shortcut guard flags as confounders", check=channel_spec)
+    whiten: bool = _opt(False, "feed density as log-density whitened by the training set's mean power spectrum "
+                        "(every scale gets equal weight; the classes differ only at small scales)")
     synthetic_seed: int = _opt(0, "seed of the built-in benchmark generator")
     # ---- model -------------------------------------------------------------------------------------------
     model: str = _opt("vit", "vit: the BatchNorm Vision Transformer; cnn: the scientist's reference CNN",
@@ -100,7 +102,7 @@ class Config:
 
     def model_fields(self) -> dict[str, Any]:
         """The fields that fix the network's shape: a checkpoint only loads into a model with the same ones."""
-        names = ("model", "patch_size", "emb_dim", "depth", "heads", "mlp_dim", "patch_norm", "block_norm")
+        names = ("model", "patch_size", "emb_dim", "depth", "heads", "mlp_dim", "patch_norm", "block_norm", "whiten")
         return {n: getattr(self, n) for n in names}
 
 

@@ -201,16 +201,41 @@ def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[s
 
 # ---- tensors on the device -----------------------------------------------------------------------------
 
-def channel_stats(train: RawSplit, channels: list[str]) -> dict[str, list[float]]:
-    """Per-channel mean and std from the training split only (saved in every checkpoint)."""
-    mean = [float(train.channels[c].mean(dtype=np.float64)) for c in channels]
-    std = [max(float(train.channels[c].std(dtype=np.float64)), 1e-6) for c in channels]
-    return {"channels": channels, "mean": mean, "std": std}
+def whitening_filter(train_density: np.ndarray) -> np.ndarray:
+    """1/sqrt(mean power spectrum) of the training log-density, k = 0 removed (label-free, like a mean/std).
+
+    The classes differ only at small scales, whose modes are thousands of times weaker than the large ones:
+    dividing every Fourier mode by its typical amplitude gives each scale equal weight in the input.
+    """
+    log_density = np.log(np.maximum(train_density.astype(np.float64), 1e-12))
+    power = (np.abs(np.fft.fft2(log_density)) ** 2).mean(axis=0)
+    gain = np.zeros_like(power)
+    gain[power > 0] = 1 / np.sqrt(power[power > 0])
+    gain[0, 0] = 0.0  # the per-sample offset carries no class information
+    return gain
 
 
-def to_tensor(split: RawSplit, stats: dict[str, list[float]], device: torch.device | str) -> torch.Tensor:
-    """(N, C, S, S) float32 on `device`, channels in `stats` order, normalised with training statistics."""
-    x = np.stack([split.channels[c] for c in stats["channels"]], axis=1)
+def prepare_channel(name: str, values: np.ndarray, gain: np.ndarray | None) -> np.ndarray:
+    """The model's view of one raw channel: whitened log-density when a gain is given, else as stored."""
+    if name != "density" or gain is None:
+        return values
+    log_density = np.log(np.maximum(values.astype(np.float64), 1e-12))
+    return np.fft.ifft2(np.fft.fft2(log_density) * gain).real.astype(np.float32)
+
+
+def channel_stats(train: RawSplit, channels: list[str], whiten: bool = False) -> dict:
+    """Per-channel mean and std (and the whitening gain) from the training split only (saved in checkpoints)."""
+    gain = whitening_filter(train.channels["density"]) if whiten and "density" in channels else None
+    prepared = [prepare_channel(c, train.channels[c], gain) for c in channels]
+    mean = [float(v.mean(dtype=np.float64)) for v in prepared]
+    std = [max(float(v.std(dtype=np.float64)), 1e-6) for v in prepared]
+    return {"channels": channels, "mean": mean, "std": std, "whiten": None if gain is None else gain.tolist()}
+
+
+def to_tensor(split: RawSplit, stats: dict, device: torch.device | str) -> torch.Tensor:
+    """(N, C, S, S) float32 on `device`, channels in `stats` order, prepared and normalised with training stats."""
+    gain = None if stats.get("whiten") is None else np.asarray(stats["whiten"])
+    x = np.stack([prepare_channel(c, split.channels[c], gain) for c in stats["channels"]], axis=1)
     mean = np.asarray(stats["mean"], np.float32)[None, :, None, None]
     std = np.asarray(stats["std"], np.float32)[None, :, None, None]
     return torch.from_numpy((x - mean) / std).to(device)
@@ -226,9 +251,11 @@ class DeviceData:
 
 
 def to_device(splits: dict[str, RawSplit], channels: list[str], device: torch.device | str,
-              test_labels: np.ndarray | None = None) -> DeviceData:
-    """Normalise with training statistics and move every split to `device`. Test y is the answer key or None."""
-    stats = channel_stats(splits["train"], channels)
+              test_labels: np.ndarray | None = None, whiten: bool = False,
+              stats: dict | None = None) -> DeviceData:
+    """Normalise with training statistics (or the saved `stats` of a checkpoint) and move every split to
+    `device`. Test y is the answer key or None."""
+    stats = stats or channel_stats(splits["train"], channels, whiten)
     x = {name: to_tensor(split, stats, device) for name, split in splits.items()}
     y = {name: torch.from_numpy(split.labels).float().to(device) for name, split in splits.items()}
     y["test"] = None if test_labels is None else torch.from_numpy(test_labels).float().to(device)

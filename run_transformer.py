@@ -70,10 +70,7 @@ def load_data(cfg: Config, device: torch.device, log: Log, stats: dict | None = 
     confounders = find_confounders(splits)
     channels = stats["channels"] if stats else choose_channels(cfg.channels, confounders, log)
     test_labels = read_answer_key(data_dir, len(splits["test"]))
-    data = to_device(splits, channels, device, test_labels)
-    if stats:
-        data.stats = stats
-        data.x = {name: to_tensor(split, stats, device) for name, split in splits.items()}
+    data = to_device(splits, channels, device, test_labels, cfg.whiten, stats)
     info = {"data_dir": str(data_dir), "source": source, "channels": channels, "confounders": confounders,
             "files": {name: fingerprint(data_dir / f) for name, f in SPLIT_FILES.items()},
             "sizes": {name: len(s) for name, s in splits.items()}}

@@ -72,3 +72,17 @@ def test_batches_shuffle_every_epoch_cover_disjoint_full_batches():
     ranks = [torch.cat(epoch_batches(1000, 64, 0, 0, "cpu", rank=r, world=2)) for r in (0, 1)]
     assert len(set(ranks[0].tolist()) & set(ranks[1].tolist())) == 0
     assert len(ranks[0]) == len(ranks[1])
+
+
+def test_whitening_flattens_the_training_spectrum_and_is_saved_for_prediction(tiny_benchmark):
+    splits = load_splits(tiny_benchmark)
+    data = to_device(splits, ["density", "recording_date"], "cpu", whiten=True)
+    gain = np.asarray(data.stats["whiten"])
+    assert gain.shape == (28, 28) and gain[0, 0] == 0
+    x = data.x["train"][:, 0].double().numpy()
+    power = (np.abs(np.fft.fft2(x)) ** 2).mean(axis=0)
+    power[0, 0] = np.nan
+    assert np.nanmax(power) / np.nanmin(power) < 1.5  # every scale now carries equal weight
+    assert torch.equal(data.x["train"][:, 1], to_device(splits, ["recording_date"], "cpu").x["train"][:, 0])
+    again = to_device(splits, [], "cpu", stats=data.stats)  # saved stats reproduce the same tensors
+    assert torch.equal(again.x["valid"], data.x["valid"])

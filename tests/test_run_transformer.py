@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import run_transformer
@@ -57,8 +58,9 @@ def test_two_runs_never_share_a_folder(tmp_path, tiny_benchmark):
     assert len([p for p in first.parent.iterdir() if p.is_dir()]) == 2
 
 
-def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark):
-    run_dir = train(tmp_path, tiny_benchmark)
+@pytest.mark.parametrize("whiten", [False, True])
+def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, whiten):
+    run_dir = train(tmp_path, tiny_benchmark, *(["--whiten"] if whiten else []))
     output = tmp_path / "new" / "pred.txt"
     argv = ["--predict", str(run_dir), "--input", str(tiny_benchmark / "valid.hdf5"), "--output", str(output)]
     assert run_transformer.main(argv) == 0
@@ -68,6 +70,11 @@ def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark):
     assert rows[0] == "index,probability,label" and len(rows) == 101
     probs = np.array([float(r.split(",")[1]) for r in rows[1:]])
     assert ((probs > 0.5).astype(int).astype(str) == np.array(lines)).all()
+    expected = (run_dir / "predictions.txt").read_text()  # the same model on the test file: same answers
+    test_out = tmp_path / "new" / "test.txt"
+    assert run_transformer.main(["--predict", str(run_dir), "--input", str(tiny_benchmark / "test_no_labels.hdf5"),
+                                 "--output", str(test_out)]) == 0
+    assert test_out.read_text() == expected
     assert run_transformer.main(argv) == 2  # refuses to overwrite its own earlier output
 
 
