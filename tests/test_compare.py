@@ -23,9 +23,10 @@ def changed(cfg: Config, base: Config) -> dict:
 def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
     chosen = compare.variants(compare.FULL.configs)
     assert [v.name for v in chosen[:2]] == ["before/with-date", "before/no-date"]
-    assert len(chosen) == 16 and len({v.name for v in chosen}) == 16
+    assert len(chosen) == 18 and len({v.name for v in chosen}) == 18
     assert set(compare.FULL.configs) == {"before", "+patch-bn", "+sgd-linear", "+mse", "+smooth", "+block-bn",
-                                         "after", "cnn"}
+                                         "after", "cnn", "after+whiten", "cnn+whiten"}
+    assert {v.channels for v in chosen if v.config.endswith("+whiten")} == {"no-date"}
     base = Config(data_dir="somewhere")
     before = compare.Variant("before", "no-date").build(base)
     assert (before.model, before.patch_norm, before.block_norm, before.optimizer, before.loss) == \
@@ -35,7 +36,9 @@ def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
     expected = {"+patch-bn": {"patch_norm": "batch"}, "+sgd-linear": {"optimizer": "sgd", "weight_decay": 5e-4},
                 "+mse": {"loss": "mse"}, "+smooth": {"loss": "smooth"}, "+block-bn": {"block_norm": "batch"},
                 "after": {"patch_norm": "batch", "optimizer": "sgd", "weight_decay": 5e-4, "loss": "smooth"},
-                "cnn": {"model": "cnn"}}
+                "cnn": {"model": "cnn"}, "cnn+whiten": {"model": "cnn", "whiten": True},
+                "after+whiten": {"patch_norm": "batch", "optimizer": "sgd", "weight_decay": 5e-4, "loss": "smooth",
+                                 "whiten": True}}
     for name, diff in expected.items():
         assert changed(compare.Variant(name, "no-date").build(base), before) == diff, name
     # Probes: one per rate of the variant's optimizer, at the probe seed; finals: one per seed.
