@@ -76,4 +76,7 @@ def test_cuda_graphs_keep_batchnorm_statistics_like_eager(monkeypatch):
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # compare like with like
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    from torch._dynamo.utils import counters
+    counters.clear()
     assert_compiled_fit_matches_eager("cuda", rtol=1e-3, atol=1e-4)
+    assert counters["inductor"]["cudagraph_skips"] == 0, "CUDA graphs were skipped: the test checked nothing"
