@@ -189,7 +189,7 @@ class TargetReached(Exception):
     pass
 
 
-def time_to_target(cfg: Config, target: float) -> None:
+def time_to_target(cfg: Config, target: float, recipe: str = "default recipe") -> None:
     """Train the recipe `cfg` (run_transformer's defaults unless --recipe changes them) and report the wall time
     until the validation accuracy first reaches `target`; training time counts from the first step, with the
     per-epoch evaluation included."""
@@ -201,7 +201,7 @@ def time_to_target(cfg: Config, target: float) -> None:
     model = build_model(cfg, len(info["channels"]), data.image_size).to(device)
     optimizer = build_optimizer(cfg, model, device)
     scheduler = build_scheduler(cfg, optimizer, max(len(data.x["train"]) // cfg.batch_size, 1))
-    print(f"time to {target:.0%} validation accuracy: default recipe ({cfg.model}, {cfg.optimizer}, {cfg.loss}, "
+    print(f"time to {target:.0%} validation accuracy: {recipe} ({cfg.model}, {cfg.optimizer}, {cfg.loss}, "
           f"batch {cfg.batch_size}, {cfg.precision}, up to {cfg.epochs} epochs) on {info['source']} data "
           f"{info['sizes']}, channels {','.join(info['channels'])}, {device}; data loading {load_s:.1f} s")
     start = time.perf_counter()
@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.time_to_target:
             recipe = ["--device", args.device, "--data-dir", args.data_dir, *shlex.split(args.recipe)]
-            time_to_target(parse_config(recipe), args.target)
+            time_to_target(parse_config(recipe), args.target,
+                           f"recipe {args.recipe!r}" if args.recipe else "default recipe")
             return 0
         device = pick_device(args.device)
         cuda = device.type == "cuda"
