@@ -59,7 +59,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 # Beyond the request: what the physics suggests. The classes differ only at small scales, which raw density
 # drowns in large-scale structure; whitened log-density (--whiten) gives every scale equal weight.
-WHITENED = {"after+whiten": {**CONFIGS["after"], "whiten": True}, "cnn+whiten": {**CONFIGS["cnn"], "whiten": True}}
+WHITENED = {f"{name}+whiten": {**CONFIGS[name], "whiten": True} for name in ("before", "after", "cnn")}
 CONFIGS.update(WHITENED)
 CHANNEL_SETS = {"with-date": "density,recording_date", "no-date": "density"}
 # Peak learning rates tried per optimizer. AdamW: around the usual 1e-3 (1e-3 reached 72% validation accuracy

@@ -23,9 +23,9 @@ def changed(cfg: Config, base: Config) -> dict:
 def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
     chosen = compare.variants(compare.FULL.configs)
     assert [v.name for v in chosen[:2]] == ["before/with-date", "before/no-date"]
-    assert len(chosen) == 18 and len({v.name for v in chosen}) == 18
+    assert len(chosen) == 19 and len({v.name for v in chosen}) == 19
     assert set(compare.FULL.configs) == {"before", "+patch-bn", "+sgd-linear", "+mse", "+smooth", "+block-bn",
-                                         "after", "cnn", "after+whiten", "cnn+whiten"}
+                                         "after", "cnn", "before+whiten", "after+whiten", "cnn+whiten"}
     assert {v.channels for v in chosen if v.config.endswith("+whiten")} == {"no-date"}
     base = Config(data_dir="somewhere")
     before = compare.Variant("before", "no-date").build(base)
@@ -37,6 +37,7 @@ def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
                 "+mse": {"loss": "mse"}, "+smooth": {"loss": "smooth"}, "+block-bn": {"block_norm": "batch"},
                 "after": {"patch_norm": "batch", "optimizer": "sgd", "weight_decay": 5e-4, "loss": "smooth"},
                 "cnn": {"model": "cnn"}, "cnn+whiten": {"model": "cnn", "whiten": True},
+                "before+whiten": {"whiten": True},
                 "after+whiten": {"patch_norm": "batch", "optimizer": "sgd", "weight_decay": 5e-4, "loss": "smooth",
                                  "whiten": True}}
     for name, diff in expected.items():
