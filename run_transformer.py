@@ -27,7 +27,7 @@ import synthetic
 from config import Config, UserError, build_parser, config_from_dict
 from data import (ANSWER_FILE, SPLIT_FILES, choose_channels, find_confounders, load_splits, read_answer_key,
                   read_split, to_device, to_tensor)
-from fileio import check_writable, fingerprint, fresh_directory, save_torch, write_json, write_text
+from fileio import check_writable, fingerprint, fresh_directory, save_torch, write_json
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
 from train import (Diverged, Interrupted, TrainState, build_model, build_optimizer, build_scheduler, evaluate,
                    fit, pick_device, predict_proba, signal_name)
@@ -229,7 +229,22 @@ def finish(run_dir: Path, model, cfg: Config, data, info: dict, state: TrainStat
         + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
         + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
         + f" | predictions: {run_dir}/predictions.txt and {cfg.predictions}")
+    if learned_nothing(summary, data.y["valid"]):
+        log(NOTHING_LEARNED_HINT)
     return summary
+
+
+# Measured with compare.py on the built-in benchmark (README: results): SGD + LinearLR left this ViT at the
+# constant predictor at every learning rate tried, where AdamW learned.
+NOTHING_LEARNED_HINT = ("note: the model did no better than always predicting the majority label. In our "
+                        "measurements SGD + LinearLR never trained this ViT; try --optimizer adamw --lr 3e-3 "
+                        "--weight-decay 0.05 --whiten")
+
+
+def learned_nothing(summary: dict[str, Any], y_valid: torch.Tensor) -> bool:
+    """True when the best model matches the constant predictor: majority-rate accuracy and chance-level AUC."""
+    majority = max(float(y_valid.mean()), 1 - float(y_valid.mean()))
+    return summary["val_acc"] <= majority + 1e-6 and abs(summary["val_auc"] - 0.5) < 0.1
 
 
 # ---- resume and predict ----------------------------------------------------------------------------------

@@ -96,3 +96,10 @@ def test_help_lists_the_flags():
                          text=True, check=True).stdout
     for flag in ("--optimizer", "--loss", "--smoothing", "--channels", "--patch-norm", "--block-norm", "--predict"):
         assert flag in out
+
+
+def test_a_model_stuck_at_the_constant_predictor_is_called_out():
+    y = torch.tensor([1.0] * 9 + [0.0] * 5)
+    assert run_transformer.learned_nothing({"val_acc": 9 / 14, "val_auc": 0.49}, y)
+    assert not run_transformer.learned_nothing({"val_acc": 0.85, "val_auc": 0.93}, y)
+    assert not run_transformer.learned_nothing({"val_acc": 9 / 14, "val_auc": 0.8}, y)  # ranks, badly calibrated
