@@ -26,15 +26,6 @@ TINY = ["--device", "cpu", "--emb-dim", "16", "--depth", "1", "--heads", "2", "-
         "--batch-size", "64", "--epochs", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs on one intra-op thread: on a busy 2-core machine spinning OpenMP threads cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pristine(tiny_benchmark) -> Path:
     """conftest's tiny benchmark (400 train, 100 valid, 80 test samples); cases spoil private copies only."""
@@ -46,7 +37,6 @@ def trained_run(pristine, tmp_path_factory) -> Path:
     """One finished tiny run (emb 16) to resume and predict from."""
     tmp = tmp_path_factory.mktemp("trained")
     argv = ["--data-dir", str(pristine), "--out-dir", str(tmp / "runs"), "--predictions", str(tmp / "p.txt"), *TINY]
-    torch.set_num_threads(1)
     assert run_transformer.main(argv) == 0
     return next((tmp / "runs").iterdir())
 

@@ -29,15 +29,6 @@ TINY = ["--device", "cpu", "--emb-dim", "16", "--depth", "1", "--heads", "2", "-
         "--batch-size", "64"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs on one intra-op thread: on a busy 2-core machine spinning OpenMP threads cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tiny_data(tiny_benchmark) -> Path:
     """conftest's tiny benchmark: 400 train (6 batches of 64), 100 valid, 80 test samples."""
