@@ -17,10 +17,8 @@ class UserError(Exception):
     """A problem with the user's input or environment: printed as one line, exit code 2, no traceback."""
 
 
-def _opt(default: Any, help: str, choices: tuple | None = None, check: Callable | None = None,
-         flag_only: bool = False) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices, "check": check,
-                                            "flag_only": flag_only})
+def _opt(default: Any, help: str, choices: tuple | None = None, check: Callable | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices, "check": check})
 
 
 def positive(x: float) -> bool:
@@ -94,11 +92,11 @@ class Config:
     # ---- outputs -----------------------------------------------------------------------------------------
     out_dir: str = _opt("runs", "each run gets a fresh sub-folder here; nothing is ever overwritten")
     predictions: str = _opt("outputs/predictions.txt", "copy of the test predictions (one 0/1 per line)")
-    resume: str = _opt("", "continue the run in this folder from its last.pt", flag_only=True)
-    predict: str = _opt("", "classify --input with the best checkpoint of this run folder", flag_only=True)
-    input: str = _opt("", "with --predict: the HDF5 file to classify", flag_only=True)
+    resume: str = _opt("", "continue the run in this folder from its last.pt")
+    predict: str = _opt("", "classify --input with the best checkpoint of this run folder")
+    input: str = _opt("", "with --predict: the HDF5 file to classify")
     output: str = _opt("", "with --predict: where to write the 0/1 predictions (a .csv of probabilities "
-                       "goes beside it)", flag_only=True)
+                       "goes beside it)")
 
     def model_fields(self) -> dict[str, Any]:
         """The fields that fix the network's shape: a checkpoint only loads into a model with the same ones."""

@@ -99,7 +99,8 @@ def read_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_
     """Read and check one split file; every problem becomes one UserError line."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{name} file {path} not found; put {SPLIT_FILES.get(name, path.name)} in --data-dir")
+        where = f"put {SPLIT_FILES[name]} in --data-dir" if name in SPLIT_FILES else "check the path"
+        raise UserError(f"{name} file {path} not found; {where}")
     arrays = _read_arrays(path, name, (*channels, "labels"))
     labels = arrays.pop("labels").reshape(-1)
     out = {}
@@ -155,6 +156,8 @@ def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
 
 def find_confounders(splits: dict[str, RawSplit]) -> dict[str, str]:
     """Channels that give the labels away in training but not elsewhere: name -> evidence.
+
+    Uses training labels and the value ranges of the (unlabelled) validation and test inputs, never their labels.
 
     A channel is a confounder when it is constant within every training sample and that constant alone
     separates the training labels, or when its training values do not overlap those of valid or test.
@@ -246,7 +249,7 @@ class DeviceData:
     """Everything training needs, resident on one device."""
     x: dict[str, torch.Tensor]
     y: dict[str, torch.Tensor | None]
-    stats: dict[str, list[float]]
+    stats: dict  # channels, per-channel mean and std, whitening gain or None (see channel_stats)
     image_size: int
 
 

@@ -51,7 +51,8 @@ def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
     if not data_dir.exists() and cfg.data_dir != Config.data_dir:  # a typo must not summon synthetic data
         raise UserError(f"data folder {data_dir} does not exist; pass --data-dir with the HDF5 files (an empty "
                         f"folder gets the built-in synthetic benchmark)")
-    bench = data_dir / "synthetic"
+    # one folder per generator seed: runs of different seeds never rewrite each other's (fingerprinted) data
+    bench = data_dir / ("synthetic" if cfg.synthetic_seed == 0 else f"synthetic-seed{cfg.synthetic_seed}")
     log(f"no {SPLIT_FILES['train']} in {data_dir}/: using the built-in synthetic benchmark in {bench}/")
     return synthetic.ensure_benchmark(bench, cfg.synthetic_seed), "synthetic"
 
@@ -142,6 +143,9 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
     torch.manual_seed(cfg.seed)
     with distributed.main_first():  # rank 0 generates the built-in benchmark before the others read it
         data, info = load_data(cfg, device, log, resume_from["stats"] if resume_from else None)
+    if len(data.x["train"]) < distributed.world():
+        raise UserError(f"{len(data.x['train'])} training samples cannot be split over {distributed.world()} "
+                        f"processes; use fewer processes")
     model = build_model(cfg, len(info["channels"]), data.image_size).to(device)
     steps_per_epoch = max(len(data.x["train"]) // (cfg.batch_size * distributed.world()), 1)
     optimizer = build_optimizer(cfg, model, device)
@@ -230,15 +234,17 @@ def finish(run_dir: Path, model, cfg: Config, data, info: dict, state: TrainStat
         + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
         + f" | predictions: {run_dir}/predictions.txt and {cfg.predictions}")
     if learned_nothing(summary, data.y["valid"]):
-        log(NOTHING_LEARNED_HINT)
+        log(NOTHING_LEARNED_HINT[cfg.optimizer])
     return summary
 
 
 # Measured with compare.py on the built-in benchmark (README: results): SGD + LinearLR left this ViT at the
 # constant predictor at every learning rate tried, where AdamW learned.
-NOTHING_LEARNED_HINT = ("note: the model did no better than always predicting the majority label. In our "
-                        "measurements SGD + LinearLR never trained this ViT; try --optimizer adamw --lr 3e-3 "
-                        "--weight-decay 0.05 --whiten")
+NOTHING_LEARNED_HINT = {
+    "sgd": "note: the model did no better than always predicting the majority label. In our measurements SGD + "
+           "LinearLR never trained this ViT; try --optimizer adamw --lr 3e-3 --weight-decay 0.05 --whiten",
+    "adamw": "note: the model did no better than always predicting the majority label; try --whiten, another "
+             "--lr, or more --epochs"}
 
 
 def learned_nothing(summary: dict[str, Any], y_valid: torch.Tensor) -> bool:
@@ -258,11 +264,15 @@ def explicit_flags(argv: list[str]) -> dict[str, Any]:
 
 
 # Stored in the optimizer and scheduler state: a resumed run would silently ignore a new value.
-OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "batch_size")
+OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "batch_size", "epochs")
+# Where and on what a resumed run writes, and how patient it is: safe to change. Anything else (loss, seed,
+# data, channels, dropout, precision, ...) would make the second half a different experiment.
+RESUMABLE_CHANGES = ("patience", "out_dir", "predictions", "device", "compile", "sync_bn", "resume", "predict",
+                     "input", "output")
 
 
 def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict]:
-    """The saved config with the flags typed now; refuses flags that would change the model or optimizer."""
+    """The saved config with the flags typed now; refuses flags that would change the experiment."""
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir} is not a run folder; pass a folder written by run_transformer.py")
     payload = load_checkpoint(run_dir / "last.pt")
@@ -276,8 +286,11 @@ def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict]:
         raise UserError(f"{run_dir}/last.pt cannot be resumed ({e}); it is damaged or was not written by "
                         f"run_transformer.py") from None
     asked = dataclasses.replace(saved, **typed)
-    for kind, fields in (("model settings", tuple(saved.model_fields())),
-                         ("optimizer settings", OPTIMIZER_FIELDS)):
+    model = tuple(saved.model_fields())
+    other = tuple(f.name for f in dataclasses.fields(Config)
+                  if f.name not in (*model, *OPTIMIZER_FIELDS, *RESUMABLE_CHANGES))
+    for kind, fields in (("model settings", model), ("optimizer settings", OPTIMIZER_FIELDS),
+                         ("training settings", other)):
         diff = {k: (getattr(saved, k), getattr(asked, k)) for k in fields if getattr(asked, k) != getattr(saved, k)}
         if diff:
             names = ", ".join(f"--{k.replace('_', '-')}: checkpoint {a!r} vs requested {b!r}"
@@ -297,6 +310,9 @@ def predict_file(cfg: Config, log: Log = print) -> Path:
     stats = payload["stats"]
     output = Path(cfg.output) if cfg.output else run_dir / f"predictions-{source.stem}.txt"
     csv_path = output.with_suffix(".csv")
+    if csv_path == output or output.is_dir() or str(cfg.output).endswith(("/", "\\")):
+        raise UserError(f"--output {cfg.output} must name a new text file such as predictions.txt (the "
+                        f"probabilities go to a .csv beside it)")
     for path in (output, csv_path):
         if path.exists():
             raise UserError(f"{path} already exists; choose another --output (nothing was overwritten)")
@@ -348,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 run(cfg)
         return 0
-    except UserError as e:
-        if distributed.is_main():
-            print(f"error: {e}", file=sys.stderr)
+    except UserError as e:  # printed by every rank that hits it: another rank may not know
+        prefix = "" if distributed.is_main() else f"[rank {distributed.rank()}] "
+        print(f"{prefix}error: {e}", file=sys.stderr)
         return 2
     except Diverged as e:
         if distributed.is_main():

@@ -104,7 +104,10 @@ def _write_hdf5(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def generate_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Sizes()) -> Path:
     """Write train/valid/test_no_labels.hdf5 and the answer key test_labels.hdf5, then a manifest."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the benchmark folder {directory}: {e.strerror}; pass another --data-dir")
     manifest = {"generator": "fictitious-gas benchmark", "version": 1, "seed": seed, "sizes": asdict(sizes),
                 "files": list(FILES)}
     # Claim the files before writing them: an interrupted generation is then finished next time rather than

@@ -62,10 +62,13 @@ def build_model(cfg: Config, in_channels: int, image_size: int) -> nn.Module:
     if image_size % cfg.patch_size and cfg.model == "vit":
         raise UserError(f"--patch-size {cfg.patch_size} does not divide the image size {image_size}; "
                         f"use a divisor such as {', '.join(str(d) for d in range(1, image_size) if image_size % d == 0)}")
+    if cfg.model == "cnn":
+        if image_size % 4:
+            raise UserError(f"--model cnn pools twice by 2, so the grid size must divide by 4 (got {image_size}); "
+                            f"use --model vit")
+        return ReferenceCNN(in_channels, image_size)
     if cfg.emb_dim % cfg.heads:
         raise UserError(f"--emb-dim {cfg.emb_dim} is not divisible by --heads {cfg.heads}")
-    if cfg.model == "cnn":
-        return ReferenceCNN(in_channels, image_size)
     return VisionTransformer(in_channels, image_size, cfg.patch_size, cfg.emb_dim, cfg.depth, cfg.heads,
                              cfg.mlp_dim, cfg.dropout, cfg.emb_dropout, cfg.patch_norm, cfg.block_norm)
 

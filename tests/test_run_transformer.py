@@ -103,3 +103,22 @@ def test_a_model_stuck_at_the_constant_predictor_is_called_out():
     assert run_transformer.learned_nothing({"val_acc": 9 / 14, "val_auc": 0.49}, y)
     assert not run_transformer.learned_nothing({"val_acc": 0.85, "val_auc": 0.93}, y)
     assert not run_transformer.learned_nothing({"val_acc": 9 / 14, "val_auc": 0.8}, y)  # ranks, badly calibrated
+
+
+def test_resume_refuses_a_different_experiment_and_predict_refuses_a_csv_output(tmp_path, tiny_benchmark, capsys):
+    run_dir = train(tmp_path, tiny_benchmark)
+    for flags, name in ((["--loss", "mse"], "--loss"), (["--seed", "5"], "--seed"), (["--epochs", "4"], "--epochs")):
+        assert run_transformer.main(["--resume", str(run_dir), *flags]) == 2
+        assert f"{name}: checkpoint" in capsys.readouterr().err
+    assert run_transformer.main(["--predict", str(run_dir), "--input", str(tiny_benchmark / "valid.hdf5"),
+                                 "--output", str(tmp_path / "p.csv")]) == 2
+    assert "new text file" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
+
+
+def test_cnn_needs_a_grid_divisible_by_four():
+    import dataclasses
+    from config import Config, UserError
+    from train import build_model
+    with pytest.raises(UserError, match="divide by 4"):
+        build_model(dataclasses.replace(Config(), model="cnn", heads=3), 1, 30)
+    assert build_model(dataclasses.replace(Config(), model="cnn", heads=3), 1, 28) is not None  # --heads is ViT-only
