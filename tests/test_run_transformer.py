@@ -122,3 +122,12 @@ def test_cnn_needs_a_grid_divisible_by_four():
     with pytest.raises(UserError, match="divide by 4"):
         build_model(dataclasses.replace(Config(), model="cnn", heads=3), 1, 30)
     assert build_model(dataclasses.replace(Config(), model="cnn", heads=3), 1, 28) is not None  # --heads is ViT-only
+
+
+def test_predict_classifies_the_real_test_file(tmp_path, tiny_benchmark, real_test_file):
+    run_dir = train(tmp_path, tiny_benchmark)
+    output = tmp_path / "real" / "predictions.txt"
+    assert run_transformer.main(["--predict", str(run_dir), "--input", str(real_test_file),
+                                 "--output", str(output)]) == 0
+    lines = output.read_text().splitlines()
+    assert len(lines) == 1000 and set(lines) <= {"0", "1"}
