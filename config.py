@@ -67,6 +67,10 @@ class Config:
     patch_norm: str = _opt("batch", "normalisation after the patch convolution; 'none' is the pre-change ViT",
                            choices=("batch", "none"))
     block_norm: str = _opt("layer", "normalisation inside the transformer blocks", choices=("layer", "batch"))
+    dropout_sampler: str = _opt("fast", "how CPU training draws the ViT's dropout masks: fast (16-bit random "
+                                "numbers, p rounded to 2**-16; a CPU step ~1.4x faster) or torch (torch's sampler, as "
+                                "runs before this option); CUDA always uses torch's fused kernels",
+                                choices=("fast", "torch"))
     # ---- optimisation ------------------------------------------------------------------------------------
     optimizer: str = _opt("sgd", "sgd: SGD with momentum and LinearLR 1.0 -> 0.1 (the request); adamw: the "
                           "previous AdamW with linear warmup then cosine decay", choices=("sgd", "adamw"))

@@ -70,7 +70,8 @@ def build_model(cfg: Config, in_channels: int, image_size: int) -> nn.Module:
     if cfg.emb_dim % cfg.heads:
         raise UserError(f"--emb-dim {cfg.emb_dim} is not divisible by --heads {cfg.heads}")
     return VisionTransformer(in_channels, image_size, cfg.patch_size, cfg.emb_dim, cfg.depth, cfg.heads,
-                             cfg.mlp_dim, cfg.dropout, cfg.emb_dropout, cfg.patch_norm, cfg.block_norm)
+                             cfg.mlp_dim, cfg.dropout, cfg.emb_dropout, cfg.patch_norm, cfg.block_norm,
+                             cfg.dropout_sampler)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -1,10 +1,15 @@
 """The requested model: BatchNorm patch embedding, block norms, shapes and train/eval behaviour."""
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnn import ReferenceCNN
-from vision_transformer import PatchEmbedding, TokenBatchNorm, VisionTransformer
+import vision_transformer
+from vision_transformer import (Attention, Dropout, PatchEmbedding, TokenBatchNorm, VisionTransformer,
+                                fast_keep_mask)
 
 
 def test_patch_embedding_shapes_and_positions_follow_image_size():
@@ -20,19 +25,31 @@ def test_patch_that_does_not_divide_image_is_a_clear_error():
         PatchEmbedding(patch_size=5, image_size=28)
 
 
+def reference_embedding(emb: PatchEmbedding, norm: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The request spelled out with the embedding's own weights: Conv2d -> BatchNorm2d -> tokens -> CLS -> pos."""
+    tokens = norm(emb.proj(images)).flatten(2).transpose(1, 2)
+    return torch.cat([emb.cls_token.expand(len(images), -1, -1), tokens], dim=1) + emb.pos_embedding
+
+
 def test_batchnorm_sits_after_conv_and_before_tokens_and_dropout_is_02():
     emb = PatchEmbedding()
-    order = [name for name, _ in emb.named_children()]
-    assert order.index("proj") < order.index("norm") < order.index("to_tokens")
     assert isinstance(emb.proj, nn.Conv2d) and emb.proj.stride == (4, 4) and emb.proj.kernel_size == (4, 4)
     assert isinstance(emb.norm, nn.BatchNorm2d) and emb.norm.num_features == 32
-    assert isinstance(emb.dropout, nn.Dropout) and emb.dropout.p == 0.2
-    # The norm really runs on the conv output: hooks fire in this order in one forward pass.
-    seen = []
-    for name in ("proj", "norm", "to_tokens"):
-        getattr(emb, name).register_forward_hook(lambda m, i, o, name=name: seen.append((name, tuple(o.shape))))
-    emb(torch.randn(2, 2, 28, 28))
-    assert seen == [("proj", (2, 32, 7, 7)), ("norm", (2, 32, 7, 7)), ("to_tokens", (2, 49, 32))]
+    assert isinstance(emb.dropout, Dropout) and emb.dropout.p == 0.2
+    # The conv runs as a matmul over flattened patches: same numbers as Conv2d -> BatchNorm2d, in training
+    # (batch statistics, running statistics updated alike) and in eval mode.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        emb.norm.weight.uniform_(0.5, 1.5), emb.norm.bias.uniform_(-0.5, 0.5)
+    reference_norm = copy.deepcopy(emb.norm)
+    images = torch.randn(6, 2, 28, 28) * 2 + 1
+    emb.dropout.p = 0.0
+    emb.train(), reference_norm.train()
+    torch.testing.assert_close(emb(images), reference_embedding(emb, reference_norm, images), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(emb.norm.running_mean, reference_norm.running_mean)
+    torch.testing.assert_close(emb.norm.running_var, reference_norm.running_var)
+    emb.eval(), reference_norm.eval()
+    torch.testing.assert_close(emb(images), reference_embedding(emb, reference_norm, images), rtol=1e-5, atol=1e-5)
 
 
 def test_patch_norm_none_reproduces_the_pre_change_model():
@@ -80,3 +97,54 @@ def test_batchnorm_stats_and_dropout_change_only_in_train_mode(model_fn):
     c, d = model(x), model(x)
     assert not torch.equal(c, d), "dropout must be active in train mode"
     assert any(not torch.equal(bn.running_mean, m) for bn, m in zip(bns, before)), "train must update BN stats"
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_fast_keep_mask_drops_with_probability_p_in_every_word_position(p):
+    torch.manual_seed(0)
+    mask = fast_keep_mask(torch.Size([4 * 250_000]), p, torch.float32)
+    q = round(p * 2**16) / 2**16
+    assert mask.unique().tolist() == [0.0, pytest.approx(1 / (1 - q))]
+    # Each of the four 16-bit words of a 64-bit draw must be uniform: all positions drop at rate q.
+    dropped = (mask == 0).float().view(-1, 4).mean(0)
+    sigma = (q * (1 - q) / 250_000) ** 0.5
+    assert torch.all((dropped - q).abs() < 5 * sigma), dropped
+    assert abs(mask.mean().item() - 1) < 5 * sigma / (1 - q)  # unbiased: E[mask] = 1
+
+
+def test_fast_dropout_is_seeded_scaled_and_off_in_eval():
+    x = torch.randn(3, 50, 64)
+    fast = Dropout(0.2)
+    torch.manual_seed(1)
+    a = fast(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, fast(x)), "same seed, same mask"
+    kept = a != 0
+    torch.testing.assert_close(a[kept], x[kept] / (1 - round(0.2 * 2**16) / 2**16))
+    assert 0.15 < 1 - kept.float().mean().item() < 0.25
+    fast.eval()
+    assert torch.equal(fast(x), x)
+
+
+@pytest.mark.parametrize("p", [0.2, 1e-6, 0.999995])
+def test_torch_sampler_and_unrepresentable_rates_are_torch_dropout(p):
+    x = torch.randn(4, 10, 8)
+    torch.manual_seed(2)
+    expected = F.dropout(x, p, True)
+    for module in (Dropout(p, "torch"), Dropout(p, "fast")):
+        torch.manual_seed(2)
+        same = torch.equal(module(x), expected)
+        # "fast" rounds p to 2**-16: 1e-6 and 0.999995 cannot be represented, so torch's sampler takes them.
+        assert same == (module.sampler == "torch" or p != 0.2)
+
+
+def test_attention_spelled_out_for_fast_dropout_equals_sdpa(monkeypatch):
+    torch.manual_seed(0)
+    attn = Attention(dim=64, heads=4, dropout=0.1)
+    x = torch.randn(5, 50, 64)
+    attn.eval()
+    expected = attn(x)  # SDPA, no dropout
+    # With every mask element 1, the training path (explicit softmax(qk^T/sqrt(d)) v) must give SDPA's numbers.
+    monkeypatch.setattr(vision_transformer, "fast_keep_mask", lambda shape, p, dtype: torch.ones(shape, dtype=dtype))
+    attn.train()
+    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-6)
