@@ -213,10 +213,12 @@ class StopFlag:
 
 
 @torch.no_grad()
-def all_finite(model: nn.Module) -> bool:
-    """Whether every floating-point parameter and buffer (BatchNorm statistics too) is finite: one sync."""
-    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+def all_finite(model: nn.Module) -> torch.Tensor:
+    """Whether every floating-point parameter and buffer (BatchNorm statistics too) is finite, as a 0-d bool
+    tensor on the model's device: no sync, and three kernels rather than two per tensor (the per-tensor
+    version left the GPU idle for milliseconds at every epoch end)."""
+    tensors = [t.detach().flatten() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return torch.cat(tensors).isfinite().all() if tensors else torch.ones((), dtype=torch.bool)
 
 
 def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceData, cfg: Config, epoch: int,
@@ -253,15 +255,15 @@ def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceDat
             hard = F.binary_cross_entropy_with_logits(logits, yb)
             sums += torch.stack([loss * len(idx), hard * len(idx), ((logits > 0).float() == yb).sum()])
     sums, first_bad = distributed.sum_over_ranks(sums), distributed.min_over_ranks(first_bad)
-    objective, hard_loss, correct = sums.tolist()  # the one host sync of the epoch
-    bad = float(first_bad)
+    # A non-finite gradient in the last step leaves no bad loss behind: the weights are checked too, before
+    # they can reach a checkpoint. All in the one host sync of the epoch.
+    finite = all_finite(model).to(sums.dtype)
+    objective, hard_loss, correct, bad, weights_finite = torch.cat([sums, first_bad.view(1), finite.view(1)]).tolist()
     hint = f"the learning rate (--lr {cfg.lr:g}) is probably too high, try --lr {cfg.lr / 10:g}"
     if math.isfinite(bad):
         raise Diverged(f"training diverged at epoch {epoch + 1}, step {int(bad) + 1} of {len(batches)}: the "
                        f"loss became NaN or infinite (or the gradient of the step before did); {hint}")
-    # A non-finite gradient in the last step leaves no bad loss behind: check the weights once per epoch,
-    # before they can reach a checkpoint.
-    if not all_finite(model):
+    if not weights_finite:
         raise Diverged(f"training diverged at epoch {epoch + 1}, step {len(batches)} of {len(batches)}: the "
                        f"weights became NaN or infinite (a non-finite gradient); {hint}")
     return {"train_objective": objective / count, "train_loss": hard_loss / count, "train_acc": correct / count}
