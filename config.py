@@ -148,7 +148,12 @@ def parse_config(argv: list[str] | None = None) -> Config:
     return Config(**vars(args))
 
 
+# Settings added after runs were already saved, with the value those older runs actually used: a resumed old
+# run then continues exactly as it started.
+SAVED_BEFORE_ADDED = {"dropout_sampler": "torch"}
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a Config saved with a run, ignoring keys that later versions dropped."""
     known = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{k: v for k, v in values.items() if k in known})
+    return Config(**{**SAVED_BEFORE_ADDED, **{k: v for k, v in values.items() if k in known}})

@@ -36,3 +36,10 @@ def test_nonsense_values_are_argparse_errors(argv, capsys):
 def test_saved_config_round_trips_and_ignores_unknown_keys():
     cfg = Config(loss="mse", epochs=3)
     assert config_from_dict({**dataclasses.asdict(cfg), "from_the_future": 1}) == cfg
+
+
+def test_a_config_saved_before_the_dropout_sampler_existed_resumes_with_torchs_sampler():
+    saved = dataclasses.asdict(Config())
+    del saved["dropout_sampler"]  # as written by runs before --dropout-sampler
+    assert config_from_dict(saved).dropout_sampler == "torch"
+    assert config_from_dict(dataclasses.asdict(Config())).dropout_sampler == "fast"
