@@ -11,7 +11,9 @@ LambdaLR warmup-cosine schedule, torch's own dropout (nn.Dropout, as the scienti
 train.train_epoch itself on device-resident tensors (one permutation per epoch on the device, one host sync
 per epoch), optionally compiled, with the model's fast CPU dropout sampler. On CPU a third row, ours with
 torch's dropout sampler, splits the gain between the loop and the sampler. All train the same architecture
-on the same images; throughput is timed after warm-up steps (DataLoader start-up, compilation).
+on the same images; throughput is timed after warm-up steps (DataLoader start-up, compilation). The original
+runs this repository's model code (patch matmul, attention kernel choice) with only the sampler reverted, so
+the ratio leaves out whatever those gain over the scientist's own code: it errs on the low side.
 """
 from __future__ import annotations
 

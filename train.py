@@ -218,7 +218,8 @@ def all_finite(model: nn.Module) -> torch.Tensor:
     tensor on the model's device: no sync, and three kernels rather than two per tensor (the per-tensor
     version left the GPU idle for milliseconds at every epoch end)."""
     tensors = [t.detach().flatten() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-    return torch.cat(tensors).isfinite().all() if tensors else torch.ones((), dtype=torch.bool)
+    device = next(model.parameters()).device
+    return torch.cat(tensors).isfinite().all() if tensors else torch.ones((), dtype=torch.bool, device=device)
 
 
 def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceData, cfg: Config, epoch: int,

@@ -137,8 +137,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         if self.training and use_fast_sampler(x, self.dropout, self.sampler):
-            weights = ((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)).softmax(dim=-1)
-            y = dropout(weights, self.dropout, True, self.sampler) @ v
+            # softmax in fp32 as SDPA does, also under bf16 autocast; a no-op cast in fp32 training
+            weights = ((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)).softmax(dim=-1, dtype=torch.float32)
+            y = dropout(weights, self.dropout, True, self.sampler).to(v.dtype) @ v
         elif q.is_cuda:
             with sdpa_kernel(CUDA_ATTENTION):
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)

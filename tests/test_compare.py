@@ -14,6 +14,8 @@ from config import Config
 from report import write_metrics_csv
 from train import Interrupted
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def changed(cfg: Config, base: Config) -> dict:
     a, b = dataclasses.asdict(cfg), dataclasses.asdict(base)
@@ -157,3 +159,13 @@ def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys):
     md = (out / "report.md").read_text()
     assert "Bayes limit" in md and "Incomplete" not in md
     assert compare.main(argv) == 0 and "0 runs to do; 8 finished runs" in capsys.readouterr().out
+
+
+def test_the_stored_gpu_grid_still_matches_the_plan_so_report_only_and_resume_find_it():
+    # results/results.jsonl holds the H200 grid; a new Config field that changes every key would orphan it
+    # (compare.py --report-only would find nothing, a rerun would train all 114 runs again).
+    stored = [json.loads(line) for line in (ROOT / "results" / "results.jsonl").read_text().splitlines()]
+    base = Config(data_dir="data")  # compare.py's default
+    planned = {j["key"] for v in compare.variants(compare.FULL.configs)
+               for j in compare.probe_jobs(v, compare.FULL, base, Path("x"))}
+    assert {r["key"] for r in stored if r["stage"] == "probe"} == planned
