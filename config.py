@@ -51,8 +51,14 @@ class Config:
                          "train.hdf5 the built-in synthetic benchmark is generated into DATA_DIR/synthetic")
     channels: str = _opt("auto", "input channels, comma separated from {density, recording_date}; 'auto' "
                          "drops channels the shortcut guard flags as confounders", check=channel_spec)
-    whiten: bool = _opt(False, "feed density as log-density whitened by the training set's mean power spectrum "
-                        "(every scale gets equal weight; the classes differ only at small scales)")
+    whiten: bool = _opt(True, "feed density as log-density whitened by the training set's mean power spectrum "
+                        "(every scale gets equal weight; the classes differ only at small scales); --no-whiten "
+                        "feeds raw density")
+    augment: bool = _opt(False, "train on a random symmetry of each image (reflections keep the label, a transpose "
+                         "swaps it) and a random periodic shift per batch; whitening then uses a filter "
+                         "averaged over the symmetries")
+    tta: bool = _opt(False, "predict with the mean logit over the 8 symmetries of each image (transposed views "
+                     "vote with the opposite sign); whitening then uses the symmetric filter too")
     synthetic_seed: int = _opt(0, "seed of the built-in benchmark generator")
     # ---- model -------------------------------------------------------------------------------------------
     model: str = _opt("vit", "vit: the BatchNorm Vision Transformer; cnn: the scientist's reference CNN",
@@ -67,6 +73,11 @@ class Config:
     patch_norm: str = _opt("batch", "normalisation after the patch convolution; 'none' is the pre-change ViT",
                            choices=("batch", "none"))
     block_norm: str = _opt("layer", "normalisation inside the transformer blocks", choices=("layer", "batch"))
+    init: str = _opt("torch", "initialisation of the ViT's Linear weights: torch (nn.Linear's fan-in default), "
+                     "xavier (Xavier-uniform) or trunc02 (truncated normal std 0.02, the DeiT/AdamW convention, "
+                     "with which SGD does not train this ViT)", choices=("torch", "xavier", "trunc02"))
+    pool: str = _opt("cls", "what the ViT's head reads: the CLS token, or the mean of the patch tokens",
+                     choices=("cls", "mean"))
     dropout_sampler: str = _opt("fast", "how CPU training draws the ViT's dropout masks: fast (16-bit random "
                                 "numbers, p rounded to 2**-16; a CPU step ~1.4x faster) or torch (torch's sampler, as "
                                 "runs before this option); CUDA always uses torch's fused kernels",
@@ -104,7 +115,8 @@ class Config:
 
     def model_fields(self) -> dict[str, Any]:
         """The fields that fix the network's shape: a checkpoint only loads into a model with the same ones."""
-        names = ("model", "patch_size", "emb_dim", "depth", "heads", "mlp_dim", "patch_norm", "block_norm", "whiten")
+        names = ("model", "patch_size", "emb_dim", "depth", "heads", "mlp_dim", "patch_norm", "block_norm", "pool",
+                 "whiten")
         return {n: getattr(self, n) for n in names}
 
 
@@ -150,7 +162,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
 
 # Settings added after runs were already saved, with the value those older runs actually used: a resumed old
 # run then continues exactly as it started.
-SAVED_BEFORE_ADDED = {"dropout_sampler": "torch"}
+SAVED_BEFORE_ADDED = {"dropout_sampler": "torch", "init": "trunc02", "pool": "cls", "augment": False,
+                      "tta": False}
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

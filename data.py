@@ -54,26 +54,29 @@ def _dataset(h5: h5py.File, key: str, path: Path) -> h5py.Dataset:
 
 
 def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Channels (N, S, S) of one shape, labels (N,) or (N, 1), N > 0: checked before any data is read."""
-    labels = shapes["labels"]
-    if len(labels) not in (1, 2) or (len(labels) == 2 and labels[1] != 1):
-        raise UserError(f"{path}: labels have shape {labels}, expected (N, 1)")
-    n = labels[0]
-    if n == 0:
-        raise UserError(f"{path}: the {name} split is empty; it needs at least one sample")
+    """Channels (N, S, S) of one shape, labels (N,) or (N, 1) when present, N > 0: checked before any data is
+    read."""
     channels = {k: v for k, v in shapes.items() if k != "labels"}
     for key, shape in channels.items():
         if len(shape) != 3 or shape[1] != shape[2] or shape[1] == 0:
             raise UserError(f"{path}: {key} has shape {shape}, expected (N, S, S) square grids")
+    labels = shapes.get("labels")
+    if labels is not None and (len(labels) not in (1, 2) or (len(labels) == 2 and labels[1] != 1)):
+        raise UserError(f"{path}: labels have shape {labels}, expected (N, 1)")
+    n = labels[0] if labels is not None else next(iter(channels.values()))[0]
+    if n == 0:
+        raise UserError(f"{path}: the {name} split is empty; it needs at least one sample")
+    for key, shape in channels.items():
         if shape[0] != n:
-            raise UserError(f"{path}: {key} has {shape[0]} samples but labels has {n}; "
-                            f"the datasets must have the same length")
+            raise UserError(f"{path}: {key} has {shape[0]} samples but {'labels' if labels else 'density'} has "
+                            f"{n}; the datasets must have the same length")
     if len(set(channels.values())) > 1:
         raise UserError(f"{path}: channel shapes differ ({', '.join(f'{k} {v}' for k, v in channels.items())})")
 
 
-def _read_arrays(path: Path, name: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The named datasets of one HDF5 file, shapes checked first. h5py reports damage with many exception
+def _read_arrays(path: Path, name: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()
+                 ) -> dict[str, np.ndarray]:
+    """The named datasets of one HDF5 file (`optional` ones only if present), shapes checked first. h5py reports damage with many exception
     types (OSError, KeyError, RuntimeError, ValueError, ...): every one of them becomes one UserError line."""
     try:
         h5 = h5py.File(path, "r")
@@ -81,7 +84,7 @@ def _read_arrays(path: Path, name: str, keys: tuple[str, ...]) -> dict[str, np.n
         raise UserError(f"{path} is not a readable HDF5 file (truncated or another format); copy it again")
     try:
         with h5:
-            datasets = {key: _dataset(h5, key, path) for key in keys}
+            datasets = {key: _dataset(h5, key, path) for key in keys if key not in optional or key in h5}
             _check_shapes(path, name, {key: ds.shape for key, ds in datasets.items()})
             # A damaged header can declare an enormous dataset: refuse it rather than swap or be killed.
             if sum(ds.size * 4 for ds in datasets.values()) > _memory_bytes():
@@ -96,13 +99,15 @@ def _read_arrays(path: Path, name: str, keys: tuple[str, ...]) -> dict[str, np.n
 
 def read_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_NAMES,
                labelled: bool = True) -> RawSplit:
-    """Read and check one split file; every problem becomes one UserError line."""
+    """Read and check one split file; every problem becomes one UserError line. An unlabelled split (the test
+    file, new measurements) may lack the `labels` dataset: its labels are then all -1."""
     path = Path(path)
     if not path.is_file():
         where = f"put {SPLIT_FILES[name]} in --data-dir" if name in SPLIT_FILES else "check the path"
         raise UserError(f"{name} file {path} not found; {where}")
-    arrays = _read_arrays(path, name, (*channels, "labels"))
-    labels = arrays.pop("labels").reshape(-1)
+    arrays = _read_arrays(path, name, (*channels, "labels"), optional=() if labelled else ("labels",))
+    n = len(next(iter(arrays.values())))
+    labels = arrays.pop("labels").reshape(-1) if "labels" in arrays else np.full(n, -1, np.int64)
     out = {}
     for key, value in arrays.items():
         with np.errstate(over="ignore"):  # values beyond float32 become inf and are counted below
@@ -145,11 +150,20 @@ def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
         raise UserError(f"data folder {data_dir} does not exist; pass --data-dir with the HDF5 files")
     splits = {name: read_split(data_dir / file, name, labelled=name != "test")
               for name, file in SPLIT_FILES.items()}
+    check_both_labels(splits["train"])
     sizes = {name: s.channels["density"].shape[1] for name, s in splits.items()}
     if len(set(sizes.values())) > 1:
         grids = ", ".join(f"{name} {s}x{s}" for name, s in sizes.items())
         raise UserError(f"grid sizes differ between splits ({grids}); all splits must use the same grid")
     return splits
+
+
+def check_both_labels(train: RawSplit) -> None:
+    """A training split with one label only teaches a constant: refuse it."""
+    present = np.unique(train.labels)
+    if len(present) < 2:
+        raise UserError(f"{train.path}: every training label is {present[0]} ({len(train)} samples); a classifier "
+                        f"needs examples of both states (0 and 1) in the training split")
 
 
 # ---- the shortcut guard --------------------------------------------------------------------------------
@@ -204,32 +218,57 @@ def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[s
 
 # ---- tensors on the device -----------------------------------------------------------------------------
 
-def whitening_filter(train_density: np.ndarray) -> np.ndarray:
+def log_density(split: RawSplit) -> np.ndarray:
+    """log(density) in float64; a density <= 0 (or one that float16 stored as 0) is refused, not clamped: a
+    clamp to 1e-12 would turn a sample into a -27.6 outlier in a field whose std is 0.13."""
+    density = split.channels["density"]
+    bad = int((density <= 0).sum())
+    if bad:
+        samples = int((density.reshape(len(density), -1) <= 0).any(axis=1).sum())
+        raise UserError(f"{split.path}: density has {bad} non-positive values (in {samples} of {len(density)} "
+                        f"samples; float16 stores values below 6e-8 as 0) and whitening takes its logarithm; "
+                        f"drop or fix those samples, or use --no-whiten (raw density)")
+    return np.log(density.astype(np.float64))
+
+
+def whitening_filter(train: RawSplit, symmetric: bool = False) -> np.ndarray:
     """1/sqrt(mean power spectrum) of the training log-density, k = 0 removed (label-free, like a mean/std).
 
     The classes differ only at small scales, whose modes are thousands of times weaker than the large ones:
     dividing every Fourier mode by its typical amplitude gives each scale equal weight in the input.
+    symmetric: the power averaged over the 8 symmetries of the square grid (flips and transposes of the
+    spectrum), so that whitening commutes with them: augmented or flipped views are whitened like real ones.
+    The plain filter inherits the anisotropy of the training set's label mix (9/14 label 1).
     """
-    log_density = np.log(np.maximum(train_density.astype(np.float64), 1e-12))
-    power = (np.abs(np.fft.fft2(log_density)) ** 2).mean(axis=0)
+    power = (np.abs(np.fft.fft2(log_density(train))) ** 2).mean(axis=0)
+    if symmetric:
+        power = dihedral_mean(power)
     gain = np.zeros_like(power)
     gain[power > 0] = 1 / np.sqrt(power[power > 0])
     gain[0, 0] = 0.0  # the per-sample offset carries no class information
     return gain
 
 
-def prepare_channel(name: str, values: np.ndarray, gain: np.ndarray | None) -> np.ndarray:
+def dihedral_mean(spectrum: np.ndarray) -> np.ndarray:
+    """Average of an (S, S) Fourier-space array over the 8 symmetries of the grid. Reflecting a periodic
+    field maps mode k to -k along that axis (index i -> -i mod S), and transposing swaps the axes."""
+    views = [spectrum, spectrum.T]
+    views += [np.roll(v[::-1], 1, axis=0) for v in views]  # k_i -> -k_i
+    views += [np.roll(v[:, ::-1], 1, axis=1) for v in views]  # k_j -> -k_j
+    return np.mean(views, axis=0)
+
+
+def prepare_channel(name: str, split: RawSplit, gain: np.ndarray | None) -> np.ndarray:
     """The model's view of one raw channel: whitened log-density when a gain is given, else as stored."""
     if name != "density" or gain is None:
-        return values
-    log_density = np.log(np.maximum(values.astype(np.float64), 1e-12))
-    return np.fft.ifft2(np.fft.fft2(log_density) * gain).real.astype(np.float32)
+        return split.channels[name]
+    return np.fft.ifft2(np.fft.fft2(log_density(split)) * gain).real.astype(np.float32)
 
 
-def channel_stats(train: RawSplit, channels: list[str], whiten: bool = False) -> dict:
+def channel_stats(train: RawSplit, channels: list[str], whiten: bool = False, symmetric: bool = False) -> dict:
     """Per-channel mean and std (and the whitening gain) from the training split only (saved in checkpoints)."""
-    gain = whitening_filter(train.channels["density"]) if whiten and "density" in channels else None
-    prepared = [prepare_channel(c, train.channels[c], gain) for c in channels]
+    gain = whitening_filter(train, symmetric) if whiten and "density" in channels else None
+    prepared = [prepare_channel(c, train, gain) for c in channels]
     mean = [float(v.mean(dtype=np.float64)) for v in prepared]
     std = [max(float(v.std(dtype=np.float64)), 1e-6) for v in prepared]
     return {"channels": channels, "mean": mean, "std": std, "whiten": None if gain is None else gain.tolist()}
@@ -238,7 +277,7 @@ def channel_stats(train: RawSplit, channels: list[str], whiten: bool = False) ->
 def to_tensor(split: RawSplit, stats: dict, device: torch.device | str) -> torch.Tensor:
     """(N, C, S, S) float32 on `device`, channels in `stats` order, prepared and normalised with training stats."""
     gain = None if stats.get("whiten") is None else np.asarray(stats["whiten"])
-    x = np.stack([prepare_channel(c, split.channels[c], gain) for c in stats["channels"]], axis=1)
+    x = np.stack([prepare_channel(c, split, gain) for c in stats["channels"]], axis=1)
     mean = np.asarray(stats["mean"], np.float32)[None, :, None, None]
     std = np.asarray(stats["std"], np.float32)[None, :, None, None]
     return torch.from_numpy((x - mean) / std).to(device)
@@ -255,10 +294,10 @@ class DeviceData:
 
 def to_device(splits: dict[str, RawSplit], channels: list[str], device: torch.device | str,
               test_labels: np.ndarray | None = None, whiten: bool = False,
-              stats: dict | None = None) -> DeviceData:
+              stats: dict | None = None, symmetric: bool = False) -> DeviceData:
     """Normalise with training statistics (or the saved `stats` of a checkpoint) and move every split to
     `device`. Test y is the answer key or None."""
-    stats = stats or channel_stats(splits["train"], channels, whiten)
+    stats = stats or channel_stats(splits["train"], channels, whiten, symmetric)
     x = {name: to_tensor(split, stats, device) for name, split in splits.items()}
     y = {name: torch.from_numpy(split.labels).float().to(device) for name, split in splits.items()}
     y["test"] = None if test_labels is None else torch.from_numpy(test_labels).float().to(device)

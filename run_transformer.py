@@ -71,7 +71,8 @@ def load_data(cfg: Config, device: torch.device, log: Log, stats: dict | None = 
     confounders = find_confounders(splits)
     channels = stats["channels"] if stats else choose_channels(cfg.channels, confounders, log)
     test_labels = read_answer_key(data_dir, len(splits["test"]))
-    data = to_device(splits, channels, device, test_labels, cfg.whiten, stats)
+    # augmentation and view averaging need a whitening filter that commutes with the symmetries they use
+    data = to_device(splits, channels, device, test_labels, cfg.whiten, stats, symmetric=cfg.augment or cfg.tta)
     info = {"data_dir": str(data_dir), "source": source, "channels": channels, "confounders": confounders,
             "files": {name: fingerprint(data_dir / f) for name, f in SPLIT_FILES.items()},
             "sizes": {name: len(s) for name, s in splits.items()}}
@@ -211,7 +212,7 @@ def finish(run_dir: Path, model, cfg: Config, data, info: dict, state: TrainStat
     model.load_state_dict(best["model"])
     final = state.history[-1] if state.history else {}
     best_row = state.history[best["train_state"]["epoch"] - 1]
-    probs = predict_proba(model, data.x["test"]).cpu().numpy()
+    probs = predict_proba(model, data.x["test"], cfg.tta).cpu().numpy()
     write_predictions(run_dir / "predictions.txt", probs)
     write_probabilities(run_dir / "test_probabilities.csv", probs)
     write_predictions(cfg.predictions, probs)
@@ -224,7 +225,7 @@ def finish(run_dir: Path, model, cfg: Config, data, info: dict, state: TrainStat
                "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - start, 1),
                "diverged": diverged}
     if data.y["test"] is not None:
-        test = evaluate(model, data.x["test"], data.y["test"])
+        test = evaluate(model, data.x["test"], data.y["test"], cfg.tta)
         summary.update({"test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"]})
     if "bayes_accuracy" in info:
         summary["bayes_accuracy"] = info["bayes_accuracy"]
@@ -234,17 +235,20 @@ def finish(run_dir: Path, model, cfg: Config, data, info: dict, state: TrainStat
         + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
         + f" | predictions: {run_dir}/predictions.txt and {cfg.predictions}")
     if learned_nothing(summary, data.y["valid"]):
-        log(NOTHING_LEARNED_HINT[cfg.optimizer])
+        log(nothing_learned_hint(cfg))
     return summary
 
 
-# Measured with compare.py on the built-in benchmark (README: results): SGD + LinearLR left this ViT at the
-# constant predictor at every learning rate tried, where AdamW learned.
-NOTHING_LEARNED_HINT = {
-    "sgd": "note: the model did no better than always predicting the majority label. In our measurements SGD + "
-           "LinearLR never trained this ViT; try --optimizer adamw --lr 3e-3 --weight-decay 0.05 --whiten",
-    "adamw": "note: the model did no better than always predicting the majority label; try --whiten, another "
-             "--lr, or more --epochs"}
+def nothing_learned_hint(cfg: Config) -> str:
+    """What to try when a run ends at the constant predictor, from the measurements in the README (results)."""
+    tips = []
+    if cfg.model == "vit" and cfg.init == "trunc02" and cfg.optimizer == "sgd":
+        tips.append("--init torch (with --init trunc02, SGD kept this ViT at the constant predictor in every "
+                    "measured run)")
+    if not cfg.whiten:
+        tips.append("whitened input (drop --no-whiten)")
+    tips.append("another --lr or more --epochs")
+    return "note: the model did no better than always predicting the majority label; try " + "; ".join(tips)
 
 
 def learned_nothing(summary: dict[str, Any], y_valid: torch.Tensor) -> bool:
@@ -323,7 +327,7 @@ def predict_file(cfg: Config, log: Log = print) -> Path:
     device = pick_device(cfg.device)
     model = build_model(saved, len(stats["channels"]), payload["image_size"]).to(device)
     model.load_state_dict(payload["model"])
-    probs = predict_proba(model, to_tensor(split, stats, device)).cpu().numpy()
+    probs = predict_proba(model, to_tensor(split, stats, device), saved.tta).cpu().numpy()
     write_predictions(output, probs)
     write_probabilities(csv_path, probs)
     log(f"{len(probs)} predictions ({int((probs > 0.5).sum())} new state) -> {output} and {csv_path}")

@@ -24,6 +24,7 @@ import distributed
 from cnn import ReferenceCNN
 from config import Config, UserError
 from data import DeviceData, epoch_batches
+from symmetry import augment_batch, view_averaged_logits
 from vision_transformer import VisionTransformer
 
 EVAL_BATCH = 2048
@@ -71,7 +72,7 @@ def build_model(cfg: Config, in_channels: int, image_size: int) -> nn.Module:
         raise UserError(f"--emb-dim {cfg.emb_dim} is not divisible by --heads {cfg.heads}")
     return VisionTransformer(in_channels, image_size, cfg.patch_size, cfg.emb_dim, cfg.depth, cfg.heads,
                              cfg.mlp_dim, cfg.dropout, cfg.emb_dropout, cfg.patch_norm, cfg.block_norm,
-                             cfg.dropout_sampler)
+                             cfg.dropout_sampler, cfg.init, cfg.pool)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -139,8 +140,10 @@ def training_model(model: nn.Module, cfg: Config, device: torch.device, backend:
 # ---- evaluation ------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
-    """Probabilities of label 1, (N,), in eval mode, in fixed-size chunks (the last one padded)."""
+def predict_proba(model: nn.Module, x: torch.Tensor, tta: bool = False, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Probabilities of label 1, (N,), in eval mode, in fixed-size chunks (the last one padded); tta: from the
+    logit averaged over the 8 symmetries of each image (symmetry.view_averaged_logits)."""
+    forward = (lambda images: view_averaged_logits(model, images)) if tta else model
     was_training = model.training
     model.eval()
     out = []
@@ -149,7 +152,7 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch: int = EVAL_BATCH) ->
         n = len(chunk)
         if n < batch and len(x) > batch:  # keep shapes fixed so a compiled model never recompiles
             chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
-        out.append(torch.sigmoid(model(chunk).float().squeeze(1)[:n]))
+        out.append(torch.sigmoid(forward(chunk).float().squeeze(1)[:n]))
     model.train(was_training)
     return torch.cat(out)
 
@@ -177,8 +180,8 @@ def roc_auc(p: torch.Tensor, y: torch.Tensor) -> float:
     return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    p = predict_proba(model, x)
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tta: bool = False) -> dict[str, float]:
+    p = predict_proba(model, x, tta)
     return {"loss": log_loss(p, y), "acc": accuracy(p, y), "auc": roc_auc(p, y)}
 
 
@@ -244,6 +247,8 @@ def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceDat
         if cudagraphs:  # a new iteration: CUDA-graph outputs of the previous step may be overwritten now
             torch.compiler.cudagraph_mark_step_begin()
         xb, yb = x[idx], y[idx]
+        if cfg.augment:
+            xb, yb = augment_batch(xb, yb)
         with autocast:
             logits = model(xb).float().squeeze(1)
         loss = loss_fn(logits, yb)
@@ -289,7 +294,7 @@ def fit(model: nn.Module, optimizer, scheduler, data: DeviceData, cfg: Config, s
             row.update(train_epoch(step_model, optimizer, scheduler, loss_fn, data, cfg, epoch, stop, autocast,
                                    progress))
             distributed.sync_buffers(model)  # same BatchNorm statistics on every rank before evaluating
-            val = distributed.from_main(evaluate(model, data.x["valid"], data.y["valid"]), device)
+            val = distributed.from_main(evaluate(model, data.x["valid"], data.y["valid"], cfg.tta), device)
             row.update({"val_loss": val["loss"], "val_acc": val["acc"], "val_auc": val["auc"]})
             row["gap_acc"] = row["train_acc"] - row["val_acc"]
             row["gap_loss"] = row["val_loss"] - row["train_loss"]

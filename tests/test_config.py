@@ -43,3 +43,14 @@ def test_a_config_saved_before_the_dropout_sampler_existed_resumes_with_torchs_s
     del saved["dropout_sampler"]  # as written by runs before --dropout-sampler
     assert config_from_dict(saved).dropout_sampler == "torch"
     assert config_from_dict(dataclasses.asdict(Config())).dropout_sampler == "fast"
+
+
+def test_defaults_train_the_requested_recipe_and_old_runs_keep_what_they_used():
+    defaults = Config()
+    assert (defaults.init, defaults.whiten, defaults.pool) == ("torch", True, "cls")
+    assert parse_config(["--no-whiten"]).whiten is False
+    saved = dataclasses.asdict(Config())
+    for added in ("init", "pool"):
+        del saved[added]  # as written by runs before --init and --pool existed
+    old = config_from_dict({**saved, "whiten": False})
+    assert (old.init, old.pool, old.whiten) == ("trunc02", "cls", False)

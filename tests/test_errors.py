@@ -148,6 +148,17 @@ CASES: dict[str, tuple[Setup, list[str]]] = {
     "predict-damaged-input": (lambda d, tmp, run: (tmp / "x.hdf5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(99))
                               and ["--predict", str(run), "--input", str(tmp / "x.hdf5")],
                               ["x.hdf5 is not a readable HDF5 file"]),
+    "density-non-positive": (lambda d, tmp, run: with_nan(d / "train.hdf5", "density", 4, 0.0) or [],
+                             ["train.hdf5: density has 4 non-positive values", "logarithm", "--no-whiten"]),
+    "density-underflows-float16": (lambda d, tmp, run: with_nan(d / "valid.hdf5", "density", 2, 1e-9) or [],
+                                   ["valid.hdf5: density has 2 non-positive values", "float16"]),
+    "density-negative-in-test": (lambda d, tmp, run: with_nan(d / "test_no_labels.hdf5", "density", 3, -1.0)
+                                 or [], ["test_no_labels.hdf5: density has 3 non-positive values (in 1 of 80"]),
+    "predict-input-non-positive": (lambda d, tmp, run: with_nan(d / "valid.hdf5", "density", 6, 0.0) or [
+        "--predict", str(run), "--input", str(d / "valid.hdf5"), "--output", str(tmp / "new.txt")],
+        ["valid.hdf5: density has 6 non-positive values"]),
+    "train-one-class": (lambda d, tmp, run: replace(d / "train.hdf5", labels=np.ones((400, 1), np.int8)) or [],
+                        ["every training label is 1 (400 samples)", "both states"]),
     "benchmark-foreign-files": (lambda d, tmp, run: (tmp / "mine" / "synthetic").mkdir(parents=True) or shutil.copy(
         d / "train.hdf5", tmp / "mine" / "synthetic" / "train.hdf5") and ["--data-dir", str(tmp / "mine")],
         ["holds train.hdf5 that the benchmark generator did not create", "move them away"]),
@@ -190,7 +201,10 @@ def test_every_bad_input_named_in_the_issue_has_a_case():
     issue = ["data-dir-missing", "split-missing", "not-hdf5", "truncated", "key-missing", "labels-shorter",
              "channels-disagree", "non-square", "grid-differs-between-splits", "patch-size", "nan", "inf",
              "train-labels", "valid-labels", "empty-split", "unknown-channel", "out-dir-under-a-file",
-             "resume-model-differs", "resume-not-a-checkpoint"]
+             "resume-model-differs", "resume-not-a-checkpoint",
+             # issue 9: the log-density path refuses non-positive density; one-class training data
+             "density-non-positive", "density-underflows-float16", "density-negative-in-test",
+             "predict-input-non-positive", "train-one-class"]
     assert set(issue) <= set(CASES)
 
 

@@ -131,3 +131,27 @@ def test_predict_classifies_the_real_test_file(tmp_path, tiny_benchmark, real_te
                                  "--output", str(output)]) == 0
     lines = output.read_text().splitlines()
     assert len(lines) == 1000 and set(lines) <= {"0", "1"}
+
+
+def test_unlabelled_files_need_no_labels_dataset(tmp_path, tiny_benchmark):
+    """New measurements have no labels: neither --predict --input nor the test split may require them."""
+    import shutil
+    import h5py
+    data = Path(shutil.copytree(tiny_benchmark, tmp_path / "data"))
+    with h5py.File(data / "test_no_labels.hdf5", "a") as h5:
+        del h5["labels"]
+    run_dir = train(tmp_path, data)
+    assert len((run_dir / "predictions.txt").read_text().splitlines()) == 80
+    output = tmp_path / "new.txt"
+    assert run_transformer.main(["--predict", str(run_dir), "--input", str(data / "test_no_labels.hdf5"),
+                                 "--output", str(output)]) == 0
+    assert output.read_text() == (run_dir / "predictions.txt").read_text()
+
+
+def test_the_end_of_run_note_names_what_the_measurements_support():
+    import dataclasses
+    from config import Config
+    trunc_sgd = run_transformer.nothing_learned_hint(dataclasses.replace(Config(), init="trunc02"))
+    assert "--init torch" in trunc_sgd and "whitened" not in trunc_sgd
+    raw = run_transformer.nothing_learned_hint(dataclasses.replace(Config(), whiten=False))
+    assert "drop --no-whiten" in raw and "--init" not in raw

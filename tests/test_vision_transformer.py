@@ -148,3 +148,37 @@ def test_attention_spelled_out_for_fast_dropout_equals_sdpa(monkeypatch):
     monkeypatch.setattr(vision_transformer, "fast_keep_mask", lambda shape, p, dtype: torch.ones(shape, dtype=dtype))
     attn.train()
     torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def linear_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def test_init_choices_set_the_linear_weight_scale():
+    """torch: nn.Linear's fan-in uniform (std 1/sqrt(3 fan_in)); xavier: Xavier-uniform; trunc02: the DeiT
+    truncated normal, 5-9x smaller at width 32 (the scale at which SGD did not train)."""
+    torch.manual_seed(0)
+    for init, expected_std in (("torch", lambda w: (3 * w.shape[1]) ** -0.5),
+                               ("xavier", lambda w: (2 / sum(w.shape)) ** 0.5),
+                               ("trunc02", lambda w: 0.0176)):  # std of N(0, 0.02) truncated at +-2 std
+        model = VisionTransformer(in_channels=1, emb_dim=32, mlp_dim=64, init=init)
+        for w in map(torch.Tensor.detach, linear_weights(model)):
+            if w.numel() >= 1024:  # enough entries for a stable std
+                assert abs(float(w.std()) / expected_std(w) - 1) < 0.15, (init, tuple(w.shape), float(w.std()))
+    default = VisionTransformer(in_channels=1)
+    assert min(float(w.std()) for w in linear_weights(default) if w.numel() >= 1024) > 0.05
+    assert max(float(w.abs().max()) for w in linear_weights(VisionTransformer(init="trunc02"))) <= 0.04 + 1e-6
+    with pytest.raises(AssertionError, match="unknown init"):
+        VisionTransformer(init="zeros")
+
+
+def test_mean_pooling_reads_the_average_patch_token_not_the_cls_token():
+    torch.manual_seed(0)
+    model = VisionTransformer(in_channels=1, depth=1, pool="mean").eval()
+    images = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        tokens = model.norm(model.blocks(model.embed(images)))
+        torch.testing.assert_close(model(images), model.head(tokens[:, 1:].mean(dim=1)))
+        cls_model = VisionTransformer(in_channels=1, depth=1, pool="cls").eval()
+        cls_model.load_state_dict(model.state_dict())  # same weights: only the pooling differs
+        torch.testing.assert_close(cls_model(images), model.head(tokens[:, 0]))

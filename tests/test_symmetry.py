@@ -1,0 +1,82 @@
+"""The symmetries behind --augment and --tta, checked on the real test file before anything relies on them."""
+import numpy as np
+import torch
+import h5py
+
+import symmetry
+from data import dihedral_mean
+from synthetic import wave_vectors
+
+
+def anisotropy(log_density: np.ndarray, axis: str) -> np.ndarray:
+    """Per sample: power at small scales weighted by cos 2θ (anisotropy between the grid axes) or sin 2θ
+    (between the diagonals), in units of its standard deviation over the samples."""
+    grid = log_density.shape[-1]
+    kk, cos2 = wave_vectors(grid)
+    k = np.fft.fftfreq(grid, d=1.0 / grid)
+    ki, kj = np.meshgrid(k, k, indexing="ij")
+    sin2 = np.where(kk > 0, 2 * ki * kj / np.maximum(kk, 1e-12) ** 2, 0.0)
+    weight = kk * np.exp(0.67 * kk)  # undo the spectral decay: small scales carry the signal
+    power = np.abs(np.fft.fft2(log_density)) ** 2
+    s = (power * weight * (cos2 if axis == "axes" else sin2)).sum(axis=(-2, -1))
+    return s / s.std()
+
+
+def real_log_density(path) -> np.ndarray:
+    with h5py.File(path, "r") as h5:
+        return np.log(h5["density"][()].astype(np.float64))
+
+
+def test_real_states_differ_by_an_axis_anisotropy_so_flips_keep_and_transposes_swap_the_label(real_test_file):
+    """Two states means a bimodal statistic. Along the grid axes (cos 2θ) the real test file is bimodal and
+    split about evenly; along the diagonals (sin 2θ) it is one Gaussian (mean |s| / std = sqrt(2/π) = 0.80).
+    A reflection keeps cos 2θ, a transpose negates it: so reflections keep the state and transposes swap it."""
+    x = real_log_density(real_test_file)
+    axes, diagonals = anisotropy(x, "axes"), anisotropy(x, "diagonals")
+    gaussian = np.sqrt(2 / np.pi)
+    assert np.abs(axes - np.median(axes)).mean() > gaussian + 0.08  # bimodal
+    assert np.abs(diagonals - np.median(diagonals)).mean() < gaussian + 0.04  # unimodal
+    assert 0.4 < (axes > 0).mean() < 0.6  # the two states about equally often
+    images = torch.from_numpy(x[:64, None])
+    original = anisotropy(x[:64], "axes")
+    for transpose, flip_rows, flip_cols in symmetry.DIHEDRAL:
+        view = symmetry.dihedral_view(images, transpose, flip_rows, flip_cols)[:, 0].numpy()
+        expected = -original if transpose else original
+        np.testing.assert_allclose(anisotropy(view, "axes"), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_augment_swaps_labels_exactly_where_it_transposes_and_shifts_periodically():
+    torch.manual_seed(0)
+    x = torch.randn(256, 1, 8, 8)
+    y = torch.randint(0, 2, (256,)).float()
+    torch.manual_seed(1)
+    xa, ya = symmetry.augment_batch(x, y)
+    swapped = ya != y
+    assert 0.35 < swapped.float().mean() < 0.65
+    for i in range(len(x)):  # each output is one symmetry of its input, composed with a shift of the batch
+        candidates = [symmetry.dihedral_view(x[i:i + 1], *v) for v in symmetry.DIHEDRAL if v[0] == bool(swapped[i])]
+        shifts = [torch.roll(c, (a, b), (-2, -1)) for c in candidates for a in range(8) for b in range(8)]
+        assert any(torch.equal(s[0], xa[i]) for s in shifts), i
+    torch.manual_seed(1)
+    again = symmetry.augment_batch(x, y)
+    assert torch.equal(again[0], xa) and torch.equal(again[1], ya)  # reproducible from the seed
+
+
+def test_view_averaging_makes_any_model_respect_the_symmetries():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    x = torch.randn(5, 1, 8, 8)
+    averaged = symmetry.view_averaged_logits(model, x)
+    torch.testing.assert_close(symmetry.view_averaged_logits(model, x.flip(-1)), averaged)
+    torch.testing.assert_close(symmetry.view_averaged_logits(model, x.transpose(-1, -2)), -averaged)
+
+
+def test_the_symmetric_whitening_filter_commutes_with_every_symmetry():
+    rng = np.random.default_rng(0)
+    power = np.abs(np.fft.fft2(rng.standard_normal((28, 28)))) ** 2  # any real field's power spectrum
+    gain = dihedral_mean(power)
+    field = rng.standard_normal((28, 28))
+    whiten = lambda f: np.fft.ifft2(np.fft.fft2(f) * gain).real
+    for transpose, flip_rows, flip_cols in symmetry.DIHEDRAL:
+        view = lambda f: symmetry.dihedral_view(torch.from_numpy(f), transpose, flip_rows, flip_cols).numpy()
+        np.testing.assert_allclose(whiten(view(field)), view(whiten(field)), atol=1e-9)
