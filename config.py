@@ -57,8 +57,11 @@ class Config:
     augment: bool = _opt(False, "train on a random symmetry of each image (reflections keep the label, a transpose "
                          "swaps it) and a random periodic shift per batch; whitening then uses a filter "
                          "averaged over the symmetries")
-    tta: bool = _opt(False, "predict with the mean logit over the 8 symmetries of each image (transposed views "
-                     "vote with the opposite sign); whitening then uses the symmetric filter too")
+    tta: bool = _opt(False, "predict with the mean logit over views of each image: it and its transpose (which "
+                     "votes with the opposite sign), each at --tta-shifts squared periodic shifts within a patch; "
+                     "whitening then uses the symmetric filter too")
+    tta_shifts: int = _opt(2, "with --tta: shifts per axis, spread evenly over one patch (2: by 0 and half a "
+                           "patch; 2 x shifts^2 views in all)", check=positive)
     synthetic_seed: int = _opt(0, "seed of the built-in benchmark generator")
     # ---- model -------------------------------------------------------------------------------------------
     model: str = _opt("vit", "vit: the BatchNorm Vision Transformer; cnn: the scientist's reference CNN",
@@ -163,7 +166,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
 # Settings added after runs were already saved, with the value those older runs actually used: a resumed old
 # run then continues exactly as it started.
 SAVED_BEFORE_ADDED = {"dropout_sampler": "torch", "init": "trunc02", "pool": "cls", "augment": False,
-                      "tta": False}
+                      "tta": False, "tta_shifts": 2}
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

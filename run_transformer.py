@@ -30,7 +30,7 @@ from data import (ANSWER_FILE, SPLIT_FILES, choose_channels, find_confounders, l
 from fileio import check_writable, fingerprint, fresh_directory, save_torch, write_json
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
 from train import (Diverged, Interrupted, TrainState, build_model, build_optimizer, build_scheduler, evaluate,
-                   fit, pick_device, predict_proba, signal_name)
+                   fit, pick_device, predict_proba, signal_name, tta_shifts)
 
 Log = Callable[[str], None]
 
@@ -212,7 +212,7 @@ def finish(run_dir: Path, model, cfg: Config, data, info: dict, state: TrainStat
     model.load_state_dict(best["model"])
     final = state.history[-1] if state.history else {}
     best_row = state.history[best["train_state"]["epoch"] - 1]
-    probs = predict_proba(model, data.x["test"], cfg.tta).cpu().numpy()
+    probs = predict_proba(model, data.x["test"], tta_shifts(cfg)).cpu().numpy()
     write_predictions(run_dir / "predictions.txt", probs)
     write_probabilities(run_dir / "test_probabilities.csv", probs)
     write_predictions(cfg.predictions, probs)
@@ -225,7 +225,7 @@ def finish(run_dir: Path, model, cfg: Config, data, info: dict, state: TrainStat
                "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - start, 1),
                "diverged": diverged}
     if data.y["test"] is not None:
-        test = evaluate(model, data.x["test"], data.y["test"], cfg.tta)
+        test = evaluate(model, data.x["test"], data.y["test"], tta_shifts(cfg))
         summary.update({"test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"]})
     if "bayes_accuracy" in info:
         summary["bayes_accuracy"] = info["bayes_accuracy"]
@@ -327,7 +327,7 @@ def predict_file(cfg: Config, log: Log = print) -> Path:
     device = pick_device(cfg.device)
     model = build_model(saved, len(stats["channels"]), payload["image_size"]).to(device)
     model.load_state_dict(payload["model"])
-    probs = predict_proba(model, to_tensor(split, stats, device), saved.tta).cpu().numpy()
+    probs = predict_proba(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
     write_predictions(output, probs)
     write_probabilities(csv_path, probs)
     log(f"{len(probs)} predictions ({int((probs > 0.5).sum())} new state) -> {output} and {csv_path}")

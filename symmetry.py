@@ -43,11 +43,23 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch
     return x, y
 
 
-def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The mean over the 8 symmetries of the model's logit for "new state", (B, 1): a transposed view votes
-    with its logit negated, because its label is the other one."""
+def tta_views(patch: int, shifts: int = 2) -> list[tuple[bool, int, int]]:
+    """(transpose, row shift, column shift) of each test-time view: the image and its transpose, each at
+    shifts x shifts periodic shifts spread evenly over one patch (shifts=2: by 0 or half a patch per axis).
+    A ViT sees pixel pairs within a patch far better than pairs across a patch boundary; shifted views move
+    the boundaries, so together they cover every pair."""
+    offsets = sorted({patch * i // shifts for i in range(shifts)})
+    return [(t, a, b) for t in (False, True) for a in offsets for b in offsets]
+
+
+def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, patch: int, shifts: int = 2) -> torch.Tensor:
+    """The mean of the model's logit for "new state" over tta_views(patch, shifts), (B, 1). A transposed view votes
+    with its logit negated, because its label is the other one; so the mean is exactly antisymmetric under a
+    transpose, and any offset the model learned (a class prior, an energy scale) cancels."""
+    views = tta_views(patch, shifts)
     total = torch.zeros(len(x), 1, device=x.device)
-    for transpose, flip_rows, flip_cols in DIHEDRAL:
-        logit = model(dihedral_view(x, transpose, flip_rows, flip_cols)).float()
+    for transpose, rows, cols in views:
+        view = torch.roll(dihedral_view(x, transpose, False, False), (rows, cols), (-2, -1))
+        logit = model(view).float()
         total += -logit if transpose else logit
-    return total / len(DIHEDRAL)
+    return total / len(views)

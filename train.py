@@ -137,13 +137,19 @@ def training_model(model: nn.Module, cfg: Config, device: torch.device, backend:
     return step_model
 
 
+def tta_shifts(cfg: Config) -> int:
+    """Shifts per axis of the test-time views (0: no view averaging)."""
+    return cfg.tta_shifts if cfg.tta else 0
+
+
 # ---- evaluation ------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, tta: bool = False, batch: int = EVAL_BATCH) -> torch.Tensor:
-    """Probabilities of label 1, (N,), in eval mode, in fixed-size chunks (the last one padded); tta: from the
-    logit averaged over the 8 symmetries of each image (symmetry.view_averaged_logits)."""
-    forward = (lambda images: view_averaged_logits(model, images)) if tta else model
+def predict_proba(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Probabilities of label 1, (N,), in eval mode, in fixed-size chunks (the last one padded); tta > 0: from
+    the logit averaged over symmetry.tta_views (the image and its transpose at tta x tta shifts in a patch)."""
+    patch = getattr(getattr(model, "embed", None), "patch_size", 4)  # the CNN: shifts within 4 pixels
+    forward = (lambda images: view_averaged_logits(model, images, patch, tta)) if tta else model
     was_training = model.training
     model.eval()
     out = []
@@ -180,7 +186,7 @@ def roc_auc(p: torch.Tensor, y: torch.Tensor) -> float:
     return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tta: bool = False) -> dict[str, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tta: int = 0) -> dict[str, float]:
     p = predict_proba(model, x, tta)
     return {"loss": log_loss(p, y), "acc": accuracy(p, y), "auc": roc_auc(p, y)}
 
@@ -294,7 +300,7 @@ def fit(model: nn.Module, optimizer, scheduler, data: DeviceData, cfg: Config, s
             row.update(train_epoch(step_model, optimizer, scheduler, loss_fn, data, cfg, epoch, stop, autocast,
                                    progress))
             distributed.sync_buffers(model)  # same BatchNorm statistics on every rank before evaluating
-            val = distributed.from_main(evaluate(model, data.x["valid"], data.y["valid"], cfg.tta), device)
+            val = distributed.from_main(evaluate(model, data.x["valid"], data.y["valid"], tta_shifts(cfg)), device)
             row.update({"val_loss": val["loss"], "val_acc": val["acc"], "val_auc": val["auc"]})
             row["gap_acc"] = row["train_acc"] - row["val_acc"]
             row["gap_loss"] = row["val_loss"] - row["train_loss"]

@@ -25,14 +25,17 @@ def changed(cfg: Config, base: Config) -> dict:
 def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
     chosen = compare.variants(compare.FULL.configs)
     assert [v.name for v in chosen[:2]] == ["before/with-date", "before/no-date"]
-    assert len(chosen) == 19 and len({v.name for v in chosen}) == 19
+    assert len(chosen) == 26 and len({v.name for v in chosen}) == 26
     assert set(compare.FULL.configs) == {"before", "+patch-bn", "+sgd-linear", "+mse", "+smooth", "+block-bn",
-                                         "after", "cnn", "before+whiten", "after+whiten", "cnn+whiten"}
-    assert {v.channels for v in chosen if v.config.endswith("+whiten")} == {"no-date"}
+                                         "after", "cnn", "before+whiten", "after+whiten", "cnn+whiten",
+                                         "before@trunc02", "after@trunc02", "before+whiten@trunc02",
+                                         "after+whiten@trunc02", "after+whiten+mean-pool", "after+whiten+aug-tta",
+                                         "after+whiten+mean-pool+aug-tta"}
+    assert {v.channels for v in chosen if v.config in compare.DENSITY_ONLY} == {"no-date"}
     base = Config(data_dir="somewhere")
     before = compare.Variant("before", "no-date").build(base)
-    assert (before.model, before.patch_norm, before.block_norm, before.optimizer, before.loss) == \
-        ("vit", "none", "layer", "adamw", "bce")
+    assert (before.model, before.patch_norm, before.block_norm, before.optimizer, before.loss, before.whiten,
+            before.init, before.pool) == ("vit", "none", "layer", "adamw", "bce", False, "torch", "cls")
     assert before.weight_decay == 0.05 and before.channels == "density" and before.data_dir == "somewhere"
     assert compare.Variant("before", "with-date").build(base).channels == "density,recording_date"
     expected = {"+patch-bn": {"patch_norm": "batch"}, "+sgd-linear": {"optimizer": "sgd", "weight_decay": 5e-4},
@@ -41,7 +44,11 @@ def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
                 "cnn": {"model": "cnn"}, "cnn+whiten": {"model": "cnn", "whiten": True},
                 "before+whiten": {"whiten": True},
                 "after+whiten": {"patch_norm": "batch", "optimizer": "sgd", "weight_decay": 5e-4, "loss": "smooth",
-                                 "whiten": True}}
+                                 "whiten": True},
+                "before@trunc02": {"init": "trunc02"}, "before+whiten@trunc02": {"whiten": True, "init": "trunc02"},
+                "after+whiten+mean-pool+aug-tta": {"patch_norm": "batch", "optimizer": "sgd", "weight_decay": 5e-4,
+                                                   "loss": "smooth", "whiten": True, "pool": "mean",
+                                                   "augment": True, "tta": True}}
     for name, diff in expected.items():
         assert changed(compare.Variant(name, "no-date").build(base), before) == diff, name
     # Probes: one per rate of the variant's optimizer, at the probe seed; finals: one per seed.
@@ -161,11 +168,14 @@ def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys):
     assert compare.main(argv) == 0 and "0 runs to do; 8 finished runs" in capsys.readouterr().out
 
 
-def test_the_stored_gpu_grid_still_matches_the_plan_so_report_only_and_resume_find_it():
-    # results/results.jsonl holds the H200 grid; a new Config field that changes every key would orphan it
-    # (compare.py --report-only would find nothing, a rerun would train all 114 runs again).
-    stored = [json.loads(line) for line in (ROOT / "results" / "results.jsonl").read_text().splitlines()]
+def test_runs_stored_before_init_and_pool_existed_keep_their_keys():
+    """Keys written down from the stored H200 grid (results/results.jsonl), not read from it: the trunc02 rows
+    and the CNN, which the init fix does not change, must still find their runs (a new Config field that
+    changed every key would orphan them); the fan-in rows are new experiments with new keys."""
     base = Config(data_dir="data")  # compare.py's default
-    planned = {j["key"] for v in compare.variants(compare.FULL.configs)
-               for j in compare.probe_jobs(v, compare.FULL, base, Path("x"))}
-    assert {r["key"] for r in stored if r["stage"] == "probe"} == planned
+    probe = lambda config, lr: compare.make_job(compare.Variant(config, "no-date"), "probe", lr, compare.PROBE_SEED,
+                                                compare.FULL.probe_epochs, base, Path("x"))["key"]
+    assert probe("before@trunc02", 1e-3) == "68a6d6c8bdcfedcf"
+    assert probe("after@trunc02", 0.1) == "538285d2d6e9e228"
+    assert probe("cnn", 1e-3) == "03745f3f8a3b9923"
+    assert probe("before", 1e-3) != "68a6d6c8bdcfedcf" and probe("after", 0.1) != "538285d2d6e9e228"

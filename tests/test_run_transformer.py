@@ -58,9 +58,10 @@ def test_two_runs_never_share_a_folder(tmp_path, tiny_benchmark):
     assert len([p for p in first.parent.iterdir() if p.is_dir()]) == 2
 
 
-@pytest.mark.parametrize("whiten", [False, True])
-def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, whiten):
-    run_dir = train(tmp_path, tiny_benchmark, *(["--whiten"] if whiten else []))
+@pytest.mark.parametrize("flags", [[], ["--no-whiten"], ["--pool", "mean", "--augment", "--tta", "--tta-shifts", "4"]])
+def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, flags):
+    """--predict rebuilds what the run trained with: input whitening, pooling and test-time views."""
+    run_dir = train(tmp_path, tiny_benchmark, *flags)
     output = tmp_path / "new" / "pred.txt"
     argv = ["--predict", str(run_dir), "--input", str(tiny_benchmark / "valid.hdf5"), "--output", str(output)]
     assert run_transformer.main(argv) == 0
@@ -76,6 +77,10 @@ def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, w
                                  "--output", str(test_out)]) == 0
     assert test_out.read_text() == expected
     assert run_transformer.main(argv) == 2  # refuses to overwrite its own earlier output
+    gain = torch.load(run_dir / "best.pt", weights_only=True)["stats"]["whiten"]
+    assert (gain is None) == ("--no-whiten" in flags)
+    if "--tta" in flags:  # views and augmentation need whitening that commutes with the transpose
+        assert np.allclose(np.asarray(gain), np.asarray(gain).T)
 
 
 def test_empty_data_dir_uses_the_built_in_benchmark(tmp_path, monkeypatch):

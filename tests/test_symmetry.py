@@ -62,13 +62,17 @@ def test_augment_swaps_labels_exactly_where_it_transposes_and_shifts_periodicall
     assert torch.equal(again[0], xa) and torch.equal(again[1], ya)  # reproducible from the seed
 
 
-def test_view_averaging_makes_any_model_respect_the_symmetries():
+def test_view_averaging_is_antisymmetric_under_a_transpose_and_covers_shifted_views():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
     x = torch.randn(5, 1, 8, 8)
-    averaged = symmetry.view_averaged_logits(model, x)
-    torch.testing.assert_close(symmetry.view_averaged_logits(model, x.flip(-1)), averaged)
-    torch.testing.assert_close(symmetry.view_averaged_logits(model, x.transpose(-1, -2)), -averaged)
+    averaged = symmetry.view_averaged_logits(model, x, patch=4)
+    torch.testing.assert_close(symmetry.view_averaged_logits(model, x.transpose(-1, -2), patch=4), -averaged)
+    assert len(symmetry.tta_views(4, 1)) == 2 and len(symmetry.tta_views(4, 4)) == 32
+    assert {(a, b) for _, a, b in symmetry.tta_views(4, 4)} == {(a, b) for a in range(4) for b in range(4)}
+    expected = sum((-1 if t else 1) * model(torch.roll(x.transpose(-1, -2) if t else x, (a, b), (-2, -1)))
+                   for t in (False, True) for a in (0, 2) for b in (0, 2)) / 8
+    torch.testing.assert_close(averaged, expected)
 
 
 def test_the_symmetric_whitening_filter_commutes_with_every_symmetry():

@@ -1,0 +1,68 @@
+"""Is a trained run as good on the real test file as on the benchmark's? The real file has no labels, so compare
+what can be compared: agreement with the exact likelihood-ratio classifier of the benchmark's physics model
+(synthetic.bayes_predict, calibrated on the real test file), the share predicted as the new state, and the
+model's confidence, on both files.
+
+    python real_check.py runs/RUN                                   # real file: ../shared/gasdata/test_no_labels.hdf5
+    python real_check.py runs/RUN --real PATH --benchmark data/synthetic
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import synthetic
+from config import UserError, config_from_dict
+from data import read_answer_key, read_split, to_tensor
+from run_transformer import load_checkpoint
+from train import build_model, pick_device, predict_proba, tta_shifts
+
+REAL_TEST_FILE = Path(__file__).resolve().parent.parent / "shared" / "gasdata" / "test_no_labels.hdf5"
+
+
+def describe(model, payload: dict, path: Path, device: torch.device, answers: np.ndarray | None) -> dict:
+    """Agreement with the likelihood-ratio test, share of state 1, mean confidence (and accuracy when known)."""
+    stats, cfg = payload["stats"], config_from_dict(payload["config"])
+    split = read_split(path, "input", tuple(stats["channels"]), labelled=False)
+    p = predict_proba(model, to_tensor(split, stats, device), tta_shifts(cfg)).cpu().numpy()
+    bayes = synthetic.bayes_predict(split.channels["density"])
+    out = {"n": len(p), "agree_with_bayes": float(((p > 0.5) == bayes).mean()), "share_state_1": float((p > 0.5).mean()),
+           "mean_confidence": float(np.maximum(p, 1 - p).mean())}
+    if answers is not None:
+        out["accuracy"] = float(((p > 0.5) == answers).mean())
+        out["bayes_accuracy"] = float((bayes == answers).mean())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="a run folder written by run_transformer.py")
+    parser.add_argument("--real", default=str(REAL_TEST_FILE), help="the real (unlabelled) test file")
+    parser.add_argument("--benchmark", default="data/synthetic", help="the built-in benchmark's folder")
+    args = parser.parse_args(argv)
+    try:
+        payload = load_checkpoint(Path(args.run) / "best.pt")
+        cfg, device = config_from_dict(payload["config"]), pick_device("auto")
+        model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"]).to(device)
+        model.load_state_dict(payload["model"])
+        bench = Path(args.benchmark)
+        rows = {"benchmark test": describe(model, payload, bench / "test_no_labels.hdf5", device,
+                                           read_answer_key(bench, 1000)),
+                "real test": describe(model, payload, Path(args.real), device, None)}
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, row in rows.items():
+        print(f"{name:15s} n {row['n']:5d}  agrees with the likelihood-ratio test {row['agree_with_bayes']:.1%}  "
+              f"state 1 {row['share_state_1']:.1%}  mean confidence {row['mean_confidence']:.3f}"
+              + (f"  accuracy {row['accuracy']:.1%} (likelihood-ratio test {row['bayes_accuracy']:.1%})"
+                 if "accuracy" in row else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
