@@ -298,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         device = pick_device(args.device)
         cuda = device.type == "cuda"
         args.rounds = args.rounds or (1 if cuda else 3)
-        cfg = Config(device=args.device, data_dir=args.data_dir, emb_dim=args.emb_dim, depth=args.depth,
+        # Raw density, no augmentation, CLS head: both styles do the same work per image, so the ratio is the
+        # loop's (the default recipe's whitening is done once before training and costs no step time).
+        cfg = Config(whiten=False, augment=False, tta=False, pool="cls",
+                     device=args.device, data_dir=args.data_dir, emb_dim=args.emb_dim, depth=args.depth,
                      heads=args.heads, mlp_dim=args.mlp_dim, optimizer=args.optimizer, compile=args.compile,
                      batch_size=args.batch_size or (4096 if cuda else 128),
                      precision=args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32"))

@@ -54,13 +54,13 @@ class Config:
     whiten: bool = _opt(True, "feed density as log-density whitened by the training set's mean power spectrum "
                         "(every scale gets equal weight; the classes differ only at small scales); --no-whiten "
                         "feeds raw density")
-    augment: bool = _opt(False, "train on a random symmetry of each image (reflections keep the label, a transpose "
+    augment: bool = _opt(True, "train on a random symmetry of each image (reflections keep the label, a transpose "
                          "swaps it) and a random periodic shift per batch; whitening then uses a filter "
                          "averaged over the symmetries")
-    tta: bool = _opt(False, "predict with the mean logit over views of each image: it and its transpose (which "
+    tta: bool = _opt(True, "predict with the mean logit over views of each image: it and its transpose (which "
                      "votes with the opposite sign), each at --tta-shifts squared periodic shifts within a patch; "
                      "whitening then uses the symmetric filter too")
-    tta_shifts: int = _opt(2, "with --tta: shifts per axis, spread evenly over one patch (2: by 0 and half a "
+    tta_shifts: int = _opt(4, "with --tta: shifts per axis, spread evenly over one patch (2: by 0 and half a "
                            "patch; 2 x shifts^2 views in all)", check=positive)
     synthetic_seed: int = _opt(0, "seed of the built-in benchmark generator")
     # ---- model -------------------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ class Config:
     init: str = _opt("torch", "initialisation of the ViT's Linear weights: torch (nn.Linear's fan-in default), "
                      "xavier (Xavier-uniform) or trunc02 (truncated normal std 0.02, the DeiT/AdamW convention, "
                      "with which SGD does not train this ViT)", choices=("torch", "xavier", "trunc02"))
-    pool: str = _opt("cls", "what the ViT's head reads: the CLS token, or the mean of the patch tokens",
+    pool: str = _opt("mean", "what the ViT's head reads: the CLS token, or the mean of the patch tokens",
                      choices=("cls", "mean"))
     dropout_sampler: str = _opt("fast", "how CPU training draws the ViT's dropout masks: fast (16-bit random "
                                 "numbers, p rounded to 2**-16; a CPU step ~1.4x faster) or torch (torch's sampler, as "
@@ -97,7 +97,7 @@ class Config:
                      "label-smoothed targets", choices=("bce", "mse", "smooth"))
     smoothing: float = _opt(0.1, "label smoothing eps for --loss smooth: targets y*(1-eps) + 0.5*eps",
                             check=probability)
-    epochs: int = _opt(20, "maximum number of epochs", check=positive)
+    epochs: int = _opt(12, "maximum number of epochs", check=positive)
     batch_size: int = _opt(128, "training batch size", check=positive)
     patience: int = _opt(6, "stop after this many epochs without a better validation log loss",
                          check=positive)

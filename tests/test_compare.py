@@ -48,7 +48,7 @@ def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
                 "before@trunc02": {"init": "trunc02"}, "before+whiten@trunc02": {"whiten": True, "init": "trunc02"},
                 "after+whiten+mean-pool+aug-tta": {"patch_norm": "batch", "optimizer": "sgd", "weight_decay": 5e-4,
                                                    "loss": "smooth", "whiten": True, "pool": "mean",
-                                                   "augment": True, "tta": True}}
+                                                   "augment": True, "tta": True, "tta_shifts": 4}}
     for name, diff in expected.items():
         assert changed(compare.Variant(name, "no-date").build(base), before) == diff, name
     # Probes: one per rate of the variant's optimizer, at the probe seed; finals: one per seed.

@@ -18,7 +18,7 @@ import distributed
 from config import config_from_dict
 from data import epoch_batches
 from run_transformer import load_checkpoint, load_data
-from train import build_model, evaluate
+from train import build_model, evaluate, tta_shifts
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--device", "cpu"]
@@ -75,17 +75,17 @@ def test_two_processes_stay_in_sync_and_match_single_process_evaluation(tiny_ben
     initial = build_model(cfg, len(data.stats["channels"]), data.image_size).state_dict()
     assert not torch.equal(initial["head.weight"], ranks[0]["head.weight"]), "training did not change weights"
 
-    single = evaluate(model, data.x["valid"], data.y["valid"])
+    single = evaluate(model, data.x["valid"], data.y["valid"], tta_shifts(cfg))
     last = metrics(run_dir)[-1]
     for key in ("loss", "acc", "auc"):
         assert last[f"val_{key}"] == pytest.approx(single[key], rel=2e-5, abs=1e-6), key
 
 
 def test_training_metrics_are_summed_over_both_ranks_disjoint_slices(tiny_benchmark, tmp_path):
-    # With lr 1e-30 the weights cannot move and dropout is off, so the epoch's training metrics are a
-    # fixed function of the initial model and of which images each rank saw in which batch.
+    # With lr 1e-30 the weights cannot move and dropout and augmentation are off, so the epoch's training
+    # metrics are a fixed function of the initial model and of which images each rank saw in which batch.
     _, run_dir, _ = torchrun(tmp_path, ["--data-dir", str(tiny_benchmark), "--epochs", "1", "--batch-size", "16",
-                                        "--lr", "1e-30", "--dropout", "0", "--emb-dropout", "0"])
+                                        "--lr", "1e-30", "--dropout", "0", "--emb-dropout", "0", "--no-augment"])
     model, data, cfg = model_and_data(run_dir)
     x, y = data.x["train"], data.y["train"]
     slices = [epoch_batches(len(x), cfg.batch_size, 0, cfg.seed, "cpu", r, 2) for r in (0, 1)]

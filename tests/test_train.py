@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from config import Config
 from data import load_splits, to_device
-from train import (TrainState, build_model, build_optimizer, build_scheduler, fit, parameter_groups, roc_auc,
-                   training_loss)
+from train import (TrainState, build_model, build_optimizer, build_scheduler, fit, parameter_groups, predict_proba,
+                   roc_auc, training_loss, tta_shifts)
 
 
 def small_cfg(**kw) -> Config:
@@ -101,9 +101,7 @@ def test_fit_learns_records_metrics_and_stops_early(tiny_benchmark):
     assert state.best_loss == min(r["val_loss"] for r in state.history)
     assert calls[0] is True  # the first epoch always improves on +inf
     # validation loss is the log loss of the probabilities, whatever the training loss
-    model.eval()
-    with torch.no_grad():
-        p = torch.sigmoid(model(data.x["valid"]).squeeze(1))
+    p = predict_proba(model, data.x["valid"], tta_shifts(cfg))  # with the run's test-time views
     assert state.history[-1]["val_loss"] == pytest.approx(F.binary_cross_entropy(p, data.y["valid"]).item(), rel=1e-4)
 
 
