@@ -24,10 +24,12 @@ from train import build_model, pick_device, predict_proba, tta_shifts
 REAL_TEST_FILE = Path(__file__).resolve().parent.parent / "shared" / "gasdata" / "test_no_labels.hdf5"
 
 
-def describe(model, payload: dict, path: Path, device: torch.device, answers: np.ndarray | None) -> dict:
-    """Agreement with the likelihood-ratio test, share of state 1, mean confidence (and accuracy when known)."""
+def describe(model, payload: dict, path: Path, device: torch.device) -> dict:
+    """Agreement with the likelihood-ratio test, share of state 1, mean confidence, and accuracy when an answer
+    key (test_labels.hdf5) lies beside the file."""
     stats, cfg = payload["stats"], config_from_dict(payload["config"])
     split = read_split(path, "input", tuple(stats["channels"]), labelled=False)
+    answers = read_answer_key(path.parent, len(split))
     p = predict_proba(model, to_tensor(split, stats, device), tta_shifts(cfg)).cpu().numpy()
     bayes = synthetic.bayes_predict(split.channels["density"])
     out = {"n": len(p), "agree_with_bayes": float(((p > 0.5) == bayes).mean()), "share_state_1": float((p > 0.5).mean()),
@@ -50,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"]).to(device)
         model.load_state_dict(payload["model"])
         bench = Path(args.benchmark)
-        rows = {"benchmark test": describe(model, payload, bench / "test_no_labels.hdf5", device,
-                                           read_answer_key(bench, 1000)),
-                "real test": describe(model, payload, Path(args.real), device, None)}
+        rows = {"benchmark test": describe(model, payload, bench / "test_no_labels.hdf5", device),
+                "real test": describe(model, payload, Path(args.real), device)}
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,25 @@
+"""real_check.py: the same trained run on the benchmark's test file and on the real one."""
+from pathlib import Path
+
+import run_transformer
+import real_check
+
+SMALL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--batch-size", "64", "--epochs", "1"]
+
+
+def test_compares_the_benchmark_and_the_real_test_file(tmp_path, tiny_benchmark, real_test_file, capsys):
+    assert run_transformer.main(["--data-dir", str(tiny_benchmark), "--out-dir", str(tmp_path / "runs"),
+                                 "--predictions", str(tmp_path / "p.txt"), *SMALL]) == 0
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    capsys.readouterr()
+    assert real_check.main([str(run_dir), "--real", str(real_test_file), "--benchmark", str(tiny_benchmark)]) == 0
+    bench, real = capsys.readouterr().out.splitlines()
+    assert bench.startswith("benchmark test") and "n    80" in bench and "accuracy" in bench
+    assert real.startswith("real test") and "n  1000" in real and "accuracy" not in real
+    predicted = sum(line == "1" for line in (run_dir / "predictions.txt").read_text().splitlines()) / 80
+    assert f"state 1 {predicted:.1%}" in bench  # the same predictions as the run itself wrote
+
+
+def test_a_missing_run_is_one_line(tmp_path, capsys):
+    assert real_check.main([str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
