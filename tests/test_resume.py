@@ -176,6 +176,27 @@ def test_last_pt_holds_all_state_and_resuming_a_finished_run_appends_nothing(tin
     assert len(list((tmp_path / "runs").iterdir())) == 1  # resume writes into the same folder, no new one
 
 
+def test_a_run_saved_before_init_pool_and_views_existed_predicts_and_resumes_as_it_ran(tiny_data, tmp_path,
+                                                                                      capsys):
+    """Old checkpoints hold no init, pool, augment, tta or tta_shifts: they ran with the DeiT init, the CLS token
+    and no augmentation or views, and --predict and --resume must rebuild exactly that."""
+    old_style = ["--init", "trunc02", "--pool", "cls", "--no-augment", "--no-tta"]
+    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "2", *old_style)) == 0
+    run_dir = only_run(tmp_path)
+    for name in ("best.pt", "last.pt"):  # strip the new settings, as an older version wrote them
+        payload = torch.load(run_dir / name, weights_only=True)
+        for key in ("init", "pool", "augment", "tta", "tta_shifts"):
+            del payload["config"][key]
+        torch.save(payload, run_dir / name)
+    output = tmp_path / "again.txt"
+    assert run_transformer.main(["--predict", str(run_dir), "--input", str(tiny_data / "test_no_labels.hdf5"),
+                                 "--output", str(output)]) == 0
+    assert output.read_text() == (run_dir / "predictions.txt").read_text()
+    capsys.readouterr()
+    assert run_transformer.main(["--resume", str(run_dir), "--patience", "3"]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
 # ---- divergence -----------------------------------------------------------------------------------------
 
 def test_huge_learning_rate_stops_with_epoch_step_and_lr(tiny_data, tmp_path, capsys):
