@@ -1,7 +1,8 @@
 """Is a trained run as good on the real test file as on the benchmark's? The real file has no labels, so compare
 what can be compared: agreement with the exact likelihood-ratio classifier of the benchmark's physics model
 (synthetic.bayes_predict, calibrated on the real test file), the share predicted as the new state, and the
-model's confidence, on both files.
+model's confidence, on both files. A random sample of the benchmark's training images, predicted the same
+way (eval mode, the run's test-time views), gives the train - test gap without augmentation or dropout.
 
     python real_check.py runs/RUN                                   # real file: ../shared/gasdata/test_no_labels.hdf5
     python real_check.py runs/RUN --real PATH --benchmark data/synthetic
@@ -24,12 +25,16 @@ from train import build_model, pick_device, predict_proba, tta_shifts
 REAL_TEST_FILE = Path(__file__).resolve().parent.parent / "shared" / "gasdata" / "test_no_labels.hdf5"
 
 
-def describe(model, payload: dict, path: Path, device: torch.device) -> dict:
-    """Agreement with the likelihood-ratio test, share of state 1, mean confidence, and accuracy when an answer
-    key (test_labels.hdf5) lies beside the file."""
+def describe(model, payload: dict, path: Path, device: torch.device, sample: int = 0) -> dict:
+    """Agreement with the likelihood-ratio test, share of state 1, mean confidence, and accuracy when the file
+    has labels or an answer key (test_labels.hdf5) lies beside it; sample > 0: that many random images only."""
     stats, cfg = payload["stats"], config_from_dict(payload["config"])
     split = read_split(path, "input", tuple(stats["channels"]), labelled=False)
-    answers = read_answer_key(path.parent, len(split))
+    answers = split.labels if (split.labels >= 0).all() else read_answer_key(path.parent, len(split))
+    if sample:
+        keep = np.sort(np.random.default_rng(0).permutation(len(split))[:sample])
+        split.channels = {k: v[keep] for k, v in split.channels.items()}
+        answers = None if answers is None else answers[keep]
     p = predict_proba(model, to_tensor(split, stats, device), tta_shifts(cfg)).cpu().numpy()
     bayes = synthetic.bayes_predict(split.channels["density"])
     out = {"n": len(p), "agree_with_bayes": float(((p > 0.5) == bayes).mean()), "share_state_1": float((p > 0.5).mean()),
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="a run folder written by run_transformer.py")
     parser.add_argument("--real", default=str(REAL_TEST_FILE), help="the real (unlabelled) test file")
     parser.add_argument("--benchmark", default="data/synthetic", help="the built-in benchmark's folder")
+    parser.add_argument("--train-sample", type=int, default=2000, help="training images to predict (0: none)")
     args = parser.parse_args(argv)
     try:
         payload = load_checkpoint(Path(args.run) / "best.pt")
@@ -54,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = Path(args.benchmark)
         rows = {"benchmark test": describe(model, payload, bench / "test_no_labels.hdf5", device),
                 "real test": describe(model, payload, Path(args.real), device)}
+        if args.train_sample > 0:
+            rows["benchmark train"] = describe(model, payload, bench / "train.hdf5", device, args.train_sample)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

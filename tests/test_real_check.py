@@ -13,9 +13,10 @@ def test_compares_the_benchmark_and_the_real_test_file(tmp_path, tiny_benchmark,
     (run_dir,) = list((tmp_path / "runs").iterdir())
     capsys.readouterr()
     assert real_check.main([str(run_dir), "--real", str(real_test_file), "--benchmark", str(tiny_benchmark)]) == 0
-    bench, real = capsys.readouterr().out.splitlines()
+    bench, real, train = capsys.readouterr().out.splitlines()
     assert bench.startswith("benchmark test") and "n    80" in bench and "accuracy" in bench
     assert real.startswith("real test") and "n  1000" in real and "accuracy" not in real
+    assert train.startswith("benchmark train") and "n   400" in train and "accuracy" in train
     predicted = sum(line == "1" for line in (run_dir / "predictions.txt").read_text().splitlines()) / 80
     assert f"state 1 {predicted:.1%}" in bench  # the same predictions as the run itself wrote
 
