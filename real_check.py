@@ -25,9 +25,11 @@ from train import build_model, pick_device, predict_proba, tta_shifts
 REAL_TEST_FILE = Path(__file__).resolve().parent.parent / "shared" / "gasdata" / "test_no_labels.hdf5"
 
 
-def describe(model, payload: dict, path: Path, device: torch.device, sample: int = 0) -> dict:
+def describe(model, payload: dict, path: Path, device: torch.device, sample: int = 0, views: int | None = None
+             ) -> dict:
     """Agreement with the likelihood-ratio test, share of state 1, mean confidence, and accuracy when the file
-    has labels or an answer key (test_labels.hdf5) lies beside it; sample > 0: that many random images only."""
+    has labels or an answer key (test_labels.hdf5) lies beside it; sample > 0: that many random images only;
+    views: test-time shifts per axis instead of the run's own (0: no view averaging)."""
     stats, cfg = payload["stats"], config_from_dict(payload["config"])
     split = read_split(path, "input", tuple(stats["channels"]), labelled=False)
     answers = split.labels if (split.labels >= 0).all() else read_answer_key(path.parent, len(split))
@@ -35,7 +37,8 @@ def describe(model, payload: dict, path: Path, device: torch.device, sample: int
         keep = np.sort(np.random.default_rng(0).permutation(len(split))[:sample])
         split.channels = {k: v[keep] for k, v in split.channels.items()}
         answers = None if answers is None else answers[keep]
-    p = predict_proba(model, to_tensor(split, stats, device), tta_shifts(cfg)).cpu().numpy()
+    p = predict_proba(model, to_tensor(split, stats, device), tta_shifts(cfg) if views is None else views)
+    p = p.cpu().numpy()
     bayes = synthetic.bayes_predict(split.channels["density"])
     out = {"n": len(p), "agree_with_bayes": float(((p > 0.5) == bayes).mean()), "share_state_1": float((p > 0.5).mean()),
            "mean_confidence": float(np.maximum(p, 1 - p).mean())}
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", default=str(REAL_TEST_FILE), help="the real (unlabelled) test file")
     parser.add_argument("--benchmark", default="data/synthetic", help="the built-in benchmark's folder")
     parser.add_argument("--train-sample", type=int, default=2000, help="training images to predict (0: none)")
+    parser.add_argument("--tta-shifts", type=int, default=None, help="test-time views: shifts per axis instead "
+                        "of the run's own (0: none), to measure what the views add to the same weights")
     args = parser.parse_args(argv)
     try:
         payload = load_checkpoint(Path(args.run) / "best.pt")
@@ -58,10 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"]).to(device)
         model.load_state_dict(payload["model"])
         bench = Path(args.benchmark)
-        rows = {"benchmark test": describe(model, payload, bench / "test_no_labels.hdf5", device),
-                "real test": describe(model, payload, Path(args.real), device)}
+        views = args.tta_shifts
+        rows = {"benchmark test": describe(model, payload, bench / "test_no_labels.hdf5", device, views=views),
+                "real test": describe(model, payload, Path(args.real), device, views=views)}
         if args.train_sample > 0:
-            rows["benchmark train"] = describe(model, payload, bench / "train.hdf5", device, args.train_sample)
+            rows["benchmark train"] = describe(model, payload, bench / "train.hdf5", device, args.train_sample,
+                                               views)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
