@@ -79,7 +79,7 @@ class Config:
     init: str = _opt("torch", "initialisation of the ViT's Linear weights: torch (nn.Linear's fan-in default), "
                      "xavier (Xavier-uniform) or trunc02 (truncated normal std 0.02, the DeiT/AdamW convention, "
                      "with which SGD does not train this ViT)", choices=("torch", "xavier", "trunc02"))
-    pool: str = _opt("mean", "what the ViT's head reads: the CLS token, or the mean of the patch tokens",
+    pool: str = _opt("cls", "what the ViT's head reads: the CLS token, or the mean of the patch tokens",
                      choices=("cls", "mean"))
     dropout_sampler: str = _opt("fast", "how CPU training draws the ViT's dropout masks: fast (16-bit random "
                                 "numbers, p rounded to 2**-16; a CPU step ~1.4x faster) or torch (torch's sampler, as "
