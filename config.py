@@ -97,7 +97,7 @@ class Config:
                      "label-smoothed targets", choices=("bce", "mse", "smooth"))
     smoothing: float = _opt(0.1, "label smoothing eps for --loss smooth: targets y*(1-eps) + 0.5*eps",
                             check=probability)
-    epochs: int = _opt(12, "maximum number of epochs", check=positive)
+    epochs: int = _opt(10, "maximum number of epochs", check=positive)
     batch_size: int = _opt(128, "training batch size", check=positive)
     patience: int = _opt(6, "stop after this many epochs without a better validation log loss",
                          check=positive)
