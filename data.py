@@ -76,8 +76,9 @@ def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> 
 
 def _read_arrays(path: Path, name: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()
                  ) -> dict[str, np.ndarray]:
-    """The named datasets of one HDF5 file (`optional` ones only if present), shapes checked first. h5py reports damage with many exception
-    types (OSError, KeyError, RuntimeError, ValueError, ...): every one of them becomes one UserError line."""
+    """The named datasets of one HDF5 file (`optional` ones only if present), shapes checked first. h5py
+    reports damage with many exception types (OSError, KeyError, RuntimeError, ValueError, ...): every one of
+    them becomes one UserError line."""
     try:
         h5 = h5py.File(path, "r")
     except Exception:

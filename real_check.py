@@ -40,8 +40,8 @@ def describe(model, payload: dict, path: Path, device: torch.device, sample: int
     p = predict_proba(model, to_tensor(split, stats, device), tta_shifts(cfg) if views is None else views)
     p = p.cpu().numpy()
     bayes = synthetic.bayes_predict(split.channels["density"])
-    out = {"n": len(p), "agree_with_bayes": float(((p > 0.5) == bayes).mean()), "share_state_1": float((p > 0.5).mean()),
-           "mean_confidence": float(np.maximum(p, 1 - p).mean())}
+    out = {"n": len(p), "agree_with_bayes": float(((p > 0.5) == bayes).mean()),
+           "share_state_1": float((p > 0.5).mean()), "mean_confidence": float(np.maximum(p, 1 - p).mean())}
     if answers is not None:
         out["accuracy"] = float(((p > 0.5) == answers).mean())
         out["bayes_accuracy"] = float((bayes == answers).mean())
