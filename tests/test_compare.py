@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import compare
+import grid
 import run_transformer
 from config import Config
 from report import write_metrics_csv
@@ -31,7 +32,7 @@ def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
                                          "before@trunc02", "after@trunc02", "before+whiten@trunc02",
                                          "after+whiten@trunc02", "after+whiten+mean-pool", "after+whiten+aug-tta",
                                          "after+whiten+mean-pool+aug-tta"}
-    assert {v.channels for v in chosen if v.config in compare.DENSITY_ONLY} == {"no-date"}
+    assert {v.channels for v in chosen if v.config in grid.DENSITY_ONLY} == {"no-date"}
     base = Config(data_dir="somewhere")
     before = compare.Variant("before", "no-date").build(base)
     assert (before.model, before.patch_norm, before.block_norm, before.optimizer, before.loss, before.whiten,
