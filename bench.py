@@ -7,13 +7,17 @@
 
 A benchmark, not a test: it prints what it measured. (a) "original": a torch Dataset that reads every sample
 from the HDF5 file with h5py, a DataLoader (batch 64, 2 workers), `.item()` after every step, AdamW with a
-LambdaLR warmup-cosine schedule, torch's own dropout (nn.Dropout, as the scientist's model had). (b) "ours":
-train.train_epoch itself on device-resident tensors (one permutation per epoch on the device, one host sync
-per epoch), optionally compiled, with the model's fast CPU dropout sampler. On CPU a third row, ours with
-torch's dropout sampler, splits the gain between the loop and the sampler. All train the same architecture
-on the same images; throughput is timed after warm-up steps (DataLoader start-up, compilation). The original
-runs this repository's model code (patch matmul, attention kernel choice) with only the sampler reverted, so
-the ratio leaves out whatever those gain over the scientist's own code: it errs on the low side.
+LambdaLR warmup-cosine schedule, the model as vision_transformer.py builds it (nn.Dropout, as the scientist's
+had). (b) "ours": train.train_epoch on train.build_training's setup, as run_transformer trains: device-resident
+tensors (one permutation per epoch on the device, one host sync per epoch), optionally compiled, with
+cpu_dropout's fast CPU masks. On CPU a third row, ours with torch's dropout masks, splits the gain between the
+loop and the masks. All train the same architecture on the same images; throughput is timed after warm-up
+steps (DataLoader start-up, compilation). The original runs this repository's model file (its CUDA attention
+kernel choice included), so the ratio leaves out whatever that gains over the scientist's own code.
+
+The flags shared with run_transformer.py come from config.py; the bench's own ViT is wider and shallower
+(emb 64, depth 3, mlp 128: the model docs/speed.md measured); --emb-dim 32 --depth 4 --mlp-dim 64 times the
+default recipe's.
 """
 from __future__ import annotations
 
@@ -25,7 +29,6 @@ import platform
 import shlex
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -37,10 +40,10 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 import run_transformer
-from config import Config, UserError, parse_config
+from cli import exit_code
+from config import Config, HelpFormatter, Parser, UserError, add_config_flags, checked, non_negative, parse_config
 from data import SPLIT_FILES, DeviceData
-from train import (StopFlag, TrainState, build_model, build_optimizer, build_scheduler, fit, pick_device,
-                   train_epoch, training_loss, training_model)
+from train import StopFlag, TrainState, build_model, build_scheduler, build_training, fit, pick_device, train_epoch
 
 
 # ---- (a) the original style -------------------------------------------------------------------------------
@@ -80,10 +83,9 @@ def enough(done: int, start: float, steps: int, seconds: float) -> bool:
 
 def original_loop(cfg: Config, data_dir: Path, stats: dict, image_size: int, device: torch.device,
                   warmup: int, workers: int) -> Timer:
-    """The per-sample DataLoader loop, batch 64, .item() every step, AdamW + LambdaLR, torch's dropout sampler
-    (what nn.Dropout does), warmed up."""
+    """The per-sample DataLoader loop, batch 64, .item() every step, AdamW + LambdaLR, the model as built
+    (nn.Dropout), warmed up."""
     torch.manual_seed(cfg.seed)
-    cfg = dataclasses.replace(cfg, dropout_sampler="torch")
     loader = DataLoader(HDF5Samples(data_dir / SPLIT_FILES["train"], stats), batch_size=64, shuffle=True,
                         num_workers=workers, drop_last=True, persistent_workers=workers > 0)
     model = build_model(cfg, len(stats["channels"]), image_size).to(device)
@@ -134,15 +136,11 @@ def our_loop(cfg: Config, data: DeviceData, device: torch.device, chunk: int, wa
     bs, n = cfg.batch_size, len(data.x["train"])
     if bs > n:
         raise UserError(f"--batch-size {bs} is larger than the training set ({n} images)")
-    model = build_model(cfg, len(data.stats["channels"]), data.image_size).to(device)
-    optimizer = build_optimizer(cfg, model, device)
-    scheduler = build_scheduler(cfg, optimizer, n // bs)
-    step_model = training_model(model, cfg, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
-    loss_fn, stop = training_loss(cfg), StopFlag()
+    training = build_training(cfg, len(data.stats["channels"]), data.image_size, n, device)
+    stop = StopFlag()
 
     def epoch(d: DeviceData, e: int) -> int:
-        train_epoch(step_model, optimizer, scheduler, loss_fn, d, cfg, e, stop, autocast, False)
+        train_epoch(training, d, cfg, e, stop, False)
         return len(d.x["train"]) // bs
 
     timed = training_images(data, chunk * bs) if 0 < chunk * bs < n else data
@@ -204,9 +202,7 @@ def time_to_target(cfg: Config, targets: list[float], recipe: str = "default rec
     t0 = time.perf_counter()
     data, info = run_transformer.load_data(cfg, device, lambda message: None)
     load_s = time.perf_counter() - t0
-    model = build_model(cfg, len(info["channels"]), data.image_size).to(device)
-    optimizer = build_optimizer(cfg, model, device)
-    scheduler = build_scheduler(cfg, optimizer, max(len(data.x["train"]) // cfg.batch_size, 1))
+    training = build_training(cfg, len(info["channels"]), data.image_size, len(data.x["train"]), device)
     goals = ", ".join(f"{t:.0%}" for t in targets)
     print(f"time to {goals} validation accuracy: {recipe} ({cfg.model}, {cfg.optimizer}, {cfg.loss}, "
           f"batch {cfg.batch_size}, {cfg.precision}, up to {cfg.epochs} epochs) on {info['source']} data "
@@ -224,7 +220,7 @@ def time_to_target(cfg: Config, targets: list[float], recipe: str = "default rec
             raise TargetReached
 
     try:
-        state = fit(model, optimizer, scheduler, data, cfg, TrainState(), on_epoch, log=lambda message: None)
+        state = fit(training, data, cfg, TrainState(), on_epoch, log=lambda message: None)
     except TargetReached:
         return
     best = max(r["val_acc"] for r in state.history)
@@ -245,106 +241,104 @@ def accuracies(text: str) -> list[float]:
     return values
 
 
+# The bench's own ViT and per-device defaults (None: chosen per device in main); the rest as run_transformer.
+BENCH_DEFAULTS = {"emb_dim": 64, "depth": 3, "mlp_dim": 128, "batch_size": None, "precision": None}
+BENCH_NOTES = {"batch_size": "our loop's batch; here 4096 on CUDA and 128 on CPU unless given (128 also fits "
+               "the CPU caches best)", "precision": "our loop; here bf16 on CUDA, fp32 on CPU unless given; the "
+               "original is fp32", "optimizer": "our loop's; the original trains with AdamW",
+               "data_dir": "train.hdf5 here, else the built-in benchmark in DATA_DIR/synthetic"}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--batch-size", type=int, default=0, help="our loop's batch (default 4096 CUDA; CPU 128, "
-                   "run_transformer's default, which also fits the CPU caches best)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="our loop (default bf16 autocast on CUDA, fp32 on CPU); the original is fp32")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile our training steps (CUDA graphs on a GPU)")
-    p.add_argument("--seconds", type=float, default=0, help="timed seconds per style and round (default 3 "
-                   "CUDA, 8 CPU); our loop stops at the end of a train_epoch call (CUDA: a whole epoch)")
-    p.add_argument("--steps", type=int, default=0, help="instead of --seconds: timed steps per style and round")
-    p.add_argument("--warmup", type=int, default=0, help="our untimed steps first, compilation included "
-                   "(default 30 CUDA, 4 CPU)")
-    p.add_argument("--rounds", type=int, default=0, help="the styles take turns this often (default 1 "
+    p = Parser(description=__doc__, formatter_class=HelpFormatter)
+    add_config_flags(p, ("device", "data_dir", "optimizer", "emb_dim", "depth", "heads", "mlp_dim", "batch_size",
+                         "precision", "compile"), BENCH_DEFAULTS, BENCH_NOTES)
+    count = lambda name: checked(int, name, non_negative)  # noqa: E731
+    p.add_argument("--seconds", type=checked(float, "seconds", non_negative), default=0.0, help="timed seconds "
+                   "per style and round (0: 3 CUDA, 8 CPU); our loop stops at the end of a train_epoch call "
+                   "(CUDA: a whole epoch)")
+    p.add_argument("--steps", type=count("steps"), default=0,
+                   help="instead of --seconds: timed steps per style and round")
+    p.add_argument("--warmup", type=count("warmup"), default=0,
+                   help="our untimed steps first, compilation included (0: 30 CUDA, 4 CPU)")
+    p.add_argument("--rounds", type=count("rounds"), default=0, help="the styles take turns this often (0: 1 "
                    "CUDA, 3 CPU): a shared machine's load then falls on both alike")
-    p.add_argument("--threads", type=int, default=0, help="torch threads of the training process, both "
-                   "styles (default: torch's choice). On a CPU shared with other jobs, 1 avoids OpenMP "
-                   "threads waiting for each other at every operation")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the original style")
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"), help="our loop's optimizer")
-    p.add_argument("--data-dir", default="data", help="train.hdf5 here, else the built-in benchmark in "
-                   "DATA_DIR/synthetic (generated on first use)")
-    p.add_argument("--emb-dim", type=int, default=64)
-    p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--mlp-dim", type=int, default=128)
+    p.add_argument("--threads", type=count("threads"), default=0, help="torch threads of the training process, "
+                   "both styles (0: torch's choice). On a CPU shared with other jobs, 1 avoids OpenMP threads "
+                   "waiting for each other at every operation")
+    p.add_argument("--workers", type=count("workers"), default=2, help="DataLoader workers of the original style")
     p.add_argument("--time-to-target", action="store_true", help="instead: time the default recipe "
-                   "(run_transformer's defaults, --device honoured) to --target validation accuracy")
+                   "(run_transformer's defaults, --device and --data-dir honoured) to --target validation accuracy")
     p.add_argument("--target", type=accuracies, default="0.83,0.96",
                    help="validation accuracies to time, comma separated")
     p.add_argument("--recipe", default="", help="with --time-to-target: run_transformer flags that change the "
                    "default recipe, e.g. --recipe '--optimizer adamw --lr 1e-3'")
-    args = p.parse_args(argv)
-    for name in ("batch_size", "steps", "warmup", "rounds", "seconds", "threads"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must not be negative")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        if args.time_to_target:
-            recipe = ["--device", args.device, "--data-dir", args.data_dir, *shlex.split(args.recipe)]
-            time_to_target(parse_config(recipe), args.target,
-                           f"recipe {args.recipe!r}" if args.recipe else "default recipe")
-            return 0
-        device = pick_device(args.device)
-        cuda = device.type == "cuda"
-        args.rounds = args.rounds or (1 if cuda else 3)
-        # Raw density, no augmentation, CLS head: both styles do the same work per image, so the ratio is the
-        # loop's (the default recipe's whitening is done once before training and costs no step time).
-        cfg = Config(whiten=False, augment=False, tta=False, pool="cls",
-                     device=args.device, data_dir=args.data_dir, emb_dim=args.emb_dim, depth=args.depth,
-                     heads=args.heads, mlp_dim=args.mlp_dim, optimizer=args.optimizer, compile=args.compile,
-                     batch_size=args.batch_size or (4096 if cuda else 128),
-                     precision=args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32"))
-        data, info = run_transformer.load_data(cfg, device, lambda message: None)
-        data_dir, channels = Path(info["data_dir"]), info["channels"]
-        flops = flops_per_image(cfg, len(channels), data.image_size)
-        where = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or 'CPU'}, " \
-            f"{torch.get_num_threads()} threads"
-        print(f"device: {device} ({where}) | torch {torch.__version__} | python {platform.python_version()}")
-        print(f"model: ViT emb {cfg.emb_dim}, depth {cfg.depth}, heads {cfg.heads}, mlp {cfg.mlp_dim}, patch "
-              f"{cfg.patch_size}, channels {','.join(channels)} | data: {info['source']}, "
-              f"{len(data.x['train']):,} training images | {flops / 1e6:.1f} MFLOP per image per training step "
-              f"(forward + backward, FlopCounterMode)", flush=True)
-        chunk, warmup = (0, args.warmup or 30) if cuda else (16, args.warmup or 4)
-        timers = {"original": original_loop(cfg, data_dir, data.stats, data.image_size, device, 5, args.workers),
-                  "ours": our_loop(cfg, data, device, chunk, warmup)}
-        if not cuda:  # the dropout sampler only matters on CPU
-            timers["ours, torch's dropout"] = our_loop(dataclasses.replace(cfg, dropout_sampler="torch"), data,
-                                                       device, chunk, warmup)
-        load = os.getloadavg()[0]
-        seconds = args.seconds or (3.0 if cuda else 8.0)
-        totals = measure(timers, args.steps, seconds, args.rounds)
-        budget = f"{args.steps} steps" if args.steps else f">= {seconds:g} s"
-        print(f"timed: {args.rounds} rounds of {budget} per style, styles taking turns; load average "
-              f"{load:.1f} before, {os.getloadavg()[0]:.1f} after (on {os.cpu_count()} CPUs)")
-        compiled = f", torch.compile{' (CUDA graphs)' if cuda else ''}" if cfg.compile else ""
-        rows = [{"style": f"original: HDF5 Dataset + DataLoader ({args.workers} workers), .item()/step, AdamW",
-                 "batch": 64, "precision": "fp32"},
-                {"style": f"ours: resident tensors, 1 sync/epoch, {cfg.optimizer.upper()}{compiled}",
-                 "batch": cfg.batch_size, "precision": cfg.precision},
-                {"style": "ours, with torch's dropout sampler (as the original)", "batch": cfg.batch_size,
-                 "precision": cfg.precision}][:len(timers)]
-        for row, name in zip(rows, timers):
-            row["steps"], took = totals[name]
-            row["img_s"] = row["steps"] * row["batch"] / took
-        print_table(rows, flops)
-        if cuda and cfg.compile:  # CUDA graphs fall back silently to plain kernels when they cannot be used
-            from torch._dynamo.utils import counters
-            print(f"CUDA graph skips: {counters['inductor']['cudagraph_skips']} (0: the steps ran as CUDA graphs)")
-        return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Exit codes as in cli.exit_code."""
+    def body() -> None:
+        args = parse_args(argv)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        time_to_target_command(args) if args.time_to_target else throughput(args)
+    return exit_code(body)
+
+
+def time_to_target_command(args: argparse.Namespace) -> None:
+    recipe = ["--device", args.device, "--data-dir", args.data_dir, *shlex.split(args.recipe)]
+    time_to_target(parse_config(recipe), args.target, f"recipe {args.recipe!r}" if args.recipe else "default recipe")
+
+
+def throughput(args: argparse.Namespace) -> None:
+    """The original style against ours (and, on CPU, ours with torch's dropout masks): one table."""
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    args.rounds = args.rounds or (1 if cuda else 3)
+    # Raw density, no augmentation, CLS head: both styles do the same work per image, so the ratio is the
+    # loop's (the default recipe's whitening is done once before training and costs no step time).
+    cfg = Config(whiten=False, augment=False, tta=False, pool="cls",
+                 device=args.device, data_dir=args.data_dir, emb_dim=args.emb_dim, depth=args.depth,
+                 heads=args.heads, mlp_dim=args.mlp_dim, optimizer=args.optimizer, compile=args.compile,
+                 batch_size=args.batch_size or (4096 if cuda else 128),
+                 precision=args.precision or ("bf16" if cuda else "fp32"))
+    data, info = run_transformer.load_data(cfg, device, lambda message: None)
+    data_dir, channels = Path(info["data_dir"]), info["channels"]
+    flops = flops_per_image(cfg, len(channels), data.image_size)
+    where = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or 'CPU'}, " \
+        f"{torch.get_num_threads()} threads"
+    print(f"device: {device} ({where}) | torch {torch.__version__} | python {platform.python_version()}")
+    print(f"model: ViT emb {cfg.emb_dim}, depth {cfg.depth}, heads {cfg.heads}, mlp {cfg.mlp_dim}, patch "
+          f"{cfg.patch_size}, channels {','.join(channels)} | data: {info['source']}, "
+          f"{len(data.x['train']):,} training images | {flops / 1e6:.1f} MFLOP per image per training step "
+          f"(forward + backward, FlopCounterMode)", flush=True)
+    chunk, warmup = (0, args.warmup or 30) if cuda else (16, args.warmup or 4)
+    timers = {"original": original_loop(cfg, data_dir, data.stats, data.image_size, device, 5, args.workers),
+              "ours": our_loop(cfg, data, device, chunk, warmup)}
+    if not cuda:  # the dropout masks only matter on CPU
+        timers["ours, torch's dropout"] = our_loop(dataclasses.replace(cfg, dropout_sampler="torch"), data,
+                                                   device, chunk, warmup)
+    load = os.getloadavg()[0]
+    seconds = args.seconds or (3.0 if cuda else 8.0)
+    totals = measure(timers, args.steps, seconds, args.rounds)
+    budget = f"{args.steps} steps" if args.steps else f">= {seconds:g} s"
+    print(f"timed: {args.rounds} rounds of {budget} per style, styles taking turns; load average "
+          f"{load:.1f} before, {os.getloadavg()[0]:.1f} after (on {os.cpu_count()} CPUs)")
+    compiled = f", torch.compile{' (CUDA graphs)' if cuda else ''}" if cfg.compile else ""
+    rows = [{"style": f"original: HDF5 Dataset + DataLoader ({args.workers} workers), .item()/step, AdamW",
+             "batch": 64, "precision": "fp32"},
+            {"style": f"ours: resident tensors, 1 sync/epoch, {cfg.optimizer.upper()}{compiled}",
+             "batch": cfg.batch_size, "precision": cfg.precision},
+            {"style": "ours, with torch's dropout sampler (as the original)", "batch": cfg.batch_size,
+             "precision": cfg.precision}][:len(timers)]
+    for row, name in zip(rows, timers):
+        row["steps"], took = totals[name]
+        row["img_s"] = row["steps"] * row["batch"] / took
+    print_table(rows, flops)
+    if cuda and cfg.compile:  # CUDA graphs fall back silently to plain kernels when they cannot be used
+        from torch._dynamo.utils import counters
+        print(f"CUDA graph skips: {counters['inductor']['cudagraph_skips']} (0: the steps ran as CUDA graphs)")
 
 
 if __name__ == "__main__":

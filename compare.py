@@ -26,7 +26,6 @@ import json
 import math
 import multiprocessing
 import os
-import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -37,20 +36,22 @@ import torch
 
 import run_transformer
 import synthetic
-from config import SAVED_BEFORE_ADDED, Config, UserError, config_from_dict
+from cli import exit_code
+from config import (EXECUTION, OUTPUT, SAVED_BEFORE_ADDED, Config, HelpFormatter, Parser, UserError,
+                    add_config_flags, checked, config_from_dict, fields_with, non_negative, positive)
 from data import load_splits, read_answer_key
 from fileio import write_text
 from compare_report import METRICS, mean_std, write_report
-from grid import (CHANNEL_SETS, CONFIGS, EXPERIMENT_EXCLUDES, FULL, LR_GRID, PROBE_SEED, QUICK, QUICK_SIZES,
-                  Settings, Variant, variants)
+from grid import (CHANNEL_SETS, CONFIGS, FULL, LR_GRID, PROBE_SEED, QUICK, QUICK_SIZES, Settings, Variant,
+                  variants)
 from train import Diverged, Interrupted, pick_device
 
 
 def job_key(cfg: Config) -> str:
-    """Identity of a run: every setting that changes its result (not where it is written or on what device).
-    A setting at the value runs had before it existed is left out, so stored runs keep their keys, and so are
-    the ViT's init and pooling for the CNN, which has neither."""
-    ignored = EXPERIMENT_EXCLUDES + (("init", "pool") if cfg.model == "cnn" else ())
+    """Identity of a run: every setting that changes its result, not how it is computed or where it is written
+    (config.py's EXECUTION and OUTPUT roles). A setting at the value runs had before it existed is left out, so
+    stored runs keep their keys, and so are the ViT's init and pooling for the CNN, which has neither."""
+    ignored = fields_with(EXECUTION, OUTPUT) + (("init", "pool") if cfg.model == "cnn" else ())
     fields = {k: v for k, v in dataclasses.asdict(cfg).items()
               if k not in ignored and SAVED_BEFORE_ADDED.get(k, object()) != v}
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
@@ -275,22 +276,25 @@ def rate_grids(text: str) -> dict[str, tuple[float, ...]]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"small grid ({', '.join(QUICK.configs)}; "
                    f"{QUICK.epochs} epochs, {QUICK.seeds} seeds) on a small built-in benchmark")
-    p.add_argument("--data-dir", default="", help="folder with the HDF5 files (default: the built-in benchmark)")
-    p.add_argument("--out-dir", default="", help="default compare_out/full or compare_out/quick")
-    p.add_argument("--epochs", type=int, help=f"epochs of each reported run (full: {FULL.epochs})")
-    p.add_argument("--probe-epochs", type=int, help=f"epochs of each learning-rate probe (full: {FULL.probe_epochs})")
-    p.add_argument("--seeds", type=int, help=f"seeds per configuration (full: {FULL.seeds})")
+    add_config_flags(p, ("data_dir", "epochs", "device", "compile"), defaults={"data_dir": "", "epochs": None},
+                     notes={"data_dir": "here: data/ unless given, and with --quick a small benchmark in "
+                            "data/synthetic-quick", "epochs": f"here: of each reported run (full grid "
+                            f"{FULL.epochs}, --quick {QUICK.epochs})", "compile": "here: of each run (same results)"})
+    p.add_argument("--out-dir", default="", help="the grid's folder (results.jsonl, runs, report; default "
+                   "compare_out/full or compare_out/quick)")
+    p.add_argument("--probe-epochs", type=checked(int, "probe_epochs", positive),
+                   help=f"epochs of each learning-rate probe (full: {FULL.probe_epochs})")
+    p.add_argument("--seeds", type=checked(int, "seeds", positive), help=f"seeds per configuration (full: "
+                   f"{FULL.seeds})")
     p.add_argument("--lrs", type=rate_grids, default={}, help="learning rates per optimizer instead of LR_GRID, "
                    "e.g. 'sgd=0.05,adamw=0.003'; an optimizer given one rate runs no probes")
     p.add_argument("--only", default="", help="comma-separated configurations: " + ", ".join(CONFIGS))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--jobs", type=int, default=0, help="parallel runs (0: 1 on CPU, min(12, cores) on CUDA, "
-                   "where they share the GPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile each run's model (same results)")
-    p.add_argument("--max-minutes", type=float, default=0.0,
+    p.add_argument("--jobs", type=checked(int, "jobs", non_negative), default=0, help="parallel runs (0: 1 on "
+                   "CPU, min(12, cores) on CUDA, where they share the GPU)")
+    p.add_argument("--max-minutes", type=checked(float, "max_minutes", non_negative), default=0.0,
                    help="start no new run after this long (0: no limit); rerun to finish the grid")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite the report from the results.jsonl in --out-dir")
@@ -298,63 +302,53 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done (or stopped by --max-minutes), 2 bad input, 128 + signal number when interrupted."""
+    """Exit codes as in cli.exit_code; stopped by --max-minutes is done (0). An interrupted grid still
+    writes the report of what finished."""
     argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
+    return exit_code(lambda: grid_command(argv, parse_args(argv)),
+                     lambda e: "finished runs are kept: rerun the same command to continue")
+
+
+def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     start, interrupted = time.time(), None
-    try:
-        with run_transformer.signals_interrupt():
-            preset = QUICK if args.quick else FULL
-            configs = tuple(c.strip() for c in args.only.split(",") if c.strip()) or preset.configs
-            unknown = [c for c in configs if c not in CONFIGS]
-            if unknown:
-                raise UserError(f"--only: unknown configuration {', '.join(unknown)}; choose from "
-                                f"{', '.join(CONFIGS)}")
-            for name in ("epochs", "probe_epochs", "seeds", "jobs"):
-                if getattr(args, name) is not None and getattr(args, name) < (0 if name == "jobs" else 1):
-                    raise UserError(f"--{name.replace('_', '-')} must be at least {0 if name == 'jobs' else 1}")
-            settings = dataclasses.replace(preset, configs=configs, epochs=args.epochs or preset.epochs,
-                                           lr_grid={**preset.lr_grid, **args.lrs},
-                                           probe_epochs=args.probe_epochs or preset.probe_epochs,
-                                           seeds=args.seeds or preset.seeds)
-            out = Path(args.out_dir or f"compare_out/{'quick' if args.quick else 'full'}")
-            device = pick_device(args.device)
-            jobs = args.jobs or (1 if device.type == "cpu" else min(12, os.cpu_count() or 1))
-            data_dir = args.data_dir or "data"
-            if args.quick and not args.data_dir:
-                data_dir = str(synthetic.ensure_benchmark(Path("data") / "synthetic-quick", 0, QUICK_SIZES))
-            base = Config(data_dir=data_dir, device=args.device, compile=args.compile)
-            chosen = variants(configs)
-            resolved = Path(data_dir)
-            if args.report_only:
-                rows = load_results(out / "results.jsonl")
-            else:  # generates the built-in benchmark once, here, rather than in racing workers
-                resolved, _ = run_transformer.resolve_data_dir(base, log=lambda m: None)
-                print(f"{len(chosen)} variants (configuration x channel set) on {resolved}, {device}, {jobs} "
-                      f"parallel run(s); results in {out}/")
-                deadline = start + 60 * args.max_minutes if args.max_minutes > 0 else 0.0
-                try:
-                    rows = run_grid(chosen, settings, base, out, jobs, max(1, (os.cpu_count() or 1) // jobs),
-                                    deadline)
-                except (Interrupted, KeyboardInterrupt) as e:  # still report what finished
-                    interrupted, rows = e, load_results(out / "results.jsonl")
-            lines = summarise(chosen, settings, base, out, rows)
-            bayes = bayes_limit(resolved, [r for l in lines for r in l["runs"] + l["probes"]])
-            header = (f"Command: `python compare.py {' '.join(argv)}`; data {resolved}; {settings.epochs} epochs "
-                      f"(probes {settings.probe_epochs}), {settings.seeds} seeds, {jobs} parallel run(s); this "
-                      f"invocation took {time.time() - start:.0f} s.")
-            print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED, tuple(CHANNEL_SETS)))
-            print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (Interrupted, KeyboardInterrupt) as e:
-        interrupted = e
+    preset = QUICK if args.quick else FULL
+    configs = tuple(c.strip() for c in args.only.split(",") if c.strip()) or preset.configs
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise UserError(f"--only: unknown configuration {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+    settings = dataclasses.replace(preset, configs=configs, epochs=args.epochs or preset.epochs,
+                                   lr_grid={**preset.lr_grid, **args.lrs},
+                                   probe_epochs=args.probe_epochs or preset.probe_epochs,
+                                   seeds=args.seeds or preset.seeds)
+    out = Path(args.out_dir or f"compare_out/{'quick' if args.quick else 'full'}")
+    device = pick_device(args.device)
+    jobs = args.jobs or (1 if device.type == "cpu" else min(12, os.cpu_count() or 1))
+    data_dir = args.data_dir or "data"
+    if args.quick and not args.data_dir:
+        data_dir = str(synthetic.ensure_benchmark(Path("data") / "synthetic-quick", 0, QUICK_SIZES))
+    base = Config(data_dir=data_dir, device=args.device, compile=args.compile)
+    chosen = variants(configs)
+    resolved = Path(data_dir)
+    if args.report_only:
+        rows = load_results(out / "results.jsonl")
+    else:  # generates the built-in benchmark once, here, rather than in racing workers
+        resolved, _ = run_transformer.resolve_data_dir(base, log=lambda m: None)
+        print(f"{len(chosen)} variants (configuration x channel set) on {resolved}, {device}, {jobs} parallel "
+              f"run(s); results in {out}/")
+        deadline = start + 60 * args.max_minutes if args.max_minutes > 0 else 0.0
+        try:
+            rows = run_grid(chosen, settings, base, out, jobs, max(1, (os.cpu_count() or 1) // jobs), deadline)
+        except (Interrupted, KeyboardInterrupt) as e:  # still report what finished, then exit as interrupted
+            interrupted, rows = e, load_results(out / "results.jsonl")
+    lines = summarise(chosen, settings, base, out, rows)
+    bayes = bayes_limit(resolved, [r for line in lines for r in line["runs"] + line["probes"]])
+    header = (f"Command: `python compare.py {' '.join(argv)}`; data {resolved}; {settings.epochs} epochs "
+              f"(probes {settings.probe_epochs}), {settings.seeds} seeds, {jobs} parallel run(s); this "
+              f"invocation took {time.time() - start:.0f} s.")
+    print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED, tuple(CHANNEL_SETS)))
+    print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
     if interrupted is not None:
-        print(f"interrupted ({interrupted}); finished runs are kept: rerun the same command to continue",
-              file=sys.stderr)
-        return 128 + int(getattr(interrupted, "signum", signal.SIGINT))
-    return 0
+        raise interrupted
 
 
 if __name__ == "__main__":

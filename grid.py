@@ -64,12 +64,6 @@ QUICK = Settings(("before", "after", "cnn"), epochs=4, probe_epochs=2, seeds=2,
                  lr_grid={"adamw": (1e-3, 3e-3), "sgd": (0.1, 0.5)})
 # --quick trains on a small instance of the built-in benchmark (same generator, 1/10 of the samples).
 QUICK_SIZES = synthetic.Sizes(1000, 1800, 250, 450, 250, 250)
-# Settings that change where a run goes or its exact numbers, not its distribution: a stored result stands for any
-# of them (the GPU grid ran with torch's dropout sampler, CUDA does not use the fast one).
-EXPERIMENT_EXCLUDES = ("out_dir", "predictions", "device", "compile", "resume", "predict", "input", "output",
-                       "dropout_sampler")
-
-
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One configuration with one channel set."""

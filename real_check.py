@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 import synthetic
-from config import UserError, config_from_dict
+from cli import exit_code
+from config import HelpFormatter, Parser, checked, config_from_dict, non_negative
 from data import read_answer_key, read_split, to_tensor
-from run_transformer import load_checkpoint
+from checkpoints import load_checkpoint
 from train import build_model, pick_device, predict_proba, tta_shifts
 
 REAL_TEST_FILE = Path(__file__).resolve().parent.parent / "shared" / "gasdata" / "test_no_labels.hdf5"
@@ -48,36 +49,40 @@ def describe(model, payload: dict, path: Path, device: torch.device, sample: int
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = Parser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run", help="a run folder written by run_transformer.py")
     parser.add_argument("--real", default=str(REAL_TEST_FILE), help="the real (unlabelled) test file")
     parser.add_argument("--benchmark", default="data/synthetic", help="the built-in benchmark's folder")
-    parser.add_argument("--train-sample", type=int, default=2000, help="training images to predict (0: none)")
-    parser.add_argument("--tta-shifts", type=int, default=None, help="test-time views: shifts per axis instead "
-                        "of the run's own (0: none), to measure what the views add to the same weights")
-    args = parser.parse_args(argv)
-    try:
-        payload = load_checkpoint(Path(args.run) / "best.pt")
-        cfg, device = config_from_dict(payload["config"]), pick_device("auto")
-        model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"]).to(device)
-        model.load_state_dict(payload["model"])
-        bench = Path(args.benchmark)
-        views = args.tta_shifts
-        rows = {"benchmark test": describe(model, payload, bench / "test_no_labels.hdf5", device, views=views),
-                "real test": describe(model, payload, Path(args.real), device, views=views)}
-        if args.train_sample > 0:
-            rows["benchmark train"] = describe(model, payload, bench / "train.hdf5", device, args.train_sample,
-                                               views)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    parser.add_argument("--train-sample", type=checked(int, "train_sample", non_negative), default=2000,
+                        help="training images to predict (0: none)")
+    parser.add_argument("--tta-shifts", type=checked(int, "tta_shifts", non_negative), default=None,
+                        help="test-time views: shifts per axis instead of the run's own (0: none), to measure "
+                        "what the views add to the same weights")
+    return parser.parse_args(argv)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Print one line per file: the benchmark's test split, the real test file, a sample of training images."""
+    payload = load_checkpoint(Path(args.run) / "best.pt")
+    cfg, device = config_from_dict(payload["config"]), pick_device("auto")
+    model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"]).to(device)
+    model.load_state_dict(payload["model"])
+    bench, views = Path(args.benchmark), args.tta_shifts
+    rows = {"benchmark test": describe(model, payload, bench / "test_no_labels.hdf5", device, views=views),
+            "real test": describe(model, payload, Path(args.real), device, views=views)}
+    if args.train_sample > 0:
+        rows["benchmark train"] = describe(model, payload, bench / "train.hdf5", device, args.train_sample, views)
     for name, row in rows.items():
         print(f"{name:15s} n {row['n']:5d}  agrees with the likelihood-ratio test {row['agree_with_bayes']:.1%}  "
               f"state 1 {row['share_state_1']:.1%}  mean confidence {row['mean_confidence']:.3f}"
               + (f"  accuracy {row['accuracy']:.1%} (likelihood-ratio test {row['bayes_accuracy']:.1%})"
                  if "accuracy" in row else ""))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes as in cli.exit_code."""
+    return exit_code(lambda: check(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
-import signal
 import sys
-import threading
 import time
-import warnings
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -24,13 +21,16 @@ import torch
 
 import distributed
 import synthetic
-from config import Config, UserError, build_parser, config_from_dict
-from data import (ANSWER_FILE, SPLIT_FILES, choose_channels, find_confounders, load_splits, read_answer_key,
-                  read_split, to_device, to_tensor)
+from cli import exit_code
+from checkpoints import Resumed, checkpoint, load_checkpoint, resume_config
+from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, config_from_dict,
+                    fields_with, flag)
+from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_confounders, load_splits,
+                  read_answer_key, read_split, to_device, to_tensor)
 from fileio import check_writable, fingerprint, fresh_directory, save_torch, write_json
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
-from train import (Diverged, Interrupted, TrainState, build_model, build_optimizer, build_scheduler, evaluate,
-                   fit, pick_device, predict_proba, signal_name, tta_shifts)
+from train import (Diverged, Interrupted, Training, TrainState, build_model, build_training, evaluate, fit,
+                   pick_device, predict_proba, tta_shifts)
 
 Log = Callable[[str], None]
 
@@ -83,31 +83,6 @@ def load_data(cfg: Config, device: torch.device, log: Log, stats: dict | None = 
     return data, info
 
 
-# ---- checkpoints -----------------------------------------------------------------------------------------
-
-def checkpoint(model, optimizer, scheduler, state: TrainState, cfg: Config, data) -> dict[str, Any]:
-    """Everything needed to resume exactly, or to predict without the training data."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "train_state": dataclasses.asdict(state),
-            "config": dataclasses.asdict(cfg), "stats": data.stats, "image_size": data.image_size,
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path} not found; pass a run folder written by run_transformer.py")
-    try:
-        with warnings.catch_warnings():  # torch warns about odd pickles before failing: one line is enough
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise UserError(f"{path} is not a checkpoint written by run_transformer.py (or it is damaged)")
-    if not isinstance(payload, dict) or not {"model", "config", "stats"} <= payload.keys():
-        raise UserError(f"{path} is not a checkpoint written by run_transformer.py")
-    return payload
-
-
 def environment(device: torch.device) -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "h5py": h5py.__version__, "device": str(device), "platform": platform.platform(),
@@ -130,84 +105,111 @@ class ResumableInterrupt(Interrupted):
     """An interruption after the run folder and its last.pt exist: the message says how to resume."""
 
 
-def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from: dict | None = None
+@dataclass
+class Job:
+    """One training run between its steps: what prepare builds, restore places, train_run and finish use."""
+    cfg: Config
+    log: Log
+    progress: bool
+    main_rank: bool  # rank 0 alone (or a single process) prints and writes
+    data: DeviceData
+    info: dict[str, Any]
+    training: Training
+    start: float
+    state: TrainState = field(default_factory=TrainState)
+    run_dir: Path = Path()
+
+
+def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from: Resumed | None = None
         ) -> dict[str, Any]:
     """Train one configuration end to end and write its run folder; returns the summary."""
+    job = prepare(cfg, log, progress, resume_from.payload["stats"] if resume_from else None)
+    restore(job, resume_from)
+    return train_run(job)
+
+
+def prepare(cfg: Config, log: Log, progress: bool | None, stats: dict | None) -> Job:
+    """Join torchrun's group, check the outputs can be written, load the data and build the training setup."""
     start = time.time()
     progress = sys.stderr.isatty() if progress is None else progress
-    device = distributed.setup(pick_device(cfg.device), cfg.sync_bn)  # torchrun: join the group
+    device = distributed.setup(pick_device(cfg.device), cfg.sync_bn)
     main_rank = distributed.is_main()
-    if not main_rank:  # rank 0 alone prints and writes
+    if not main_rank:
         log, progress = (lambda message: None), False
     if main_rank:
         check_predictions_path(Path(cfg.predictions))
     torch.manual_seed(cfg.seed)
     with distributed.main_first():  # rank 0 generates the built-in benchmark before the others read it
-        data, info = load_data(cfg, device, log, resume_from["stats"] if resume_from else None)
+        data, info = load_data(cfg, device, log, stats)
     if len(data.x["train"]) < distributed.world():
         raise UserError(f"{len(data.x['train'])} training samples cannot be split over {distributed.world()} "
                         f"processes; use fewer processes")
-    model = build_model(cfg, len(info["channels"]), data.image_size).to(device)
-    steps_per_epoch = max(len(data.x["train"]) // (cfg.batch_size * distributed.world()), 1)
-    optimizer = build_optimizer(cfg, model, device)
-    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
-    state = TrainState()
-    if resume_from:
-        run_dir = Path(cfg.resume)
-        model.load_state_dict(resume_from["model"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        scheduler.load_state_dict(resume_from["scheduler"])
-        state = TrainState(**resume_from["train_state"])
-        torch.set_rng_state(resume_from["rng"])
-        if resume_from["cuda_rng"] and device.type == "cuda":
-            torch.cuda.set_rng_state_all(resume_from["cuda_rng"])
-        log(f"resuming {run_dir} after epoch {state.epoch}")
-    elif not main_rank:
-        run_dir = Path(cfg.out_dir)  # never written: only rank 0 creates a run folder
+    training = build_training(cfg, len(info["channels"]), data.image_size, len(data.x["train"]), device)
+    return Job(cfg, log, progress, main_rank, data, info, training, start)
+
+
+def restore(job: Job, resumed: Resumed | None) -> None:
+    """Continue `resumed` exactly where its last.pt stopped, or start a fresh run folder (rank 0)."""
+    cfg, training = job.cfg, job.training
+    if resumed:
+        job.run_dir, payload = resumed.run_dir, resumed.payload
+        training.model.load_state_dict(payload["model"])
+        training.optimizer.load_state_dict(payload["optimizer"])
+        training.scheduler.load_state_dict(payload["scheduler"])
+        job.state = TrainState(**payload["train_state"])
+        torch.set_rng_state(payload["rng"])
+        if payload["cuda_rng"] and job.data.x["train"].is_cuda:
+            torch.cuda.set_rng_state_all(payload["cuda_rng"])
+        job.log(f"resuming {job.run_dir} after epoch {job.state.epoch}")
+    elif not job.main_rank:
+        job.run_dir = Path(cfg.out_dir)  # never written: only rank 0 creates a run folder
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = fresh_directory(cfg.out_dir, f"{stamp}-{cfg.model}-{cfg.optimizer}-{cfg.loss}")
-        write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": info,
-                                             "environment": environment(device)})
+        job.run_dir = fresh_directory(cfg.out_dir, f"{stamp}-{cfg.model}-{cfg.optimizer}-{cfg.loss}")
+        write_json(job.run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": job.info,
+                                                 "environment": environment(job.data.x["train"].device)})
     if distributed.world() > 1:  # identical weights on every rank, but each rank its own dropout masks
-        torch.manual_seed(cfg.seed + 1_000_003 * (distributed.rank() + 1) + state.epoch)
-    log(f"run folder: {run_dir}  ({sum(p.numel() for p in model.parameters()):,} parameters, {device}, "
-        f"{steps_per_epoch} steps/epoch" + (f" on each of {distributed.world()} processes" if
-                                            distributed.world() > 1 else "") + ")")
+        torch.manual_seed(cfg.seed + 1_000_003 * (distributed.rank() + 1) + job.state.epoch)
+    if not resumed and job.main_rank:  # resumable from the first step on
+        save_torch(job.run_dir / "last.pt", checkpoint(training, job.state, cfg, job.data))
+    ranks = f" on each of {distributed.world()} processes" if distributed.world() > 1 else ""
+    job.log(f"run folder: {job.run_dir}  ({sum(p.numel() for p in training.model.parameters()):,} parameters, "
+            f"{job.data.x['train'].device}, {training.steps_per_epoch} steps/epoch{ranks})")
 
-    def on_epoch(st: TrainState, improved: bool) -> None:
-        if not main_rank:
+
+def train_run(job: Job) -> dict[str, Any]:
+    """fit, with last.pt and best.pt after every epoch; then finish. A divergence still predicts from the
+    best epoch when there is one; an interruption says how to resume."""
+    def on_epoch(state: TrainState, improved: bool) -> None:
+        if not job.main_rank:
             return
-        payload = checkpoint(model, optimizer, scheduler, st, cfg, data)
+        payload = checkpoint(job.training, state, job.cfg, job.data)
         if improved:
-            save_torch(run_dir / "best.pt", payload)
-        save_torch(run_dir / "last.pt", payload)
-        write_metrics_csv(run_dir / "metrics.csv", st.history)
+            save_torch(job.run_dir / "best.pt", payload)
+        save_torch(job.run_dir / "last.pt", payload)
+        write_metrics_csv(job.run_dir / "metrics.csv", state.history)
 
-    if not resume_from and main_rank:
-        save_torch(run_dir / "last.pt", checkpoint(model, optimizer, scheduler, state, cfg, data))
     try:
-        try:
-            fit(model, optimizer, scheduler, data, cfg, state, on_epoch, log, progress)
-        except Diverged as e:
-            if not main_rank:
-                raise
-            if not (run_dir / "best.pt").exists():
-                raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
-            finish(run_dir, model, cfg, data, info, state, start, log, diverged=str(e))
-            raise Diverged(f"{e}. Kept {run_dir}/best.pt (epoch {state.best_epoch}) and wrote the predictions "
-                           f"from it") from None
-        if not main_rank:
-            return {"rank": distributed.rank(), "epochs_run": state.epoch}
-        return finish(run_dir, model, cfg, data, info, state, start, log)
+        fit(job.training, job.data, job.cfg, job.state, on_epoch, job.log, job.progress)
+    except Diverged as e:
+        if not job.main_rank:
+            raise
+        if not (job.run_dir / "best.pt").exists():
+            raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
+        finish(job, diverged=str(e))
+        raise Diverged(f"{e}. Kept {job.run_dir}/best.pt (epoch {job.state.best_epoch}) and wrote the "
+                       f"predictions from it") from None
     except Interrupted as e:
-        raise ResumableInterrupt(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
-                                 f"python run_transformer.py --resume {run_dir}", e.signum) from None
+        raise ResumableInterrupt(f"{e}; {job.run_dir}/last.pt holds epoch {job.state.epoch}. Resume with: "
+                                 f"python run_transformer.py --resume {job.run_dir}", e.signum) from None
+    if not job.main_rank:
+        return {"rank": distributed.rank(), "epochs_run": job.state.epoch}
+    return finish(job)
 
 
-def finish(run_dir: Path, model, cfg: Config, data, info: dict, state: TrainState, start: float, log: Log,
-           diverged: str = "") -> dict[str, Any]:
+def finish(job: Job, diverged: str = "") -> dict[str, Any]:
     """Restore the best checkpoint, predict the test set, and write the curves and summary."""
+    run_dir, model, cfg, data, info, state = job.run_dir, job.training.model, job.cfg, job.data, job.info, job.state
     best = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
     final = state.history[-1] if state.history else {}
@@ -222,7 +224,7 @@ def finish(run_dir: Path, model, cfg: Config, data, info: dict, state: TrainStat
                "epochs_run": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": state.best_loss,
                "val_acc": best_row["val_acc"], "val_auc": best_row["val_auc"],
                "final_train_loss": final.get("train_loss"), "final_train_acc": final.get("train_acc"),
-               "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - start, 1),
+               "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - job.start, 1),
                "diverged": diverged}
     if data.y["test"] is not None:
         test = evaluate(model, data.x["test"], data.y["test"], tta_shifts(cfg))
@@ -230,12 +232,12 @@ def finish(run_dir: Path, model, cfg: Config, data, info: dict, state: TrainStat
     if "bayes_accuracy" in info:
         summary["bayes_accuracy"] = info["bayes_accuracy"]
     write_json(run_dir / "summary.json", summary)
-    log(f"best epoch {state.best_epoch}: val acc {summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
+    job.log(f"best epoch {state.best_epoch}: val acc {summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
         + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
         + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
         + f" | predictions: {run_dir}/predictions.txt and {cfg.predictions}")
     if learned_nothing(summary, data.y["valid"]):
-        log(nothing_learned_hint(cfg))
+        job.log(nothing_learned_hint(cfg))
     return summary
 
 
@@ -257,65 +259,20 @@ def learned_nothing(summary: dict[str, Any], y_valid: torch.Tensor) -> bool:
     return summary["val_acc"] <= majority + 1e-6 and abs(summary["val_auc"] - 0.5) < 0.1
 
 
-# ---- resume and predict ----------------------------------------------------------------------------------
+# ---- predict ---------------------------------------------------------------------------------------------
 
-def explicit_flags(argv: list[str]) -> dict[str, Any]:
-    """The options the user actually typed (defaults suppressed), as Config field names."""
-    parser = build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return vars(parser.parse_args(argv))
-
-
-# Stored in the optimizer and scheduler state: a resumed run would silently ignore a new value.
-OPTIMIZER_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "batch_size", "epochs")
-# Where and on what a resumed run writes, and how patient it is: safe to change. Anything else (loss, seed,
-# data, channels, dropout, precision, ...) would make the second half a different experiment.
-RESUMABLE_CHANGES = ("patience", "out_dir", "predictions", "device", "compile", "sync_bn", "resume", "predict",
-                     "input", "output")
-
-
-def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict]:
-    """The saved config with the flags typed now; refuses flags that would change the experiment."""
-    if not run_dir.is_dir():
-        raise UserError(f"--resume {run_dir} is not a run folder; pass a folder written by run_transformer.py")
-    payload = load_checkpoint(run_dir / "last.pt")
-    missing = sorted({"optimizer", "scheduler", "train_state", "rng", "cuda_rng"} - payload.keys())
-    try:
-        if missing:
-            raise TypeError(f"no {', '.join(missing)}")
-        saved = config_from_dict(payload["config"])
-        TrainState(**payload["train_state"])
-    except (TypeError, AttributeError, ValueError) as e:
-        raise UserError(f"{run_dir}/last.pt cannot be resumed ({e}); it is damaged or was not written by "
-                        f"run_transformer.py") from None
-    asked = dataclasses.replace(saved, **typed)
-    model = tuple(saved.model_fields())
-    other = tuple(f.name for f in dataclasses.fields(Config)
-                  if f.name not in (*model, *OPTIMIZER_FIELDS, *RESUMABLE_CHANGES))
-    for kind, fields in (("model settings", model), ("optimizer settings", OPTIMIZER_FIELDS),
-                         ("training settings", other)):
-        diff = {k: (getattr(saved, k), getattr(asked, k)) for k in fields if getattr(asked, k) != getattr(saved, k)}
-        if diff:
-            names = ", ".join(f"--{k.replace('_', '-')}: checkpoint {a!r} vs requested {b!r}"
-                              for k, (a, b) in diff.items())
-            raise UserError(f"cannot resume {run_dir}: the {kind} differ ({names}); drop those flags, or start "
-                            f"a new run with them")
-    return asked, payload
-
-
-def predict_file(cfg: Config, log: Log = print) -> Path:
+def predict_file(command: Command, device_name: str = "auto", log: Log = print) -> Path:
     """Classify --input with the best checkpoint of --predict RUN_DIR; writes 0/1 lines and a probability CSV."""
-    if not cfg.input:
+    if not command.input:
         raise UserError("--predict needs --input FILE.hdf5, the measurements to classify")
-    run_dir, source = Path(cfg.predict), Path(cfg.input)
+    run_dir, source = Path(command.predict), Path(command.input)
     payload = load_checkpoint(run_dir / "best.pt")
     saved = config_from_dict(payload["config"])
     stats = payload["stats"]
-    output = Path(cfg.output) if cfg.output else run_dir / f"predictions-{source.stem}.txt"
+    output = Path(command.output) if command.output else run_dir / f"predictions-{source.stem}.txt"
     csv_path = output.with_suffix(".csv")
-    if csv_path == output or output.is_dir() or str(cfg.output).endswith(("/", "\\")):
-        raise UserError(f"--output {cfg.output} must name a new text file such as predictions.txt (the "
+    if csv_path == output or output.is_dir() or command.output.endswith(("/", "\\")):
+        raise UserError(f"--output {command.output} must name a new text file such as predictions.txt (the "
                         f"probabilities go to a .csv beside it)")
     for path in (output, csv_path):
         if path.exists():
@@ -324,7 +281,7 @@ def predict_file(cfg: Config, log: Log = print) -> Path:
     if split.channels[stats["channels"][0]].shape[-1] != payload["image_size"]:
         raise UserError(f"{source} has {split.channels[stats['channels'][0]].shape[-1]}-pixel grids but the "
                         f"model was trained on {payload['image_size']}")
-    device = pick_device(cfg.device)
+    device = pick_device(device_name)
     model = build_model(saved, len(stats["channels"]), payload["image_size"]).to(device)
     model.load_state_dict(payload["model"])
     probs = predict_proba(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
@@ -334,55 +291,63 @@ def predict_file(cfg: Config, log: Log = print) -> Path:
     return output
 
 
-@contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise Interrupted at once (no traceback, atomic writes leave no partial file) while
-    data is read or generated and results are written; during training fit's StopFlag takes over."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
+# ---- command line ----------------------------------------------------------------------------------------
 
-    def handle(signum: int, frame) -> None:
-        raise Interrupted(signal_name(signum), signum)
-    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+@dataclass
+class Command:
+    """What to do instead of training a new run; kept apart from the experiment's settings (Config)."""
+    resume: str = ""
+    predict: str = ""
+    input: str = ""
+    output: str = ""
+
+
+def build_command_parser() -> Parser:
+    """Config's flags, then the command modes."""
+    parser = build_parser(__doc__)
+    modes = parser.add_argument_group("command modes (instead of training a new run)")
+    one = modes.add_mutually_exclusive_group()
+    one.add_argument("--resume", metavar="RUN_DIR", default="", help="continue the run in this folder from its "
+                     "last.pt; of the flags above only these may change: "
+                     + ", ".join(flag(name) for name in fields_with(CONTROL, EXECUTION, OUTPUT)))
+    one.add_argument("--predict", metavar="RUN_DIR", default="", help="classify --input with the best "
+                     "checkpoint of this run folder")
+    modes.add_argument("--input", metavar="FILE", default="", help="with --predict: the HDF5 file to classify")
+    modes.add_argument("--output", metavar="FILE", default="", help="with --predict: where to write the 0/1 "
+                       "predictions (a .csv of probabilities goes beside it; default: in the run folder)")
+    return parser
+
+
+def parse_command(argv: list[str]) -> tuple[dict[str, Any], Command]:
+    """The Config flags the user typed (defaults left out: --resume applies only those) and the command."""
+    parser = build_command_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    typed = vars(parser.parse_args(argv))
+    command = Command(**{name: typed.pop(name) for name in vars(Command()) if name in typed})
+    if (command.input or command.output) and not command.predict:
+        raise UserError("--input and --output go with --predict RUN_DIR (the run whose model classifies them)")
+    return typed, command
+
+
+def resume_hint(e: Interrupted) -> str:
+    return "" if isinstance(e, ResumableInterrupt) else "nothing to resume yet: run the same command again"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done, 2 bad input (one line), 3 diverged, 128 + signal number when interrupted."""
+    """Train, resume or predict; exit codes as in cli.exit_code."""
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        typed = explicit_flags(argv)
-        cfg = Config(**{**dataclasses.asdict(Config()), **typed})
-        with signals_interrupt():
-            if cfg.predict:
-                predict_file(cfg)
-                return 0
-            if cfg.resume:
-                cfg, payload = resume_config(Path(cfg.resume), typed)
-                run(cfg, resume_from=payload)
-            else:
-                run(cfg)
-        return 0
-    except UserError as e:  # printed by every rank that hits it: another rank may not know
-        prefix = "" if distributed.is_main() else f"[rank {distributed.rank()}] "
-        print(f"{prefix}error: {e}", file=sys.stderr)
-        return 2
-    except Diverged as e:
-        if distributed.is_main():
-            print(f"error: {e}", file=sys.stderr)
-        return 3
-    except Interrupted as e:
-        if distributed.is_main():
-            hint = "" if isinstance(e, ResumableInterrupt) else "; nothing to resume yet: run the same command again"
-            print(f"interrupted: {e}{hint}", file=sys.stderr)
-        return 128 + int(e.signum)
-    finally:
-        distributed.teardown()
+
+    def body() -> None:
+        typed, command = parse_command(argv)
+        if command.predict:
+            predict_file(command, typed.get("device", Config.device))
+        elif command.resume:
+            cfg, resumed = resume_config(Path(command.resume), typed)
+            run(cfg, resume_from=resumed)
+        else:
+            run(Config(**typed))
+    return exit_code(body, resume_hint)
 
 
 if __name__ == "__main__":

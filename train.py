@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +23,7 @@ from tqdm import tqdm
 import distributed
 from cnn import ReferenceCNN
 from config import Config, UserError
+from cpu_dropout import use_fast_cpu_dropout
 from data import DeviceData, epoch_batches
 from symmetry import augment_batch, view_averaged_logits
 from vision_transformer import VisionTransformer
@@ -61,8 +62,9 @@ def pick_device(name: str) -> torch.device:
 
 def build_model(cfg: Config, in_channels: int, image_size: int) -> nn.Module:
     if image_size % cfg.patch_size and cfg.model == "vit":
+        divisors = ", ".join(str(d) for d in range(1, image_size) if image_size % d == 0)
         raise UserError(f"--patch-size {cfg.patch_size} does not divide the image size {image_size}; "
-                        f"use a divisor such as {', '.join(str(d) for d in range(1, image_size) if image_size % d == 0)}")
+                        f"use a divisor such as {divisors}")
     if cfg.model == "cnn":
         if image_size % 4:
             raise UserError(f"--model cnn pools twice by 2, so the grid size must divide by 4 (got {image_size}); "
@@ -71,8 +73,8 @@ def build_model(cfg: Config, in_channels: int, image_size: int) -> nn.Module:
     if cfg.emb_dim % cfg.heads:
         raise UserError(f"--emb-dim {cfg.emb_dim} is not divisible by --heads {cfg.heads}")
     return VisionTransformer(in_channels, image_size, cfg.patch_size, cfg.emb_dim, cfg.depth, cfg.heads,
-                             cfg.mlp_dim, cfg.dropout, cfg.emb_dropout, cfg.patch_norm, cfg.block_norm,
-                             cfg.dropout_sampler, cfg.init, cfg.pool)
+                             cfg.mlp_dim, cfg.dropout, cfg.emb_dropout, cfg.patch_norm, cfg.block_norm, cfg.init,
+                             cfg.pool)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -135,6 +137,40 @@ def training_model(model: nn.Module, cfg: Config, device: torch.device, backend:
         mode = compile_mode(device) if backend == "inductor" else None
         step_model = torch.compile(step_model, backend=backend, mode=mode)
     return step_model
+
+
+def autocast_context(cfg: Config, device: torch.device) -> AbstractContextManager:
+    """bf16 autocast for --precision bf16, else nothing (fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
+
+
+@dataclass
+class Training:
+    """What the training loop needs, built in one place (build_training) for run_transformer and bench."""
+    model: nn.Module  # eager and unwrapped: evaluation and checkpoints
+    step_model: nn.Module  # what the training steps call (training_model's wrappers around `model`)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    steps_per_epoch: int  # per process
+    autocast: AbstractContextManager
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_training(cfg: Config, in_channels: int, image_size: int, n_train: int, device: torch.device
+                   ) -> Training:
+    """Model on `device`, optimizer, per-step schedule, autocast and loss for `n_train` training images.
+
+    --dropout-sampler fast switches the ViT's dropout to cpu_dropout's cheaper masks (CPU training only;
+    evaluation, CUDA and compiled steps are unaffected). The CNN keeps torch's dropout.
+    """
+    model = build_model(cfg, in_channels, image_size).to(device)
+    if cfg.model == "vit" and cfg.dropout_sampler == "fast":
+        use_fast_cpu_dropout(model)
+    steps_per_epoch = max(n_train // (cfg.batch_size * distributed.world()), 1)
+    optimizer = build_optimizer(cfg, model, device)
+    return Training(model, training_model(model, cfg, device), optimizer,
+                    build_scheduler(cfg, optimizer, steps_per_epoch), steps_per_epoch,
+                    autocast_context(cfg, device), training_loss(cfg))
 
 
 def tta_shifts(cfg: Config) -> int:
@@ -231,9 +267,10 @@ def all_finite(model: nn.Module) -> torch.Tensor:
     return torch.cat(tensors).isfinite().all() if tensors else torch.ones((), dtype=torch.bool, device=device)
 
 
-def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceData, cfg: Config, epoch: int,
-                stop: StopFlag, autocast, progress: bool) -> dict[str, float]:
+def train_epoch(training: Training, data: DeviceData, cfg: Config, epoch: int, stop: StopFlag, progress: bool
+                ) -> dict[str, float]:
     """One pass over the training set. Sums stay on the device until the end of the epoch."""
+    model, optimizer, scheduler = training.step_model, training.optimizer, training.scheduler
     x, y = data.x["train"], data.y["train"]
     batches = epoch_batches(len(x), cfg.batch_size, epoch, cfg.seed, x.device, distributed.rank(),
                             distributed.world())
@@ -255,9 +292,9 @@ def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceDat
         xb, yb = x[idx], y[idx]
         if cfg.augment:
             xb, yb = augment_batch(xb, yb)
-        with autocast:
+        with training.autocast:
             logits = model(xb).float().squeeze(1)
-        loss = loss_fn(logits, yb)
+        loss = training.loss_fn(logits, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -269,7 +306,7 @@ def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceDat
     sums, first_bad = distributed.sum_over_ranks(sums), distributed.min_over_ranks(first_bad)
     # A non-finite gradient in the last step leaves no bad loss behind: the weights are checked too, before
     # they can reach a checkpoint. All in the one host sync of the epoch.
-    finite = all_finite(model).to(sums.dtype)
+    finite = all_finite(training.model).to(sums.dtype)
     objective, hard_loss, correct, bad, weights_finite = torch.cat([sums, first_bad.view(1), finite.view(1)]).tolist()
     hint = f"the learning rate (--lr {cfg.lr:g}) is probably too high, try --lr {cfg.lr / 10:g}"
     if math.isfinite(bad):
@@ -281,24 +318,19 @@ def train_epoch(model: nn.Module, optimizer, scheduler, loss_fn, data: DeviceDat
     return {"train_objective": objective / count, "train_loss": hard_loss / count, "train_acc": correct / count}
 
 
-def fit(model: nn.Module, optimizer, scheduler, data: DeviceData, cfg: Config, state: TrainState,
+def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
         on_epoch: Callable[[TrainState, bool], None], log: Callable[[str], None] = print,
         progress: bool = False) -> TrainState:
     """Train until cfg.epochs or early stopping on validation log loss.
 
     After every epoch `on_epoch(state, improved)` saves checkpoints and metrics (the caller decides where).
     """
-    loss_fn = training_loss(cfg)
-    device = data.x["train"].device
-    use_bf16 = cfg.precision == "bf16"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    step_model = training_model(model, cfg, device)
+    model, device = training.model, data.x["train"].device
     with StopFlag() as stop:
         while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
             epoch = state.epoch
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-            row.update(train_epoch(step_model, optimizer, scheduler, loss_fn, data, cfg, epoch, stop, autocast,
-                                   progress))
+            row = {"epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"]}
+            row.update(train_epoch(training, data, cfg, epoch, stop, progress))
             distributed.sync_buffers(model)  # same BatchNorm statistics on every rank before evaluating
             val = distributed.from_main(evaluate(model, data.x["valid"], data.y["valid"], tta_shifts(cfg)), device)
             row.update({"val_loss": val["loss"], "val_acc": val["acc"], "val_auc": val["auc"]})

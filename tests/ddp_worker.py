@@ -20,9 +20,9 @@ def main() -> int:
     dump_dir, argv = Path(sys.argv[1]), sys.argv[2:]
     fit = run_transformer.fit
 
-    def fit_and_dump(model, *args, **kwargs):
-        state = fit(model, *args, **kwargs)
-        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    def fit_and_dump(training, *args, **kwargs):
+        state = fit(training, *args, **kwargs)
+        weights = {k: v.detach().cpu().clone() for k, v in training.model.state_dict().items()}
         torch.save(weights, dump_dir / f"rank{os.environ['RANK']}.pt")
         return state
 

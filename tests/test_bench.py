@@ -3,8 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from torch import nn
+
 import bench
 import train
+from config import Config
+from cpu_dropout import FastCPUDropout
 
 FAST = ["--device", "cpu", "--steps", "2", "--rounds", "1", "--warmup", "1", "--workers", "0",
         "--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32"]
@@ -15,10 +20,11 @@ def test_cpu_table_has_the_original_ours_and_the_sampler_split(tiny_benchmark: P
     real_build = train.build_model
 
     def recording_build(cfg, in_channels, image_size):
-        built.append(cfg.dropout_sampler)
-        return real_build(cfg, in_channels, image_size)
+        built.append(real_build(cfg, in_channels, image_size))
+        return built[-1]
 
-    monkeypatch.setattr(bench, "build_model", recording_build)
+    monkeypatch.setattr(bench, "build_model", recording_build)  # the FLOP count and the original style
+    monkeypatch.setattr(train, "build_model", recording_build)  # build_training: our styles
     assert bench.main([*FAST, "--data-dir", str(tiny_benchmark), "--batch-size", "32"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("original:", "ours"))]
@@ -26,9 +32,29 @@ def test_cpu_table_has_the_original_ours_and_the_sampler_split(tiny_benchmark: P
     assert rows[0].split()[-2] == "1.00x"  # ratios are relative to the original style
     assert all(line.split()[-2].endswith("x") and float(line.split()[-3].replace(",", "")) > 0 for line in rows)
     assert "MFLOP per image" in out and "batch" in out
-    # Models built in order: the FLOP count's (defaults), the original (torch's dropout, as the scientist's
-    # nn.Dropout), ours (the fast sampler), and the third row (torch's sampler again).
-    assert built == ["fast", "torch", "fast", "torch"], built
+    # Models built in order: the FLOP count's, the original (nn.Dropout, as the scientist's), ours (the fast CPU
+    # masks), and the third row (nn.Dropout again); all of the bench's ViT size.
+    dropouts = [{type(m) for m in model.modules() if isinstance(m, nn.Dropout)} for model in built[1:]]
+    assert dropouts == [{nn.Dropout}, {FastCPUDropout}, {nn.Dropout}], dropouts
+    assert all(model.embed.proj.out_channels == 16 and len(model.blocks) == 1 for model in built)
+
+
+def test_flags_shared_with_run_transformer_take_its_checks_and_the_bench_its_own_model():
+    args = bench.parse_args([])
+    assert (args.emb_dim, args.depth, args.mlp_dim, args.batch_size, args.precision) == (64, 3, 128, None, None)
+    assert args.heads == Config.heads and args.optimizer == Config.optimizer and args.data_dir == Config.data_dir
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--emb-dim", "0"], "error: argument --emb-dim: '0' is out of range for --emb-dim (must be > 0); see --help"),
+    (["--steps", "-1"], "error: argument --steps: '-1' is out of range for --steps (must be >= 0); see --help"),
+    (["--optimizer", "adam"], "error: argument --optimizer: invalid choice: 'adam' (choose from 'sgd', "
+                              "'adamw'); see --help"),
+    (["--target", "1.5"], "error: argument --target: '1.5' is not a list of accuracies in (0, 1] such as "
+                          "0.83,0.96; see --help")])
+def test_bad_flags_are_one_line_errors(argv, message, capsys):
+    assert bench.main(argv) == 2
+    assert capsys.readouterr().err == message + "\n"
 
 
 def test_a_batch_larger_than_the_training_set_is_one_line(tiny_benchmark: Path, capsys):

@@ -17,7 +17,8 @@ import torch
 import distributed
 from config import config_from_dict
 from data import epoch_batches
-from run_transformer import load_checkpoint, load_data
+from checkpoints import load_checkpoint
+from run_transformer import load_data
 from train import build_model, evaluate, tta_shifts
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from config import Config
 from data import load_splits, to_device
-from train import (TrainState, build_model, build_optimizer, build_scheduler, fit, parameter_groups, predict_proba,
-                   roc_auc, training_loss, tta_shifts)
+import train
+from train import (TrainState, build_model, build_optimizer, build_scheduler, build_training, fit, parameter_groups,
+                   predict_proba, roc_auc, training_loss, tta_shifts)
 
 
 def small_cfg(**kw) -> Config:
@@ -84,25 +85,42 @@ def test_roc_auc_matches_pairwise_definition_with_ties():
     assert roc_auc(p, y) == pytest.approx(sum(pairs) / len(pairs))
 
 
-def test_fit_learns_records_metrics_and_stops_early(tiny_benchmark):
-    cfg = small_cfg(optimizer="adamw", lr=3e-3, weight_decay=0.05, epochs=4, patience=2, seed=1)
-    data = to_device(load_splits(tiny_benchmark), ["density"], "cpu")
+def fit_tiny(benchmark, whiten: bool = True, on_epoch=lambda st, improved: None, **changes):
+    """fit on the tiny benchmark's density (whitened as by default); returns (state, training, data, cfg)."""
+    cfg = small_cfg(**{"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "epochs": 4, "patience": 2,
+                       "seed": 1, **changes})
+    data = to_device(load_splits(benchmark), ["density"], "cpu", whiten=whiten, symmetric=True)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, 1, 28)
-    opt = build_optimizer(cfg, model, torch.device("cpu"))
-    sched = build_scheduler(cfg, opt, len(data.x["train"]) // cfg.batch_size)
-    calls = []
-    state = fit(model, opt, sched, data, cfg, TrainState(), lambda st, imp: calls.append(imp), log=lambda s: None)
-    assert 1 <= state.epoch <= 4 and len(state.history) == state.epoch == len(calls)
-    row = state.history[0]
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "gap_acc", "gap_loss", "lr"):
-        assert math.isfinite(row[key]), key
+    training = build_training(cfg, 1, 28, len(data.x["train"]), torch.device("cpu"))
+    return fit(training, data, cfg, TrainState(), on_epoch, log=lambda s: None), training, data, cfg
+
+
+def test_fit_learns_and_records_consistent_metrics(tiny_benchmark):
+    state, training, data, cfg = fit_tiny(tiny_benchmark)
+    assert state.epoch == len(state.history) == 4
+    # 400 training images, 4 epochs: the classes separate (chance is 0.5), which they do not at initialisation
+    assert state.history[0]["val_auc"] < 0.85 and max(r["val_auc"] for r in state.history) > 0.95
+    row = state.history[-1]
     assert row["gap_acc"] == pytest.approx(row["train_acc"] - row["val_acc"])
+    assert row["gap_loss"] == pytest.approx(row["val_loss"] - row["train_loss"])
     assert state.best_loss == min(r["val_loss"] for r in state.history)
-    assert calls[0] is True  # the first epoch always improves on +inf
-    # validation loss is the log loss of the probabilities, whatever the training loss
-    p = predict_proba(model, data.x["valid"], tta_shifts(cfg))  # with the run's test-time views
-    assert state.history[-1]["val_loss"] == pytest.approx(F.binary_cross_entropy(p, data.y["valid"]).item(), rel=1e-4)
+    assert state.best_epoch == 1 + min(range(4), key=lambda i: state.history[i]["val_loss"])
+    # validation loss and accuracy are those of the probabilities (the run's test-time views), whatever the
+    # training loss
+    p = predict_proba(training.model, data.x["valid"], tta_shifts(cfg))
+    assert row["val_loss"] == pytest.approx(F.binary_cross_entropy(p, data.y["valid"]).item(), rel=1e-4)
+    assert row["val_acc"] == pytest.approx(((p > 0.5).float() == data.y["valid"]).float().mean().item())
+
+
+def test_fit_stops_after_patience_epochs_without_a_better_validation_loss(tiny_benchmark, monkeypatch):
+    """Scripted validation losses: better at epochs 1 and 2, then worse twice: with patience 2 fit stops after
+    epoch 4 of 10, and on_epoch hears which epochs improved."""
+    losses = iter([0.60, 0.50, 0.55, 0.51, 0.40, 0.30])
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: {"loss": next(losses), "acc": 0.5, "auc": 0.5})
+    improved = []
+    state, *_ = fit_tiny(tiny_benchmark, on_epoch=lambda st, imp: improved.append(imp), epochs=10, patience=2)
+    assert state.epoch == 4 and improved == [True, True, False, False]
+    assert (state.best_epoch, state.best_loss, state.bad_epochs) == (2, 0.50, 2)
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +137,8 @@ def requested_recipe_auc(benchmark, **changes) -> float:
     cfg = dataclasses.replace(Config(), loss="smooth", epochs=3, batch_size=64, seed=0, **changes)
     data = to_device(load_splits(benchmark), ["density"], "cpu", whiten=cfg.whiten)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, 1, 28)
-    opt = build_optimizer(cfg, model, torch.device("cpu"))
-    sched = build_scheduler(cfg, opt, len(data.x["train"]) // cfg.batch_size)
-    state = fit(model, opt, sched, data, cfg, TrainState(), lambda st, imp: None, log=lambda s: None)
+    training = build_training(cfg, 1, 28, len(data.x["train"]), torch.device("cpu"))
+    state = fit(training, data, cfg, TrainState(), lambda st, imp: None, log=lambda s: None)
     return max(row["val_auc"] for row in state.history)
 
 

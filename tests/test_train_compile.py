@@ -17,7 +17,7 @@ import torch
 import train
 from config import Config
 from data import DeviceData
-from train import TrainState, build_model, build_optimizer, build_scheduler, fit
+from train import TrainState, build_training, fit
 
 CFG = Config(emb_dim=16, depth=1, heads=2, mlp_dim=32, dropout=0.0, emb_dropout=0.0, block_norm="batch",
              batch_size=16, epochs=2)
@@ -35,12 +35,9 @@ def fit_tiny(device: str, compiled: bool) -> tuple[dict, list[dict]]:
     torch.manual_seed(0)
     cfg = dataclasses.replace(CFG, compile=compiled)
     data = tiny_data(device)
-    model = build_model(cfg, 1, 28).to(device)
-    optimizer = build_optimizer(cfg, model, torch.device(device))
-    scheduler = build_scheduler(cfg, optimizer, len(data.x["train"]) // cfg.batch_size)
-    state = fit(model, optimizer, scheduler, data, cfg, TrainState(), lambda st, improved: None,
-                log=lambda message: None)
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, state.history
+    training = build_training(cfg, 1, 28, len(data.x["train"]), torch.device(device))
+    state = fit(training, data, cfg, TrainState(), lambda st, improved: None, log=lambda message: None)
+    return {k: v.detach().cpu().clone() for k, v in training.model.state_dict().items()}, state.history
 
 
 def assert_compiled_fit_matches_eager(device: str, rtol: float, atol: float) -> None:

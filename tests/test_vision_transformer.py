@@ -3,13 +3,10 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cnn import ReferenceCNN
-import vision_transformer
-from vision_transformer import (Attention, Dropout, PatchEmbedding, TokenBatchNorm, VisionTransformer,
-                                fast_keep_mask)
+from vision_transformer import PatchEmbedding, TokenBatchNorm, VisionTransformer
 
 
 def test_patch_embedding_shapes_and_positions_follow_image_size():
@@ -35,9 +32,15 @@ def test_batchnorm_sits_after_conv_and_before_tokens_and_dropout_is_02():
     emb = PatchEmbedding()
     assert isinstance(emb.proj, nn.Conv2d) and emb.proj.stride == (4, 4) and emb.proj.kernel_size == (4, 4)
     assert isinstance(emb.norm, nn.BatchNorm2d) and emb.norm.num_features == 32
-    assert isinstance(emb.dropout, Dropout) and emb.dropout.p == 0.2
-    # The conv runs as a matmul over flattened patches: same numbers as Conv2d -> BatchNorm2d, in training
-    # (batch statistics, running statistics updated alike) and in eval mode.
+    assert type(emb.dropout) is nn.Dropout and emb.dropout.p == 0.2
+    # The modules run in the requested order, each once: hooks see Conv2d, then BatchNorm2d, then Dropout.
+    order = []
+    for name in ("proj", "norm", "dropout"):
+        getattr(emb, name).register_forward_hook(lambda module, args, out, name=name: order.append(name))
+    emb(torch.randn(2, 2, 28, 28))
+    assert order == ["proj", "norm", "dropout"]
+    # Same numbers as the request spelled out, in training (batch statistics, running statistics updated
+    # alike) and in eval mode.
     torch.manual_seed(0)
     with torch.no_grad():
         emb.norm.weight.uniform_(0.5, 1.5), emb.norm.bias.uniform_(-0.5, 0.5)
@@ -52,8 +55,37 @@ def test_batchnorm_sits_after_conv_and_before_tokens_and_dropout_is_02():
     torch.testing.assert_close(emb(images), reference_embedding(emb, reference_norm, images), rtol=1e-5, atol=1e-5)
 
 
-def test_patch_norm_none_reproduces_the_pre_change_model():
-    assert isinstance(PatchEmbedding(norm="none").norm, nn.Identity)
+def test_patch_norm_none_is_the_pre_change_model_whose_images_do_not_interact():
+    """Without BatchNorm (and with LayerNorm blocks) an image's output does not depend on the rest of its batch,
+    in training too; with the requested BatchNorm it does, through the batch statistics."""
+    torch.manual_seed(0)
+    emb = PatchEmbedding(norm="none", dropout=0.0)
+    images = torch.randn(8, 2, 28, 28)
+    torch.testing.assert_close(emb(images), reference_embedding(emb, nn.Identity(), images))
+    for patch_norm, independent in (("none", True), ("batch", False)):
+        model = VisionTransformer(in_channels=2, depth=2, dropout=0.0, emb_dropout=0.0, patch_norm=patch_norm)
+        assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == (not independent)
+        alone = torch.cat([model(images[i:i + 1]) for i in range(len(images))])
+        assert torch.allclose(model(images), alone, atol=1e-5) == independent, patch_norm
+
+
+def test_dropout_layers_are_nn_dropout_and_attention_is_one_sdpa_call(monkeypatch):
+    """Hooks, FLOP counters and MC-dropout habits find every dropout as nn.Dropout: one after the embedding
+    and two per block MLP; the attention weights' dropout is SDPA's, one call per block, in training too."""
+    model = VisionTransformer(in_channels=1, depth=3, dropout=0.1)
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert len(dropouts) == 1 + 2 * 3 and all(type(m) is nn.Dropout for m in dropouts)
+    assert [m.p for m in dropouts] == [0.2] + [0.1] * 6
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("dropout_p"))
+        return sdpa(*args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    model.train()(torch.randn(4, 1, 28, 28))
+    model.eval()(torch.randn(4, 1, 28, 28))
+    assert calls == [0.1] * 3 + [0.0] * 3
 
 
 def test_cls_and_position_init_is_small_truncated_normal():
@@ -97,57 +129,6 @@ def test_batchnorm_stats_and_dropout_change_only_in_train_mode(model_fn):
     c, d = model(x), model(x)
     assert not torch.equal(c, d), "dropout must be active in train mode"
     assert any(not torch.equal(bn.running_mean, m) for bn, m in zip(bns, before)), "train must update BN stats"
-
-
-@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
-def test_fast_keep_mask_drops_with_probability_p_in_every_word_position(p):
-    torch.manual_seed(0)
-    mask = fast_keep_mask(torch.Size([4 * 250_000]), p, torch.float32)
-    q = round(p * 2**16) / 2**16
-    assert mask.unique().tolist() == [0.0, pytest.approx(1 / (1 - q))]
-    # Each of the four 16-bit words of a 64-bit draw must be uniform: all positions drop at rate q.
-    dropped = (mask == 0).float().view(-1, 4).mean(0)
-    sigma = (q * (1 - q) / 250_000) ** 0.5
-    assert torch.all((dropped - q).abs() < 5 * sigma), dropped
-    assert abs(mask.mean().item() - 1) < 5 * sigma / (1 - q)  # unbiased: E[mask] = 1
-
-
-def test_fast_dropout_is_seeded_scaled_and_off_in_eval():
-    x = torch.randn(3, 50, 64)
-    fast = Dropout(0.2)
-    torch.manual_seed(1)
-    a = fast(x)
-    torch.manual_seed(1)
-    assert torch.equal(a, fast(x)), "same seed, same mask"
-    kept = a != 0
-    torch.testing.assert_close(a[kept], x[kept] / (1 - round(0.2 * 2**16) / 2**16))
-    assert 0.15 < 1 - kept.float().mean().item() < 0.25
-    fast.eval()
-    assert torch.equal(fast(x), x)
-
-
-@pytest.mark.parametrize("p", [0.2, 1e-6, 0.999995])
-def test_torch_sampler_and_unrepresentable_rates_are_torch_dropout(p):
-    x = torch.randn(4, 10, 8)
-    torch.manual_seed(2)
-    expected = F.dropout(x, p, True)
-    for module in (Dropout(p, "torch"), Dropout(p, "fast")):
-        torch.manual_seed(2)
-        same = torch.equal(module(x), expected)
-        # "fast" rounds p to 2**-16: 1e-6 and 0.999995 cannot be represented, so torch's sampler takes them.
-        assert same == (module.sampler == "torch" or p != 0.2)
-
-
-def test_attention_spelled_out_for_fast_dropout_equals_sdpa(monkeypatch):
-    torch.manual_seed(0)
-    attn = Attention(dim=64, heads=4, dropout=0.1)
-    x = torch.randn(5, 50, 64)
-    attn.eval()
-    expected = attn(x)  # SDPA, no dropout
-    # With every mask element 1, the training path (explicit softmax(qk^T/sqrt(d)) v) must give SDPA's numbers.
-    monkeypatch.setattr(vision_transformer, "fast_keep_mask", lambda shape, p, dtype: torch.ones(shape, dtype=dtype))
-    attn.train()
-    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def linear_weights(model: nn.Module) -> list[torch.Tensor]:

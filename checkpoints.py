@@ -1,0 +1,78 @@
+"""Checkpoints: what a run folder's best.pt and last.pt hold, reading them back, and the rules of --resume.
+
+A checkpoint holds the model, optimizer, scheduler and loop state, the resolved config, the input
+normalisation (stats) and the RNG states: enough to resume exactly, or to predict without the training data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from config import EXPERIMENT, MODEL, OPTIMIZER, Config, UserError, config_from_dict, fields_with, flag
+from data import DeviceData
+from train import Training, TrainState
+
+
+def checkpoint(training: Training, state: TrainState, cfg: Config, data: DeviceData) -> dict[str, Any]:
+    """Everything needed to resume exactly, or to predict without the training data."""
+    return {"model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
+            "scheduler": training.scheduler.state_dict(), "train_state": dataclasses.asdict(state),
+            "config": dataclasses.asdict(cfg), "stats": data.stats, "image_size": data.image_size,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path} not found; pass a run folder written by run_transformer.py")
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickles before failing: one line is enough
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise UserError(f"{path} is not a checkpoint written by run_transformer.py (or it is damaged)")
+    if not isinstance(payload, dict) or not {"model", "config", "stats"} <= payload.keys():
+        raise UserError(f"{path} is not a checkpoint written by run_transformer.py")
+    return payload
+
+
+@dataclass
+class Resumed:
+    """A run to continue: its folder and its last.pt (resume_config checked that they fit the config)."""
+    run_dir: Path
+    payload: dict[str, Any]
+
+
+# What a resumed run may change: its stopping patience, where and on what it runs, where it writes. The rest
+# (the network, the optimizer state, the experiment) is fixed by its last.pt.
+FIXED_ON_RESUME = {"model settings": fields_with(MODEL), "optimizer settings": fields_with(OPTIMIZER),
+                   "training settings": fields_with(EXPERIMENT)}
+
+
+def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, Resumed]:
+    """The saved config with the flags typed now; refuses flags that would change the experiment."""
+    if not run_dir.is_dir():
+        raise UserError(f"--resume {run_dir} is not a run folder; pass a folder written by run_transformer.py")
+    payload = load_checkpoint(run_dir / "last.pt")
+    missing = sorted({"optimizer", "scheduler", "train_state", "rng", "cuda_rng"} - payload.keys())
+    try:
+        if missing:
+            raise TypeError(f"no {', '.join(missing)}")
+        saved = config_from_dict(payload["config"])
+        TrainState(**payload["train_state"])
+    except (TypeError, AttributeError, ValueError) as e:
+        raise UserError(f"{run_dir}/last.pt cannot be resumed ({e}); it is damaged or was not written by "
+                        f"run_transformer.py") from None
+    asked = dataclasses.replace(saved, **typed)
+    for kind, names in FIXED_ON_RESUME.items():
+        diff = {k: (getattr(saved, k), getattr(asked, k)) for k in names if getattr(asked, k) != getattr(saved, k)}
+        if diff:
+            changes = ", ".join(f"{flag(k)}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+            raise UserError(f"cannot resume {run_dir}: the {kind} differ ({changes}); drop those flags, or start "
+                            f"a new run with them")
+    return asked, Resumed(run_dir, payload)
