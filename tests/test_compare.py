@@ -6,12 +6,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import compare
 import grid
 import run_transformer
-from config import Config
+from config import EXECUTION, OUTPUT, Config, fields_with
+from data import read_answer_key
 from report import write_metrics_csv
 from train import Interrupted
 
@@ -157,10 +159,16 @@ def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys):
     assert "| cnn | density | " in printed and "Bayes limit" in printed
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * (len(compare.QUICK.lr_grid["adamw"]) + compare.QUICK.seeds)
-    assert all(r["history"] and 0 <= r["summary"]["test_acc"] <= 1 for r in rows)
+    answers = read_answer_key(tiny_benchmark, 80)
+    for r in rows:  # each row holds its run's history and the accuracy of the predictions that run wrote
+        predicted = np.loadtxt(Path(r["summary"]["run_dir"]) / "predictions.txt", dtype=int)
+        assert len(r["history"]) == 1 and r["summary"]["test_acc"] == pytest.approx(np.mean(predicted == answers))
     report = list(csv.DictReader(open(out / "report.csv")))
     assert [r["variant"] for r in report] == ["cnn/with-date", "cnn/no-date"]
-    assert all(r["seeds"] == "2" and 0 <= float(r["test_acc_mean"]) <= 1 for r in report)
+    for line in report:  # the report's mean is over the seeds of the chosen rate
+        seeds = [r["summary"]["test_acc"] for r in rows if r["stage"] == "final" and r["variant"] == line["variant"]]
+        assert line["seeds"] == "2" and len(seeds) == 2
+        assert float(line["test_acc_mean"]) == pytest.approx(np.mean(seeds), abs=1e-4)
     for name in ("report.md", "figures/accuracy.png", "figures/curves_cnn_with-date.png",
                  "figures/curves_cnn_no-date.png"):
         assert (out / name).stat().st_size > 0, name
@@ -180,3 +188,14 @@ def test_runs_stored_before_init_and_pool_existed_keep_their_keys():
     assert probe("after@trunc02", 0.1) == "538285d2d6e9e228"
     assert probe("cnn", 1e-3) == "03745f3f8a3b9923"
     assert probe("before", 1e-3) != "68a6d6c8bdcfedcf" and probe("after", 0.1) != "538285d2d6e9e228"
+
+
+def test_a_run_is_identified_by_every_setting_except_how_and_where_it_is_computed():
+    """job_key follows config.py's roles: EXECUTION and OUTPUT fields leave a run's identity alone (a stored
+    result stands for any of their values), every other field makes it another run."""
+    from test_checkpoints import another_value
+    base = Config(init="trunc02", pool="cls", augment=False, tta=False, tta_shifts=2)
+    for f in dataclasses.fields(Config):
+        changed = dataclasses.replace(base, **{f.name: another_value(f, getattr(base, f.name))})
+        same = compare.job_key(changed) == compare.job_key(base)
+        assert same == (f.name in fields_with(EXECUTION, OUTPUT)), f.name

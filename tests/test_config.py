@@ -3,7 +3,8 @@ import dataclasses
 
 import pytest
 
-from config import Config, build_parser, config_from_dict, parse_config
+from config import (CONTROL, EXECUTION, MODEL, OPTIMIZER, OUTPUT, ROLES, Config, Parser, add_config_flags,
+                    build_parser, config_from_dict, fields_with, parse_config)
 
 
 def test_every_field_is_a_flag_with_help_and_the_same_default():
@@ -20,7 +21,8 @@ def test_request_defaults_and_flags():
     cfg = parse_config(["--loss", "smooth", "--optimizer", "adamw", "--channels", "density", "--no-compile"])
     assert (cfg.loss, cfg.optimizer, cfg.channels) == ("smooth", "adamw", "density")
     defaults = Config()
-    assert (defaults.optimizer, defaults.momentum, defaults.patch_norm, defaults.emb_dropout) == ("sgd", 0.9, "batch", 0.2)
+    assert (defaults.optimizer, defaults.momentum, defaults.patch_norm, defaults.emb_dropout) == \
+        ("sgd", 0.9, "batch", 0.2)
 
 
 @pytest.mark.parametrize("argv", [["--lr", "-1"], ["--smoothing", "1.0"], ["--smoothing", "-0.1"],
@@ -55,3 +57,31 @@ def test_defaults_train_the_requested_recipe_and_old_runs_keep_what_they_used():
         del saved[added]  # as written by runs before these options existed
     old = config_from_dict({**saved, "whiten": False})
     assert (old.init, old.pool, old.whiten, old.augment, old.tta) == ("trunc02", "cls", False, False, False)
+
+
+def test_every_field_has_one_role_and_the_derived_lists_split_the_fields():
+    roles = {f.name: f.metadata["role"] for f in dataclasses.fields(Config)}
+    assert set(roles.values()) <= set(ROLES)
+    assert sorted(sum((fields_with(r) for r in ROLES), ())) == sorted(roles)
+    assert fields_with(MODEL) == ("whiten", "model", "patch_size", "emb_dim", "depth", "heads", "mlp_dim",
+                                  "patch_norm", "block_norm", "pool")
+    assert fields_with(OPTIMIZER) == ("optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "epochs",
+                                      "batch_size")
+    assert fields_with(CONTROL, EXECUTION, OUTPUT) == ("dropout_sampler", "patience", "device", "compile",
+                                                       "sync_bn", "out_dir", "predictions")
+
+
+def test_add_config_flags_shares_checks_and_lets_an_entry_point_change_defaults(capsys):
+    parser = Parser()
+    add_config_flags(parser, ("emb_dim", "compile"), defaults={"emb_dim": 64}, notes={"emb_dim": "bench's ViT"})
+    assert vars(parser.parse_args([])) == {"emb_dim": 64, "compile": False}
+    assert vars(parser.parse_args(["--emb-dim", "8", "--compile"])) == {"emb_dim": 8, "compile": True}
+    help_text = {a.dest: a.help for a in parser._actions}
+    assert help_text["emb_dim"].endswith("; bench's ViT")
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--emb-dim", "-3"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == "error: argument --emb-dim: '-3' is out of range for --emb-dim (must be > " \
+                                      "0); see --help\n"
+    with pytest.raises(AssertionError, match="not Config fields"):
+        add_config_flags(Parser(), ("emb_dims",))

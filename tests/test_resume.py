@@ -65,8 +65,9 @@ def finished(proc: subprocess.Popen, log: Path, timeout: float = 120) -> tuple[i
     return rc, log.read_text()
 
 
-def wait_for_rows(run_parent: Path, k: int, proc: subprocess.Popen, timeout: float = 60) -> Path:
-    """Poll (no sleeps tied to speed) until the run's metrics.csv has k epochs; returns the run folder."""
+def wait_for_rows(run_parent: Path, k: int, proc: subprocess.Popen, timeout: float = 600) -> Path:
+    """Poll (no sleeps tied to speed) until the run's metrics.csv has k epochs; returns the run folder. The
+    timeout only guards against a hang."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         for run_dir in run_parent.glob("*"):
