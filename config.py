@@ -133,11 +133,6 @@ def fields_with(*roles: str) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(Config) if f.metadata["role"] in roles)
 
 
-def model_fields(cfg: Config) -> dict[str, Any]:
-    """The MODEL fields and their values: a checkpoint only loads into a model with the same ones."""
-    return {name: getattr(cfg, name) for name in fields_with(MODEL)}
-
-
 def flag(name: str) -> str:
     """The --flag of a Config field."""
     return "--" + name.replace("_", "-")

@@ -233,9 +233,9 @@ def finish(job: Job, diverged: str = "") -> dict[str, Any]:
         summary["bayes_accuracy"] = info["bayes_accuracy"]
     write_json(run_dir / "summary.json", summary)
     job.log(f"best epoch {state.best_epoch}: val acc {summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
-        + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
-        + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
-        + f" | predictions: {run_dir}/predictions.txt and {cfg.predictions}")
+            + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
+            + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
+            + f" | predictions: {run_dir}/predictions.txt and {cfg.predictions}")
     if learned_nothing(summary, data.y["valid"]):
         job.log(nothing_learned_hint(cfg))
     return summary
