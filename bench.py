@@ -245,7 +245,7 @@ def accuracies(text: str) -> list[float]:
 BENCH_DEFAULTS = {"emb_dim": 64, "depth": 3, "mlp_dim": 128, "batch_size": None, "precision": None}
 BENCH_NOTES = {"batch_size": "our loop's batch; here 4096 on CUDA and 128 on CPU unless given (128 also fits "
                "the CPU caches best)", "precision": "our loop; here bf16 on CUDA, fp32 on CPU unless given; the "
-               "original is fp32", "optimizer": "our loop's; the original trains with AdamW",
+               "original is fp32", "optimizer": "here: for our loop (the original trains with AdamW)",
                "data_dir": "train.hdf5 here, else the built-in benchmark in DATA_DIR/synthetic"}
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from config import EXPERIMENT, MODEL, OPTIMIZER, Config, UserError, config_from_dict, fields_with, flag
+from config import EXPERIMENT, MODEL, OPTIMIZER, SAMPLING, Config, UserError, config_from_dict, fields_with, flag
 from data import DeviceData
 from train import Training, TrainState
 
@@ -51,7 +51,7 @@ class Resumed:
 # What a resumed run may change: its stopping patience, where and on what it runs, where it writes. The rest
 # (the network, the optimizer state, the experiment) is fixed by its last.pt.
 FIXED_ON_RESUME = {"model settings": fields_with(MODEL), "optimizer settings": fields_with(OPTIMIZER),
-                   "training settings": fields_with(EXPERIMENT)}
+                   "training settings": fields_with(EXPERIMENT, SAMPLING)}
 
 
 def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, Resumed]:

@@ -48,7 +48,10 @@ def exit_code(body: Callable[[], int | None], interrupted_hint: Callable[[Interr
         with signals_interrupt():
             return body() or 0
     except SystemExit as e:  # from argparse: --help (0), or a one-line error about a flag (2)
-        return e.code if isinstance(e.code, int) else 2
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)  # sys.exit("message"), as Python itself would
+        return 1
     except UserError as e:
         prefix = "" if distributed.is_main() else f"[rank {distributed.rank()}] "
         print(f"{prefix}error: {e}", file=sys.stderr)

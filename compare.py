@@ -37,7 +37,7 @@ import torch
 import run_transformer
 import synthetic
 from cli import exit_code
-from config import (EXECUTION, OUTPUT, SAVED_BEFORE_ADDED, Config, HelpFormatter, Parser, UserError,
+from config import (EXECUTION, OUTPUT, SAMPLING, SAVED_BEFORE_ADDED, Config, HelpFormatter, Parser, UserError,
                     add_config_flags, checked, config_from_dict, fields_with, non_negative, positive)
 from data import load_splits, read_answer_key
 from fileio import write_text
@@ -48,10 +48,11 @@ from train import Diverged, Interrupted, pick_device
 
 
 def job_key(cfg: Config) -> str:
-    """Identity of a run: every setting that changes its result, not how it is computed or where it is written
-    (config.py's EXECUTION and OUTPUT roles). A setting at the value runs had before it existed is left out, so
-    stored runs keep their keys, and so are the ViT's init and pooling for the CNN, which has neither."""
-    ignored = fields_with(EXECUTION, OUTPUT) + (("init", "pool") if cfg.model == "cnn" else ())
+    """Identity of a run: every setting that changes its result, not how it is computed, how its random numbers
+    are drawn or where it is written (config.py's EXECUTION, SAMPLING and OUTPUT roles). A setting at the value
+    runs had before it existed is left out, so stored runs keep their keys, and so are the ViT's init and
+    pooling for the CNN, which has neither."""
+    ignored = fields_with(EXECUTION, SAMPLING, OUTPUT) + (("init", "pool") if cfg.model == "cnn" else ())
     fields = {k: v for k, v in dataclasses.asdict(cfg).items()
               if k not in ignored and SAVED_BEFORE_ADDED.get(k, object()) != v}
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

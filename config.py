@@ -3,7 +3,8 @@
 A flag and its default live in one place: `Config` below. Each field also carries one role tag, which says
 what a change of it means; the lists that checkpoints, --resume and compare.py's run identities need are
 derived from those tags (fields_with), so they cannot disagree. `build_parser` and `add_config_flags` turn
-fields into `--flags` with the field's help text, choices and range check, for every entry point.
+fields into `--flags` with the field's help text, choices and range check, for every entry point that shares
+them; `Parser` and `checked` give every parser one-line errors.
 """
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ MODEL = "model"  # the network and the input its weights expect: a checkpoint lo
 OPTIMIZER = "optimizer"  # kept in the optimizer and scheduler state: a resumed run cannot change it
 EXPERIMENT = "experiment"  # data, loss, regularisation, seed, precision: another value is another experiment
 CONTROL = "control"  # changes the result, so part of a run's identity, but a resumed run may change it
-EXECUTION = "execution"  # how the same experiment is computed (device, compiler, CPU dropout masks)
+EXECUTION = "execution"  # how the same experiment is computed (device, compiler): a resumed run may change it
+SAMPLING = "sampling"  # how random numbers are drawn: the same experiment in distribution, but a resumed run
+#                        keeps its random stream
 OUTPUT = "output"  # where the results are written
-ROLES = (MODEL, OPTIMIZER, EXPERIMENT, CONTROL, EXECUTION, OUTPUT)
+ROLES = (MODEL, OPTIMIZER, EXPERIMENT, CONTROL, EXECUTION, SAMPLING, OUTPUT)
 
 
 class UserError(Exception):
@@ -95,7 +98,7 @@ class Config:
                      "convention, with which SGD does not train this ViT)", choices=("torch", "xavier", "trunc02"))
     pool: str = _opt(MODEL, "cls", "what the ViT's head reads: the CLS token, or the mean of the patch tokens",
                      choices=("cls", "mean"))
-    dropout_sampler: str = _opt(EXECUTION, "fast", "how CPU training draws the ViT's dropout masks: fast "
+    dropout_sampler: str = _opt(SAMPLING, "fast", "how CPU training draws the ViT's dropout masks: fast "
                                 "(cpu_dropout.py: 16-bit random numbers, p rounded to 2**-16; a CPU step ~1.4x "
                                 "faster) or torch (nn.Dropout's own); CUDA always uses torch's fused kernels",
                                 choices=("fast", "torch"))

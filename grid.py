@@ -64,6 +64,8 @@ QUICK = Settings(("before", "after", "cnn"), epochs=4, probe_epochs=2, seeds=2,
                  lr_grid={"adamw": (1e-3, 3e-3), "sgd": (0.1, 0.5)})
 # --quick trains on a small instance of the built-in benchmark (same generator, 1/10 of the samples).
 QUICK_SIZES = synthetic.Sizes(1000, 1800, 250, 450, 250, 250)
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One configuration with one channel set."""

@@ -112,6 +112,7 @@ class Job:
     log: Log
     progress: bool
     main_rank: bool  # rank 0 alone (or a single process) prints and writes
+    device: torch.device  # this process's (cuda:LOCAL_RANK under torchrun on GPUs)
     data: DeviceData
     info: dict[str, Any]
     training: Training
@@ -145,7 +146,7 @@ def prepare(cfg: Config, log: Log, progress: bool | None, stats: dict | None) ->
         raise UserError(f"{len(data.x['train'])} training samples cannot be split over {distributed.world()} "
                         f"processes; use fewer processes")
     training = build_training(cfg, len(info["channels"]), data.image_size, len(data.x["train"]), device)
-    return Job(cfg, log, progress, main_rank, data, info, training, start)
+    return Job(cfg, log, progress, main_rank, device, data, info, training, start)
 
 
 def restore(job: Job, resumed: Resumed | None) -> None:
@@ -158,7 +159,7 @@ def restore(job: Job, resumed: Resumed | None) -> None:
         training.scheduler.load_state_dict(payload["scheduler"])
         job.state = TrainState(**payload["train_state"])
         torch.set_rng_state(payload["rng"])
-        if payload["cuda_rng"] and job.data.x["train"].is_cuda:
+        if payload["cuda_rng"] and job.device.type == "cuda":
             torch.cuda.set_rng_state_all(payload["cuda_rng"])
         job.log(f"resuming {job.run_dir} after epoch {job.state.epoch}")
     elif not job.main_rank:
@@ -167,14 +168,14 @@ def restore(job: Job, resumed: Resumed | None) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         job.run_dir = fresh_directory(cfg.out_dir, f"{stamp}-{cfg.model}-{cfg.optimizer}-{cfg.loss}")
         write_json(job.run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": job.info,
-                                                 "environment": environment(job.data.x["train"].device)})
+                                                 "environment": environment(job.device)})
     if distributed.world() > 1:  # identical weights on every rank, but each rank its own dropout masks
         torch.manual_seed(cfg.seed + 1_000_003 * (distributed.rank() + 1) + job.state.epoch)
     if not resumed and job.main_rank:  # resumable from the first step on
         save_torch(job.run_dir / "last.pt", checkpoint(training, job.state, cfg, job.data))
     ranks = f" on each of {distributed.world()} processes" if distributed.world() > 1 else ""
     job.log(f"run folder: {job.run_dir}  ({sum(p.numel() for p in training.model.parameters()):,} parameters, "
-            f"{job.data.x['train'].device}, {training.steps_per_epoch} steps/epoch{ranks})")
+            f"{job.device}, {training.steps_per_epoch} steps/epoch{ranks})")
 
 
 def train_run(job: Job) -> dict[str, Any]:
@@ -190,21 +191,22 @@ def train_run(job: Job) -> dict[str, Any]:
         write_metrics_csv(job.run_dir / "metrics.csv", state.history)
 
     try:
-        fit(job.training, job.data, job.cfg, job.state, on_epoch, job.log, job.progress)
-    except Diverged as e:
+        try:
+            fit(job.training, job.data, job.cfg, job.state, on_epoch, job.log, job.progress)
+        except Diverged as e:
+            if not job.main_rank:
+                raise
+            if not (job.run_dir / "best.pt").exists():
+                raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
+            finish(job, diverged=str(e))
+            raise Diverged(f"{e}. Kept {job.run_dir}/best.pt (epoch {job.state.best_epoch}) and wrote the "
+                           f"predictions from it") from None
         if not job.main_rank:
-            raise
-        if not (job.run_dir / "best.pt").exists():
-            raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
-        finish(job, diverged=str(e))
-        raise Diverged(f"{e}. Kept {job.run_dir}/best.pt (epoch {job.state.best_epoch}) and wrote the "
-                       f"predictions from it") from None
-    except Interrupted as e:
+            return {"rank": distributed.rank(), "epochs_run": job.state.epoch}
+        return finish(job)
+    except Interrupted as e:  # also while finish writes: last.pt is complete, so the run can be resumed
         raise ResumableInterrupt(f"{e}; {job.run_dir}/last.pt holds epoch {job.state.epoch}. Resume with: "
                                  f"python run_transformer.py --resume {job.run_dir}", e.signum) from None
-    if not job.main_rank:
-        return {"rank": distributed.rank(), "epochs_run": job.state.epoch}
-    return finish(job)
 
 
 def finish(job: Job, diverged: str = "") -> dict[str, Any]:
@@ -320,6 +322,7 @@ def build_command_parser() -> Parser:
 
 def parse_command(argv: list[str]) -> tuple[dict[str, Any], Command]:
     """The Config flags the user typed (defaults left out: --resume applies only those) and the command."""
+    build_command_parser().parse_args(argv)  # --help (with the defaults) and one-line errors
     parser = build_command_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS

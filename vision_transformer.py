@@ -139,8 +139,8 @@ def init_linear_layers(model: nn.Module, init: str) -> None:
 
     torch: nn.Linear's own fan-in uniform, std 1/sqrt(3 fan_in), 0.10 at width 32 (the default: SGD trains with
     it). xavier: Xavier-uniform, as the original ViT and pycls' SGD-trained ViTs. trunc02: truncated normal
-    std 0.02, the timm/DeiT convention for AdamW; at width 32 it is 5-9x below fan-in scale, and SGD, which
-    does not rescale gradients per parameter, then stays at the constant predictor (README: pitfalls).
+    std 0.02, the timm/DeiT convention for AdamW; at width 32 it is 4-6x below fan-in scale, and SGD, which
+    does not rescale gradients per parameter, then stays at the constant predictor (docs/evaluation.md).
     """
     assert init in INITS, f"unknown init {init!r}: use one of {INITS}"
     if init == "torch":

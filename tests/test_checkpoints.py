@@ -35,6 +35,8 @@ def saved_run(folder: Path, cfg: Config) -> Path:
 
 @pytest.mark.parametrize("f", dataclasses.fields(Config), ids=lambda f: f.name)
 def test_resume_accepts_exactly_the_control_execution_and_output_fields(f, tmp_path):
+    """The network, the optimizer state, the experiment and the random stream (the dropout masks) are fixed by
+    last.pt; patience, sync-bn, device, compile and the output paths may change."""
     run_dir = saved_run(tmp_path / "run", Config())
     change = {f.name: another_value(f)}
     if f.name in fields_with(CONTROL, EXECUTION, OUTPUT):

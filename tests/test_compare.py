@@ -12,7 +12,7 @@ import pytest
 import compare
 import grid
 import run_transformer
-from config import EXECUTION, OUTPUT, Config, fields_with
+from config import EXECUTION, OUTPUT, SAMPLING, Config, fields_with
 from data import read_answer_key
 from report import write_metrics_csv
 from train import Interrupted
@@ -191,11 +191,11 @@ def test_runs_stored_before_init_and_pool_existed_keep_their_keys():
 
 
 def test_a_run_is_identified_by_every_setting_except_how_and_where_it_is_computed():
-    """job_key follows config.py's roles: EXECUTION and OUTPUT fields leave a run's identity alone (a stored
-    result stands for any of their values), every other field makes it another run."""
+    """job_key follows config.py's roles: EXECUTION, SAMPLING and OUTPUT fields leave a run's identity alone (a
+    stored result stands for any of their values), every other field makes it another run."""
     from test_checkpoints import another_value
     base = Config(init="trunc02", pool="cls", augment=False, tta=False, tta_shifts=2)
     for f in dataclasses.fields(Config):
         changed = dataclasses.replace(base, **{f.name: another_value(f, getattr(base, f.name))})
         same = compare.job_key(changed) == compare.job_key(base)
-        assert same == (f.name in fields_with(EXECUTION, OUTPUT)), f.name
+        assert same == (f.name in fields_with(EXECUTION, SAMPLING, OUTPUT)), f.name

@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from config import (CONTROL, EXECUTION, MODEL, OPTIMIZER, OUTPUT, ROLES, Config, Parser, add_config_flags,
+from config import (CONTROL, EXECUTION, MODEL, OPTIMIZER, OUTPUT, ROLES, SAMPLING, Config, Parser, add_config_flags,
                     build_parser, config_from_dict, fields_with, parse_config)
 
 
@@ -67,8 +67,9 @@ def test_every_field_has_one_role_and_the_derived_lists_split_the_fields():
                                   "patch_norm", "block_norm", "pool")
     assert fields_with(OPTIMIZER) == ("optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "epochs",
                                       "batch_size")
-    assert fields_with(CONTROL, EXECUTION, OUTPUT) == ("dropout_sampler", "patience", "device", "compile",
-                                                       "sync_bn", "out_dir", "predictions")
+    assert fields_with(CONTROL, EXECUTION, OUTPUT) == ("patience", "device", "compile", "sync_bn", "out_dir",
+                                                       "predictions")
+    assert fields_with(SAMPLING) == ("dropout_sampler",)
 
 
 def test_add_config_flags_shares_checks_and_lets_an_entry_point_change_defaults(capsys):

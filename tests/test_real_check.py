@@ -1,5 +1,4 @@
 """real_check.py: the same trained run on the benchmark's test file and on the real one."""
-from pathlib import Path
 
 import run_transformer
 import real_check

@@ -137,7 +137,7 @@ def linear_weights(model: nn.Module) -> list[torch.Tensor]:
 
 def test_init_choices_set_the_linear_weight_scale():
     """torch: nn.Linear's fan-in uniform (std 1/sqrt(3 fan_in)); xavier: Xavier-uniform; trunc02: the DeiT
-    truncated normal, 5-9x smaller at width 32 (the scale at which SGD did not train)."""
+    truncated normal, 4-6x smaller at width 32 (the scale at which SGD did not train)."""
     torch.manual_seed(0)
     for init, expected_std in (("torch", lambda w: (3 * w.shape[1]) ** -0.5),
                                ("xavier", lambda w: (2 / sum(w.shape)) ** 0.5),
