@@ -77,6 +77,10 @@ class Config:
                      "patch; whitening then uses the symmetric filter too")
     tta_shifts: int = _opt(EXPERIMENT, 4, "with --tta: shifts per axis, spread evenly over one patch (2: by 0 and "
                            "half a patch; 2 x shifts^2 views in all)", check=positive)
+    epoch_views: str = _opt(EXPERIMENT, "pair", "views of the validation after every epoch, which picks the best "
+                            "epoch and stops early: pair (with --tta: the image and its transpose, 2 views) or all "
+                            "(the --tta-shifts views, 16x the cost); the best epoch's final validation and the "
+                            "test always use all views", choices=("pair", "all"))
     synthetic_seed: int = _opt(EXPERIMENT, 0, "seed of the built-in benchmark generator")
     # ---- model -------------------------------------------------------------------------------------------
     model: str = _opt(MODEL, "vit", "vit: the BatchNorm Vision Transformer; cnn: the scientist's reference CNN",
@@ -121,8 +125,9 @@ class Config:
     seed: int = _opt(EXPERIMENT, 0, "seed for initialisation, shuffling and dropout")
     # ---- hardware ----------------------------------------------------------------------------------------
     device: str = _opt(EXECUTION, "auto", "auto picks cuda when available", choices=("auto", "cpu", "cuda"))
-    precision: str = _opt(EXPERIMENT, "fp32", "bf16 autocast (CUDA) or fp32 (fastest on CPU)",
-                          choices=("fp32", "bf16"))
+    precision: str = _opt(EXPERIMENT, "auto", "bf16 autocast or fp32; auto: bf16 on CUDA and on CPUs with native "
+                          "bf16 (AVX512-BF16 or AMX), else fp32; the run's config records the choice",
+                          choices=("auto", "fp32", "bf16"))
     compile: bool = _opt(EXECUTION, False, "torch.compile the model (fixed-shape batches, no recompiles)")
     sync_bn: bool = _opt(CONTROL, False, "under torchrun: synchronise BatchNorm statistics across processes")
     # ---- outputs -----------------------------------------------------------------------------------------
@@ -206,7 +211,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
 # Settings added after runs were already saved, with the value those older runs actually used: a resumed old
 # run then continues exactly as it started.
 SAVED_BEFORE_ADDED = {"dropout_sampler": "torch", "init": "trunc02", "pool": "cls", "augment": False,
-                      "tta": False, "tta_shifts": 2}
+                      "tta": False, "tta_shifts": 2, "epoch_views": "all"}
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

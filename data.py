@@ -232,8 +232,15 @@ def log_density(split: RawSplit) -> np.ndarray:
     return np.log(density.astype(np.float64))
 
 
-def whitening_filter(train: RawSplit, symmetric: bool = False) -> np.ndarray:
-    """1/sqrt(mean power spectrum) of the training log-density, k = 0 removed (label-free, like a mean/std).
+def log_density_modes(split: RawSplit) -> torch.Tensor:
+    """The 2-D Fourier modes of each sample's log-density, (N, S, S) complex128 (torch's FFT: several times
+    faster than numpy's on these small grids, and threaded)."""
+    return torch.fft.fft2(torch.from_numpy(log_density(split)))
+
+
+def whitening_filter(train_modes: torch.Tensor, symmetric: bool = False) -> np.ndarray:
+    """1/sqrt(mean power spectrum) of the training log-density, k = 0 removed (label-free, like a mean/std);
+    `train_modes` from log_density_modes.
 
     The classes differ only at small scales, whose modes are thousands of times weaker than the large ones:
     dividing every Fourier mode by its typical amplitude gives each scale equal weight in the input.
@@ -241,7 +248,7 @@ def whitening_filter(train: RawSplit, symmetric: bool = False) -> np.ndarray:
     spectrum), so that whitening commutes with them: augmented or flipped views are whitened like real ones.
     The plain filter inherits the anisotropy of the training set's label mix (9/14 label 1).
     """
-    power = (np.abs(np.fft.fft2(log_density(train))) ** 2).mean(axis=0)
+    power = (train_modes.abs() ** 2).mean(dim=0).numpy()
     if symmetric:
         power = dihedral_mean(power)
     gain = np.zeros_like(power)
@@ -259,29 +266,50 @@ def dihedral_mean(spectrum: np.ndarray) -> np.ndarray:
     return np.mean(views, axis=0)
 
 
-def prepare_channel(name: str, split: RawSplit, gain: np.ndarray | None) -> np.ndarray:
-    """The model's view of one raw channel: whitened log-density when a gain is given, else as stored."""
+def whitened(modes: torch.Tensor, gain: np.ndarray) -> np.ndarray:
+    """Log-density with every Fourier mode scaled by `gain`, (N, S, S) float32."""
+    return torch.fft.ifft2(modes * torch.from_numpy(gain)).real.float().numpy()
+
+
+def prepare_channel(name: str, split: RawSplit, gain: np.ndarray | None,
+                    modes: torch.Tensor | None = None) -> np.ndarray:
+    """The model's view of one raw channel: whitened log-density when a gain is given, else as stored.
+    `modes`: the split's log_density_modes, when the caller has them already."""
     if name != "density" or gain is None:
         return split.channels[name]
-    return np.fft.ifft2(np.fft.fft2(log_density(split)) * gain).real.astype(np.float32)
+    return whitened(log_density_modes(split) if modes is None else modes, gain)
+
+
+def prepared_train(train: RawSplit, channels: list[str], whiten: bool = False, symmetric: bool = False
+                   ) -> tuple[dict, np.ndarray]:
+    """The training split as the model sees it, (N, C, S, S) before normalisation, and its statistics: per-channel
+    mean and std and the whitening gain (from the training split only; saved in checkpoints). The log-density
+    is transformed once, for the filter and the whitened images both."""
+    modes = log_density_modes(train) if whiten and "density" in channels else None
+    gain = None if modes is None else whitening_filter(modes, symmetric)
+    x = np.stack([prepare_channel(c, train, gain, modes) for c in channels], axis=1)
+    mean = [float(x[:, i].mean(dtype=np.float64)) for i in range(len(channels))]
+    std = [max(float(x[:, i].std(dtype=np.float64)), 1e-6) for i in range(len(channels))]
+    stats = {"channels": channels, "mean": mean, "std": std, "whiten": None if gain is None else gain.tolist()}
+    return stats, x
 
 
 def channel_stats(train: RawSplit, channels: list[str], whiten: bool = False, symmetric: bool = False) -> dict:
     """Per-channel mean and std (and the whitening gain) from the training split only (saved in checkpoints)."""
-    gain = whitening_filter(train, symmetric) if whiten and "density" in channels else None
-    prepared = [prepare_channel(c, train, gain) for c in channels]
-    mean = [float(v.mean(dtype=np.float64)) for v in prepared]
-    std = [max(float(v.std(dtype=np.float64)), 1e-6) for v in prepared]
-    return {"channels": channels, "mean": mean, "std": std, "whiten": None if gain is None else gain.tolist()}
+    return prepared_train(train, channels, whiten, symmetric)[0]
+
+
+def normalised(x: np.ndarray, stats: dict, device: torch.device | str) -> torch.Tensor:
+    """Prepared channels (N, C, S, S) minus the training mean, over the training std, as float32 on `device`."""
+    mean = np.asarray(stats["mean"], np.float32)[None, :, None, None]
+    std = np.asarray(stats["std"], np.float32)[None, :, None, None]
+    return torch.from_numpy((x - mean) / std).to(device)
 
 
 def to_tensor(split: RawSplit, stats: dict, device: torch.device | str) -> torch.Tensor:
     """(N, C, S, S) float32 on `device`, channels in `stats` order, prepared and normalised with training stats."""
     gain = None if stats.get("whiten") is None else np.asarray(stats["whiten"])
-    x = np.stack([prepare_channel(c, split, gain) for c in stats["channels"]], axis=1)
-    mean = np.asarray(stats["mean"], np.float32)[None, :, None, None]
-    std = np.asarray(stats["std"], np.float32)[None, :, None, None]
-    return torch.from_numpy((x - mean) / std).to(device)
+    return normalised(np.stack([prepare_channel(c, split, gain) for c in stats["channels"]], axis=1), stats, device)
 
 
 @dataclass
@@ -298,8 +326,12 @@ def to_device(splits: dict[str, RawSplit], channels: list[str], device: torch.de
               stats: dict | None = None, symmetric: bool = False) -> DeviceData:
     """Normalise with training statistics (or the saved `stats` of a checkpoint) and move every split to
     `device`. Test y is the answer key or None."""
-    stats = stats or channel_stats(splits["train"], channels, whiten, symmetric)
-    x = {name: to_tensor(split, stats, device) for name, split in splits.items()}
+    if stats is None:  # a new run: the training split's statistics, from the images they normalise
+        stats, train = prepared_train(splits["train"], channels, whiten, symmetric)
+        x = {"train": normalised(train, stats, device)}
+    else:
+        x = {"train": to_tensor(splits["train"], stats, device)}
+    x.update({name: to_tensor(split, stats, device) for name, split in splits.items() if name != "train"})
     y = {name: torch.from_numpy(split.labels).float().to(device) for name, split in splits.items()}
     y["test"] = None if test_labels is None else torch.from_numpy(test_labels).float().to(device)
     return DeviceData(x, y, stats, image_size=x["train"].shape[-1])

@@ -30,7 +30,7 @@ from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_co
 from fileio import check_writable, fingerprint, fresh_directory, save_torch, write_json
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
 from train import (Diverged, Interrupted, Training, TrainState, build_model, build_training, evaluate, fit,
-                   pick_device, predict_proba, tta_shifts)
+                   pick_device, predict_proba, resolve_precision, scores, tta_shifts)
 
 Log = Callable[[str], None]
 
@@ -134,6 +134,7 @@ def prepare(cfg: Config, log: Log, progress: bool | None, stats: dict | None) ->
     start = time.time()
     progress = sys.stderr.isatty() if progress is None else progress
     device = distributed.setup(pick_device(cfg.device), cfg.sync_bn)
+    cfg = resolve_precision(cfg, device)
     main_rank = distributed.is_main()
     if not main_rank:
         log, progress = (lambda message: None), False
@@ -215,8 +216,10 @@ def finish(job: Job, diverged: str = "") -> dict[str, Any]:
     best = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
     final = state.history[-1] if state.history else {}
-    best_row = state.history[best["train_state"]["epoch"] - 1]
-    probs = predict_proba(model, data.x["test"], tta_shifts(cfg)).cpu().numpy()
+    # the best epoch was picked by --epoch-views; its validation and test scores use all the test-time views
+    val = evaluate(model, data.x["valid"], data.y["valid"], tta_shifts(cfg))
+    p_test = predict_proba(model, data.x["test"], tta_shifts(cfg))
+    probs = p_test.cpu().numpy()
     write_predictions(run_dir / "predictions.txt", probs)
     write_probabilities(run_dir / "test_probabilities.csv", probs)
     write_predictions(cfg.predictions, probs)
@@ -224,12 +227,12 @@ def finish(job: Job, diverged: str = "") -> dict[str, Any]:
                 f"channels={','.join(info['channels'])}")
     summary = {"run_dir": str(run_dir), "data_source": info["source"], "channels": info["channels"],
                "epochs_run": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": state.best_loss,
-               "val_acc": best_row["val_acc"], "val_auc": best_row["val_auc"],
+               "val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"],
                "final_train_loss": final.get("train_loss"), "final_train_acc": final.get("train_acc"),
                "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - job.start, 1),
                "diverged": diverged}
     if data.y["test"] is not None:
-        test = evaluate(model, data.x["test"], data.y["test"], tta_shifts(cfg))
+        test = scores(p_test, data.y["test"])
         summary.update({"test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"]})
     if "bayes_accuracy" in info:
         summary["bayes_accuracy"] = info["bayes_accuracy"]

@@ -27,21 +27,35 @@ def test_cpu_table_has_the_original_ours_and_the_sampler_split(tiny_benchmark: P
     monkeypatch.setattr(train, "build_model", recording_build)  # build_training: our styles
     assert bench.main([*FAST, "--data-dir", str(tiny_benchmark), "--batch-size", "32"]) == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith(("original:", "ours"))]
-    assert len(rows) == 3, out
+    rows = [line for line in out.splitlines() if line.startswith(("original:", "ours", "the default recipe"))]
+    assert len(rows) == 4, out
     assert rows[0].split()[-2] == "1.00x"  # ratios are relative to the original style
     assert all(line.split()[-2].endswith("x") and float(line.split()[-3].replace(",", "")) > 0 for line in rows)
     assert "MFLOP per image" in out and "batch" in out
     # Models built in order: the FLOP count's, the original (nn.Dropout, as the scientist's), ours (the fast CPU
-    # masks), and the third row (nn.Dropout again); all of the bench's ViT size.
-    dropouts = [{type(m) for m in model.modules() if isinstance(m, nn.Dropout)} for model in built[1:]]
-    assert dropouts == [{nn.Dropout}, {FastCPUDropout}, {nn.Dropout}], dropouts
-    assert all(model.embed.proj.out_channels == 16 and len(model.blocks) == 1 for model in built)
+    # masks), and the third row (nn.Dropout again), all of the bench's ViT size; then the default recipe's
+    # (trained with the fast masks, and its FLOP count), of run_transformer's size.
+    dropouts = [{type(m) for m in model.modules() if isinstance(m, nn.Dropout)} for model in built[1:5]]
+    assert dropouts == [{nn.Dropout}, {FastCPUDropout}, {nn.Dropout}, {FastCPUDropout}], dropouts
+    assert all(model.embed.proj.out_channels == 16 and len(model.blocks) == 1 for model in built[:4])
+    default = Config()
+    assert all(model.embed.proj.out_channels == default.emb_dim and len(model.blocks) == default.depth
+               for model in built[4:]) and len(built) == 6
+
+
+def test_time_to_target_reports_validation_and_test_targets(tiny_benchmark: Path, capsys):
+    recipe = "--epochs 2 --emb-dim 16 --depth 1 --heads 2 --mlp-dim 32 --batch-size 32 --tta-shifts 1"
+    assert bench.main(["--time-to-target", "--device", "cpu", "--data-dir", str(tiny_benchmark),
+                       "--recipe", recipe, "--target", "0.01", "--test-target", "0.999"]) == 0
+    out = capsys.readouterr().out
+    assert "time to 1% validation: reached" in out and "at epoch 1" in out
+    assert "time to 100% test: not reached in 2 epochs" in out, out  # 0.999 is printed rounded
+    assert out.count("test acc ") == 2  # scored after each epoch
 
 
 def test_flags_shared_with_run_transformer_take_its_checks_and_the_bench_its_own_model():
     args = bench.parse_args([])
-    assert (args.emb_dim, args.depth, args.mlp_dim, args.batch_size, args.precision) == (64, 3, 128, None, None)
+    assert (args.emb_dim, args.depth, args.mlp_dim, args.batch_size, args.precision) == (64, 3, 128, None, "auto")
     assert args.heads == Config.heads and args.optimizer == Config.optimizer and args.data_dir == Config.data_dir
 
 

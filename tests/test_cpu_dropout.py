@@ -61,6 +61,23 @@ def test_attention_spelled_out_for_fast_dropout_equals_sdpa(monkeypatch):
     torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_training_attention_without_dropout_is_spelled_out_and_equals_sdpa_in_fp32_and_bf16(monkeypatch):
+    """Dropout 0: CPU training still takes the spelled-out path (SDPA's fused kernel is slow at head dim 8
+    under bf16), and computes SDPA's attention: exactly enough in fp32, within bf16 rounding under autocast
+    (8 significant bits: a relative error of a few 2**-9 on outputs of order 1)."""
+    torch.manual_seed(0)
+    attn = Attention(dim=32, heads=4, dropout=0.0)
+    x = torch.randn(5, 50, 32)
+    expected = attn(x)  # SDPA
+    use_fast_cpu_dropout(attn)
+    calls = []
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1))
+    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(attn(x).float(), expected, rtol=0.05, atol=0.03)
+    assert calls == [], "SDPA ran in CPU training"
+
+
 def test_switching_keeps_the_model_its_weights_and_its_eval_outputs():
     torch.manual_seed(0)
     model = VisionTransformer(in_channels=1, depth=2)

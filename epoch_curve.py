@@ -1,0 +1,78 @@
+"""Test accuracy against the number of epochs of the default recipe, and what the cheap per-epoch validation
+picks: for each schedule length and seed, one run whose every epoch is scored on validation with 2 views
+(--epoch-views pair, what picks the best epoch) and with all views, and on test with all views.
+
+    python epoch_curve.py --epochs 4 5 6 --seeds 0 1 2 --out results/speed/epoch_curve.jsonl
+
+Each finished (epochs, seed) appends one line to --out and is skipped when the command runs again, so an
+interrupted curve resumes. Other flags are the default recipe's (`--loss smooth`), as run_transformer.py's.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cli import exit_code
+from config import Config, Parser
+from run_transformer import load_data
+from train import (TrainState, build_training, epoch_shifts, evaluate, fit, pick_device, resolve_precision,
+                   tta_shifts)
+
+
+def curve_run(cfg: Config, device: torch.device, data) -> dict:
+    """Train cfg; every epoch's validation (pair and all views) and test (all views) scores."""
+    torch.manual_seed(cfg.seed)
+    training = build_training(cfg, len(data.stats["channels"]), data.image_size, len(data.x["train"]), device)
+    rows: list[dict] = []
+
+    def on_epoch(state: TrainState, improved: bool) -> None:
+        val_all = evaluate(training.model, data.x["valid"], data.y["valid"], tta_shifts(cfg))
+        test = evaluate(training.model, data.x["test"], data.y["test"], tta_shifts(cfg))
+        rows.append({"epoch": state.epoch, "val_loss_pair": state.history[-1]["val_loss"],
+                     "val_loss_all": val_all["loss"], "val_acc_all": val_all["acc"], "test_acc": test["acc"]})
+
+    start = time.time()
+    fit(training, data, cfg, TrainState(), on_epoch, log=lambda m: None)
+    best_pair = min(rows, key=lambda r: r["val_loss_pair"])
+    best_all = min(rows, key=lambda r: r["val_loss_all"])
+    return {"epochs": cfg.epochs, "seed": cfg.seed, "precision": cfg.precision, "epoch_shifts": epoch_shifts(cfg),
+            "best_epoch_pair": best_pair["epoch"], "best_epoch_all": best_all["epoch"],
+            "test_acc_pair": best_pair["test_acc"], "test_acc_all": best_all["test_acc"],
+            "train_s": round(time.time() - start, 1), "per_epoch": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[4, 5, 6])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    parser.add_argument("--out", type=Path, default=Path("results/speed/epoch_curve.jsonl"))
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        device = pick_device("auto")
+        base = resolve_precision(Config(loss="smooth", precision=args.precision), device)
+        data, _ = load_data(base, device, print)
+        done = set()
+        if args.out.exists():
+            done = {(r["epochs"], r["seed"], r["precision"]) for r in map(json.loads, args.out.read_text().splitlines())}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        for epochs in args.epochs:
+            for seed in args.seeds:
+                if (epochs, seed, base.precision) in done:
+                    continue
+                row = curve_run(dataclasses.replace(base, epochs=epochs, seed=seed), device, data)
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps({k: v for k, v in row.items() if k != "per_epoch"}), flush=True)
+    return exit_code(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
