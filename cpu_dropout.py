@@ -50,19 +50,24 @@ class FastCPUDropout(nn.Dropout):
 class FastCPUDropoutAttention(Attention):
     """Attention whose CPU training spells softmax(q k^T / sqrt(d)) v out (SDPA's own CPU path when dropout is
     on), so that the attention weights' dropout can take fast_keep_mask too. Without dropout it is spelled out
-    as well: at head dim 8 and 50 tokens SDPA's fused CPU kernel trained the default model 3.6x slower under
-    bf16 autocast (740 against 2,683 img/s, docs/speed.md)."""
+    as well, with the softmax in q's dtype: at head dim 8 and 50 tokens SDPA's fused CPU kernel trained the
+    default model 3.6x slower under bf16 autocast, and a float32 softmax 1.27x slower (docs/speed.md)."""
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if not (self.training and q.device.type == "cpu" and not torch.compiler.is_compiling()):
             return super().attend(q, k, v)
-        # softmax in fp32 as SDPA does, also under bf16 autocast; a no-op cast in fp32 training
-        weights = ((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)).softmax(dim=-1, dtype=torch.float32)
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
         if fast_mask_applies(q, self.dropout):
+            # softmax in fp32 as SDPA does, also under bf16 autocast, so that the mask's scale 1/(1-p) is exact
+            weights = scores.softmax(dim=-1, dtype=torch.float32)
             weights = weights * fast_keep_mask(weights.shape, self.dropout, weights.dtype)
-        elif self.dropout > 0:  # a rate 16-bit words cannot represent: torch's own dropout
-            weights = torch.nn.functional.dropout(weights, self.dropout)
-        return weights.to(v.dtype) @ v
+            return weights.to(v.dtype) @ v
+        if self.dropout > 0:  # a rate that 16-bit words cannot represent: torch's own dropout
+            return torch.nn.functional.dropout(scores.softmax(dim=-1, dtype=torch.float32), self.dropout).to(v.dtype) @ v
+        # no dropout: the softmax in the scores' dtype (the CPU kernel accumulates bf16 in fp32), outside autocast,
+        # which would otherwise compute it in fp32 and cast twice
+        with torch.autocast("cpu", enabled=False):
+            return scores.softmax(dim=-1) @ v
 
 
 FAST = {nn.Dropout: FastCPUDropout, Attention: FastCPUDropoutAttention}
