@@ -21,6 +21,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from config import UserError
 from fileio import atomic_write, write_json
@@ -171,7 +172,8 @@ def bayes_log_likelihood_ratio(density: np.ndarray) -> np.ndarray:
     grid = density.shape[-1]
     lam0, lam1, mask = _observed_spectra(grid)
     x = np.log(density.astype(np.float64))
-    power = np.abs(np.fft.fft2(x)) ** 2 / grid**2  # |X_k|^2 / N^2 has expectation lambda_k
+    # |X_k|^2 / N^2 has expectation lambda_k; torch's FFT: several times faster than numpy's on these grids
+    power = torch.fft.fft2(torch.from_numpy(x)).abs().square().numpy() / grid**2
     quad = (power * (1 / lam0 - 1 / lam1))[:, mask].sum(axis=1)
     return 0.5 * quad - 0.5 * np.log(lam1 / lam0)[mask].sum()
 
