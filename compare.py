@@ -40,7 +40,7 @@ from cli import exit_code
 from config import (EXECUTION, OUTPUT, SAMPLING, SAVED_BEFORE_ADDED, Config, HelpFormatter, Parser, UserError,
                     add_config_flags, checked, config_from_dict, fields_with, non_negative, positive)
 from data import load_splits, read_answer_key
-from fileio import write_text
+from fileio import append_text, write_text
 from compare_report import METRICS, mean_std, write_report
 from grid import (CHANNEL_SETS, CONFIGS, FULL, LR_GRID, PROBE_SEED, QUICK, QUICK_SIZES, Settings, Variant,
                   variants)
@@ -104,11 +104,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Train one (configuration, lr, seed) with run_transformer.run; returns the row for results.jsonl."""
     cfg = config_from_dict(job["config"])
     folder = Path(cfg.out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
 
     def log(message: str) -> None:
-        with open(folder / "log.txt", "a") as f:
-            f.write(message + "\n")
+        append_text(folder / "log.txt", message + "\n")
 
     try:
         summary = run_transformer.run(cfg, log=log, progress=False)
@@ -153,10 +151,7 @@ def load_results(path: Path) -> dict[str, dict[str, Any]]:
 
 def append_result(path: Path, row: dict[str, Any]) -> None:
     """One whole line per finished run, on disk before the next run is recorded."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_text(path, json.dumps(row, sort_keys=True) + "\n")
 
 
 def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path, jobs: int, threads: int,

@@ -27,7 +27,7 @@ from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build
                     fields_with, flag)
 from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_confounders, load_splits,
                   read_answer_key, read_split, to_device, to_tensor)
-from fileio import check_writable, fingerprint, fresh_directory, save_torch, write_json
+from fileio import WriteFailed, check_writable, fingerprint, fresh_directory, save_torch, write_json
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
 from train import (Diverged, Interrupted, Training, TrainState, build_model, build_training, evaluate, fit,
                    pick_device, predict_proba, tta_shifts)
@@ -207,6 +207,8 @@ def train_run(job: Job) -> dict[str, Any]:
     except Interrupted as e:  # also while finish writes: last.pt is complete, so the run can be resumed
         raise ResumableInterrupt(f"{e}; {job.run_dir}/last.pt holds epoch {job.state.epoch}. Resume with: "
                                  f"python run_transformer.py --resume {job.run_dir}", e.signum) from None
+    except WriteFailed as e:  # a full disk: the files being replaced, last.pt among them, are still complete
+        raise WriteFailed(f"{e}, then resume with: python run_transformer.py --resume {job.run_dir}") from None
 
 
 def finish(job: Job, diverged: str = "") -> dict[str, Any]:
