@@ -29,8 +29,8 @@ from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_co
                   read_answer_key, read_split, to_device, to_tensor)
 from fileio import WriteFailed, check_writable, fingerprint, fresh_directory, save_torch, write_json
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
-from train import (Diverged, Interrupted, Training, TrainState, build_model, build_training, evaluate, fit,
-                   pick_device, predict_proba, tta_shifts)
+from train import (Diverged, Interrupted, NonFinitePredictions, Training, TrainState, build_model, build_training,
+                   evaluate, fit, overflow_message, pick_device, predict_proba, tta_shifts)
 
 Log = Callable[[str], None]
 
@@ -207,6 +207,10 @@ def train_run(job: Job) -> dict[str, Any]:
     except Interrupted as e:  # also while finish writes: last.pt is complete, so the run can be resumed
         raise ResumableInterrupt(f"{e}; {job.run_dir}/last.pt holds epoch {job.state.epoch}. Resume with: "
                                  f"python run_transformer.py --resume {job.run_dir}", e.signum) from None
+    except NonFinitePredictions as e:  # in finish: the best epoch's model overflows on the test split
+        where = f"the model of {job.run_dir}/best.pt (epoch {job.state.best_epoch}) diverges on the test split"
+        raise Diverged(f"{overflow_message(e, where, job.cfg.lr)}. Kept best.pt and last.pt; no predictions were "
+                       f"written") from None
     except WriteFailed as e:  # a full disk: the files being replaced, last.pt among them, are still complete
         raise WriteFailed(f"{e}, then resume with: python run_transformer.py --resume {job.run_dir}") from None
 
@@ -288,7 +292,11 @@ def predict_file(command: Command, device_name: str = "auto", log: Log = print) 
     device = pick_device(device_name)
     model = build_model(saved, len(stats["channels"]), payload["image_size"]).to(device)
     model.load_state_dict(payload["model"])
-    probs = predict_proba(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
+    try:
+        probs = predict_proba(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
+    except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output
+        where = f"the model of {run_dir}/best.pt diverges on {source}"
+        raise Diverged(f"{overflow_message(e, where, saved.lr)}; nothing was written") from None
     write_predictions(output, probs)
     write_probabilities(csv_path, probs)
     log(f"{len(probs)} predictions ({int((probs > 0.5).sum())} new state) -> {output} and {csv_path}")

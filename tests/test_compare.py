@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import compare
 import grid
 import run_transformer
+import train
 from config import EXECUTION, OUTPUT, SAMPLING, Config, fields_with
 from data import read_answer_key
 from report import write_metrics_csv
@@ -139,6 +141,27 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
                                      "--max-minutes", "1e-9"]) == 0
     assert fourth.calls == [], "--max-minutes: no new run once the time is up"
     assert "Incomplete grid" in (out / "report.md").read_text()
+
+
+def test_a_run_whose_validation_overflows_is_recorded_as_diverged(tiny_benchmark: Path, tmp_path: Path,
+                                                                  monkeypatch):
+    """Finite weights whose validation predictions are NaN: the grid records a divergence and goes on (it used to
+    end in a traceback from the log loss of NaN probabilities)."""
+    evaluate = train.evaluate
+
+    def overflowing(model, *args, **kwargs):
+        hook = model.register_forward_hook(lambda module, inputs, out: torch.full_like(out, float("nan")))
+        try:
+            return evaluate(model, *args, **kwargs)
+        finally:
+            hook.remove()
+    monkeypatch.setattr(train, "evaluate", overflowing)
+    job = compare.make_job(compare.Variant("cnn", "no-date"), "probe", 1e-3, compare.PROBE_SEED, 1,
+                           Config(data_dir=str(tiny_benchmark), device="cpu"), tmp_path / "out")
+    row = compare.run_job(job)
+    assert row["summary"]["diverged"].startswith("training diverged at epoch 1 on the validation split: 100 of 100 "
+                                                 "predictions are NaN or infinite"), row
+    assert row["history"] == []
 
 
 def test_bad_arguments_are_one_line_errors(tiny_benchmark: Path, tmp_path: Path, capsys):
