@@ -102,6 +102,15 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
     return {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": h.hexdigest()}
 
 
+def changed_files(recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:
+    """Paths of the files, matched by key, whose size or SHA-256 differ between two sets of fingerprint()s, or
+    that only one of the sets has."""
+    def same(a: dict | None, b: dict | None) -> bool:
+        return a is not None and b is not None and (a["bytes"], a["sha256"]) == (b["bytes"], b["sha256"])
+    return [(current.get(key) or recorded[key])["path"] for key in sorted(recorded.keys() | current.keys())
+            if not same(recorded.get(key), current.get(key))]
+
+
 def fresh_directory(parent: str | Path, name: str) -> Path:
     """Create parent/name, or parent/name-2, -3, ... : an existing run folder is never reused."""
     parent = Path(parent)

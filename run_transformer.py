@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import platform
 import sys
 import time
@@ -27,7 +28,8 @@ from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build
                     fields_with, flag)
 from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_confounders, load_splits,
                   read_answer_key, read_split, to_device, to_tensor)
-from fileio import WriteFailed, check_writable, fingerprint, fresh_directory, save_torch, write_json
+from fileio import (WriteFailed, changed_files, check_writable, fingerprint, fresh_directory, save_torch,
+                    write_json)
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
 from train import (Diverged, Interrupted, NonFinitePredictions, Training, TrainState, build_model, build_training,
                    evaluate, fit, overflow_message, pick_device, predict_proba, tta_shifts)
@@ -74,13 +76,41 @@ def load_data(cfg: Config, device: torch.device, log: Log, stats: dict | None = 
     # augmentation and view averaging need a whitening filter that commutes with the symmetries they use
     data = to_device(splits, channels, device, test_labels, cfg.whiten, stats, symmetric=cfg.augment or cfg.tta)
     info = {"data_dir": str(data_dir), "source": source, "channels": channels, "confounders": confounders,
-            "files": {name: fingerprint(data_dir / f) for name, f in SPLIT_FILES.items()},
+            "files": data_files(data_dir, answers=test_labels is not None),
             "sizes": {name: len(s) for name, s in splits.items()}}
-    if test_labels is not None:  # the answer key behind the test metrics is data this run used, too
-        info["files"]["test_answers"] = fingerprint(data_dir / ANSWER_FILE)
     if source == "synthetic":
         info["bayes_accuracy"] = bayes_limit(splits, test_labels)
     return data, info
+
+
+def data_files(data_dir: Path, answers: bool) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of each split file, and of the answer key when the test metrics use it: data the run
+    used, too."""
+    files = {name: fingerprint(data_dir / f) for name, f in SPLIT_FILES.items()}
+    if answers:
+        files["test_answers"] = fingerprint(data_dir / ANSWER_FILE)
+    return files
+
+
+def recorded_data(run_dir: Path) -> dict[str, Any]:
+    """What run_dir/config.json records about the data the run read: data_dir, source, channels, files."""
+    try:
+        data = json.loads((run_dir / "config.json").read_text())["data"]
+        if isinstance(data.get("files"), dict):
+            return data
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    raise UserError(f"{run_dir}/config.json, the record of the data the run read, is missing or damaged; start a "
+                    f"new run")
+
+
+def check_same_data(run_dir: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Resume only on the data the run started with: its whitening filter, statistics and history belong to it."""
+    changed = changed_files(recorded_data(run_dir)["files"], files)
+    if changed:
+        raise UserError(f"cannot resume {run_dir}: {changed[0]} changed since the run started (its size or SHA-256 "
+                        f"differs from config.json), so the run would mix two data sets; restore that file, or "
+                        f"start a new run")
 
 
 def environment(device: torch.device) -> dict[str, str]:
@@ -154,6 +184,7 @@ def restore(job: Job, resumed: Resumed | None) -> None:
     cfg, training = job.cfg, job.training
     if resumed:
         job.run_dir, payload = resumed.run_dir, resumed.payload
+        check_same_data(job.run_dir, job.info["files"])
         training.model.load_state_dict(payload["model"])
         training.optimizer.load_state_dict(payload["optimizer"])
         training.scheduler.load_state_dict(payload["scheduler"])

@@ -4,8 +4,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ import run_transformer
 import train
 from config import EXECUTION, OUTPUT, SAMPLING, Config, fields_with
 from data import read_answer_key
+from fileio import write_json
 from report import write_metrics_csv
 from train import Interrupted
 
@@ -92,6 +95,9 @@ class FakeRun:
         self.calls.append((cfg.model, cfg.optimizer, cfg.loss, cfg.channels, cfg.lr, cfg.seed, cfg.epochs))
         run_dir = Path(cfg.out_dir) / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = Path(cfg.data_dir)  # the record of the data read, as run_transformer writes it
+        write_json(run_dir / "config.json", {"data": {"data_dir": str(data_dir),
+                                                      "files": run_transformer.data_files(data_dir, answers=True)}})
         loss = 0.6 + abs(cfg.lr - 1e-3) + 0.01 * cfg.seed  # 1e-3 is the best rate
         write_metrics_csv(run_dir / "metrics.csv", [
             {"epoch": e + 1, "train_loss": loss - 0.1 * e, "val_loss": loss, "train_acc": 0.7, "val_acc": 0.8}
@@ -141,6 +147,28 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
                                      "--max-minutes", "1e-9"]) == 0
     assert fourth.calls == [], "--max-minutes: no new run once the time is up"
     assert "Incomplete grid" in (out / "report.md").read_text()
+
+
+def test_a_grid_refuses_to_continue_on_changed_data(tiny_benchmark: Path, tmp_path: Path, monkeypatch, capsys):
+    """After one sample of train.hdf5 changed, rerunning the command would skip the finished runs (same keys) and
+    report runs on the old and the new data as one experiment. One line naming the file, exit 2, nothing run."""
+    data, out = Path(shutil.copytree(tiny_benchmark, tmp_path / "data")), tmp_path / "out"
+    argv = ["--only", "before", "--data-dir", str(data), "--out-dir", str(out), "--epochs", "1", "--seeds", "1",
+            "--lrs", "adamw=0.001", "--device", "cpu"]
+    monkeypatch.setattr(run_transformer, "run", FakeRun())
+    assert compare.main(argv) == 0
+    results = (out / "results.jsonl").read_text()
+    with h5py.File(data / "train.hdf5", "a") as h5:
+        h5["density"][0] = h5["density"][1]
+    again = FakeRun()
+    monkeypatch.setattr(run_transformer, "run", again)
+    capsys.readouterr()
+    assert compare.main(argv) == 2 and again.calls == []
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {out / 'results.jsonl'} holds runs on other data: {data / 'train.hdf5'} "
+                          f"changed since"), err
+    assert (out / "results.jsonl").read_text() == results
 
 
 def test_a_run_whose_validation_overflows_is_recorded_as_diverged(tiny_benchmark: Path, tmp_path: Path,

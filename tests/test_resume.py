@@ -10,12 +10,14 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 
@@ -191,6 +193,34 @@ def test_last_pt_holds_all_state_and_resuming_a_finished_run_appends_nothing(tin
     assert run_transformer.main(["--resume", str(run_dir)]) == 0
     assert (run_dir / "metrics.csv").read_text() == before
     assert len(list((tmp_path / "runs").iterdir())) == 1  # resume writes into the same folder, no new one
+
+
+def test_resume_refuses_a_run_whose_data_changed(tiny_data, tmp_path, monkeypatch, capsys):
+    """Interrupted after epoch 1, then one sample of train.hdf5 changed: the resumed epochs would train on other
+    data than the run's whitening filter, statistics and history. One line naming the file, exit 2, the run
+    folder untouched; with the file restored, the run resumes."""
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    evaluate = train.evaluate
+
+    def evaluate_then_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # caught by fit's StopFlag: the run stops after this epoch
+        return evaluate(*args, **kwargs)
+    monkeypatch.setattr(train, "evaluate", evaluate_then_ctrl_c)
+    assert run_transformer.main(cli(data, tmp_path, "--epochs", "2")) == 130
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    run_dir = only_run(tmp_path)
+    original = (data / "train.hdf5").read_bytes()
+    with h5py.File(data / "train.hdf5", "a") as h5:
+        h5["density"][0] = h5["density"][1]
+    saved = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    capsys.readouterr()
+    assert run_transformer.main(["--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: cannot resume {run_dir}: {data / 'train.hdf5'} changed since the run started"), err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == saved
+    (data / "train.hdf5").write_bytes(original)
+    assert run_transformer.main(["--resume", str(run_dir)]) == 0 and len(rows(run_dir)) == 2
 
 
 def test_a_run_saved_before_init_pool_and_views_existed_predicts_and_resumes_as_it_ran(tiny_data, tmp_path,
