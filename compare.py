@@ -40,7 +40,7 @@ from cli import exit_code
 from config import (EXECUTION, OUTPUT, SAMPLING, SAVED_BEFORE_ADDED, Config, HelpFormatter, Parser, UserError,
                     add_config_flags, checked, config_from_dict, fields_with, non_negative, positive)
 from data import load_splits, read_answer_key
-from fileio import write_text
+from fileio import append_text, changed_files, write_text
 from compare_report import METRICS, mean_std, write_report
 from grid import (CHANNEL_SETS, CONFIGS, FULL, LR_GRID, PROBE_SEED, QUICK, QUICK_SIZES, Settings, Variant,
                   variants)
@@ -104,11 +104,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Train one (configuration, lr, seed) with run_transformer.run; returns the row for results.jsonl."""
     cfg = config_from_dict(job["config"])
     folder = Path(cfg.out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
 
     def log(message: str) -> None:
-        with open(folder / "log.txt", "a") as f:
-            f.write(message + "\n")
+        append_text(folder / "log.txt", message + "\n")
 
     try:
         summary = run_transformer.run(cfg, log=log, progress=False)
@@ -151,12 +149,32 @@ def load_results(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def check_same_data(results: Path, data_dir: Path) -> None:
+    """Refuse to continue a grid whose finished runs read other contents of data_dir: they would be skipped, and
+    the report would mix two data sets. Each run's config.json records the files it read."""
+    current: dict[bool, dict[str, Any]] = {}  # by whether the runs used the answer key: each hashed once
+    for row in load_results(results).values():
+        if "run_dir" not in row["summary"]:  # a divergence before the first epoch: no run folder to read
+            continue
+        run_dir = Path(row["summary"]["run_dir"])
+        try:
+            seen = run_transformer.recorded_data(run_dir)
+        except UserError:  # no record to compare with: the run folder was moved away
+            continue
+        if seen.get("data_dir") != str(data_dir):
+            continue  # another --data-dir: other run keys, never mixed in
+        answers = "test_answers" in seen["files"]
+        if answers not in current:
+            current[answers] = run_transformer.data_files(data_dir, answers)
+        changed = changed_files(seen["files"], current[answers])
+        if changed:
+            raise UserError(f"{results} holds runs on other data: {changed[0]} changed since {run_dir} read it; "
+                            f"pass another --out-dir to start a grid on this data (or restore the file)")
+
+
 def append_result(path: Path, row: dict[str, Any]) -> None:
     """One whole line per finished run, on disk before the next run is recorded."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_text(path, json.dumps(row, sort_keys=True) + "\n")
 
 
 def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path, jobs: int, threads: int,
@@ -334,6 +352,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
         rows = load_results(out / "results.jsonl")
     else:  # generates the built-in benchmark once, here, rather than in racing workers
         resolved, _ = run_transformer.resolve_data_dir(base, log=lambda m: None)
+        check_same_data(out / "results.jsonl", resolved)
         print(f"{len(chosen)} variants (configuration x channel set) on {resolved}, {device}, {jobs} parallel "
               f"run(s); results in {out}/")
         deadline = start + 60 * args.max_minutes if args.max_minutes > 0 else 0.0

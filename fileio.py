@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -23,24 +23,36 @@ def _reason(path: Path, e: OSError) -> str:
     return f"{blocker} is a file, not a folder" if blocker else (e.strerror or str(e))
 
 
-def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write through `write(file)` into a temporary file beside `path`, fsync, then rename over `path`."""
+class WriteFailed(UserError):
+    """A file could not be written (a full disk, a folder in the way); the old file, if any, is unchanged."""
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write through `write(buffer)` into memory, then into a temporary file beside `path`, fsync, and rename it
+    over `path`.
+
+    Serialising into memory first keeps the disk out of the libraries' hands: torch.save, h5py and PIL turn a
+    failed write (a full disk) into their own RuntimeError or SystemError, which cannot be told from a bug; a
+    failed write of our own is an OSError, and becomes one WriteFailed line.
+    """
     path = Path(path)
+    buffer = io.BytesIO()
+    write(buffer)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise UserError(f"cannot write {path}: {_reason(path, e)}; choose a writable folder (e.g. --out-dir)")
+        raise WriteFailed(f"cannot write {path}: {_reason(path, e)}; choose a writable folder (e.g. --out-dir)")
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the usual permissions
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:  # a full disk, or `path` is a folder: the old file (if any) is left as it was
         Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {_reason(path, e)}; choose another path or free some space")
+        raise WriteFailed(f"cannot write {path}: {_reason(path, e)}; free some space or choose another path")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -59,6 +71,28 @@ def save_torch(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def append_text(path: str | Path, text: str) -> Path:
+    """Append `text` to `path` and fsync, so that a record is on disk before the next is written. A failed write
+    (a full disk) is one WriteFailed line, and the part of `text` that was written is cut off again: no torn
+    record is left for the next one to be glued to."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab", buffering=0) as f:
+            start = f.seek(0, os.SEEK_END)
+            try:
+                rest = memoryview(text.encode())
+                while rest:
+                    rest = rest[f.write(rest):]
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(start)
+                raise
+    except OSError as e:
+        raise WriteFailed(f"cannot write {path}: {_reason(path, e)}; free some space or choose another path")
+    return path
+
+
 def fingerprint(path: str | Path) -> dict[str, Any]:
     """Size and SHA-256 of a file: recorded in config.json so a run names exactly the data it saw."""
     h = hashlib.sha256()
@@ -66,6 +100,15 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": h.hexdigest()}
+
+
+def changed_files(recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:
+    """Paths of the files, matched by key, whose size or SHA-256 differ between two sets of fingerprint()s, or
+    that only one of the sets has."""
+    def same(a: dict | None, b: dict | None) -> bool:
+        return a is not None and b is not None and (a["bytes"], a["sha256"]) == (b["bytes"], b["sha256"])
+    return [(current.get(key) or recorded[key])["path"] for key in sorted(recorded.keys() | current.keys())
+            if not same(recorded.get(key), current.get(key))]
 
 
 def fresh_directory(parent: str | Path, name: str) -> Path:

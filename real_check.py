@@ -21,7 +21,8 @@ from cli import exit_code
 from config import HelpFormatter, Parser, checked, config_from_dict, non_negative
 from data import read_answer_key, read_split, to_tensor
 from checkpoints import load_checkpoint
-from train import build_model, pick_device, predict_proba, tta_shifts
+from train import (Diverged, NonFinitePredictions, build_model, overflow_message, pick_device, predict_proba,
+                   tta_shifts)
 
 REAL_TEST_FILE = Path(__file__).resolve().parent.parent / "shared" / "gasdata" / "test_no_labels.hdf5"
 
@@ -38,7 +39,10 @@ def describe(model, payload: dict, path: Path, device: torch.device, sample: int
         keep = np.sort(np.random.default_rng(0).permutation(len(split))[:sample])
         split.channels = {k: v[keep] for k, v in split.channels.items()}
         answers = None if answers is None else answers[keep]
-    p = predict_proba(model, to_tensor(split, stats, device), tta_shifts(cfg) if views is None else views)
+    try:
+        p = predict_proba(model, to_tensor(split, stats, device), tta_shifts(cfg) if views is None else views)
+    except NonFinitePredictions as e:
+        raise Diverged(overflow_message(e, f"the model diverges on {path}", cfg.lr)) from None
     p = p.cpu().numpy()
     bayes = synthetic.bayes_predict(split.channels["density"])
     out = {"n": len(p), "agree_with_bayes": float(((p > 0.5) == bayes).mean()),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import platform
 import sys
 import time
@@ -27,10 +28,12 @@ from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build
                     fields_with, flag)
 from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_confounders, load_splits,
                   read_answer_key, read_split, to_device, to_tensor)
-from fileio import check_writable, fingerprint, fresh_directory, save_torch, write_json
+from fileio import (WriteFailed, changed_files, check_writable, fingerprint, fresh_directory, save_torch,
+                    write_json)
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
-from train import (Diverged, Interrupted, Training, TrainState, build_model, build_training, evaluate, fit,
-                   pick_device, predict_proba, resolve_precision, scores, tta_shifts)
+from train import (Diverged, Interrupted, NonFinitePredictions, Training, TrainState, build_model, build_training,
+                   evaluate, fit, overflow_message, pick_device, predict_proba, resolve_precision, scores,
+                   tta_shifts)
 
 Log = Callable[[str], None]
 
@@ -74,13 +77,41 @@ def load_data(cfg: Config, device: torch.device, log: Log, stats: dict | None = 
     # augmentation and view averaging need a whitening filter that commutes with the symmetries they use
     data = to_device(splits, channels, device, test_labels, cfg.whiten, stats, symmetric=cfg.augment or cfg.tta)
     info = {"data_dir": str(data_dir), "source": source, "channels": channels, "confounders": confounders,
-            "files": {name: fingerprint(data_dir / f) for name, f in SPLIT_FILES.items()},
+            "files": data_files(data_dir, answers=test_labels is not None),
             "sizes": {name: len(s) for name, s in splits.items()}}
-    if test_labels is not None:  # the answer key behind the test metrics is data this run used, too
-        info["files"]["test_answers"] = fingerprint(data_dir / ANSWER_FILE)
     if source == "synthetic":
         info["bayes_accuracy"] = bayes_limit(splits, test_labels)
     return data, info
+
+
+def data_files(data_dir: Path, answers: bool) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of each split file, and of the answer key when the test metrics use it: data the run
+    used, too."""
+    files = {name: fingerprint(data_dir / f) for name, f in SPLIT_FILES.items()}
+    if answers:
+        files["test_answers"] = fingerprint(data_dir / ANSWER_FILE)
+    return files
+
+
+def recorded_data(run_dir: Path) -> dict[str, Any]:
+    """What run_dir/config.json records about the data the run read: data_dir, source, channels, files."""
+    try:
+        data = json.loads((run_dir / "config.json").read_text())["data"]
+        if isinstance(data.get("files"), dict):
+            return data
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    raise UserError(f"{run_dir}/config.json, the record of the data the run read, is missing or damaged; start a "
+                    f"new run")
+
+
+def check_same_data(run_dir: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Resume only on the data the run started with: its whitening filter, statistics and history belong to it."""
+    changed = changed_files(recorded_data(run_dir)["files"], files)
+    if changed:
+        raise UserError(f"cannot resume {run_dir}: {changed[0]} changed since the run started (its size or SHA-256 "
+                        f"differs from config.json), so the run would mix two data sets; restore that file, or "
+                        f"start a new run")
 
 
 def environment(device: torch.device) -> dict[str, str]:
@@ -155,6 +186,7 @@ def restore(job: Job, resumed: Resumed | None) -> None:
     cfg, training = job.cfg, job.training
     if resumed:
         job.run_dir, payload = resumed.run_dir, resumed.payload
+        check_same_data(job.run_dir, job.info["files"])
         training.model.load_state_dict(payload["model"])
         training.optimizer.load_state_dict(payload["optimizer"])
         training.scheduler.load_state_dict(payload["scheduler"])
@@ -208,6 +240,13 @@ def train_run(job: Job) -> dict[str, Any]:
     except Interrupted as e:  # also while finish writes: last.pt is complete, so the run can be resumed
         raise ResumableInterrupt(f"{e}; {job.run_dir}/last.pt holds epoch {job.state.epoch}. Resume with: "
                                  f"python run_transformer.py --resume {job.run_dir}", e.signum) from None
+    except NonFinitePredictions as e:  # in finish: the best epoch's model overflows on all views or on test
+        where = (f"the model of {job.run_dir}/best.pt (epoch {job.state.best_epoch}) diverges on the validation "
+                 f"split's test-time views or on the test split")
+        raise Diverged(f"{overflow_message(e, where, job.cfg.lr)}. Kept best.pt and last.pt; no predictions were "
+                       f"written") from None
+    except WriteFailed as e:  # a full disk: the files being replaced, last.pt among them, are still complete
+        raise WriteFailed(f"{e}, then resume with: python run_transformer.py --resume {job.run_dir}") from None
 
 
 def finish(job: Job, diverged: str = "") -> dict[str, Any]:
@@ -289,7 +328,11 @@ def predict_file(command: Command, device_name: str = "auto", log: Log = print) 
     device = pick_device(device_name)
     model = build_model(saved, len(stats["channels"]), payload["image_size"]).to(device)
     model.load_state_dict(payload["model"])
-    probs = predict_proba(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
+    try:
+        probs = predict_proba(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
+    except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output
+        where = f"the model of {run_dir}/best.pt diverges on {source}"
+        raise Diverged(f"{overflow_message(e, where, saved.lr)}; nothing was written") from None
     write_predictions(output, probs)
     write_probabilities(csv_path, probs)
     log(f"{len(probs)} predictions ({int((probs > 0.5).sum())} new state) -> {output} and {csv_path}")

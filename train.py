@@ -33,7 +33,11 @@ EVAL_BATCH = 2048
 
 
 class Diverged(Exception):
-    """A non-finite loss: training stops, the best checkpoint so far is kept."""
+    """A non-finite loss, weights or predictions: training stops, the best checkpoint so far is kept."""
+
+
+class NonFinitePredictions(Diverged):
+    """Finite weights whose forward pass overflows: some predictions are NaN or infinite."""
 
 
 class Interrupted(Exception):
@@ -46,6 +50,16 @@ class Interrupted(Exception):
 
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
+
+
+def lr_advice(lr: float) -> str:
+    """What to try after a divergence, wherever it shows: in training, evaluation or prediction."""
+    return f"the learning rate (--lr {lr:g}) is probably too high, try --lr {lr / 10:g}"
+
+
+def overflow_message(e: NonFinitePredictions, where: str, lr: float) -> str:
+    """One line for predictions that overflow: where, how many, and the advice for a divergence."""
+    return f"{where}: {e}; {lr_advice(lr)}"
 
 
 # ---- building blocks -------------------------------------------------------------------------------------
@@ -208,7 +222,10 @@ def epoch_shifts(cfg: Config) -> int:
 @torch.no_grad()
 def predict_proba(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = EVAL_BATCH) -> torch.Tensor:
     """Probabilities of label 1, (N,), in eval mode, in fixed-size chunks (the last one padded); tta > 0: from
-    the logit averaged over symmetry.tta_views (the image and its transpose at tta x tta shifts in a patch)."""
+    the logit averaged over symmetry.tta_views (the image and its transpose at tta x tta shifts in a patch).
+
+    Raises NonFinitePredictions when a logit is NaN or infinite: finite weights can still overflow in the
+    forward pass, and a NaN probability would turn into a silent 0 in the predictions or a crash in log_loss."""
     patch = getattr(getattr(model, "embed", None), "patch_size", 4)  # the CNN: shifts within 4 pixels
     forward = (lambda images: view_averaged_logits(model, images, patch, tta)) if tta else model
     was_training = model.training
@@ -219,9 +236,14 @@ def predict_proba(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = 
         n = len(chunk)
         if n < batch and len(x) > batch:  # keep shapes fixed so a compiled model never recompiles
             chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
-        out.append(torch.sigmoid(forward(chunk).float().squeeze(1)[:n]))
+        out.append(forward(chunk).float().squeeze(1)[:n])
     model.train(was_training)
-    return torch.cat(out)
+    logits = torch.cat(out)
+    bad = int((~torch.isfinite(logits)).sum())  # one sync per call; every caller reads the result anyway
+    if bad:
+        raise NonFinitePredictions(f"{bad} of {len(logits)} predictions are NaN or infinite (the forward pass "
+                                   f"overflows)")
+    return torch.sigmoid(logits)
 
 
 def log_loss(p: torch.Tensor, y: torch.Tensor) -> float:
@@ -254,6 +276,16 @@ def scores(p: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tta: int = 0) -> dict[str, float]:
     return scores(predict_proba(model, x, tta), y)
+
+
+def validate(model: nn.Module, data: DeviceData, cfg: Config, epoch: int) -> dict[str, float]:
+    """evaluate on the validation split with the --epoch-views views; predictions that overflow there are a
+    divergence of this epoch."""
+    try:
+        return evaluate(model, data.x["valid"], data.y["valid"], epoch_shifts(cfg))
+    except NonFinitePredictions as e:
+        raise Diverged(overflow_message(e, f"training diverged at epoch {epoch + 1} on the validation split",
+                                        cfg.lr)) from None
 
 
 # ---- the loop --------------------------------------------------------------------------------------------
@@ -337,7 +369,7 @@ def train_epoch(training: Training, data: DeviceData, cfg: Config, epoch: int, s
     # they can reach a checkpoint. All in the one host sync of the epoch.
     finite = all_finite(training.model).to(sums.dtype)
     objective, hard_loss, correct, bad, weights_finite = torch.cat([sums, first_bad.view(1), finite.view(1)]).tolist()
-    hint = f"the learning rate (--lr {cfg.lr:g}) is probably too high, try --lr {cfg.lr / 10:g}"
+    hint = lr_advice(cfg.lr)
     if math.isfinite(bad):
         raise Diverged(f"training diverged at epoch {epoch + 1}, step {int(bad) + 1} of {len(batches)}: the "
                        f"loss became NaN or infinite (or the gradient of the step before did); {hint}")
@@ -361,7 +393,7 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
             row = {"epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"]}
             row.update(train_epoch(training, data, cfg, epoch, stop, progress))
             distributed.sync_buffers(model)  # same BatchNorm statistics on every rank before evaluating
-            val = distributed.from_main(evaluate(model, data.x["valid"], data.y["valid"], epoch_shifts(cfg)), device)
+            val = distributed.from_main(validate(model, data, cfg, epoch), device)
             row.update({"val_loss": val["loss"], "val_acc": val["acc"], "val_auc": val["auc"]})
             row["gap_acc"] = row["train_acc"] - row["val_acc"]
             row["gap_loss"] = row["val_loss"] - row["train_loss"]

@@ -4,16 +4,21 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
+import torch
 
 import compare
 import grid
 import run_transformer
+import train
 from config import EXECUTION, OUTPUT, SAMPLING, Config, fields_with
 from data import read_answer_key
+from fileio import write_json
 from report import write_metrics_csv
 from train import Interrupted
 
@@ -90,6 +95,9 @@ class FakeRun:
         self.calls.append((cfg.model, cfg.optimizer, cfg.loss, cfg.channels, cfg.lr, cfg.seed, cfg.epochs))
         run_dir = Path(cfg.out_dir) / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = Path(cfg.data_dir)  # the record of the data read, as run_transformer writes it
+        write_json(run_dir / "config.json", {"data": {"data_dir": str(data_dir),
+                                                      "files": run_transformer.data_files(data_dir, answers=True)}})
         loss = 0.6 + abs(cfg.lr - 1e-3) + 0.01 * cfg.seed  # 1e-3 is the best rate
         write_metrics_csv(run_dir / "metrics.csv", [
             {"epoch": e + 1, "train_loss": loss - 0.1 * e, "val_loss": loss, "train_acc": 0.7, "val_acc": 0.8}
@@ -141,6 +149,49 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
     assert "Incomplete grid" in (out / "report.md").read_text()
 
 
+def test_a_grid_refuses_to_continue_on_changed_data(tiny_benchmark: Path, tmp_path: Path, monkeypatch, capsys):
+    """After one sample of train.hdf5 changed, rerunning the command would skip the finished runs (same keys) and
+    report runs on the old and the new data as one experiment. One line naming the file, exit 2, nothing run."""
+    data, out = Path(shutil.copytree(tiny_benchmark, tmp_path / "data")), tmp_path / "out"
+    argv = ["--only", "before", "--data-dir", str(data), "--out-dir", str(out), "--epochs", "1", "--seeds", "1",
+            "--lrs", "adamw=0.001", "--device", "cpu"]
+    monkeypatch.setattr(run_transformer, "run", FakeRun())
+    assert compare.main(argv) == 0
+    results = (out / "results.jsonl").read_text()
+    with h5py.File(data / "train.hdf5", "a") as h5:
+        h5["density"][0] = h5["density"][1]
+    again = FakeRun()
+    monkeypatch.setattr(run_transformer, "run", again)
+    capsys.readouterr()
+    assert compare.main(argv) == 2 and again.calls == []
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {out / 'results.jsonl'} holds runs on other data: {data / 'train.hdf5'} "
+                          f"changed since"), err
+    assert (out / "results.jsonl").read_text() == results
+
+
+def test_a_run_whose_validation_overflows_is_recorded_as_diverged(tiny_benchmark: Path, tmp_path: Path,
+                                                                  monkeypatch):
+    """Finite weights whose validation predictions are NaN: the grid records a divergence and goes on (it used to
+    end in a traceback from the log loss of NaN probabilities)."""
+    evaluate = train.evaluate
+
+    def overflowing(model, *args, **kwargs):
+        hook = model.register_forward_hook(lambda module, inputs, out: torch.full_like(out, float("nan")))
+        try:
+            return evaluate(model, *args, **kwargs)
+        finally:
+            hook.remove()
+    monkeypatch.setattr(train, "evaluate", overflowing)
+    job = compare.make_job(compare.Variant("cnn", "no-date"), "probe", 1e-3, compare.PROBE_SEED, 1,
+                           Config(data_dir=str(tiny_benchmark), device="cpu"), tmp_path / "out")
+    row = compare.run_job(job)
+    assert row["summary"]["diverged"].startswith("training diverged at epoch 1 on the validation split: 100 of 100 "
+                                                 "predictions are NaN or infinite"), row
+    assert row["history"] == []
+
+
 def test_bad_arguments_are_one_line_errors(tiny_benchmark: Path, tmp_path: Path, capsys):
     assert compare.main(["--only", "before,nope", "--data-dir", str(tiny_benchmark), "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -175,19 +226,6 @@ def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys):
     md = (out / "report.md").read_text()
     assert "Bayes limit" in md and "Incomplete" not in md
     assert compare.main(argv) == 0 and "0 runs to do; 8 finished runs" in capsys.readouterr().out
-
-
-def test_runs_stored_before_init_and_pool_existed_keep_their_keys():
-    """Keys written down from the stored H200 grid (results/results.jsonl), not read from it: the trunc02 rows
-    and the CNN, which the init fix does not change, must still find their runs (a new Config field that
-    changed every key would orphan them); the fan-in rows are new experiments with new keys."""
-    base = Config(data_dir="data")  # compare.py's default
-    probe = lambda config, lr: compare.make_job(compare.Variant(config, "no-date"), "probe", lr, compare.PROBE_SEED,
-                                                compare.FULL.probe_epochs, base, Path("x"))["key"]
-    assert probe("before@trunc02", 1e-3) == "68a6d6c8bdcfedcf"
-    assert probe("after@trunc02", 0.1) == "538285d2d6e9e228"
-    assert probe("cnn", 1e-3) == "03745f3f8a3b9923"
-    assert probe("before", 1e-3) != "68a6d6c8bdcfedcf" and probe("after", 0.1) != "538285d2d6e9e228"
 
 
 def test_a_run_is_identified_by_every_setting_except_how_and_where_it_is_computed():

@@ -10,12 +10,14 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 
@@ -193,6 +195,34 @@ def test_last_pt_holds_all_state_and_resuming_a_finished_run_appends_nothing(tin
     assert len(list((tmp_path / "runs").iterdir())) == 1  # resume writes into the same folder, no new one
 
 
+def test_resume_refuses_a_run_whose_data_changed(tiny_data, tmp_path, monkeypatch, capsys):
+    """Interrupted after epoch 1, then one sample of train.hdf5 changed: the resumed epochs would train on other
+    data than the run's whitening filter, statistics and history. One line naming the file, exit 2, the run
+    folder untouched; with the file restored, the run resumes."""
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    evaluate = train.evaluate
+
+    def evaluate_then_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # caught by fit's StopFlag: the run stops after this epoch
+        return evaluate(*args, **kwargs)
+    monkeypatch.setattr(train, "evaluate", evaluate_then_ctrl_c)
+    assert run_transformer.main(cli(data, tmp_path, "--epochs", "2")) == 130
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    run_dir = only_run(tmp_path)
+    original = (data / "train.hdf5").read_bytes()
+    with h5py.File(data / "train.hdf5", "a") as h5:
+        h5["density"][0] = h5["density"][1]
+    saved = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    capsys.readouterr()
+    assert run_transformer.main(["--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: cannot resume {run_dir}: {data / 'train.hdf5'} changed since the run started"), err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == saved
+    (data / "train.hdf5").write_bytes(original)
+    assert run_transformer.main(["--resume", str(run_dir)]) == 0 and len(rows(run_dir)) == 2
+
+
 def test_a_run_saved_before_init_pool_and_views_existed_predicts_and_resumes_as_it_ran(tiny_data, tmp_path,
                                                                                       capsys):
     """Old checkpoints hold no init, pool, augment, tta or tta_shifts: they ran with the DeiT init, the CLS token
@@ -266,6 +296,86 @@ def test_divergence_keeps_best_checkpoint_and_writes_its_predictions(tiny_data, 
     assert (tmp_path / "pred.txt").read_text().split() == predictions
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["best_epoch"] == 1 and "diverged at epoch 2" in summary["diverged"]
+
+
+def overflowing(model: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """From now on the model's outputs are NaN, as when finite weights overflow in the forward pass."""
+    return model.register_forward_hook(lambda module, args, out: torch.full_like(out, float("nan")))
+
+
+def test_predictions_that_overflow_in_validation_are_a_divergence(tiny_data, tmp_path, monkeypatch, capsys):
+    """Finite weights, NaN validation predictions in epoch 2 (--lr 1e6 on small data did that): exit 3 with the
+    advice of a divergence in training, best.pt of epoch 1 kept and its predictions written, not a traceback."""
+    evaluate, calls = train.evaluate, []
+
+    def overflowing_in_epoch_2(model, *args, **kwargs):
+        calls.append(1)
+        hook = overflowing(model) if len(calls) == 2 else None
+        try:
+            return evaluate(model, *args, **kwargs)
+        finally:
+            hook and hook.remove()
+    monkeypatch.setattr(train, "evaluate", overflowing_in_epoch_2)
+    rc = run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "3"))
+    err = capsys.readouterr().err.strip()
+    run_dir = only_run(tmp_path)
+    assert rc == 3
+    assert len(err.splitlines()) == 1 and err.startswith("error: training diverged at epoch 2 on the validation "
+                                                         "split: 100 of 100 predictions are NaN or infinite"), err
+    assert "learning rate (--lr 0.05) is probably too high, try --lr 0.005" in err
+    assert f"Kept {run_dir}/best.pt (epoch 1)" in err
+    assert torch.load(run_dir / "last.pt", weights_only=True)["train_state"]["epoch"] == 1
+    assert len((tmp_path / "pred.txt").read_text().split()) == 80
+    assert "diverged at epoch 2" in json.loads((run_dir / "summary.json").read_text())["diverged"]
+
+
+def test_test_predictions_that_overflow_are_a_divergence_and_keep_the_checkpoints(tiny_data, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """The best epoch's own model overflows on the test split: exit 3 with the advice, no predictions written
+    (a NaN would be a silent 0), best.pt and last.pt kept."""
+    predict = run_transformer.predict_proba
+
+    def overflowing_on_test(model, *args, **kwargs):
+        hook = overflowing(model)
+        try:
+            return predict(model, *args, **kwargs)
+        finally:
+            hook.remove()
+    monkeypatch.setattr(run_transformer, "predict_proba", overflowing_on_test)
+    rc = run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1"))
+    err = capsys.readouterr().err.strip()
+    run_dir = only_run(tmp_path)
+    assert rc == 3 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: the model of {run_dir}/best.pt (epoch 1) diverges on the validation split's "
+                          f"test-time views or on the test split: 80 of 80 predictions are NaN or infinite"), err
+    assert "try --lr 0.005" in err
+    assert not (tmp_path / "pred.txt").exists() and not (run_dir / "predictions.txt").exists()
+    assert torch.load(run_dir / "best.pt", weights_only=True)["train_state"]["epoch"] == 1
+
+
+def test_predict_with_a_model_that_overflows_is_a_divergence_and_writes_nothing(tiny_data, tmp_path, monkeypatch,
+                                                                                capsys):
+    """--predict on new measurements where the forward pass overflows: NaN probabilities would have become a
+    silent 0 in every line of the output. Exit 3, one line with the advice, no output file."""
+    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1")) == 0
+    run_dir = only_run(tmp_path)
+    build_model = run_transformer.build_model
+
+    def build_overflowing(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        overflowing(model)
+        return model
+    monkeypatch.setattr(run_transformer, "build_model", build_overflowing)
+    capsys.readouterr()
+    output = tmp_path / "new.txt"
+    rc = run_transformer.main(["--predict", str(run_dir), "--input", str(tiny_data / "test_no_labels.hdf5"),
+                               "--output", str(output), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 3 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: the model of {run_dir}/best.pt diverges on {tiny_data / 'test_no_labels.hdf5'}: "
+                          f"80 of 80 predictions are NaN or infinite"), err
+    assert "try --lr 0.005" in err
+    assert not output.exists() and not output.with_suffix(".csv").exists()
 
 
 # ---- reproducibility ------------------------------------------------------------------------------------
