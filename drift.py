@@ -1,0 +1,141 @@
+"""Is a file like the training data? A description of the training set's density, and per-sample flags.
+
+Each sample of log-density is summarised by a few features that a change of instrument, resolution or regime
+moves: its mean (a gain or offset), its standard deviation (the contrast) and its radially averaged power
+spectrum in bands of |k| (a correlation length moves power between bands, added noise lifts the small
+scales). The two states differ only in the angle of the power, which radial averages ignore, so the features
+are the same for both states and a file with another mix of states is not flagged.
+
+A sample is flagged when its most extreme feature, in robust standard scores (median, 16-84 % range of the
+training set), is beyond the score that only FALSE_FLAG_RATE of the training samples reach. Taking the
+maximum over the features before choosing the threshold handles the multiple testing across them (8
+features, correlated): a fresh sample from the training distribution is flagged with probability
+FALSE_FLAG_RATE, fifty times under WARN_SHARE, whereas "outside any feature's 0.1-99.9 % range" would flag
+about 1 % of fresh samples. The per-feature ranges are still reported: they say what differs.
+
+The rate is 1 in 5,000 rather than 1 in 1,000 because small, harmless differences should not warn: the
+benchmark's spectrum is a model of the real test file, whose power at |k| >= 10 is about 15 % lower; against
+the benchmark's training set 0.1 % of the real file is flagged at this rate, 0.8 % at 1 in 1,000.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FALSE_FLAG_RATE = 2e-4  # share of fresh training-like samples flagged
+WARN_SHARE = 0.01  # warn when more of a file is flagged than this
+RANGE_PERCENTILES = (0.1, 99.9)  # the per-feature training range reported beside the flags
+BAND_EDGES = (1, 2, 4, 7, 10, 14, np.inf)  # |k| bands of the radially averaged power spectrum (grid units)
+
+
+def band_names(edges: tuple = BAND_EDGES) -> list[str]:
+    return [f"power at {lo}<=|k|<{hi}" if np.isfinite(hi) else f"power at |k|>={lo}"
+            for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+FEATURES = ["mean of log-density", "std of log-density", *band_names()]
+
+
+def radial_index(grid: int) -> np.ndarray:
+    """|k| of each Fourier mode of a grid x grid field, in grid units."""
+    k = np.fft.fftfreq(grid, d=1.0 / grid)
+    return np.hypot(*np.meshgrid(k, k, indexing="ij"))
+
+
+def log_power(density: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log-density (N, S, S) and its power spectrum |FFT|^2 / S^2 with each sample's mean removed."""
+    log_rho = np.log(np.asarray(density, np.float64))
+    grid = log_rho.shape[-1]
+    centred = log_rho - log_rho.mean(axis=(1, 2), keepdims=True)
+    return log_rho, np.abs(np.fft.fft2(centred)) ** 2 / grid**2
+
+
+def features(density: np.ndarray) -> np.ndarray:
+    """(N, len(FEATURES)): mean and std of log-density, log of the mean power in each |k| band. Samples whose
+    density is not positive get NaN features (and are flagged)."""
+    positive = (np.asarray(density).reshape(len(density), -1) > 0).all(axis=1)
+    log_rho, power = log_power(np.where(positive[:, None, None], density, 1.0))
+    kk = radial_index(log_rho.shape[-1])
+    with np.errstate(divide="ignore"):  # a constant field has no power: -inf, flagged below
+        bands = [np.log(power[:, (kk >= lo) & (kk < hi)].mean(axis=1))
+                 for lo, hi in zip(BAND_EDGES[:-1], BAND_EDGES[1:])]
+    out = np.column_stack([log_rho.mean(axis=(1, 2)), log_rho.std(axis=(1, 2)), *bands])
+    out[~positive] = np.nan
+    return out
+
+
+def radial_spectrum(density: np.ndarray) -> np.ndarray:
+    """(N, rings) log of the power averaged over each ring |k| in [r - 0.5, r + 0.5), r = 1, 2, ...: the figure."""
+    _, power = log_power(density)
+    ring = np.rint(radial_index(power.shape[-1])).astype(int)
+    return np.log(np.stack([power[:, ring == r].mean(axis=1) for r in range(1, ring.max() + 1)], axis=1))
+
+
+def robust_scores(values: np.ndarray, reference: dict) -> np.ndarray:
+    """Feature values in standard scores: (x - training median) / (half the training 16-84 % range)."""
+    return (values - np.asarray(reference["median"])) / np.asarray(reference["scale"])
+
+
+def describe(density: np.ndarray) -> dict:
+    """What the training set looks like: per-feature median, scale and 0.1/99.9 % range, the flag threshold, and
+    the radially averaged spectrum's percentiles for the figure. Plain lists: saved in the checkpoint."""
+    values = features(density)
+    q16, median, q84 = np.percentile(values, [15.87, 50, 84.13], axis=0)
+    low, high = np.percentile(values, RANGE_PERCENTILES, axis=0)
+    reference = {"features": FEATURES, "median": median.tolist(), "scale": np.maximum((q84 - q16) / 2, 1e-12).tolist(),
+                 "low": low.tolist(), "high": high.tolist(), "n": len(values)}
+    scores = np.abs(robust_scores(values, reference)).max(axis=1)
+    reference["threshold"] = float(np.quantile(scores, 1 - FALSE_FLAG_RATE))
+    rings = np.percentile(radial_spectrum(density), [RANGE_PERCENTILES[0], 50, RANGE_PERCENTILES[1]], axis=0)
+    reference["rings"] = {"low": rings[0].tolist(), "median": rings[1].tolist(), "high": rings[2].tolist()}
+    return reference
+
+
+@dataclass
+class DriftCheck:
+    """Flags of one file against a training description, and what differs."""
+    flags: np.ndarray  # (N,) bool: outside the training range
+    share: float  # flags.mean()
+    outside: dict[str, dict[str, float]]  # feature -> share below and above the training 0.1-99.9 % range
+    culprits: dict[str, float]  # "feature higher|lower" -> share of samples flagged mainly by it
+    rings: list[float]  # the file's median radially averaged log-power per ring (the figure)
+
+    @property
+    def warn(self) -> bool:
+        return self.share > WARN_SHARE
+
+    def summary(self) -> dict:
+        """JSON-ready: for summary.json and the report."""
+        return {"n": len(self.flags), "share_flagged": self.share, "warning": self.warn,
+                "flagged_by": self.culprits, "outside_training_range": self.outside}
+
+
+def check(reference: dict, density: np.ndarray) -> DriftCheck:
+    """Flag the samples of `density` (N, S, S) that lie outside the training description `reference`."""
+    values = features(density)
+    scores = robust_scores(values, reference)
+    valid = np.isfinite(scores).all(axis=1)
+    flags = ~valid | (np.abs(np.where(valid[:, None], scores, 0)).max(axis=1) > reference["threshold"])
+    outside = {name: {"below": float(np.mean(values[:, i] < lo)), "above": float(np.mean(values[:, i] > hi))}
+               for i, (name, lo, hi) in enumerate(zip(reference["features"], reference["low"], reference["high"]))}
+    counts: dict[str, int] = {}
+    for row, ok in zip(scores[flags], valid[flags]):
+        worst = int(np.argmax(np.abs(row))) if ok else -1
+        key = (f"{reference['features'][worst]} {'higher' if row[worst] > 0 else 'lower'}" if ok
+               else "density not positive, or constant")
+        counts[key] = counts.get(key, 0) + 1
+    culprits = {key: n / len(flags) for key, n in sorted(counts.items(), key=lambda kv: -kv[1])}
+    with np.errstate(divide="ignore"):
+        rings = (np.median(radial_spectrum(density[valid]), axis=0) if valid.any()
+                 else np.full(len(reference["rings"]["median"]), np.nan))
+    return DriftCheck(flags, float(flags.mean()), outside, culprits, rings.tolist())
+
+
+def warning_line(result: DriftCheck, what: str) -> str:
+    """One line for the log: the share flagged and what differs most (the feature behind most flags)."""
+    reasons = ", ".join(f"{name} than in training ({share:.1%} of samples)"
+                        for name, share in list(result.culprits.items())[:3])
+    return (f"WARNING: drift check: {result.share:.1%} of {len(result.flags)} samples in {what} lie outside the "
+            f"training data's range (a fresh training-like sample: {FALSE_FLAG_RATE:.1%}); differs most: {reasons}; "
+            f"their probabilities may not be trustworthy")
