@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 import distributed
+import drift
 import synthetic
+from calibration import calibrated
 from cli import exit_code
 from checkpoints import Resumed, checkpoint, load_checkpoint, resume_config
 from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, config_from_dict,
@@ -29,8 +31,9 @@ from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_co
                   read_answer_key, read_split, to_device, to_tensor)
 from fileio import check_writable, fingerprint, fresh_directory, save_torch, write_json
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
-from train import (Diverged, Interrupted, Training, TrainState, build_model, build_training, evaluate, fit,
-                   pick_device, predict_proba, tta_shifts)
+from run_report import assess, drift_check, trust_line, write_page
+from train import (Diverged, Interrupted, Training, TrainState, accuracy, build_model, build_training, fit, log_loss,
+                   pick_device, predict_logits, roc_auc, tta_shifts)
 
 Log = Callable[[str], None]
 
@@ -210,34 +213,43 @@ def train_run(job: Job) -> dict[str, Any]:
 
 
 def finish(job: Job, diverged: str = "") -> dict[str, Any]:
-    """Restore the best checkpoint, predict the test set, and write the curves and summary."""
+    """Restore the best checkpoint, calibrate it and check the test split (run_report.assess), predict the test
+    set, and write the curves, summary and report; best.pt gets the temperature and the training description."""
     run_dir, model, cfg, data, info, state = job.run_dir, job.training.model, job.cfg, job.data, job.info, job.state
     best = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
     final = state.history[-1] if state.history else {}
     best_row = state.history[best["train_state"]["epoch"] - 1]
-    probs = predict_proba(model, data.x["test"], tta_shifts(cfg)).cpu().numpy()
+    logits = {name: predict_logits(model, data.x[name], tta_shifts(cfg)).cpu().numpy() for name in ("valid", "test")}
+    trust = assess(run_dir, model, cfg, data, info, logits)
+    save_torch(run_dir / "best.pt", {**best, **trust.checkpoint})
+    probs = trust.test_probabilities
     write_predictions(run_dir / "predictions.txt", probs)
-    write_probabilities(run_dir / "test_probabilities.csv", probs)
+    write_probabilities(run_dir / "test_probabilities.csv", probs, trust.test_flags)
     write_predictions(cfg.predictions, probs)
     plot_curves(run_dir / "curves.png", state.history, f"{cfg.model} {cfg.optimizer} {cfg.loss} "
-                f"channels={','.join(info['channels'])}")
+                f"channels={','.join(info['channels'])}", trust.bayes_curves)
     summary = {"run_dir": str(run_dir), "data_source": info["source"], "channels": info["channels"],
                "epochs_run": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": state.best_loss,
                "val_acc": best_row["val_acc"], "val_auc": best_row["val_auc"],
                "final_train_loss": final.get("train_loss"), "final_train_acc": final.get("train_acc"),
                "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - job.start, 1),
                "diverged": diverged}
-    if data.y["test"] is not None:
-        test = evaluate(model, data.x["test"], data.y["test"], tta_shifts(cfg))
-        summary.update({"test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"]})
+    if data.y["test"] is not None:  # uncalibrated, as val_loss: comparable across runs and with metrics.csv
+        p, y = torch.sigmoid(torch.from_numpy(logits["test"])), data.y["test"].cpu()
+        summary.update({"test_acc": accuracy(p, y), "test_auc": roc_auc(p, y), "test_loss": log_loss(p, y)})
     if "bayes_accuracy" in info:
         summary["bayes_accuracy"] = info["bayes_accuracy"]
+    summary.update(trust.summary)
     write_json(run_dir / "summary.json", summary)
+    write_page(run_dir, summary)
     job.log(f"best epoch {state.best_epoch}: val acc {summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
             + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
             + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
-            + f" | predictions: {run_dir}/predictions.txt and {cfg.predictions}")
+            + f" | {trust_line(summary)} | predictions: {run_dir}/predictions.txt and {cfg.predictions}, "
+            f"report: {run_dir}/report.md")
+    for note in trust.notes:
+        job.log(note)
     if learned_nothing(summary, data.y["valid"]):
         job.log(nothing_learned_hint(cfg))
     return summary
@@ -286,10 +298,18 @@ def predict_file(command: Command, device_name: str = "auto", log: Log = print) 
     device = pick_device(device_name)
     model = build_model(saved, len(stats["channels"]), payload["image_size"]).to(device)
     model.load_state_dict(payload["model"])
-    probs = predict_proba(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
+    logits = predict_logits(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
+    # a run saved before calibration and drift checks: temperature 1 (its probabilities as they were), no flags
+    temperature = payload.get("calibration", {}).get("temperature", 1.0)
+    checked = drift_check(payload, split)
+    probs = calibrated(logits, temperature)
     write_predictions(output, probs)
-    write_probabilities(csv_path, probs)
-    log(f"{len(probs)} predictions ({int((probs > 0.5).sum())} new state) -> {output} and {csv_path}")
+    write_probabilities(csv_path, probs, None if checked is None else checked.flags)
+    flagged = "no drift check" if checked is None else f"drift check: {checked.share:.1%} flagged"
+    log(f"{len(probs)} predictions ({int((probs > 0.5).sum())} new state) -> {output} and {csv_path} (temperature "
+        f"{temperature:.3g}; {flagged})")
+    if checked is not None and checked.warn:
+        log(drift.warning_line(checked, str(source)))
     return output
 
 

@@ -181,9 +181,9 @@ def tta_shifts(cfg: Config) -> int:
 # ---- evaluation ------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = EVAL_BATCH) -> torch.Tensor:
-    """Probabilities of label 1, (N,), in eval mode, in fixed-size chunks (the last one padded); tta > 0: from
-    the logit averaged over symmetry.tta_views (the image and its transpose at tta x tta shifts in a patch)."""
+def predict_logits(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits of label 1, (N,), in eval mode, in fixed-size chunks (the last one padded); tta > 0: the logit
+    averaged over symmetry.tta_views (the image and its transpose at tta x tta shifts in a patch)."""
     patch = getattr(getattr(model, "embed", None), "patch_size", 4)  # the CNN: shifts within 4 pixels
     forward = (lambda images: view_averaged_logits(model, images, patch, tta)) if tta else model
     was_training = model.training
@@ -194,9 +194,14 @@ def predict_proba(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = 
         n = len(chunk)
         if n < batch and len(x) > batch:  # keep shapes fixed so a compiled model never recompiles
             chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
-        out.append(torch.sigmoid(forward(chunk).float().squeeze(1)[:n]))
+        out.append(forward(chunk).float().squeeze(1)[:n])
     model.train(was_training)
     return torch.cat(out)
+
+
+def predict_proba(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Probabilities of label 1, (N,): the sigmoid of predict_logits (uncalibrated)."""
+    return torch.sigmoid(predict_logits(model, x, tta, batch))
 
 
 def log_loss(p: torch.Tensor, y: torch.Tensor) -> float:

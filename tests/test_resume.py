@@ -146,16 +146,16 @@ def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(tiny_data, 
 def test_a_signal_while_results_are_written_still_says_how_to_resume(tiny_data, tmp_path, monkeypatch, capsys):
     """After the last epoch, last.pt is complete: a SIGTERM while the test predictions are written must point
     to --resume (which then finishes the run), not to starting over."""
-    predict = run_transformer.predict_proba
+    predict = run_transformer.predict_logits
 
     def predict_then_sigterm(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # signals_interrupt: raises Interrupted right here
         return predict(*args, **kwargs)
-    monkeypatch.setattr(run_transformer, "predict_proba", predict_then_sigterm)
+    monkeypatch.setattr(run_transformer, "predict_logits", predict_then_sigterm)
     assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1")) == 128 + signal.SIGTERM
     run_dir = only_run(tmp_path)
     assert capsys.readouterr().err.strip().endswith(f"Resume with: python run_transformer.py --resume {run_dir}")
-    monkeypatch.setattr(run_transformer, "predict_proba", predict)
+    monkeypatch.setattr(run_transformer, "predict_logits", predict)
     assert run_transformer.main(["--resume", str(run_dir)]) == 0 and (run_dir / "summary.json").is_file()
 
 

@@ -72,7 +72,7 @@ def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, f
     lines = output.read_text().splitlines()
     assert len(lines) == 100 and set(lines) <= {"0", "1"}
     rows = output.with_suffix(".csv").read_text().splitlines()
-    assert rows[0] == "index,probability,label" and len(rows) == 101
+    assert rows[0] == "index,probability,label,drift_flag" and len(rows) == 101
     probs = np.array([float(r.split(",")[1]) for r in rows[1:]])
     assert ((probs > 0.5).astype(int).astype(str) == np.array(lines)).all()
     expected = (run_dir / "predictions.txt").read_text()  # the same model on the test file: same answers
