@@ -33,10 +33,10 @@ def plot_curves(path: str | Path, history: list[dict[str, float]], title: str = 
 
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train (log loss)")
-    ax_loss.plot(epochs, [r["val_loss"] for r in history], label="validation (log loss)")
-    ax_acc.plot(epochs, [r["train_acc"] for r in history], label="train")
-    ax_acc.plot(epochs, [r["val_acc"] for r in history], label="validation")
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], ".-", label="train (log loss)")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], ".-", label="validation (log loss)")
+    ax_acc.plot(epochs, [r["train_acc"] for r in history], ".-", label="train")
+    ax_acc.plot(epochs, [r["val_acc"] for r in history], ".-", label="validation")
     for ax, key in ((ax_loss, "val_loss"), (ax_acc, "val_acc")):
         if bayes and key in bayes:
             ax.axhline(bayes[key], color="k", linestyle=":", label="Bayes limit (validation)")
@@ -125,8 +125,12 @@ def plot_reliability(path: str | Path, panels: dict[str, dict[str, dict]]) -> Pa
         ax.plot([0, 1], [0, 1], "k:", label="calibrated")
         for label, table in curves.items():
             filled = table["share"] > 0
-            ax.plot(table["probability"][filled], table["frequency"][filled], "o-", label=label)
-        ax.set_xlabel("predicted probability of state 1"), ax.set_ylabel("observed frequency of state 1")
+            line, = ax.plot(table["probability"][filled], table["frequency"][filled], "-", alpha=0.5)
+            # marker area follows the bin's share of samples: the middle bins of a good model hold few
+            ax.scatter(table["probability"][filled], table["frequency"][filled], s=10 + 300 * table["share"][filled],
+                       color=line.get_color(), label=label)
+        ax.set_xlabel("predicted probability of state 1 (marker area: share of samples)")
+        ax.set_ylabel("observed frequency of state 1")
         ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_title(title), ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -129,7 +129,7 @@ def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceDa
     """sensitivity.png and its numbers: the model's map in calibrated log-odds beside the exact likelihood ratio's
     (on real data: that of the benchmark's physics model, fitted to the real test file)."""
     channel = info["channels"].index("density")
-    raw, shares = mode_sensitivity(model, data.x["valid"], channel, tta_shifts(cfg))
+    raw, shares = mode_sensitivity(model, data.x["valid"], channel, views=tta_shifts(cfg) > 0)
     model_map = raw / temperature
     bayes = bayes_sensitivity(model_map.shape[-1])
     r = map_correlation(model_map, bayes)
@@ -224,7 +224,7 @@ def drift_section(result: dict[str, Any] | None) -> list[str]:
               + ("" if not test["flagged_by"] else " Flagged mainly by: " + ", ".join(
                   f"{k} ({percent(v)})" for k, v in test["flagged_by"].items()) + "."), "",
               "| feature | below the training 0.1 % | above the training 99.9 % |", "|---|---|---|"]
-    lines += [f"| {name} | {percent(side['below'])} | {percent(side['above'])} |"
+    lines += [f"| {name.replace('|', '&#124;')} | {percent(side['below'])} | {percent(side['above'])} |"
               for name, side in test["outside_training_range"].items()]
     return lines + ["", "![drift check](drift.png)", ""]
 

@@ -6,6 +6,10 @@ with whitening (a gain per mode) and with normalisation (which touches k = 0 onl
 modes of the raw log-density and of the model's input: the map needs no care about which space it is in.
 For one image with input X (Fourier transform X_k) and gradient G of the logit with respect to the input,
 Parseval gives s_k = Re(conj(G_k) X_k) / S^2: one backward pass per batch, a second or two on a CPU.
+With test-time views the logit is a mean over the image and its transpose at shifts within a patch. The map
+is an average over images of a stationary field, and a shift changes neither the power of a mode nor the
+distribution of the images, so the shifted views add nothing to the averaged map but cost: the
+map of the view-averaged logit is computed from the two unshifted views (the image and its transpose).
 
 For the exact log-likelihood ratio of the benchmark, LLR = 1/2 sum_k P_k (1/lambda0_k - 1/lambda1_k) + const
 with P_k = |X_k|^2 / S^2, so s_k = P_k (1/lambda0_k - 1/lambda1_k), whose mean over both states is
@@ -22,15 +26,15 @@ from torch import nn
 import synthetic
 from symmetry import view_averaged_logits
 
-SENSITIVITY_IMAGES = 256  # validation images averaged: the map's noise is a few % of its peak, cost ~1 s on CPU
+SENSITIVITY_IMAGES = 512  # validation images averaged: the map's noise is a few % of its peak, ~1 s on CPU
 BATCH = 64
 
 
-def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, tta: int = 0,
+def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: bool = False,
                      images: int = SENSITIVITY_IMAGES, seed: int = 0) -> tuple[np.ndarray, list[float]]:
     """The (S, S) map s_k of input channel `channel` (unshifted FFT layout, k = 0 at [0, 0]) averaged over
-    `images` random images of x (N, C, S, S), through the same view-averaged logit as the predictions; and each
-    channel's share of the gradient x input attribution (which channels the model reads)."""
+    `images` random images of x (N, C, S, S), of the model's logit or (views) of its mean over the image and its
+    transpose (see the module docstring); and each channel's share of the gradient x input attribution."""
     patch = getattr(getattr(model, "embed", None), "patch_size", 4)  # as train.predict_logits: the CNN gets 4
     pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:images].to(x.device)
     was_training = model.training
@@ -39,7 +43,7 @@ def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, tta: int =
     attribution = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
     for start in range(0, len(pick), BATCH):
         xb = x[pick[start:start + BATCH]].detach().clone().requires_grad_(True)
-        logits = view_averaged_logits(model, xb, patch, tta) if tta else model(xb)
+        logits = view_averaged_logits(model, xb, patch, shifts=1) if views else model(xb)
         (grad,) = torch.autograd.grad(logits.float().sum(), xb)
         g_k, x_k = torch.fft.fft2(grad[:, channel].double()), torch.fft.fft2(xb[:, channel].detach().double())
         total += (g_k.conj() * x_k).real.sum(dim=0)

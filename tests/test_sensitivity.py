@@ -55,7 +55,7 @@ def test_the_map_of_a_model_that_reads_one_mode_peaks_at_that_mode():
     assert sens[3, 5] > 0 and np.abs(np.delete(sens.ravel(), [3 * GRID + 5, (GRID - 3) * GRID + GRID - 5])).max() < 1e-6
     assert shares[0] == pytest.approx(1.0) and shares[1] == pytest.approx(0.0, abs=1e-9)
     # through the view average, the transposed view votes with the opposite sign at the transposed mode
-    views, _ = mode_sensitivity(model, x, channel=0, tta=2, images=64)
+    views, _ = mode_sensitivity(model, x, channel=0, views=True, images=64)
     assert views[3, 5] > 0 > views[5, 3]
 
 
