@@ -4,7 +4,8 @@ Each sample of log-density is summarised by a few features that a change of inst
 moves: its mean (a gain or offset), its standard deviation (the contrast) and its radially averaged power
 spectrum in bands of |k| (a correlation length moves power between bands, added noise lifts the small
 scales). The two states differ only in the angle of the power, which radial averages ignore, so the features
-are the same for both states and a file with another mix of states is not flagged.
+are the same for both states and a file with another mix of states is not flagged. Every other channel the
+model reads (recording_date, when asked for) is described by its per-sample mean and std.
 
 A sample is flagged when its most extreme feature, in robust standard scores (median, 16-84 % range of the
 training set), is beyond the score that only FALSE_FLAG_RATE of the training samples reach. Taking the
@@ -62,10 +63,24 @@ def summarise(density: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values, rings
 
 
-def per_sample(density: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """summarise() in chunks: a 28,000-sample training set needs ~100 MB, not 1 GB, of float64 spectra."""
+def other_features(others: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """Names and (N, 2 per channel) values: the per-sample mean and std of each other channel."""
+    names, columns = [], []
+    for name, value in others.items():
+        flat = np.asarray(value, np.float64).reshape(len(value), -1)
+        names += [f"mean of {name}", f"std of {name}"]
+        columns += [flat.mean(axis=1), flat.std(axis=1)]
+    return names, np.column_stack(columns) if columns else np.zeros((0, 0))
+
+
+def per_sample(density: np.ndarray, others: dict[str, np.ndarray] | None = None, chunk: int = 4096
+               ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Feature names, values and ring spectra per sample; summarise() in chunks (a 28,000-sample training set
+    needs ~100 MB, not 1 GB, of float64 spectra), then the other channels' mean and std."""
     parts = [summarise(density[start:start + chunk]) for start in range(0, len(density), chunk)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    values, rings = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    names, extra = other_features(others or {})
+    return FEATURES + names, np.column_stack([values, extra]) if names else values, rings
 
 
 def robust_scores(values: np.ndarray, reference: dict) -> np.ndarray:
@@ -73,14 +88,17 @@ def robust_scores(values: np.ndarray, reference: dict) -> np.ndarray:
     return (values - np.asarray(reference["median"])) / np.asarray(reference["scale"])
 
 
-def describe(density: np.ndarray) -> dict:
+def describe(density: np.ndarray, others: dict[str, np.ndarray] | None = None) -> dict:
     """What the training set looks like: per-feature median, scale and 0.1/99.9 % range, the flag threshold, and
-    the radially averaged spectrum's percentiles for the figure. Plain lists: saved in the checkpoint."""
-    values, rings = per_sample(density)
+    the radially averaged spectrum's percentiles for the figure; `others`: the other channels the model reads.
+    Plain lists: saved in the checkpoint."""
+    names, values, rings = per_sample(density, others)
     q16, median, q84 = np.percentile(values, [15.87, 50, 84.13], axis=0)
     low, high = np.percentile(values, RANGE_PERCENTILES, axis=0)
-    reference = {"features": FEATURES, "median": median.tolist(), "scale": np.maximum((q84 - q16) / 2, 1e-12).tolist(),
-                 "low": low.tolist(), "high": high.tolist(), "n": len(values)}
+    # a feature that never varies in training (a constant channel's std) gets a tiny scale: any change is flagged
+    reference = {"features": names, "channels": list(others or {}), "median": median.tolist(),
+                 "scale": np.maximum((q84 - q16) / 2, 1e-12).tolist(), "low": low.tolist(), "high": high.tolist(),
+                 "n": len(values)}
     scores = np.abs(robust_scores(values, reference)).max(axis=1)
     reference["threshold"] = float(np.quantile(scores, 1 - FALSE_FLAG_RATE))
     low, median, high = np.percentile(rings, [RANGE_PERCENTILES[0], 50, RANGE_PERCENTILES[1]], axis=0)
@@ -107,9 +125,13 @@ class DriftCheck:
                 "flagged_by": self.culprits, "outside_training_range": self.outside}
 
 
-def check(reference: dict, density: np.ndarray) -> DriftCheck:
-    """Flag the samples of `density` (N, S, S) that lie outside the training description `reference`."""
-    values, rings = per_sample(density)
+def check(reference: dict, density: np.ndarray, others: dict[str, np.ndarray] | None = None) -> DriftCheck:
+    """Flag the samples of `density` (N, S, S), with the other channels `reference` describes (`others`, by
+    name), that lie outside the training description `reference`."""
+    others = others or {}
+    missing = [name for name in reference.get("channels", []) if name not in others]
+    assert not missing, f"the training description covers channels {missing} too: pass them"
+    _, values, rings = per_sample(density, {name: others[name] for name in reference.get("channels", [])})
     scores = robust_scores(values, reference)
     valid = np.isfinite(scores).all(axis=1)
     flags = ~valid | (np.abs(np.where(valid[:, None], scores, 0)).max(axis=1) > reference["threshold"])

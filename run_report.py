@@ -3,8 +3,8 @@
 After training, `assess` fits the temperature on the validation logits (calibration.py), describes the training
 set and checks the test split against it (drift.py), maps what the model reads over Fourier modes
 (sensitivity.py), and draws the figures (report.py). `write_page` puts the summary numbers and every figure of
-the run folder into report.md. The raw density is read again from the run's data files (density only): the
-description needs it, and on the built-in benchmark so do the exact posteriors.
+the run folder into report.md. The raw channels are read again from the run's data files: the description needs
+them, and on the built-in benchmark so do the exact posteriors.
 """
 from __future__ import annotations
 
@@ -41,10 +41,15 @@ class Assessment:
     notes: list[str] = field(default_factory=list)
 
 
-def read_density(info: dict[str, Any], name: str) -> np.ndarray:
-    """The raw density of one split of the run's data (as stored; float32)."""
+def read_raw(info: dict[str, Any], name: str) -> dict[str, np.ndarray]:
+    """One split of the run's data as stored (float32): density, and the other channels the model reads."""
     path = Path(info["data_dir"]) / SPLIT_FILES[name]
-    return read_split(path, name, ("density",), labelled=False).channels["density"]
+    channels = ("density", *(c for c in info["channels"] if c != "density"))
+    return read_split(path, name, channels, labelled=False).channels
+
+
+def other_channels(channels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: value for name, value in channels.items() if name != "density"}
 
 
 def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
@@ -55,7 +60,8 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     prior = calibration.reference_prior(cfg.augment, cfg.tta, labels["train"])
     temperature = calibration.fit_temperature(logits["valid"], labels["valid"],
                                               calibration.prior_weights(labels["valid"], prior))
-    density = {name: read_density(info, name) for name in ("train", "valid", "test")}
+    raw = {name: read_raw(info, name) for name in ("train", "valid", "test")}
+    density = {name: channels["density"] for name, channels in raw.items()}
     llr = ({name: synthetic.bayes_log_likelihood_ratio(density[name]) for name in ("valid", "test")}
            if info["source"] == "synthetic" else {})
     summary = {"calibration": calibrate_summary(logits, labels, temperature, prior, llr)}
@@ -73,8 +79,8 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     plot_roc_and_confusion(run_dir / "roc_confusion.png", labelled)
     flags, notes = None, []
     if (density["train"] > 0).all():
-        reference = drift.describe(density["train"])
-        checked = drift.check(reference, density["test"])
+        reference = drift.describe(density["train"], other_channels(raw["train"]))
+        checked = drift.check(reference, density["test"], other_channels(raw["test"]))
         flags, checkpoint["drift"], summary["drift"] = checked.flags, reference, {"test": checked.summary()}
         plot_drift(run_dir / "drift.png", reference, {"test split": checked.rings}, checked.outside)
         if checked.warn:
@@ -162,11 +168,11 @@ def trust_line(summary: dict[str, Any]) -> str:
 
 
 def drift_check(payload: dict[str, Any], split: RawSplit) -> drift.DriftCheck | None:
-    """--predict's input against the training description in the checkpoint; None for runs saved before drift
-    checks, and for models that do not read density."""
+    """--predict's input against the training description in the checkpoint (density and the other channels the
+    model reads); None for runs saved before drift checks, and for models that do not read density."""
     if "drift" not in payload or "density" not in split.channels:
         return None
-    return drift.check(payload["drift"], split.channels["density"])
+    return drift.check(payload["drift"], split.channels["density"], other_channels(split.channels))
 
 
 # ---- the page --------------------------------------------------------------------------------------------

@@ -87,3 +87,18 @@ def test_the_description_is_plain_data_a_checkpoint_can_hold(reference):
     loaded = torch.load(buffer, weights_only=True)["drift"]
     assert loaded == reference and loaded["features"] == drift.FEATURES
     assert len(loaded["rings"]["median"]) == 20  # rings |k| = 1 .. 20 on the 28 x 28 grid
+
+
+def test_other_channels_the_model_reads_are_described_too():
+    """The benchmark's recording_date: constant (= label) in training, random 7..9 per pixel in the test file."""
+    train = synthetic.make_split(300, 500, "label", np.random.default_rng(8))
+    reference = drift.describe(train["density"], {"recording_date": train["recording_date"]})
+    assert reference["channels"] == ["recording_date"] and "std of recording_date" in reference["features"]
+    like_training = synthetic.make_split(100, 100, "label", np.random.default_rng(9))
+    same = drift.check(reference, like_training["density"], {"recording_date": like_training["recording_date"]})
+    assert not same.warn
+    test = synthetic.make_split(100, 100, "test", np.random.default_rng(10))
+    result = drift.check(reference, test["density"], {"recording_date": test["recording_date"]})
+    assert result.share == 1.0 and "recording_date higher" in next(iter(result.culprits))
+    with pytest.raises(AssertionError, match="recording_date"):
+        drift.check(reference, test["density"])
