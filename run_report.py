@@ -23,7 +23,8 @@ from config import Config
 from data import SPLIT_FILES, DeviceData, RawSplit, read_split
 from fileio import write_text
 from report import plot_drift, plot_reliability, plot_roc_and_confusion, plot_sensitivity
-from sensitivity import SENSITIVITY_IMAGES, bayes_sensitivity, map_correlation, mode_sensitivity
+from sensitivity import (SENSITIVITY_IMAGES, bayes_sensitivity, channel_importance, map_correlation,
+                         mode_sensitivity)
 from train import roc_auc, tta_shifts
 
 SPLIT_NAMES = {"valid": "validation", "test": "test"}
@@ -135,16 +136,17 @@ def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceDa
     """sensitivity.png and its numbers: the model's map in calibrated log-odds beside the exact likelihood ratio's
     (on real data: that of the benchmark's physics model, fitted to the real test file)."""
     channel = info["channels"].index("density")
-    raw, shares = mode_sensitivity(model, data.x["valid"], channel, views=tta_shifts(cfg) > 0)
+    views = tta_shifts(cfg) > 0
+    raw = mode_sensitivity(model, data.x["valid"], channel, views)
     model_map = raw / temperature
     bayes = bayes_sensitivity(model_map.shape[-1])
     r = map_correlation(model_map, bayes)
     slope = float((model_map * bayes).sum() / (bayes**2).sum())
-    share = dict(zip(info["channels"], shares))
+    share = dict(zip(info["channels"], channel_importance(model, data.x["valid"], views)))
     physics = "exact likelihood ratio" if info["source"] == "synthetic" else "the benchmark's physics model"
     title = (f"{cfg.model}, channels {','.join(info['channels'])}: correlation with the {physics} {r:.3f}, "
-             f"scale {slope:.2f}" + (f"; density's share of input attribution {share['density']:.1%}"
-                                     if len(share) > 1 else ""))
+             f"scale {slope:.2f}" + (f"\ndensity's share of the logit's response to swapping channels between "
+                                     f"images: {share['density']:.1%}" if len(share) > 1 else ""))
     plot_sensitivity(run_dir / "sensitivity.png", model_map, bayes, title)
     return {"correlation_with_bayes": r, "scale_vs_bayes": slope, "channel_share": share,
             "images": min(SENSITIVITY_IMAGES, len(data.x["valid"])), "compared_with": physics}
@@ -244,6 +246,6 @@ def sensitivity_section(result: dict[str, Any] | None) -> list[str]:
                  f"{result['correlation_with_bayes']:.3f}, scale {result['scale_vs_bayes']:.2f} (1 = the same "
                  f"strength).")
     if len(result["channel_share"]) > 1:
-        lines.append("Share of the input attribution (|gradient × input|) per channel: " + ", ".join(
+        lines.append("Share of the logit's response when one channel is swapped between images: " + ", ".join(
             f"{k} {percent(v)}" for k, v in result["channel_share"].items()) + ".")
     return lines + ["", "![sensitivity map](sensitivity.png)", ""]

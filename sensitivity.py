@@ -30,27 +30,53 @@ SENSITIVITY_IMAGES = 512  # validation images averaged: the map's noise is a few
 BATCH = 64
 
 
-def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: bool = False,
-                     images: int = SENSITIVITY_IMAGES, seed: int = 0) -> tuple[np.ndarray, list[float]]:
-    """The (S, S) map s_k of input channel `channel` (unshifted FFT layout, k = 0 at [0, 0]) averaged over
-    `images` random images of x (N, C, S, S), of the model's logit or (views) of its mean over the image and its
-    transpose (see the module docstring); and each channel's share of the gradient x input attribution."""
-    patch = getattr(getattr(model, "embed", None), "patch_size", 4)  # as train.predict_logits: the CNN gets 4
+def sample(x: torch.Tensor, images: int, seed: int) -> torch.Tensor:
+    """`images` random images of x, the same ones every time."""
     pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:images].to(x.device)
+    return x[pick]
+
+
+def logit_function(model: nn.Module, views: bool):
+    """The model's logit, or (views) its mean over the image and its transpose (see the module docstring)."""
+    patch = getattr(getattr(model, "embed", None), "patch_size", 4)  # as train.predict_logits: the CNN gets 4
+    return (lambda images: view_averaged_logits(model, images, patch, shifts=1)) if views else model
+
+
+def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: bool = False,
+                     images: int = SENSITIVITY_IMAGES, seed: int = 0) -> np.ndarray:
+    """The (S, S) map s_k of input channel `channel` (unshifted FFT layout, k = 0 at [0, 0]) averaged over
+    `images` random images of x (N, C, S, S), of the model's logit or (views) of its view average."""
+    x, forward = sample(x, images, seed), logit_function(model, views)
     was_training = model.training
     model.eval()
     total = torch.zeros(x.shape[-2:], dtype=torch.float64, device=x.device)
-    attribution = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    for start in range(0, len(pick), BATCH):
-        xb = x[pick[start:start + BATCH]].detach().clone().requires_grad_(True)
-        logits = view_averaged_logits(model, xb, patch, shifts=1) if views else model(xb)
-        (grad,) = torch.autograd.grad(logits.float().sum(), xb)
+    for start in range(0, len(x), BATCH):
+        xb = x[start:start + BATCH].detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(forward(xb).float().sum(), xb)
         g_k, x_k = torch.fft.fft2(grad[:, channel].double()), torch.fft.fft2(xb[:, channel].detach().double())
         total += (g_k.conj() * x_k).real.sum(dim=0)
-        attribution += (grad * xb).detach().abs().double().sum(dim=(0, 2, 3))
     model.train(was_training)
-    grid = x.shape[-1]
-    return (total / (len(pick) * grid**2)).cpu().numpy(), (attribution / attribution.sum()).tolist()
+    return (total / (len(x) * x.shape[-1] ** 2)).cpu().numpy()
+
+
+@torch.no_grad()
+def channel_importance(model: nn.Module, x: torch.Tensor, views: bool = False, images: int = SENSITIVITY_IMAGES,
+                       seed: int = 0) -> list[float]:
+    """Each input channel's share of the mean |change of the logit| when that channel alone is swapped between
+    images (the others kept): which channels the model reads. A channel it ignores gets 0."""
+    x, forward = sample(x, images, seed), logit_function(model, views)
+    was_training = model.training
+    model.eval()
+    swap = torch.roll(torch.arange(len(x), device=x.device), 1)  # every image gets its neighbour's channel
+    base = torch.cat([forward(x[s:s + BATCH]).float() for s in range(0, len(x), BATCH)])
+    change = []
+    for channel in range(x.shape[1]):
+        swapped = x.clone()
+        swapped[:, channel] = x[swap, channel]
+        after = torch.cat([forward(swapped[s:s + BATCH]).float() for s in range(0, len(x), BATCH)])
+        change.append(float((after - base).abs().mean()))
+    model.train(was_training)
+    return [c / sum(change) if sum(change) > 0 else 1 / len(change) for c in change]
 
 
 def bayes_sensitivity(grid: int = synthetic.GRID) -> np.ndarray:
