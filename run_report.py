@@ -62,36 +62,40 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     temperature = calibration.fit_temperature(logits["valid"], labels["valid"],
                                               calibration.prior_weights(labels["valid"], prior))
     raw = {name: read_raw(info, name) for name in ("train", "valid", "test")}
-    density = {name: channels["density"] for name, channels in raw.items()}
-    llr = ({name: synthetic.bayes_log_likelihood_ratio(density[name]) for name in ("valid", "test")}
+    llr = ({name: synthetic.bayes_log_likelihood_ratio(raw[name]["density"]) for name in ("valid", "test")}
            if info["source"] == "synthetic" else {})
-    summary = {"calibration": calibrate_summary(logits, labels, temperature, prior, llr)}
-    checkpoint = {"calibration": {"temperature": temperature, "prior_state_1": prior, "fitted_on": "valid"}}
     probabilities = {name: calibration.calibrated(z, temperature) for name, z in logits.items()}
-    curves = {}
-    if llr:
-        bayes_p = calibration.bayes_posterior(llr["valid"], prior)
-        curves = {"val_loss": calibration.log_loss(bayes_p, labels["valid"]),
-                  "val_acc": info["bayes_accuracy"]["valid"]}
     plot_reliability(run_dir / "reliability.png", reliability_panels(logits, labels, temperature, prior))
-    labelled = {SPLIT_NAMES[n]: (probabilities[n], labels[n], roc_auc(torch.from_numpy(probabilities[n]),
-                                                                       torch.from_numpy(labels[n])))
-                for n in ("valid", "test") if labels[n] is not None}
-    plot_roc_and_confusion(run_dir / "roc_confusion.png", labelled)
-    flags, notes = None, []
-    if (density["train"] > 0).all():
-        reference = drift.describe(density["train"], other_channels(raw["train"]))
-        checked = drift.check(reference, density["test"], other_channels(raw["test"]))
-        flags, checkpoint["drift"], summary["drift"] = checked.flags, reference, {"test": checked.summary()}
-        plot_drift(run_dir / "drift.png", reference, {"test split": checked.rings}, checked.outside)
-        if checked.warn:
-            notes.append(drift.warning_line(checked, f"the test split ({SPLIT_FILES['test']})"))
-    else:
-        notes.append("note: the training density has values <= 0, so it has no log-density to describe: no drift "
-                     "check")
+    plot_roc_and_confusion(run_dir / "roc_confusion.png", {
+        SPLIT_NAMES[n]: (probabilities[n], labels[n], roc_auc(torch.from_numpy(probabilities[n]),
+                                                               torch.from_numpy(labels[n])))
+        for n in ("valid", "test") if labels[n] is not None})
+    result = Assessment(probabilities["test"], None,
+                        {"calibration": {"temperature": temperature, "prior_state_1": prior, "fitted_on": "valid"}},
+                        {"calibration": calibrate_summary(logits, labels, temperature, prior, llr)})
+    if llr:  # the Bayes lines of the learning curves: the exact posterior's validation log loss and accuracy
+        result.bayes_curves = {"val_loss": calibration.log_loss(calibration.bayes_posterior(llr["valid"], prior),
+                                                                labels["valid"]),
+                               "val_acc": info["bayes_accuracy"]["valid"]}
+    check_test_split(run_dir, raw, result)
     if "density" in info["channels"]:
-        summary["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature)
-    return Assessment(probabilities["test"], flags, checkpoint, summary, curves, notes)
+        result.summary["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature)
+    return result
+
+
+def check_test_split(run_dir: Path, raw: dict[str, dict[str, np.ndarray]], result: Assessment) -> None:
+    """Describe the training set, flag the test split against it (drift.png), and fill in `result`."""
+    if not (raw["train"]["density"] > 0).all():  # possible with --no-whiten only
+        result.notes.append("note: the training density has values <= 0, so it has no log-density to describe: "
+                            "no drift check")
+        return
+    reference = drift.describe(raw["train"]["density"], other_channels(raw["train"]))
+    checked = drift.check(reference, raw["test"]["density"], other_channels(raw["test"]))
+    plot_drift(run_dir / "drift.png", reference, {"test split": checked.rings}, checked.outside)
+    result.test_flags, result.checkpoint["drift"] = checked.flags, reference
+    result.summary["drift"] = {"test": checked.summary()}
+    if checked.warn:
+        result.notes.append(drift.warning_line(checked, f"the test split ({SPLIT_FILES['test']})"))
 
 
 def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
@@ -143,7 +147,8 @@ def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceDa
     r = map_correlation(model_map, bayes)
     slope = float((model_map * bayes).sum() / (bayes**2).sum())
     share = dict(zip(info["channels"], channel_importance(model, data.x["valid"], views)))
-    physics = "exact likelihood ratio" if info["source"] == "synthetic" else "the benchmark's physics model"
+    physics = ("exact likelihood ratio" if info["source"] == "synthetic"
+               else "likelihood ratio of the benchmark's physics model")
     title = (f"{cfg.model}, channels {','.join(info['channels'])}: correlation with the {physics} {r:.3f}, "
              f"scale {slope:.2f}" + (f"\ndensity's share of the logit's response to swapping channels between "
                                      f"images: {share['density']:.1%}" if len(share) > 1 else ""))
@@ -241,10 +246,10 @@ def sensitivity_section(result: dict[str, Any] | None) -> list[str]:
     lines = ["## What the model learned", ""]
     if result is None:
         return lines + ["No density channel: no map over its Fourier modes.", ""]
-    lines.append(f"Sensitivity of the calibrated log-odds to the amplitude of each Fourier mode of density, averaged "
-                 f"over {result['images']} validation images, beside the {result['compared_with']}'s: correlation "
-                 f"{result['correlation_with_bayes']:.3f}, scale {result['scale_vs_bayes']:.2f} (1 = the same "
-                 f"strength).")
+    lines.append(f"Sensitivity of the calibrated log-odds to the amplitude of each Fourier mode of density, "
+                 f"averaged over {result['images']} validation images, beside that of the "
+                 f"{result['compared_with']}: correlation {result['correlation_with_bayes']:.3f}, scale "
+                 f"{result['scale_vs_bayes']:.2f} (1 = the same strength).")
     if len(result["channel_share"]) > 1:
         lines.append("Share of the logit's response when one channel is swapped between images: " + ", ".join(
             f"{k} {percent(v)}" for k, v in result["channel_share"].items()) + ".")
