@@ -146,14 +146,15 @@ def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceDa
     bayes = bayes_sensitivity(model_map.shape[-1])
     r = map_correlation(model_map, bayes)
     slope = float((model_map * bayes).sum() / (bayes**2).sum())
-    share = dict(zip(info["channels"], channel_importance(model, data.x["valid"], views)))
+    effect = {name: change / temperature  # in calibrated log-odds, as the map
+              for name, change in zip(info["channels"], channel_importance(model, data.x["valid"], views))}
     physics = ("exact likelihood ratio" if info["source"] == "synthetic"
                else "likelihood ratio of the benchmark's physics model")
     title = (f"{cfg.model}, channels {','.join(info['channels'])}: correlation with the {physics} {r:.3f}, "
-             f"scale {slope:.2f}" + (f"\ndensity's share of the logit's response to swapping channels between "
-                                     f"images: {share['density']:.1%}" if len(share) > 1 else ""))
+             f"scale {slope:.2f}" + ("\nmean change of the log-odds when a channel is swapped between images: "
+                                     + ", ".join(f"{k} {v:.3g}" for k, v in effect.items()) if len(effect) > 1 else ""))
     plot_sensitivity(run_dir / "sensitivity.png", model_map, bayes, title)
-    return {"correlation_with_bayes": r, "scale_vs_bayes": slope, "channel_share": share,
+    return {"correlation_with_bayes": r, "scale_vs_bayes": slope, "channel_effect": effect,
             "images": min(SENSITIVITY_IMAGES, len(data.x["valid"])), "compared_with": physics}
 
 
@@ -250,7 +251,7 @@ def sensitivity_section(result: dict[str, Any] | None) -> list[str]:
                  f"averaged over {result['images']} validation images, beside that of the "
                  f"{result['compared_with']}: correlation {result['correlation_with_bayes']:.3f}, scale "
                  f"{result['scale_vs_bayes']:.2f} (1 = the same strength).")
-    if len(result["channel_share"]) > 1:
-        lines.append("Share of the logit's response when one channel is swapped between images: " + ", ".join(
-            f"{k} {percent(v)}" for k, v in result["channel_share"].items()) + ".")
+    if len(result["channel_effect"]) > 1:
+        lines.append("Mean change of the calibrated log-odds when one channel is swapped between images: " + ", ".join(
+            f"{k} {v:.3g}" for k, v in result["channel_effect"].items()) + ".")
     return lines + ["", "![sensitivity map](sensitivity.png)", ""]

@@ -62,8 +62,9 @@ def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: boo
 @torch.no_grad()
 def channel_importance(model: nn.Module, x: torch.Tensor, views: bool = False, images: int = SENSITIVITY_IMAGES,
                        seed: int = 0) -> list[float]:
-    """Each input channel's share of the mean |change of the logit| when that channel alone is swapped between
-    images (the others kept): which channels the model reads. A channel it ignores gets 0."""
+    """Per input channel, the mean |change of the logit| when that channel alone is swapped between images (the
+    others kept): which channels the model reads, in logit units. A channel it ignores gets 0. (Shares of the
+    total would hide that a memorising model barely responds to either channel of validation images.)"""
     x, forward = sample(x, images, seed), logit_function(model, views)
     was_training = model.training
     model.eval()
@@ -76,7 +77,7 @@ def channel_importance(model: nn.Module, x: torch.Tensor, views: bool = False, i
         after = torch.cat([forward(swapped[s:s + BATCH]).float() for s in range(0, len(x), BATCH)])
         change.append(float((after - base).abs().mean()))
     model.train(was_training)
-    return [c / sum(change) if sum(change) > 0 else 1 / len(change) for c in change]
+    return change
 
 
 def bayes_sensitivity(grid: int = synthetic.GRID) -> np.ndarray:

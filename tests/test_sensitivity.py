@@ -53,8 +53,10 @@ def test_the_map_of_a_model_that_reads_one_mode_peaks_at_that_mode():
     peak = np.unravel_index(np.argmax(np.abs(sens)), sens.shape)
     assert peak in {(3, 5), (GRID - 3, GRID - 5)}  # k and -k: the same real wave
     assert sens[3, 5] > 0 and np.abs(np.delete(sens.ravel(), [3 * GRID + 5, (GRID - 3) * GRID + GRID - 5])).max() < 1e-6
-    assert channel_importance(model, x, images=64) == pytest.approx([1.0, 0.0])  # reads channel 0 only
-    assert channel_importance(ReadsOneMode(3, 5, channel=1), x, views=True, images=64) == pytest.approx([0.0, 1.0])
+    reads, ignores = channel_importance(model, x, images=64)  # reads channel 0 only
+    assert reads > 0 and ignores == 0
+    reads_second = channel_importance(ReadsOneMode(3, 5, channel=1), x, views=True, images=64)
+    assert reads_second[0] == 0 and reads_second[1] > 0
     # through the view average, the transposed view votes with the opposite sign at the transposed mode
     views = mode_sensitivity(model, x, channel=0, views=True, images=64)
     assert views[3, 5] > 0 > views[5, 3]
