@@ -94,4 +94,6 @@ def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two (S, S) maps over the modes k != 0."""
     keep = np.ones(a.shape, bool)
     keep[0, 0] = False
+    if np.ptp(a[keep]) == 0 or np.ptp(b[keep]) == 0:  # a flat map (a model that ignores density): no correlation
+        return float("nan")
     return float(np.corrcoef(a[keep], b[keep])[0, 1])

@@ -82,3 +82,4 @@ def test_the_bayes_map_is_the_physics():
     kk, cos2 = synthetic.wave_vectors()
     assert map_correlation(bayes, -kk * cos2) > 0.95  # log P1/P0 is proportional to -|k| cos 2θ
     assert map_correlation(bayes, np.random.default_rng(0).normal(size=bayes.shape)) < 0.2
+    assert np.isnan(map_correlation(np.zeros_like(bayes), bayes))  # a flat map, without a warning
