@@ -2,6 +2,8 @@
 
 A checkpoint holds the model, optimizer, scheduler and loop state, the resolved config, the input
 normalisation (stats) and the RNG states: enough to resume exactly, or to predict without the training data.
+At the end of a run, best.pt also gets `calibration` (the temperature) and `drift` (the training set's
+description) from run_report.assess; --predict uses them when present (temperature 1 and no drift check else).
 """
 from __future__ import annotations
 

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 import distributed
+import drift
 import synthetic
+from calibration import calibrated
 from cli import exit_code
 from checkpoints import Resumed, checkpoint, load_checkpoint, resume_config
 from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, config_from_dict,
@@ -31,9 +33,9 @@ from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_co
 from fileio import (WriteFailed, changed_files, check_writable, fingerprint, fresh_directory, save_torch,
                     write_json)
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
+from run_report import assess, drift_check, trust_line, write_page
 from train import (Diverged, Interrupted, NonFinitePredictions, Training, TrainState, build_model, build_training,
-                   evaluate, fit, overflow_message, pick_device, predict_proba, resolve_precision, scores,
-                   tta_shifts)
+                   fit, overflow_message, pick_device, predict_logits, resolve_precision, scores, tta_shifts)
 
 Log = Callable[[str], None]
 
@@ -250,36 +252,45 @@ def train_run(job: Job) -> dict[str, Any]:
 
 
 def finish(job: Job, diverged: str = "") -> dict[str, Any]:
-    """Restore the best checkpoint, predict the test set, and write the curves and summary."""
+    """Restore the best checkpoint, calibrate it and check the test split (run_report.assess), predict the test
+    set, and write the curves, summary and report; best.pt gets the temperature and the training description."""
     run_dir, model, cfg, data, info, state = job.run_dir, job.training.model, job.cfg, job.data, job.info, job.state
     best = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
     final = state.history[-1] if state.history else {}
     # the best epoch was picked by --epoch-views; its validation and test scores use all the test-time views
-    val = evaluate(model, data.x["valid"], data.y["valid"], tta_shifts(cfg))
-    p_test = predict_proba(model, data.x["test"], tta_shifts(cfg))
-    probs = p_test.cpu().numpy()
+    logits = {name: predict_logits(model, data.x[name], tta_shifts(cfg)).cpu() for name in ("valid", "test")}
+    val = scores(torch.sigmoid(logits["valid"]), data.y["valid"].cpu())  # uncalibrated, as in metrics.csv
+    logits = {name: v.numpy() for name, v in logits.items()}
+    trust = assess(run_dir, model, cfg, data, info, logits)
+    save_torch(run_dir / "best.pt", {**best, **trust.checkpoint})
+    probs = trust.test_probabilities
     write_predictions(run_dir / "predictions.txt", probs)
-    write_probabilities(run_dir / "test_probabilities.csv", probs)
+    write_probabilities(run_dir / "test_probabilities.csv", probs, trust.test_flags)
     write_predictions(cfg.predictions, probs)
     plot_curves(run_dir / "curves.png", state.history, f"{cfg.model} {cfg.optimizer} {cfg.loss} "
-                f"channels={','.join(info['channels'])}")
+                f"channels={','.join(info['channels'])}", trust.bayes_curves)
     summary = {"run_dir": str(run_dir), "data_source": info["source"], "channels": info["channels"],
                "epochs_run": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": state.best_loss,
                "val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"],
                "final_train_loss": final.get("train_loss"), "final_train_acc": final.get("train_acc"),
                "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - job.start, 1),
                "diverged": diverged}
-    if data.y["test"] is not None:
-        test = scores(p_test, data.y["test"])
+    if data.y["test"] is not None:  # uncalibrated, as val_loss: comparable across runs and with metrics.csv
+        test = scores(torch.sigmoid(torch.from_numpy(logits["test"])), data.y["test"].cpu())
         summary.update({"test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"]})
     if "bayes_accuracy" in info:
         summary["bayes_accuracy"] = info["bayes_accuracy"]
+    summary.update(trust.summary)
     write_json(run_dir / "summary.json", summary)
+    write_page(run_dir, summary)
     job.log(f"best epoch {state.best_epoch}: val acc {summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
             + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
             + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
-            + f" | predictions: {run_dir}/predictions.txt and {cfg.predictions}")
+            + f" | {trust_line(summary)} | predictions: {run_dir}/predictions.txt and {cfg.predictions}, "
+            f"report: {run_dir}/report.md")
+    for note in trust.notes:
+        job.log(note)
     if learned_nothing(summary, data.y["valid"]):
         job.log(nothing_learned_hint(cfg))
     return summary
@@ -329,13 +340,21 @@ def predict_file(command: Command, device_name: str = "auto", log: Log = print) 
     model = build_model(saved, len(stats["channels"]), payload["image_size"]).to(device)
     model.load_state_dict(payload["model"])
     try:
-        probs = predict_proba(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
+        logits = predict_logits(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
     except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output
         where = f"the model of {run_dir}/best.pt diverges on {source}"
         raise Diverged(f"{overflow_message(e, where, saved.lr)}; nothing was written") from None
+    # a run saved before calibration and drift checks: temperature 1 (its probabilities as they were), no flags
+    temperature = payload.get("calibration", {}).get("temperature", 1.0)
+    checked = drift_check(payload, split)
+    probs = calibrated(logits, temperature)
     write_predictions(output, probs)
-    write_probabilities(csv_path, probs)
-    log(f"{len(probs)} predictions ({int((probs > 0.5).sum())} new state) -> {output} and {csv_path}")
+    write_probabilities(csv_path, probs, None if checked is None else checked.flags)
+    flagged = "no drift check" if checked is None else f"drift check: {checked.share:.1%} flagged"
+    log(f"{len(probs)} predictions ({int((probs > 0.5).sum())} new state) -> {output} and {csv_path} (temperature "
+        f"{temperature:.3g}; {flagged})")
+    if checked is not None and checked.warn:
+        log(drift.warning_line(checked, str(source)))
     return output
 
 

@@ -220,9 +220,9 @@ def epoch_shifts(cfg: Config) -> int:
 # ---- evaluation ------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = EVAL_BATCH) -> torch.Tensor:
-    """Probabilities of label 1, (N,), in eval mode, in fixed-size chunks (the last one padded); tta > 0: from
-    the logit averaged over symmetry.tta_views (the image and its transpose at tta x tta shifts in a patch).
+def predict_logits(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits of label 1, (N,), in eval mode, in fixed-size chunks (the last one padded); tta > 0: the logit
+    averaged over symmetry.tta_views (the image and its transpose at tta x tta shifts in a patch).
 
     Raises NonFinitePredictions when a logit is NaN or infinite: finite weights can still overflow in the
     forward pass, and a NaN probability would turn into a silent 0 in the predictions or a crash in log_loss."""
@@ -243,7 +243,12 @@ def predict_proba(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = 
     if bad:
         raise NonFinitePredictions(f"{bad} of {len(logits)} predictions are NaN or infinite (the forward pass "
                                    f"overflows)")
-    return torch.sigmoid(logits)
+    return logits
+
+
+def predict_proba(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Probabilities of label 1, (N,): the sigmoid of predict_logits (uncalibrated)."""
+    return torch.sigmoid(predict_logits(model, x, tta, batch))
 
 
 def log_loss(p: torch.Tensor, y: torch.Tensor) -> float:

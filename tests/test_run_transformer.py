@@ -52,6 +52,11 @@ def test_explicit_channels_keep_the_confounder_and_the_model_follows(tmp_path, t
     run_dir = train(tmp_path, tiny_benchmark, "--channels", "density,recording_date", "--model", "cnn")
     checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
     assert checkpoint["model"]["features.0.0.weight"].shape[1] == 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["sensitivity"]["channel_effect"]) == {"density", "recording_date"}
+    # the test file's dates (7..9) are nothing like training's (the label): the drift check says so
+    test_drift = summary["drift"]["test"]
+    assert test_drift["warning"] and "recording_date" in next(iter(test_drift["flagged_by"]))
 
 
 def test_two_runs_never_share_a_folder(tmp_path, tiny_benchmark):
@@ -72,7 +77,7 @@ def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, f
     lines = output.read_text().splitlines()
     assert len(lines) == 100 and set(lines) <= {"0", "1"}
     rows = output.with_suffix(".csv").read_text().splitlines()
-    assert rows[0] == "index,probability,label" and len(rows) == 101
+    assert rows[0] == "index,probability,label,drift_flag" and len(rows) == 101
     probs = np.array([float(r.split(",")[1]) for r in rows[1:]])
     assert ((probs > 0.5).astype(int).astype(str) == np.array(lines)).all()
     expected = (run_dir / "predictions.txt").read_text()  # the same model on the test file: same answers

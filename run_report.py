@@ -1,0 +1,257 @@
+"""What a finished run adds so that a scientist can trust it, and the one page that shows it all (report.md).
+
+After training, `assess` fits the temperature on the validation logits (calibration.py), describes the training
+set and checks the test split against it (drift.py), maps what the model reads over Fourier modes
+(sensitivity.py), and draws the figures (report.py). `write_page` puts the summary numbers and every figure of
+the run folder into report.md. The raw channels are read again from the run's data files: the description needs
+them, and on the built-in benchmark so do the exact posteriors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import calibration
+import drift
+import synthetic
+from config import Config
+from data import SPLIT_FILES, DeviceData, RawSplit, read_split
+from fileio import write_text
+from report import plot_drift, plot_reliability, plot_roc_and_confusion, plot_sensitivity
+from sensitivity import (SENSITIVITY_IMAGES, bayes_sensitivity, channel_importance, map_correlation,
+                         mode_sensitivity)
+from train import roc_auc, tta_shifts
+
+SPLIT_NAMES = {"valid": "validation", "test": "test"}
+
+
+@dataclass
+class Assessment:
+    """What finish writes: calibrated test probabilities and drift flags, entries for best.pt and summary.json,
+    the Bayes lines of the learning curves, and lines for the log."""
+    test_probabilities: np.ndarray
+    test_flags: np.ndarray | None
+    checkpoint: dict[str, Any]
+    summary: dict[str, Any]
+    bayes_curves: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def read_raw(info: dict[str, Any], name: str) -> dict[str, np.ndarray]:
+    """One split of the run's data as stored (float32): density, and the other channels the model reads."""
+    path = Path(info["data_dir"]) / SPLIT_FILES[name]
+    channels = ("density", *(c for c in info["channels"] if c != "density"))
+    return read_split(path, name, channels, labelled=False).channels
+
+
+def other_channels(channels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: value for name, value in channels.items() if name != "density"}
+
+
+def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
+           logits: dict[str, np.ndarray]) -> Assessment:
+    """Calibration, drift check of the test split, sensitivity map and their figures, for the restored best model;
+    `logits`: its (view-averaged) logits of the validation and test splits."""
+    labels = {name: None if data.y[name] is None else data.y[name].cpu().numpy() for name in ("train", "valid", "test")}
+    prior = calibration.reference_prior(cfg.augment, cfg.tta, labels["train"])
+    temperature = calibration.fit_temperature(logits["valid"], labels["valid"],
+                                              calibration.prior_weights(labels["valid"], prior))
+    raw = {name: read_raw(info, name) for name in ("train", "valid", "test")}
+    llr = ({name: synthetic.bayes_log_likelihood_ratio(raw[name]["density"]) for name in ("valid", "test")}
+           if info["source"] == "synthetic" else {})
+    probabilities = {name: calibration.calibrated(z, temperature) for name, z in logits.items()}
+    plot_reliability(run_dir / "reliability.png", reliability_panels(logits, labels, temperature, prior))
+    plot_roc_and_confusion(run_dir / "roc_confusion.png", {
+        SPLIT_NAMES[n]: (probabilities[n], labels[n], roc_auc(torch.from_numpy(probabilities[n]),
+                                                               torch.from_numpy(labels[n])))
+        for n in ("valid", "test") if labels[n] is not None})
+    result = Assessment(probabilities["test"], None,
+                        {"calibration": {"temperature": temperature, "prior_state_1": prior, "fitted_on": "valid"}},
+                        {"calibration": calibrate_summary(logits, labels, temperature, prior, llr)})
+    if llr:  # the Bayes lines of the learning curves: the exact posterior's validation log loss and accuracy
+        result.bayes_curves = {"val_loss": calibration.log_loss(calibration.bayes_posterior(llr["valid"], prior),
+                                                                labels["valid"]),
+                               "val_acc": info["bayes_accuracy"]["valid"]}
+    check_test_split(run_dir, raw, result)
+    if "density" in info["channels"]:
+        result.summary["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature)
+    return result
+
+
+def check_test_split(run_dir: Path, raw: dict[str, dict[str, np.ndarray]], result: Assessment) -> None:
+    """Describe the training set, flag the test split against it (drift.png), and fill in `result`."""
+    if not (raw["train"]["density"] > 0).all():  # possible with --no-whiten only
+        result.notes.append("note: the training density has values <= 0, so it has no log-density to describe: "
+                            "no drift check")
+        return
+    reference = drift.describe(raw["train"]["density"], other_channels(raw["train"]))
+    checked = drift.check(reference, raw["test"]["density"], other_channels(raw["test"]))
+    plot_drift(run_dir / "drift.png", reference, {"test split": checked.rings}, checked.outside)
+    result.test_flags, result.checkpoint["drift"] = checked.flags, reference
+    result.summary["drift"] = {"test": checked.summary()}
+    if checked.warn:
+        result.notes.append(drift.warning_line(checked, f"the test split ({SPLIT_FILES['test']})"))
+
+
+def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
+                      prior: float, llr: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Temperature, and per split before/after calibration: ECE and log loss (labelled splits, reweighted to the
+    reference prior), mean |p - p_Bayes| (the built-in benchmark)."""
+    out: dict[str, Any] = {"temperature": temperature, "prior_state_1": prior, "ece_bins": calibration.ECE_BINS}
+    for name, z in logits.items():
+        before, after = calibration.calibrated(z), calibration.calibrated(z, temperature)
+        row: dict[str, Any] = {}
+        if labels[name] is not None:
+            w = calibration.prior_weights(labels[name], prior)
+            row["ece"] = {"before": calibration.expected_calibration_error(before, labels[name], w),
+                          "after": calibration.expected_calibration_error(after, labels[name], w)}
+            row["log_loss"] = {"before": calibration.log_loss(before, labels[name], w),
+                               "after": calibration.log_loss(after, labels[name], w)}
+        if name in llr:
+            exact = calibration.bayes_posterior(llr[name], prior)
+            row["mean_abs_diff_bayes"] = {"before": float(np.mean(np.abs(before - exact))),
+                                          "after": float(np.mean(np.abs(after - exact)))}
+        out[name] = row
+    return out
+
+
+def reliability_panels(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
+                       prior: float) -> dict[str, dict[str, dict]]:
+    """Reliability tables before and after calibration, per labelled split, each labelled with its ECE."""
+    panels: dict[str, dict[str, dict]] = {}
+    for title, t in (("before calibration", 1.0), (f"after calibration (T = {temperature:.3g})", temperature)):
+        panels[title] = {}
+        for name in ("valid", "test"):
+            if labels[name] is None:
+                continue
+            p, w = calibration.calibrated(logits[name], t), calibration.prior_weights(labels[name], prior)
+            ece = calibration.expected_calibration_error(p, labels[name], w)
+            panels[title][f"{SPLIT_NAMES[name]} (ECE {ece:.2%})"] = calibration.reliability(p, labels[name], w)
+    return panels
+
+
+def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
+                    temperature: float) -> dict[str, Any]:
+    """sensitivity.png and its numbers: the model's map in calibrated log-odds beside the exact likelihood ratio's
+    (on real data: that of the benchmark's physics model, fitted to the real test file)."""
+    channel = info["channels"].index("density")
+    views = tta_shifts(cfg) > 0
+    raw = mode_sensitivity(model, data.x["valid"], channel, views)
+    model_map = raw / temperature
+    bayes = bayes_sensitivity(model_map.shape[-1])
+    r = map_correlation(model_map, bayes)
+    slope = float((model_map * bayes).sum() / (bayes**2).sum())
+    effect = {name: change / temperature  # in calibrated log-odds, as the map
+              for name, change in zip(info["channels"], channel_importance(model, data.x["valid"], views))}
+    physics = ("exact likelihood ratio" if info["source"] == "synthetic"
+               else "likelihood ratio of the benchmark's physics model")
+    title = (f"{cfg.model}, channels {','.join(info['channels'])}: correlation with the {physics} {r:.3f}, "
+             f"scale {slope:.2f}" + ("\nmean change of the log-odds when a channel is swapped between images: "
+                                     + ", ".join(f"{k} {v:.3g}" for k, v in effect.items()) if len(effect) > 1 else ""))
+    plot_sensitivity(run_dir / "sensitivity.png", model_map, bayes, title)
+    return {"correlation_with_bayes": r, "scale_vs_bayes": slope, "channel_effect": effect,
+            "images": min(SENSITIVITY_IMAGES, len(data.x["valid"])), "compared_with": physics}
+
+
+def trust_line(summary: dict[str, Any]) -> str:
+    """The end-of-run line's part on calibration (ECE, |p - p_Bayes|), drift flags and the sensitivity map."""
+    cal = summary["calibration"]
+    parts = [f"calibration T {cal['temperature']:.3g}"]
+    for split in ("valid", "test"):
+        if "ece" in cal[split]:
+            parts.append(f"{split} ECE {cal[split]['ece']['before']:.2%} -> {cal[split]['ece']['after']:.2%}")
+    if "mean_abs_diff_bayes" in cal["test"]:
+        diff = cal["test"]["mean_abs_diff_bayes"]
+        parts.append(f"test |p - p_Bayes| {diff['before']:.4f} -> {diff['after']:.4f}")
+    if "drift" in summary:
+        parts.append(f"test drift flags {summary['drift']['test']['share_flagged']:.1%}")
+    if "sensitivity" in summary:
+        parts.append(f"sensitivity vs Bayes r {summary['sensitivity']['correlation_with_bayes']:.3f}")
+    return ", ".join(parts)
+
+
+def drift_check(payload: dict[str, Any], split: RawSplit) -> drift.DriftCheck | None:
+    """--predict's input against the training description in the checkpoint (density and the other channels the
+    model reads); None for runs saved before drift checks, and for models that do not read density."""
+    if "drift" not in payload or "density" not in split.channels:
+        return None
+    return drift.check(payload["drift"], split.channels["density"], other_channels(split.channels))
+
+
+# ---- the page --------------------------------------------------------------------------------------------
+
+def percent(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2%}"
+
+
+def number(x: float | None, digits: int = 4) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def before_after(row: dict[str, Any], key: str, show=percent) -> str:
+    return f"{show(row[key]['before'])} → {show(row[key]['after'])}" if key in row else "–"
+
+
+def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
+    """report.md: the summary numbers and every figure of the run, so that one file tells the story."""
+    cal = summary["calibration"]
+    valid, test = cal.get("valid", {}), cal.get("test", {})
+    bayes = summary.get("bayes_accuracy", {})
+    lines = [f"# Run {Path(run_dir).name}", "",
+             f"Data: {summary['data_source']} (channels {', '.join(summary['channels'])}); best epoch "
+             f"{summary['best_epoch']} of {summary['epochs_run']} run; {summary['wall_time_s']} s."
+             + (f" Training diverged: {summary['diverged']}." if summary.get("diverged") else ""), "",
+             "| | validation | test |", "|---|---|---|",
+             f"| accuracy | {percent(summary['val_acc'])} | {percent(summary.get('test_acc'))} |",
+             f"| Bayes limit (exact likelihood ratio) | {percent(bayes.get('valid'))} | {percent(bayes.get('test'))} |",
+             f"| ROC AUC | {number(summary['val_auc'])} | {number(summary.get('test_auc'))} |",
+             f"| log loss, before → after calibration | {before_after(valid, 'log_loss', number)} | "
+             f"{before_after(test, 'log_loss', number)} |",
+             f"| ECE ({cal['ece_bins']} bins), before → after | {before_after(valid, 'ece')} | "
+             f"{before_after(test, 'ece')} |",
+             f"| mean abs(p − p_Bayes), before → after | {before_after(valid, 'mean_abs_diff_bayes', number)} | "
+             f"{before_after(test, 'mean_abs_diff_bayes', number)} |", "",
+             f"Written probabilities are sigmoid(logit / T) with T = {cal['temperature']:.4g}, fitted on validation; "
+             f"they refer to a share of state 1 of {cal['prior_state_1']:.3g} (validation is reweighted to it). "
+             f"The 0/1 predictions do not depend on T.", "",
+             "## Learning curves", "", "![learning curves](curves.png)", "",
+             "## Calibration", "", "![reliability diagram](reliability.png)", "",
+             "## ROC curve and confusion matrix at 0.5", "", "![ROC and confusion](roc_confusion.png)", ""]
+    lines += drift_section(summary.get("drift"))
+    lines += sensitivity_section(summary.get("sensitivity"))
+    return write_text(Path(run_dir) / "report.md", "\n".join(lines) + "\n")
+
+
+def drift_section(result: dict[str, Any] | None) -> list[str]:
+    lines = ["## Drift check (test split against the training set)", ""]
+    if result is None:
+        return lines + ["Not run: the training density has values ≤ 0.", ""]
+    test = result["test"]
+    verdict = "WARNING: more than 1 % flagged" if test["warning"] else "no warning"
+    lines += [f"{percent(test['share_flagged'])} of {test['n']} test samples lie outside the training data's range "
+              f"({verdict}; a fresh training-like sample is flagged with probability {drift.FALSE_FLAG_RATE:.2%})."
+              + ("" if not test["flagged_by"] else " Flagged mainly by: " + ", ".join(
+                  f"{k} ({percent(v)})" for k, v in test["flagged_by"].items()) + "."), "",
+              "| feature | below the training 0.1 % | above the training 99.9 % |", "|---|---|---|"]
+    lines += [f"| {name.replace('|', '&#124;')} | {percent(side['below'])} | {percent(side['above'])} |"
+              for name, side in test["outside_training_range"].items()]
+    return lines + ["", "![drift check](drift.png)", ""]
+
+
+def sensitivity_section(result: dict[str, Any] | None) -> list[str]:
+    lines = ["## What the model learned", ""]
+    if result is None:
+        return lines + ["No density channel: no map over its Fourier modes.", ""]
+    lines.append(f"Sensitivity of the calibrated log-odds to the amplitude of each Fourier mode of density, "
+                 f"averaged over {result['images']} validation images, beside that of the "
+                 f"{result['compared_with']}: correlation {result['correlation_with_bayes']:.3f}, scale "
+                 f"{result['scale_vs_bayes']:.2f} (1 = the same strength).")
+    if len(result["channel_effect"]) > 1:
+        lines.append("Mean change of the calibrated log-odds when one channel is swapped between images: " + ", ".join(
+            f"{k} {v:.3g}" for k, v in result["channel_effect"].items()) + ".")
+    return lines + ["", "![sensitivity map](sensitivity.png)", ""]

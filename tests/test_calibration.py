@@ -1,0 +1,78 @@
+"""calibration.py: the fitted temperature, the calibration error, and the prior the probabilities refer to."""
+import numpy as np
+import pytest
+
+from calibration import (ECE_BINS, TEMPERATURE_RANGE, bayes_posterior, calibrated, expected_calibration_error,
+                         fit_temperature, log_loss, prior_weights, reference_prior, reliability, sigmoid)
+
+
+def miscalibrated(temperature: float, n: int = 20_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits `temperature` times the true log-odds, and labels drawn from the true probabilities."""
+    rng = np.random.default_rng(seed)
+    true_logits = rng.normal(0, 3, n)
+    labels = (rng.random(n) < sigmoid(true_logits)).astype(float)
+    return true_logits * temperature, labels
+
+
+@pytest.mark.parametrize("true_t", [0.3, 1.0, 2.5])
+def test_a_fitted_temperature_recovers_the_true_one(true_t):
+    logits, labels = miscalibrated(true_t)
+    assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
+
+
+def test_calibration_repairs_squeezed_probabilities_without_moving_a_prediction():
+    logits, labels = miscalibrated(0.4)  # squeezed toward 0.5, as label smoothing does
+    t = fit_temperature(logits, labels)
+    before, after = calibrated(logits), calibrated(logits, t)
+    assert ((before > 0.5) == (after > 0.5)).all()
+    assert expected_calibration_error(after, labels) < 0.02 < expected_calibration_error(before, labels)
+    assert log_loss(after, labels) < log_loss(before, labels)
+
+
+def test_the_ece_of_a_perfectly_calibrated_sampler_is_near_zero():
+    rng = np.random.default_rng(1)
+    p = rng.random(200_000)
+    y = (rng.random(len(p)) < p).astype(float)
+    assert expected_calibration_error(p, y) < 0.005
+    assert expected_calibration_error(np.full(len(p), 0.5), y) < 0.005  # honest about knowing nothing
+    assert expected_calibration_error(np.clip(p + 0.1, 0, 1), y) == pytest.approx(0.1, abs=0.02)
+
+
+def test_reliability_bins_and_the_ece_by_hand():
+    p = np.array([0.05, 0.05, 0.95, 0.95, 1.0])
+    y = np.array([0, 1, 1, 1, 1])
+    table = reliability(p, y)
+    assert len(table["share"]) == ECE_BINS and table["share"].sum() == pytest.approx(1)
+    assert table["frequency"][0] == 0.5 and table["frequency"][-1] == 1.0  # p = 1 lands in the last bin
+    assert np.isnan(table["frequency"][7])
+    expected = 0.4 * abs(0.5 - 0.05) + 0.6 * abs(1 - (0.95 + 0.95 + 1.0) / 3)
+    assert expected_calibration_error(p, y) == pytest.approx(expected)
+
+
+def test_weights_turn_a_split_into_the_reference_mix():
+    y = np.array([1] * 9 + [0] * 5)
+    w = prior_weights(y, 0.5)
+    assert np.sum(w * y) == pytest.approx(np.sum(w * (1 - y))) and w.mean() == pytest.approx(1)
+    assert (prior_weights(y, 9 / 14) == 1).all() and (prior_weights(np.ones(3), 0.5) == 1).all()
+    # a 9:5 split reweighted to 50/50 calibrates like a 50/50 split: the fitted temperature is the same
+    logits, labels = miscalibrated(0.5, seed=2)
+    zeros = np.flatnonzero(labels == 0)
+    keep = np.concatenate([np.flatnonzero(labels == 1), zeros[: int(len(zeros) * 5 / 9)]])
+    fitted = fit_temperature(logits[keep], labels[keep], prior_weights(labels[keep], 0.5))
+    assert fitted == pytest.approx(0.5, rel=0.06)
+
+
+def test_temperature_stays_in_range_for_useless_or_separable_logits():
+    y = np.array([0.0, 1.0] * 50)
+    assert fit_temperature(np.zeros(100), y) == TEMPERATURE_RANGE[1]
+    assert fit_temperature(-(2 * y - 1), y) == TEMPERATURE_RANGE[1]  # anti-informative: never flips a sign
+    assert fit_temperature(2 * y - 1, y) == TEMPERATURE_RANGE[0]  # separable: as sharp as allowed
+
+
+def test_the_prior_the_probabilities_refer_to():
+    train = np.array([1] * 18 + [0] * 10)
+    assert reference_prior(True, False, train) == reference_prior(False, True, train) == 0.5
+    assert reference_prior(False, False, train) == pytest.approx(18 / 28)
+    llr = np.array([-2.0, 0.0, 3.0])
+    assert bayes_posterior(llr, 0.5) == pytest.approx(sigmoid(llr))
+    assert bayes_posterior(np.zeros(1), 0.8) == pytest.approx([0.8])  # no evidence: the prior
