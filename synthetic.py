@@ -14,6 +14,7 @@ of log-density is the best any classifier can do: `bayes_predict` and `bayes_the
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -158,6 +159,7 @@ def quantisation_variance(grid: int = GRID) -> float:
     return float(np.mean((stored - field) ** 2))
 
 
+@functools.lru_cache(maxsize=None)  # the quantisation variance draws 64 fields: once per grid size is enough
 def _observed_spectra(grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """lambda_0, lambda_1 plus white quantisation noise, and the mask of informative modes (k != 0)."""
     noise = quantisation_variance(grid)
@@ -174,7 +176,7 @@ def bayes_log_likelihood_ratio(density: np.ndarray) -> np.ndarray:
     x = np.log(density.astype(np.float64))
     # |X_k|^2 / N^2 has expectation lambda_k; torch's FFT: several times faster than numpy's on these grids
     power = torch.fft.fft2(torch.from_numpy(x)).abs().square().numpy() / grid**2
-    quad = (power * (1 / lam0 - 1 / lam1))[:, mask].sum(axis=1)
+    quad = (power * np.where(mask, 1 / lam0 - 1 / lam1, 0.0)).sum(axis=(1, 2))
     return 0.5 * quad - 0.5 * np.log(lam1 / lam0)[mask].sum()
 
 
