@@ -19,10 +19,12 @@ from config import config_from_dict
 from data import epoch_batches
 from checkpoints import load_checkpoint
 from run_transformer import load_data
-from train import build_model, evaluate, tta_shifts
+from train import build_model, epoch_shifts, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--device", "cpu"]
+# fp32: the checks below recompute the run's numbers in fp32 in this process (bf16 is checked in test_train)
+MODEL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--device", "cpu",
+         "--precision", "fp32"]
 
 
 def torchrun(tmp: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, Path, Path]:
@@ -76,7 +78,7 @@ def test_two_processes_stay_in_sync_and_match_single_process_evaluation(tiny_ben
     initial = build_model(cfg, len(data.stats["channels"]), data.image_size).state_dict()
     assert not torch.equal(initial["head.weight"], ranks[0]["head.weight"]), "training did not change weights"
 
-    single = evaluate(model, data.x["valid"], data.y["valid"], tta_shifts(cfg))
+    single = evaluate(model, data.x["valid"], data.y["valid"], epoch_shifts(cfg))  # as fit validates
     last = metrics(run_dir)[-1]
     for key in ("loss", "acc", "auc"):
         assert last[f"val_{key}"] == pytest.approx(single[key], rel=2e-5, abs=1e-6), key
