@@ -63,7 +63,8 @@ class FastCPUDropoutAttention(Attention):
             weights = weights * fast_keep_mask(weights.shape, self.dropout, weights.dtype)
             return weights.to(v.dtype) @ v
         if self.dropout > 0:  # a rate that 16-bit words cannot represent: torch's own dropout
-            return torch.nn.functional.dropout(scores.softmax(dim=-1, dtype=torch.float32), self.dropout).to(v.dtype) @ v
+            weights = torch.nn.functional.dropout(scores.softmax(dim=-1, dtype=torch.float32), self.dropout)
+            return weights.to(v.dtype) @ v
         # no dropout: the softmax in the scores' dtype (the CPU kernel accumulates bf16 in fp32), outside autocast,
         # which would otherwise compute it in fp32 and cast twice
         with torch.autocast("cpu", enabled=False):

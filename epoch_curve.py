@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         data, _ = load_data(base, device, print)
         done = set()
         if args.out.exists():
-            done = {(r["epochs"], r["seed"], r["precision"]) for r in map(json.loads, args.out.read_text().splitlines())}
+            rows = map(json.loads, args.out.read_text().splitlines())
+            done = {(r["epochs"], r["seed"], r["precision"]) for r in rows}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         for epochs in args.epochs:
             for seed in args.seeds:

@@ -159,7 +159,8 @@ def native_bf16(device: torch.device) -> bool:
     other CPUs oneDNN emulates bf16, slower than fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_precision(cfg: Config, device: torch.device) -> Config:
