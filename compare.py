@@ -44,7 +44,7 @@ from fileio import append_text, changed_files, write_text
 from compare_report import METRICS, mean_std, write_report
 from grid import (CHANNEL_SETS, CONFIGS, FULL, LR_GRID, PROBE_SEED, QUICK, QUICK_SIZES, Settings, Variant,
                   variants)
-from train import Diverged, Interrupted, pick_device
+from train import Diverged, Interrupted, pick_device, resolve_precision
 
 
 def job_key(cfg: Config) -> str:
@@ -345,7 +345,9 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     data_dir = args.data_dir or "data"
     if args.quick and not args.data_dir:
         data_dir = str(synthetic.ensure_benchmark(Path("data") / "synthetic-quick", 0, QUICK_SIZES))
-    base = Config(data_dir=data_dir, device=args.device, compile=args.compile)
+    # precision resolved here: a run's key names what ran (bf16 or fp32), not "auto"
+    base = resolve_precision(Config(data_dir=data_dir, device=args.device, compile=args.compile),
+                             pick_device(args.device))
     chosen = variants(configs)
     resolved = Path(data_dir)
     if args.report_only:

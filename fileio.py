@@ -104,10 +104,11 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
 
 def changed_files(recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:
     """Paths of the files, matched by key, whose size or SHA-256 differ between two sets of fingerprint()s, or
-    that only one of the sets has."""
+    that the recorded set has and the current one lacks (a file the run did not record, such as an answer key
+    added later, is not a change of the run's data)."""
     def same(a: dict | None, b: dict | None) -> bool:
         return a is not None and b is not None and (a["bytes"], a["sha256"]) == (b["bytes"], b["sha256"])
-    return [(current.get(key) or recorded[key])["path"] for key in sorted(recorded.keys() | current.keys())
+    return [(current.get(key) or recorded[key])["path"] for key in sorted(recorded)
             if not same(recorded.get(key), current.get(key))]
 
 

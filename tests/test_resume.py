@@ -403,3 +403,17 @@ def test_same_seed_gives_identical_metrics_and_config_records_provenance(tiny_da
         assert record["bytes"] == len(content) and record["sha256"] == hashlib.sha256(content).hexdigest()
     assert config["data"]["channels"] == [c for c in CHANNEL_NAMES if c != "recording_date"]
 
+
+
+def test_a_file_the_run_did_not_record_is_not_a_change_of_its_data(tmp_path):
+    """A run saved before answer keys were fingerprinted records no test_answers: an answer key present now must
+    not block its --resume; a recorded file that changed or went missing does."""
+    from fileio import changed_files, fingerprint
+    for name in ("train.hdf5", "test_labels.hdf5"):
+        (tmp_path / name).write_bytes(name.encode())
+    recorded = {"train": fingerprint(tmp_path / "train.hdf5")}
+    current = {**recorded, "test_answers": fingerprint(tmp_path / "test_labels.hdf5")}
+    assert changed_files(recorded, current) == []
+    (tmp_path / "train.hdf5").write_bytes(b"other")
+    assert changed_files(recorded, {"train": fingerprint(tmp_path / "train.hdf5")}) == [str(tmp_path / "train.hdf5")]
+    assert changed_files(recorded, {}) == [str(tmp_path / "train.hdf5")]
