@@ -34,27 +34,25 @@ from typing import Any, Callable
 
 import torch
 
+import heldout
 import run_transformer
 import synthetic
 from cli import exit_code
-from config import (EXECUTION, OUTPUT, SAMPLING, SAVED_BEFORE_ADDED, Config, HelpFormatter, Parser, UserError,
+from config import (EXECUTION, OUTPUT, SAMPLING, Config, HelpFormatter, Parser, UserError,
                     add_config_flags, checked, config_from_dict, fields_with, non_negative, positive)
 from data import load_splits, read_answer_key
 from fileio import append_text, changed_files, write_text
 from compare_report import METRICS, mean_std, write_report
-from grid import (CHANNEL_SETS, CONFIGS, FULL, LR_GRID, PROBE_SEED, QUICK, QUICK_SIZES, Settings, Variant,
-                  variants)
+from grid import (CHANNEL_SETS, CONFIGS, FULL, LR_GRID, PROBE_SEED, QUICK, QUICK_HELDOUT_PER_CLASS, QUICK_SIZES,
+                  Settings, Variant, variants)
 from train import Diverged, Interrupted, pick_device, resolve_precision
 
 
 def job_key(cfg: Config) -> str:
     """Identity of a run: every setting that changes its result, not how it is computed, how its random numbers
-    are drawn or where it is written (config.py's EXECUTION, SAMPLING and OUTPUT roles). A setting at the value
-    runs had before it existed is left out, so stored runs keep their keys, and so are the ViT's init and
-    pooling for the CNN, which has neither."""
-    ignored = fields_with(EXECUTION, SAMPLING, OUTPUT) + (("init", "pool") if cfg.model == "cnn" else ())
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items()
-              if k not in ignored and SAVED_BEFORE_ADDED.get(k, object()) != v}
+    are drawn or where it is written (config.py's EXECUTION, SAMPLING and OUTPUT roles)."""
+    ignored = fields_with(EXECUTION, SAMPLING, OUTPUT)
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -87,7 +85,8 @@ def chosen_lr(variant: Variant, settings: Settings, done: list[dict[str, Any]]) 
 
 
 def final_jobs(variant: Variant, lr: float, settings: Settings, base: Config, out: Path) -> list[dict[str, Any]]:
-    return [make_job(variant, "final", lr, seed, settings.epochs, base, out) for seed in range(settings.seeds)]
+    return [{**make_job(variant, "final", lr, seed, settings.epochs, base, out), "heldout": settings.heldout}
+            for seed in range(settings.seeds)]
 
 
 def choose_lr(probes: list[dict[str, Any]]) -> float:
@@ -113,10 +112,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     except Diverged as e:  # run() wrote summary.json if an epoch finished before the NaN; else nothing to read
         written = sorted(folder.glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
         summary = {**(json.loads(written[-1].read_text()) if written else {}), "diverged": str(e)}
-    history = read_history(Path(summary["run_dir"]) / "metrics.csv") if "run_dir" in summary else []
+    run_dir = Path(summary["run_dir"]) if "run_dir" in summary else None
+    history = read_history(run_dir / "metrics.csv") if run_dir else []
     device = torch.cuda.get_device_name(0) if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
-    return {**{k: job[k] for k in ("key", "variant", "stage", "lr", "seed")}, "summary": summary,
-            "history": history, "device": f"{device} ({os.cpu_count()} cores)"}
+    row = {**{k: job[k] for k in ("key", "variant", "stage", "lr", "seed")}, "summary": summary,
+           "history": history, "device": f"{device} ({os.cpu_count()} cores)"}
+    if job.get("heldout") and job["stage"] == "final" and run_dir and (run_dir / "best.pt").exists():
+        row["heldout"] = heldout.score_run(run_dir, Path(job["heldout"]), pick_device(cfg.device))
+    return row
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -254,7 +257,10 @@ def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path
     lines = []
     for v in chosen:
         probes = [rows[j["key"]] for j in probe_jobs(v, settings, base, out) if j["key"] in rows]
+        settings_of = CONFIGS[v.config]
         line: dict[str, Any] = {"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels],
+                                "init": settings_of.get("init", base.init), "whiten": settings_of["whiten"],
+                                "reference": f"{'after+whiten' if settings_of['whiten'] else 'after'}/{v.channels}",
                                 "probes": probes, "lr": None, "runs": []}
         line["lr"] = chosen_lr(v, settings, probes)
         if line["lr"] is not None:
@@ -353,8 +359,13 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     if args.report_only:
         rows = load_results(out / "results.jsonl")
     else:  # generates the built-in benchmark once, here, rather than in racing workers
-        resolved, _ = run_transformer.resolve_data_dir(base, log=lambda m: None)
+        resolved, source = run_transformer.resolve_data_dir(base, log=lambda m: None)
         check_same_data(out / "results.jsonl", resolved)
+        if source == "synthetic" or (resolved / synthetic.MANIFEST).exists():
+            per_class = QUICK_HELDOUT_PER_CLASS if args.quick else heldout.PER_CLASS
+            seed = json.loads((resolved / synthetic.MANIFEST).read_text()).get("seed", 0)
+            folder = resolved.parent / f"{resolved.name}-heldout"  # beside the benchmark, which stays as generated
+            settings = dataclasses.replace(settings, heldout=str(heldout.ensure_heldout(folder, seed, per_class)))
         print(f"{len(chosen)} variants (configuration x channel set) on {resolved}, {device}, {jobs} parallel "
               f"run(s); results in {out}/")
         deadline = start + 60 * args.max_minutes if args.max_minutes > 0 else 0.0
@@ -367,7 +378,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     header = (f"Command: `python compare.py {' '.join(argv)}`; data {resolved}; {settings.epochs} epochs "
               f"(probes {settings.probe_epochs}), {settings.seeds} seeds, {jobs} parallel run(s); this "
               f"invocation took {time.time() - start:.0f} s.")
-    print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED, tuple(CHANNEL_SETS)))
+    print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED))
     print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
     if interrupted is not None:
         raise interrupted

@@ -1,4 +1,12 @@
-"""The ablation report of compare.py: mean ± std tables (markdown, CSV) and figures from finished runs."""
+"""The ablation report of compare.py: tables (markdown, CSV) and figures from finished runs.
+
+On the built-in benchmark every final run is also scored on the held-out set (heldout.py, 20,000 images). A
+row's held-out accuracy is the mean over its seeds with a 95% interval that adds, in quadrature, the seed
+spread (Student t with seeds - 1 degrees of freedom on the seed means) and the sampling error of the images
+(the standard error of the per-image correctness averaged over seeds). The difference to the row's reference
+(`after` on the same input and channels) is paired: the same seeds on the same images, so the per-image
+differences carry the sampling error and most of what the images have in common cancels.
+"""
 from __future__ import annotations
 
 import csv
@@ -9,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+import heldout
 from fileio import write_text
-from report import plot_bars, plot_loss_curves
+from report import plot_intervals, plot_loss_curves
 
 GOAL = 0.83  # the scientist's target test accuracy
 
@@ -25,8 +34,51 @@ METRICS = {  # column -> (heading, how to read it from a row)
     "best_epoch": ("epochs to best", lambda r: r["summary"].get("best_epoch")),
     "wall_s": ("wall s/run", lambda r: r["summary"].get("wall_time_s")),
 }
-TABLE = ("best_val_acc", "test_acc", "test_auc", "gap_acc", "train_loss", "best_epoch", "wall_s")
 PERCENT = ("best_val_acc", "val_acc", "test_acc", "gap_acc")
+
+
+Z95 = 1.96
+T975 = (math.nan, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)  # by degrees of freedom
+
+
+def t975(df: int) -> float:
+    """The two-sided 95% quantile of Student's t (the normal one beyond 10 degrees of freedom)."""
+    return T975[df] if df < len(T975) else Z95
+
+
+def correctness(runs: list[dict[str, Any]]) -> np.ndarray:
+    """(seeds, images) bools: which held-out images each run classified right."""
+    return np.stack([heldout.unpack(r["heldout"]["correct"], r["heldout"]["n"]) for r in runs])
+
+
+def interval(per_image: np.ndarray) -> tuple[float, float]:
+    """Mean over seeds of (seeds, images) per-image scores, and its 95% half-width (seed spread and image
+    sampling in quadrature; NaN with one seed, whose spread is unknown)."""
+    k, n = per_image.shape
+    per_seed = per_image.mean(axis=1)
+    seeds = t975(k - 1) * per_seed.std(ddof=1) / math.sqrt(k) if k > 1 else math.nan
+    images = Z95 * per_image.mean(axis=0).std(ddof=1) / math.sqrt(n)
+    return float(per_seed.mean()), float(math.hypot(seeds, images))
+
+
+def scored(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in runs if r.get("heldout")]
+
+
+def heldout_accuracy(runs: list[dict[str, Any]]) -> tuple[float, float]:
+    """Held-out accuracy: mean over seeds and 95% half-width; NaNs without held-out scores."""
+    runs = scored(runs)
+    return interval(correctness(runs).astype(float)) if runs else (math.nan, math.nan)
+
+
+def paired_difference(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> tuple[float, float]:
+    """Held-out accuracy minus the reference's, seed by seed on the same images: mean and 95% half-width."""
+    by_seed = {r["seed"]: r for r in scored(reference)}
+    pairs = [(r, by_seed[r["seed"]]) for r in scored(runs) if r["seed"] in by_seed]
+    if not pairs:
+        return math.nan, math.nan
+    ours, theirs = correctness([a for a, _ in pairs]), correctness([b for _, b in pairs])
+    return interval(ours.astype(float) - theirs.astype(float))
 
 
 def mean_std(values: list[Any]) -> tuple[float, float]:
@@ -46,42 +98,65 @@ def fmt(pair: tuple[float, float], metric: str) -> str:
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
+def pct(pair: tuple[float, float], sign: str = "") -> str:
+    """(value, 95% half-width) in points: "98.1 ± 0.2"; "–" when missing."""
+    value, half = pair
+    if not math.isfinite(value):
+        return "–"
+    return f"{100 * value:{sign}.2f}" + (f" ± {100 * half:.2f}" if math.isfinite(half) else " (1 seed)")
+
+
+def add_heldout(lines: list[dict[str, Any]]) -> None:
+    """Per line: held-out accuracy, paired difference to its reference, and the evaluation set's size."""
+    by_name = {l["variant"]: l for l in lines}
+    for l in lines:
+        l["heldout_acc"] = heldout_accuracy(l["runs"])
+        reference = by_name.get(l.get("reference", ""))
+        l["diff"] = (math.nan, math.nan) if reference is None or reference is l else \
+            paired_difference(l["runs"], reference["runs"])
+        l["eval_n"] = next((r["heldout"]["n"] for r in scored(l["runs"])), None)
+
+
 def write_report(lines: list[dict[str, Any]], bayes: dict[str, float] | None, out: Path, header: str,
-                 seeds: int, probe_seed: int, channel_tags: tuple[str, ...]) -> str:
+                 seeds: int, probe_seed: int) -> str:
     """report.md, report.csv and the figures; returns the markdown."""
+    add_heldout(lines)
     complete = all(l["lr"] is not None and len(l["runs"]) == seeds for l in lines)
     runs = [r for l in lines for r in l["runs"] + l["probes"] if "finished_at" in r]
     if runs:  # the grid's own wall time, across invocations and parallel workers
         first = min(r["finished_at"] - (r["summary"].get("wall_time_s") or 0) for r in runs)
         header += (f" {len(runs)} runs on {', '.join(sorted({r.get('device', '?') for r in runs}))}, first "
                    f"start to last finish {(max(r['finished_at'] for r in runs) - first) / 60:.1f} min.")
-    has_test = any(math.isfinite(l["test_acc"][0]) for l in lines)
-    goal_metric = "test_acc" if has_test else "val_acc"
+    held = heldout_bayes(lines)
     md = ["# Ablation of the requested changes", "", header, ""]
     if not complete:
         md += ["**Incomplete grid**: rerun the same command to finish it.", ""]
     if bayes:
         md += ["Bayes limit (exact likelihood-ratio test on density): "
-               + ", ".join(f"{k} {100 * v:.1f}%" for k, v in bayes.items()), ""]
-    md += [f"Accuracies in %, mean ± std over seeds at each configuration's chosen learning rate. Goal: "
-           f"{100 * GOAL:.0f}% {goal_metric.split('_')[0]} accuracy.", ""]
-    heads = ["configuration", "channels", "lr", "seeds"] + [METRICS[m][0] for m in TABLE] + ["≥ 83%?"]
+               + ", ".join(f"{k} {100 * v:.2f}%" for k, v in {**bayes, **held}.items()), ""]
+    md += ["Accuracies in %. Held-out: mean over seeds ± the 95% interval (seed spread and image sampling); "
+           "Δ: paired difference to `after` on the same input and channels (same seeds, same images). Test: "
+           f"the test file (1,000 images on the benchmark), mean ± std over seeds. Goal: the scientist's {100 * GOAL:.0f}% (held-out, else "
+           f"test).", ""]
+    heads = ["configuration", "channels", "init", "lr", "seeds", "held-out acc", "Δ vs after", "test acc",
+             "test AUC", "train−val gap", "epochs to best", "wall s/run", f"≥ {100 * GOAL:.0f}%?"]
     md += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for l in lines:
         diverged = sum(bool(r["summary"].get("diverged")) for r in l["runs"])
-        cells = [l["config"], l["channels"], "–" if l["lr"] is None else f"{l['lr']:g}",
-                 f"{len(l['runs'])}" + (f" ({diverged} diverged)" if diverged else "")]
-        cells += [fmt(l[m], m) for m in TABLE] + ["yes" if l[goal_metric][0] >= GOAL else "no"]
+        cells = [l["config"], l["channels"], l["init"], "–" if l["lr"] is None else f"{l['lr']:g}",
+                 f"{len(l['runs'])}" + (f" ({diverged} diverged)" if diverged else ""),
+                 pct(l["heldout_acc"]), "reference" if l["reference"] == l["variant"] else pct(l["diff"], "+")]
+        cells += [fmt(l[m], m) for m in ("test_acc", "test_auc", "gap_acc", "best_epoch", "wall_s")]
+        reached = l["heldout_acc"][0] if math.isfinite(l["heldout_acc"][0]) else l["test_acc"][0]
+        cells.append("–" if not math.isfinite(reached) else "yes" if reached >= GOAL else "no")
         md.append("| " + " | ".join(cells) + " |")
-    if bayes and "test" in bayes and has_test:
-        md += ["", "Model vs Bayes limit (test): " + "; ".join(
-            f"{l['variant']} {100 * l['test_acc'][0]:.1f}% vs {100 * bayes['test']:.1f}%"
-            for l in lines if math.isfinite(l["test_acc"][0]))]
-        above = [l["variant"] for l in lines if l["test_acc"][0] > bayes["test"]]
-        if above:  # possible only by chance on a small test set, or through a leak: look before trusting it
-            md += ["", f"**Warning**: above the Bayes limit on test: {', '.join(above)}."]
-    md += ["", f"Learning-rate probes (seed {probe_seed}, best validation log loss; * chosen):", ""]
-    for l in lines:
+    above = [l["variant"] for l in lines if held and l["heldout_acc"][0] > held["held-out"]]
+    if above:  # possible only through a leak on 20,000 images: look before trusting it
+        md += ["", f"**Warning**: above the Bayes limit on the held-out set: {', '.join(above)}."]
+    probed = [l for l in lines if l["probes"]]
+    if probed:
+        md += ["", f"Learning-rate probes (seed {probe_seed}, best validation log loss; * chosen):", ""]
+    for l in probed:
         md.append(f"- {l['variant']}: " + ", ".join(
             f"{r['lr']:g}{'*' if r['lr'] == l['lr'] else ''} → " + (f"{r['summary']['best_val_loss']:.4f}"
             if r["summary"].get("best_val_loss") is not None else "diverged")
@@ -90,32 +165,46 @@ def write_report(lines: list[dict[str, Any]], bayes: dict[str, float] | None, ou
     markdown = "\n".join(md)
     write_text(out / "report.md", markdown)
     write_csv(lines, out / "report.csv")
-    plot_figures(lines, bayes, out, goal_metric, channel_tags)
+    plot_figures(lines, {**(bayes or {}), **held}, out)
     return markdown
 
 
+def heldout_bayes(lines: list[dict[str, Any]]) -> dict[str, float]:
+    """{"held-out": Bayes accuracy} when some run was scored on the held-out set."""
+    for r in (r for l in lines for r in scored(l["runs"])):
+        return {"held-out": r["heldout"]["bayes_acc"]}
+    return {}
+
+
 def write_csv(lines: list[dict[str, Any]], path: Path) -> None:
+    """One row per variant: where its numbers come from (init, input, seeds, evaluation set) and the numbers."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["variant", "config", "channels", "lr", "seeds"]
+    writer.writerow(["variant", "config", "channels", "init", "whiten", "lr", "seeds", "eval_set", "eval_n",
+                     "heldout_acc", "heldout_acc_ci95", "reference", "diff_vs_reference", "diff_ci95"]
                     + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
     for l in lines:
-        writer.writerow([l["variant"], l["config"], l["channels"], "" if l["lr"] is None else l["lr"],
-                         len(l["runs"])] + [f"{x:.6g}" for m in METRICS for x in l[m]])
+        writer.writerow([l["variant"], l["config"], l["channels"], l["init"], l["whiten"],
+                         "" if l["lr"] is None else l["lr"], len(l["runs"]),
+                         "held-out" if l["eval_n"] else "", l["eval_n"] or ""]
+                        + [f"{x:.6g}" for x in l["heldout_acc"]] + [l["reference"]] + [f"{x:.6g}" for x in l["diff"]]
+                        + [f"{x:.6g}" for m in METRICS for x in l[m]])
     write_text(path, buffer.getvalue())
 
 
-def plot_figures(lines: list[dict[str, Any]], bayes: dict[str, float] | None, out: Path, metric: str,
-                 channel_tags: tuple[str, ...]) -> None:
-    """Learning curves per variant (all seeds), and mean ± std accuracy per configuration with/without date."""
+def plot_figures(lines: list[dict[str, Any]], bayes: dict[str, float], out: Path) -> None:
+    """Learning curves per variant (all seeds); held-out accuracy and the paired difference to `after` with
+    their 95% intervals (the test file's mean ± std where no run was scored on the held-out set)."""
     for l in lines:
         plot_loss_curves(out / "figures" / f"curves_{l['variant'].replace('/', '_')}.png",
                          {f"seed {r['seed']}": r["history"] for r in l["runs"]}, f"{l['variant']}  lr {l['lr']}")
-    configs = list(dict.fromkeys(l["config"] for l in lines))
-    by_name = {l["variant"]: l[metric] for l in lines}
-    series = {tag: [by_name.get(f"{c}/{tag}", (math.nan, math.nan)) for c in configs] for tag in channel_tags}
-    split = "test" if metric == "test_acc" else "valid"
-    references = {f"Bayes limit {100 * bayes[split]:.1f}%": bayes[split]} if bayes and split in bayes else {}
-    references[f"goal {100 * GOAL:.0f}%"] = GOAL
-    plot_bars(out / "figures" / "accuracy.png", configs, series, references,
-              f"{split} accuracy (mean ± std over seeds)")
+    held = any(l["eval_n"] for l in lines)
+    split = "held-out" if held else "test"
+    accuracy = [l["heldout_acc"] if held else l["test_acc"] for l in lines]
+    panels = {f"{split} accuracy" + (" (95% interval)" if held else " (mean ± std)"): accuracy}
+    references = {next(iter(panels)): {f"Bayes limit {100 * bayes[split]:.2f}%": bayes[split]}
+                  if split in bayes else {}}
+    if held:
+        panels["Δ held-out accuracy vs after (paired, 95%)"] = [l["diff"] for l in lines]
+        references["Δ held-out accuracy vs after (paired, 95%)"] = {"no difference": 0.0}
+    plot_intervals(out / "figures" / "accuracy.png", [l["variant"] for l in lines], panels, references)

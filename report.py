@@ -97,20 +97,22 @@ def plot_loss_curves(path: str | Path, runs: dict[str, list[dict[str, float]]], 
     return save_figure(fig, path)
 
 
-def plot_bars(path: str | Path, groups: list[str], series: dict[str, list[tuple[float, float]]],
-              references: dict[str, float], ylabel: str) -> Path:
-    """Grouped bars of (mean, std) with error bars, one bar per series in each group, plus labelled
-    horizontal reference lines (e.g. a goal and a theoretical limit)."""
-    fig, ax = pyplot().subplots(figsize=(max(7, 1.1 * len(groups) + 2), 4))
-    width = 0.8 / max(len(series), 1)
-    for i, (label, pairs) in enumerate(series.items()):
-        x = np.arange(len(groups)) + (i - 0.5 * (len(series) - 1)) * width
-        ax.bar(x, [p[0] for p in pairs], width, yerr=[p[1] for p in pairs], capsize=3, label=label)
-    for (label, y), style in zip(references.items(), ("k:", "r--", "b-.")):
-        ax.axhline(y, color=style[0], linestyle=style[1:], label=label)
-    ax.set_xticks(np.arange(len(groups)), groups, rotation=20)
-    ax.set_ylabel(ylabel), ax.set_ylim(0.4, 1.0)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+def plot_intervals(path: str | Path, labels: list[str], panels: dict[str, list[tuple[float, float]]],
+                   references: dict[str, dict[str, float]]) -> Path:
+    """A forest plot: per panel (title -> one (value, 95% half-width) per label), a dot and its interval per
+    row, with labelled vertical reference lines per panel (e.g. the Bayes limit, or 0 for differences)."""
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels) + 2, 0.28 * len(labels) + 1.5),
+                                  sharey=True, squeeze=False)
+    y = np.arange(len(labels))[::-1]
+    for ax, (title, pairs) in zip(axes[0], panels.items()):
+        values, halves = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        ax.errorbar(values, y, xerr=np.nan_to_num(halves), fmt="o", markersize=3, capsize=2)
+        for (label, x), style in zip(references.get(title, {}).items(), ("r--", "k:")):
+            ax.axvline(x, color=style[0], linestyle=style[1:], label=label)
+        ax.set_title(title, fontsize=9), ax.grid(axis="x", alpha=0.3)
+        if references.get(title):
+            ax.legend(fontsize=7, loc="lower left")
+    axes[0][0].set_yticks(y, labels, fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -95,7 +95,7 @@ def make_split(n0: int, n1: int, dates: str, rng: np.random.Generator) -> dict[s
     return {"density": density, "recording_date": date.astype(np.float16), "labels": labels}
 
 
-def _write_hdf5(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_hdf5(path: Path, arrays: dict[str, np.ndarray]) -> None:
     def write(f) -> None:
         with h5py.File(f, "w") as h:
             for key, value in arrays.items():
@@ -122,9 +122,9 @@ def generate_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Size
         split = make_split(n0, n1, dates, np.random.default_rng([seed, index]))
         labels = split["labels"].astype(np.int8)[:, None]
         if name.startswith("test"):
-            _write_hdf5(directory / "test_labels.hdf5", {"labels": labels})
+            write_hdf5(directory / "test_labels.hdf5", {"labels": labels})
             labels = np.full_like(labels, -1)
-        _write_hdf5(directory / name, {"density": split["density"],
+        write_hdf5(directory / name, {"density": split["density"],
                                        "recording_date": split["recording_date"], "labels": labels})
     write_json(directory / MANIFEST, {**manifest, "complete": True})
     return directory

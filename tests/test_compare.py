@@ -33,13 +33,13 @@ def changed(cfg: Config, base: Config) -> dict:
 def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
     chosen = compare.variants(compare.FULL.configs)
     assert [v.name for v in chosen[:2]] == ["before/with-date", "before/no-date"]
-    assert len(chosen) == 26 and len({v.name for v in chosen}) == 26
-    assert set(compare.FULL.configs) == {"before", "+patch-bn", "+sgd-linear", "+mse", "+smooth", "+block-bn",
-                                         "after", "cnn", "before+whiten", "after+whiten", "cnn+whiten",
-                                         "before@trunc02", "after@trunc02", "before+whiten@trunc02",
-                                         "after+whiten@trunc02", "after+whiten+mean-pool", "after+whiten+aug-tta",
-                                         "after+whiten+mean-pool+aug-tta"}
-    assert {v.channels for v in chosen if v.config in grid.DENSITY_ONLY} == {"no-date"}
+    assert len(chosen) == 41 and len({v.name for v in chosen}) == 41
+    requested = ["before", "+patch-bn", "+sgd-linear", "+mse", "+smooth", "+block-bn", "after", "after-patch-bn",
+                 "after-sgd-linear", "after-smooth+bce", "after-smooth+mse", "after+block-bn", "cnn"]
+    assert list(compare.FULL.configs) == requested + [f"{c}+whiten" for c in requested] + [
+        "after+whiten+mean-pool", "after+whiten+mean-pool+aug-tta", "after+whiten+aug-tta", "before@trunc02",
+        "after@trunc02", "before+whiten@trunc02", "after+whiten@trunc02"]
+    assert {v.config for v in chosen if v.channels == "with-date"} == set(grid.WITH_DATE)
     base = Config(data_dir="somewhere")
     before = compare.Variant("before", "no-date").build(base)
     assert (before.model, before.patch_norm, before.block_norm, before.optimizer, before.loss, before.whiten,
@@ -54,19 +54,28 @@ def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
                 "after+whiten": {"patch_norm": "batch", "optimizer": "sgd", "weight_decay": 5e-4, "loss": "smooth",
                                  "whiten": True},
                 "before@trunc02": {"init": "trunc02"}, "before+whiten@trunc02": {"whiten": True, "init": "trunc02"},
+                "after-sgd-linear": {"patch_norm": "batch", "loss": "smooth"},
+                "after-smooth+mse+whiten": {"patch_norm": "batch", "optimizer": "sgd", "weight_decay": 5e-4,
+                                            "loss": "mse", "whiten": True},
+                "after+block-bn": {"patch_norm": "batch", "optimizer": "sgd", "weight_decay": 5e-4,
+                                   "loss": "smooth", "block_norm": "batch"},
+                "+mse+whiten": {"loss": "mse", "whiten": True},
                 "after+whiten+mean-pool+aug-tta": {"patch_norm": "batch", "optimizer": "sgd", "weight_decay": 5e-4,
                                                    "loss": "smooth", "whiten": True, "pool": "mean",
                                                    "augment": True, "tta": True, "tta_shifts": 4}}
     for name, diff in expected.items():
         assert changed(compare.Variant(name, "no-date").build(base), before) == diff, name
-    # Probes: one per rate of the variant's optimizer, at the probe seed; finals: one per seed.
+    # The full grid: one rate per optimizer, no probes; --lrs with several rates: one probe per rate of the
+    # variant's optimizer, at the probe seed; finals: one per seed.
     out = tmp_path / "out"
-    sgd = compare.probe_jobs(compare.Variant("after", "no-date"), compare.FULL, base, out)
+    assert compare.probe_jobs(compare.Variant("after", "no-date"), compare.FULL, base, out) == []
+    probed = dataclasses.replace(compare.FULL, lr_grid=compare.LR_GRID)
+    sgd = compare.probe_jobs(compare.Variant("after", "no-date"), probed, base, out)
     assert [j["lr"] for j in sgd] == list(compare.LR_GRID["sgd"])
     assert all(j["seed"] == compare.PROBE_SEED and j["config"]["epochs"] == compare.FULL.probe_epochs for j in sgd)
     finals = compare.final_jobs(compare.Variant("before", "with-date"), 1e-3, compare.FULL, base, out)
     assert [j["seed"] for j in finals] == list(range(compare.FULL.seeds))
-    keys = [j["key"] for v in chosen for j in compare.probe_jobs(v, compare.FULL, base, out)]
+    keys = [j["key"] for v in chosen for j in compare.probe_jobs(v, probed, base, out)]
     assert len(set(keys)) == len(keys), "every run has its own key"
     # The key names the experiment, not where it runs or is written.
     cfg = before
@@ -111,7 +120,8 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
                                                                   monkeypatch, capsys):
     out = tmp_path / "out"
     argv = ["--only", "before,+sgd-linear", "--data-dir", str(tiny_benchmark), "--out-dir", str(out),
-            "--epochs", "2", "--probe-epochs", "1", "--seeds", "2", "--device", "cpu"]
+            "--epochs", "2", "--probe-epochs", "1", "--seeds", "2", "--device", "cpu",
+            "--lrs", "adamw=0.0003+0.001+0.003,sgd=0.02+0.1+0.5"]
     total = 2 * 2 * (3 + 2)  # 2 configurations x 2 channel sets x (3 probes + 2 seeds)
     first = FakeRun(interrupt_after=7)
     monkeypatch.setattr(run_transformer, "run", first)
@@ -143,7 +153,7 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
     # Another epoch budget is another experiment: its runs are new.
     fourth = FakeRun()
     monkeypatch.setattr(run_transformer, "run", fourth)
-    assert compare.main(argv[:-6] + ["--epochs", "3", "--probe-epochs", "1", "--seeds", "2", "--device", "cpu",
+    assert compare.main(argv[:-8] + ["--epochs", "3", "--probe-epochs", "1", "--seeds", "2", "--device", "cpu",
                                      "--max-minutes", "1e-9"]) == 0
     assert fourth.calls == [], "--max-minutes: no new run once the time is up"
     assert "Incomplete grid" in (out / "report.md").read_text()
@@ -214,12 +224,28 @@ def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys):
     for r in rows:  # each row holds its run's history and the accuracy of the predictions that run wrote
         predicted = np.loadtxt(Path(r["summary"]["run_dir"]) / "predictions.txt", dtype=int)
         assert len(r["history"]) == 1 and r["summary"]["test_acc"] == pytest.approx(np.mean(predicted == answers))
+    # every final run is scored on the held-out set beside the benchmark: what --predict says of that file
+    held = tiny_benchmark.parent / "bench-heldout" / "heldout.hdf5"
+    with h5py.File(held) as h5:
+        truth = h5["labels"][()].ravel()
+    finals = [r for r in rows if r["stage"] == "final"]
+    for r in finals:
+        output = tmp_path / f"{r['variant'].replace('/', '_')}-{r['seed']}.txt"
+        run_transformer.predict_file(run_transformer.Command(predict=r["summary"]["run_dir"], input=str(held),
+                                                             output=str(output)), "cpu", log=lambda m: None)
+        assert r["heldout"]["n"] == len(truth) == 2 * grid.QUICK_HELDOUT_PER_CLASS
+        assert r["heldout"]["acc"] == pytest.approx(np.mean(np.loadtxt(output, dtype=int) == truth), abs=1e-6)
+    assert not any("heldout" in r for r in rows if r["stage"] == "probe")
     report = list(csv.DictReader(open(out / "report.csv")))
     assert [r["variant"] for r in report] == ["cnn/with-date", "cnn/no-date"]
     for line in report:  # the report's mean is over the seeds of the chosen rate
-        seeds = [r["summary"]["test_acc"] for r in rows if r["stage"] == "final" and r["variant"] == line["variant"]]
-        assert line["seeds"] == "2" and len(seeds) == 2
-        assert float(line["test_acc_mean"]) == pytest.approx(np.mean(seeds), abs=1e-4)
+        seeds = [r for r in finals if r["variant"] == line["variant"]]
+        assert line["seeds"] == "2" and len(seeds) == 2 and line["init"] == "torch"
+        assert float(line["test_acc_mean"]) == pytest.approx(np.mean([r["summary"]["test_acc"] for r in seeds]),
+                                                             abs=1e-4)
+        assert (line["eval_set"], line["eval_n"]) == ("held-out", str(len(truth)))
+        assert float(line["heldout_acc"]) == pytest.approx(np.mean([r["heldout"]["acc"] for r in seeds]), abs=1e-6)
+        assert line["reference"] == line["variant"].replace("cnn", "after")
     for name in ("report.md", "figures/accuracy.png", "figures/curves_cnn_with-date.png",
                  "figures/curves_cnn_no-date.png"):
         assert (out / name).stat().st_size > 0, name
@@ -232,7 +258,7 @@ def test_a_run_is_identified_by_every_setting_except_how_and_where_it_is_compute
     """job_key follows config.py's roles: EXECUTION, SAMPLING and OUTPUT fields leave a run's identity alone (a
     stored result stands for any of their values), every other field makes it another run."""
     from test_checkpoints import another_value
-    base = Config(init="trunc02", pool="cls", augment=False, tta=False, tta_shifts=2)
+    base = Config()
     for f in dataclasses.fields(Config):
         changed = dataclasses.replace(base, **{f.name: another_value(f, getattr(base, f.name))})
         same = compare.job_key(changed) == compare.job_key(base)

@@ -332,15 +332,15 @@ def test_read_split_raises_only_user_errors_for_a_missing_file(tmp_path):
 def test_an_interrupted_benchmark_generation_is_finished_next_time(tmp_path, monkeypatch):
     """Killed after its first file: the next run completes the folder instead of calling the files foreign."""
     sizes = synthetic.Sizes(20, 20, 10, 10, 10, 10)
-    write_hdf5 = synthetic._write_hdf5
+    write_hdf5 = synthetic.write_hdf5
 
     def killed_after_one(path, arrays):
         write_hdf5(path, arrays)
         raise KeyboardInterrupt
-    monkeypatch.setattr(synthetic, "_write_hdf5", killed_after_one)
+    monkeypatch.setattr(synthetic, "write_hdf5", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         synthetic.ensure_benchmark(tmp_path, 0, sizes)
-    monkeypatch.setattr(synthetic, "_write_hdf5", write_hdf5)
+    monkeypatch.setattr(synthetic, "write_hdf5", write_hdf5)
     assert json.loads((tmp_path / synthetic.MANIFEST).read_text())["complete"] is False
     synthetic.ensure_benchmark(tmp_path, 0, sizes)
     assert json.loads((tmp_path / synthetic.MANIFEST).read_text())["complete"] is True
@@ -397,7 +397,7 @@ WRITERS = textwrap.dedent(r'''
         "accuracy.png": lambda p: report.plot_loss_curves(p, {"seed 0": history}),
         "predictions.txt": lambda p: report.write_predictions(p, np.full(20_000, 0.9)),
         "test_probabilities.csv": lambda p: report.write_probabilities(p, np.full(20_000, 0.9)),
-        "train.hdf5": lambda p: synthetic._write_hdf5(p, {"density": np.ones((100, 28, 28), np.float16)}),
+        "train.hdf5": lambda p: synthetic.write_hdf5(p, {"density": np.ones((100, 28, 28), np.float16)}),
         "results.jsonl": lambda p: compare.append_result(p, {"key": "x" * 20_000}),
     }
     report.plot_curves(work / "warm-up.png", history[:2])  # matplotlib's font cache, before the disk is full
