@@ -58,7 +58,7 @@ CHANNEL_SETS = {"with-date": "density,recording_date", "no-date": "density"}
 # probes over LR_GRID on before and after, raw and whitened (docs/evaluation.md: learning rates). An optimizer
 # given several rates (--lrs, --quick) is probed per configuration and the best probe's rate is used.
 LR_GRID = {"adamw": (1e-3, 2e-3, 4e-3), "sgd": (0.025, 0.05, 0.1)}
-FIXED_LR = {"adamw": (2e-3,), "sgd": (Config().lr,)}
+FIXED_LR = {"adamw": (4e-3,), "sgd": (Config().lr,)}
 PROBE_SEED = 100  # probes use a seed that the reported runs do not, so selection and evaluation stay apart
 
 
