@@ -359,9 +359,9 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     if args.report_only:
         rows = load_results(out / "results.jsonl")
     else:  # generates the built-in benchmark once, here, rather than in racing workers
-        resolved, source = run_transformer.resolve_data_dir(base, log=lambda m: None)
+        resolved, _ = run_transformer.resolve_data_dir(base, log=lambda m: None)
         check_same_data(out / "results.jsonl", resolved)
-        if source == "synthetic" or (resolved / synthetic.MANIFEST).exists():
+        if (resolved / synthetic.MANIFEST).exists():  # the built-in benchmark: score on its held-out set too
             per_class = QUICK_HELDOUT_PER_CLASS if args.quick else heldout.PER_CLASS
             seed = json.loads((resolved / synthetic.MANIFEST).read_text()).get("seed", 0)
             folder = resolved.parent / f"{resolved.name}-heldout"  # beside the benchmark, which stays as generated

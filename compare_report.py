@@ -19,6 +19,7 @@ import numpy as np
 
 import heldout
 from fileio import write_text
+from grid import EFFECTS
 from report import plot_intervals, plot_loss_curves
 
 GOAL = 0.83  # the scientist's target test accuracy
@@ -140,7 +141,8 @@ def write_report(lines: list[dict[str, Any]], bayes: dict[str, float] | None, ou
            f"test).", ""]
     heads = ["configuration", "channels", "init", "lr", "seeds", "held-out acc", "Δ vs after", "test acc",
              "test AUC", "train−val gap", "epochs to best", "wall s/run", f"≥ {100 * GOAL:.0f}%?"]
-    md += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    md += effects_table(lines)
+    md += ["All rows:", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for l in lines:
         diverged = sum(bool(r["summary"].get("diverged")) for r in l["runs"])
         cells = [l["config"], l["channels"], l["init"], "–" if l["lr"] is None else f"{l['lr']:g}",
@@ -167,6 +169,29 @@ def write_report(lines: list[dict[str, Any]], bayes: dict[str, float] | None, ou
     write_csv(lines, out / "report.csv")
     plot_figures(lines, {**(bayes or {}), **held}, out)
     return markdown
+
+
+def effects_table(lines: list[dict[str, Any]]) -> list[str]:
+    """Markdown: each requested change's paired held-out effect (with it minus without it, same seeds), added to
+    `before` and taken from `after`, on raw and whitened density without the date channel; [] without data."""
+    runs = {l["variant"]: l["runs"] for l in lines}
+    inputs = {"raw": "", "whitened": "+whiten"}
+
+    def cell(pair: tuple[str, str], suffix: str) -> str:
+        ours, theirs = (runs.get(f"{name}{suffix}/no-date", []) for name in pair)
+        mean, half = paired_difference(ours, theirs)
+        text = pct((mean, half), "+")
+        return f"**{text}**" if math.isfinite(half) and abs(mean) > half else text
+
+    rows = [[change] + [cell(pair, suffix) for suffix in inputs.values() for pair in both]
+            for change, both in EFFECTS.items()]
+    if all(c == "–" for row in rows for c in row[1:]):
+        return []
+    heads = ["requested change"] + [f"{where}, {name}" for name in inputs for where in ("on before", "in after")]
+    return (["What each requested change does to held-out accuracy, in points: the row with it minus the row "
+             "without it, paired (same seeds, same images), 95% interval; **bold**: the interval excludes 0. "
+             "Density only.", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+            + ["| " + " | ".join(row) + " |" for row in rows] + [""])
 
 
 def heldout_bayes(lines: list[dict[str, Any]]) -> dict[str, float]:
@@ -200,11 +225,11 @@ def plot_figures(lines: list[dict[str, Any]], bayes: dict[str, float], out: Path
                          {f"seed {r['seed']}": r["history"] for r in l["runs"]}, f"{l['variant']}  lr {l['lr']}")
     held = any(l["eval_n"] for l in lines)
     split = "held-out" if held else "test"
-    accuracy = [l["heldout_acc"] if held else l["test_acc"] for l in lines]
-    panels = {f"{split} accuracy" + (" (95% interval)" if held else " (mean ± std)"): accuracy}
-    references = {next(iter(panels)): {f"Bayes limit {100 * bayes[split]:.2f}%": bayes[split]}
-                  if split in bayes else {}}
+    percent = lambda pairs: [(100 * a, 100 * b) for a, b in pairs]  # noqa: E731  (points read better)
+    title = f"{split} accuracy, %" + (" (95% interval)" if held else " (mean ± std)")
+    panels = {title: percent([l["heldout_acc"] if held else l["test_acc"] for l in lines])}
+    references = {title: {f"Bayes limit {100 * bayes[split]:.2f}%": 100 * bayes[split]} if split in bayes else {}}
     if held:
-        panels["Δ held-out accuracy vs after (paired, 95%)"] = [l["diff"] for l in lines]
-        references["Δ held-out accuracy vs after (paired, 95%)"] = {"no difference": 0.0}
+        panels["Δ vs after, points (paired, 95%)"] = percent([l["diff"] for l in lines])
+        references["Δ vs after, points (paired, 95%)"] = {"no difference": 0.0}
     plot_intervals(out / "figures" / "accuracy.png", [l["variant"] for l in lines], panels, references)

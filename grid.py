@@ -51,6 +51,15 @@ LEVERS = {"after+whiten+mean-pool": {**CONFIGS["after+whiten"], "pool": "mean"},
           "after+whiten+mean-pool+aug-tta": {**CONFIGS["after+whiten"], "pool": "mean", **AUG_TTA},
           "after+whiten+aug-tta": {**CONFIGS["after+whiten"], **AUG_TTA}}
 CONFIGS.update({**LEVERS, **TRUNC02})
+# Each requested change measured both ways, as (with it, without it): on `before`, and in the company of the
+# other changes (`after`). MSE and smoothing are each compared with plain BCE.
+EFFECTS = {
+    "BatchNorm after the patch convolution": (("+patch-bn", "before"), ("after", "after-patch-bn")),
+    "SGD + LinearLR instead of AdamW + warmup-cosine": (("+sgd-linear", "before"), ("after", "after-sgd-linear")),
+    "label-smoothed BCE instead of BCE": (("+smooth", "before"), ("after", "after-smooth+bce")),
+    "MSE on sigmoid instead of BCE": (("+mse", "before"), ("after-smooth+mse", "after-smooth+bce")),
+    "BatchNorm inside the blocks (optional)": (("+block-bn", "before"), ("after+block-bn", "after")),
+}
 # The date-channel question is asked of the scientist's rows: `before`, each change on it, `after`, the CNN.
 WITH_DATE = ("before", *CHANGES, "after", "cnn")
 CHANNEL_SETS = {"with-date": "density,recording_date", "no-date": "density"}
