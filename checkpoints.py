@@ -17,7 +17,7 @@ import torch
 
 from config import EXPERIMENT, MODEL, OPTIMIZER, SAMPLING, Config, UserError, config_from_dict, fields_with, flag
 from data import DeviceData
-from train import Training, TrainState
+from train import Training, TrainState, build_model
 
 
 def checkpoint(training: Training, state: TrainState, cfg: Config, data: DeviceData) -> dict[str, Any]:
@@ -41,6 +41,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or not {"model", "config", "stats"} <= payload.keys():
         raise UserError(f"{path} is not a checkpoint written by run_transformer.py")
     return payload
+
+
+def trained_model(payload: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    """The network of a loaded checkpoint, its weights restored, on `device` (training mode, as built)."""
+    cfg = config_from_dict(payload["config"])
+    model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"]).to(device)
+    model.load_state_dict(payload["model"])
+    return model
 
 
 @dataclass

@@ -14,10 +14,9 @@ from config import Config
 
 # The pre-change ViT on raw density, read from the CLS token, with torch's fan-in init for its Linear layers
 # (the "@trunc02" rows use the DeiT init instead).
-BEFORE = {"model": "vit", "patch_norm": "none", "block_norm": "layer", "optimizer": "adamw",
-          "weight_decay": 0.05, "loss": "bce", "whiten": False, "pool": "cls", "augment": False, "tta": False,
-          "tta_shifts": 2}
 ADAMW = {"optimizer": "adamw", "weight_decay": 0.05}
+BEFORE = {"model": "vit", "patch_norm": "none", "block_norm": "layer", **ADAMW, "loss": "bce", "whiten": False,
+          "pool": "cls", "augment": False, "tta": False, "tta_shifts": 2}
 SGD_LINEAR = {"optimizer": "sgd", "weight_decay": Config().weight_decay}  # the request: SGD's usual L2
 CHANGES = {"+patch-bn": {"patch_norm": "batch"}, "+sgd-linear": SGD_LINEAR, "+mse": {"loss": "mse"},
            "+smooth": {"loss": "smooth"}, "+block-bn": {"block_norm": "batch"}}

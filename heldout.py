@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 import synthetic
-from checkpoints import load_checkpoint
+from checkpoints import load_checkpoint, trained_model
 from config import UserError, config_from_dict
 from data import read_split, to_tensor
 from fileio import write_json
-from train import build_model, predict_logits, scores, tta_shifts
+from train import predict_logits, scores, tta_shifts
 
 FILE = "heldout.hdf5"
 MANIFEST = "heldout.json"
@@ -74,8 +74,7 @@ def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]
     payload = load_checkpoint(run_dir / "best.pt")
     cfg, stats = config_from_dict(payload["config"]), payload["stats"]
     split = read_split(path, "held-out", tuple(stats["channels"]))
-    model = build_model(cfg, len(stats["channels"]), payload["image_size"]).to(device)
-    model.load_state_dict(payload["model"])
+    model = trained_model(payload, device)
     logits = predict_logits(model, to_tensor(split, stats, device), tta_shifts(cfg)).cpu()
     labels = torch.from_numpy(split.labels).float()
     result = scores(torch.sigmoid(logits), labels)

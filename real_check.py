@@ -20,8 +20,8 @@ import synthetic
 from cli import exit_code
 from config import HelpFormatter, Parser, checked, config_from_dict, non_negative
 from data import read_answer_key, read_split, to_tensor
-from checkpoints import load_checkpoint
-from train import (Diverged, NonFinitePredictions, build_model, overflow_message, pick_device, predict_proba,
+from checkpoints import load_checkpoint, trained_model
+from train import (Diverged, NonFinitePredictions, overflow_message, pick_device, predict_proba,
                    tta_shifts)
 
 REAL_TEST_FILE = Path(__file__).resolve().parent.parent / "shared" / "gasdata" / "test_no_labels.hdf5"
@@ -69,9 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check(args: argparse.Namespace) -> None:
     """Print one line per file: the benchmark's test split, the real test file, a sample of training images."""
     payload = load_checkpoint(Path(args.run) / "best.pt")
-    cfg, device = config_from_dict(payload["config"]), pick_device("auto")
-    model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"]).to(device)
-    model.load_state_dict(payload["model"])
+    device = pick_device("auto")
+    model = trained_model(payload, device)
     bench, views = Path(args.benchmark), args.tta_shifts
     rows = {"benchmark test": describe(model, payload, bench / "test_no_labels.hdf5", device, views=views),
             "real test": describe(model, payload, Path(args.real), device, views=views)}

@@ -25,7 +25,7 @@ import drift
 import synthetic
 from calibration import calibrated
 from cli import exit_code
-from checkpoints import Resumed, checkpoint, load_checkpoint, resume_config
+from checkpoints import Resumed, checkpoint, load_checkpoint, resume_config, trained_model
 from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, config_from_dict,
                     fields_with, flag)
 from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_confounders, load_splits,
@@ -34,7 +34,7 @@ from fileio import (WriteFailed, changed_files, check_writable, fingerprint, fre
                     write_json)
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
 from run_report import assess, drift_check, trust_line, write_page
-from train import (Diverged, Interrupted, NonFinitePredictions, Training, TrainState, build_model, build_training,
+from train import (Diverged, Interrupted, NonFinitePredictions, Training, TrainState, build_training,
                    fit, overflow_message, pick_device, predict_logits, resolve_precision, scores, tta_shifts)
 
 Log = Callable[[str], None]
@@ -337,8 +337,7 @@ def predict_file(command: Command, device_name: str = "auto", log: Log = print) 
         raise UserError(f"{source} has {split.channels[stats['channels'][0]].shape[-1]}-pixel grids but the "
                         f"model was trained on {payload['image_size']}")
     device = pick_device(device_name)
-    model = build_model(saved, len(stats["channels"]), payload["image_size"]).to(device)
-    model.load_state_dict(payload["model"])
+    model = trained_model(payload, device)
     try:
         logits = predict_logits(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
     except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output
