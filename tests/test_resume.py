@@ -21,6 +21,7 @@ import h5py
 import pytest
 import torch
 
+import checkpoints
 import run_transformer
 import synthetic
 import train
@@ -361,13 +362,13 @@ def test_predict_with_a_model_that_overflows_is_a_divergence_and_writes_nothing(
     silent 0 in every line of the output. Exit 3, one line with the advice, no output file."""
     assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1")) == 0
     run_dir = only_run(tmp_path)
-    build_model = run_transformer.build_model
+    build_model = checkpoints.build_model  # checkpoints.trained_model builds the saved network
 
     def build_overflowing(*args, **kwargs):
         model = build_model(*args, **kwargs)
         overflowing(model)
         return model
-    monkeypatch.setattr(run_transformer, "build_model", build_overflowing)
+    monkeypatch.setattr(checkpoints, "build_model", build_overflowing)
     capsys.readouterr()
     output = tmp_path / "new.txt"
     rc = run_transformer.main(["--predict", str(run_dir), "--input", str(tiny_data / "test_no_labels.hdf5"),
