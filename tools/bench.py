@@ -1,9 +1,9 @@
 """Training throughput: the scientist's per-sample HDF5 + DataLoader loop against ours, same model and data.
 
-    python bench.py                                   # CPU (CUDA when available): img/s, ratio, FLOPs
-    python bench.py --device cuda --batch-size 4096 --precision bf16 --compile
-    python bench.py --time-to-target    # wall time of the README's command to 83%, 96% val and 98% test accuracy
-    python bench.py --time-to-target --recipe "--optimizer adamw --lr 1e-3"
+    python -m tools.bench                                   # CPU (CUDA when available): img/s, ratio, FLOPs
+    python -m tools.bench --device cuda --batch-size 4096 --precision bf16 --compile
+    python -m tools.bench --time-to-target    # wall time of the README's command to 83%, 96% val and 98% test accuracy
+    python -m tools.bench --time-to-target --recipe "--optimizer adamw --lr 1e-3"
 
 A benchmark, not a test: it prints what it measured. (a) "original": a torch Dataset that reads every sample
 from the HDF5 file with h5py, a DataLoader (batch 64, 2 workers), `.item()` after every step, AdamW with a

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-import compare
-import grid
+from tools import compare
+from tools import grid
 import run_transformer
 import train
 from config import EXECUTION, OUTPUT, SAMPLING, Config, fields_with

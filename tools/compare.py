@@ -1,13 +1,13 @@
 """Ablation harness: which of the requested changes make the ViT generalise, measured fairly.
 
-    python compare.py --quick                              # small grid, a few minutes on a CPU
-    python compare.py --device cuda --jobs 12              # the full grid (README: results)
-    python compare.py --only before,after --seeds 5        # a subset; rerun the same command to resume
+    python -m tools.compare --quick                              # small grid, a few minutes on a CPU
+    python -m tools.compare --device cuda --jobs 12              # the full grid (README: results)
+    python -m tools.compare --only before,after --seeds 5        # a subset; rerun the same command to resume
 
 Grid: `before` (the pre-change ViT: no BatchNorm in the patch embedding, AdamW + warmup-cosine, BCE), each
 requested change alone on top of it, `after` (all requested changes), and the reference CNN (trained like
 `before`), each with the confounded date channel kept (`with-date`) and removed (`no-date`); beyond the
-request, density-only rows for whitening, the init axis and the levers of issue 10. The grid lives in grid.py.
+request, density-only rows for whitening, the init axis and the ViT levers. The grid lives in tools/grid.py.
 
 Protocol, the same for every configuration: optimizers differ in their useful learning rate, so first one
 short probe run (seed 100, --probe-epochs) per rate in that optimizer's grid (LR_GRID); the rate with the
@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-import heldout
+from tools import heldout
 import run_transformer
 import synthetic
 from cli import exit_code
@@ -42,8 +42,8 @@ from config import (EXECUTION, OUTPUT, SAMPLING, Config, HelpFormatter, Parser, 
                     add_config_flags, checked, config_from_dict, fields_with, non_negative, positive)
 from data import load_splits, read_answer_key
 from fileio import append_text, changed_files, write_text
-from compare_report import METRICS, mean_std, write_report
-from grid import (CHANNEL_SETS, CONFIGS, FULL, LR_GRID, PROBE_SEED, QUICK, QUICK_HELDOUT_PER_CLASS, QUICK_SIZES,
+from tools.compare_report import METRICS, mean_std, write_report
+from tools.grid import (CHANNEL_SETS, CONFIGS, FULL, LR_GRID, PROBE_SEED, QUICK, QUICK_HELDOUT_PER_CLASS, QUICK_SIZES,
                   Settings, Variant, variants)
 from train import Diverged, Interrupted, pick_device, resolve_precision
 
@@ -375,7 +375,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
             interrupted, rows = e, load_results(out / "results.jsonl")
     lines = summarise(chosen, settings, base, out, rows)
     bayes = bayes_limit(resolved, [r for line in lines for r in line["runs"] + line["probes"]])
-    header = (f"Command: `python compare.py {' '.join(argv)}`; data {resolved}; {settings.epochs} epochs "
+    header = (f"Command: `python -m tools.compare {' '.join(argv)}`; data {resolved}; {settings.epochs} epochs "
               f"(probes {settings.probe_epochs}), {settings.seeds} seeds, {jobs} parallel run(s); this "
               f"invocation took {time.time() - start:.0f} s.")
     print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED))
