@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 import run_transformer
+from provenance import provenance, provenance_line
 from cli import exit_code
 from config import Config, HelpFormatter, Parser, UserError, add_config_flags, checked, non_negative, parse_config
 from data import SPLIT_FILES, DeviceData
@@ -304,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes as in cli.exit_code."""
     def body() -> None:
         args = parse_args(argv)
+        print(provenance_line(provenance(None if argv is None else [__file__, *argv])))
         if args.threads:
             torch.set_num_threads(args.threads)
         time_to_target_command(args) if args.time_to_target else throughput(args)
