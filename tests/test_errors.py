@@ -1,5 +1,5 @@
 """Bad input gets one clear line and exit code 2, never a traceback or a hang; nothing the user owns is
-overwritten (issue 5). Every case runs run_transformer.main in-process on a private copy of a tiny data set."""
+overwritten. Every case runs run_transformer.main in-process on a private copy of a tiny data set."""
 from __future__ import annotations
 
 import json

@@ -146,7 +146,7 @@ def requested_recipe_auc(benchmark, **changes) -> float:
 
 
 def test_the_requested_sgd_recipe_learns_with_the_default_init(small_benchmark):
-    """The regression behind issue 9: with the DeiT init (trunc normal 0.02) SGD left the scientist's ViT (CLS
+    """The initialisation pitfall: with the DeiT init (trunc normal 0.02) SGD left the scientist's ViT (CLS
     token, no augmentation) at the constant predictor; with the default fan-in init the same recipe separates
     the classes within a few epochs, and the default recipe (mean pooling, augmentation, views) nearly fully."""
     scientists_vit = {"pool": "cls", "augment": False, "tta": False}
