@@ -26,7 +26,7 @@ from cnn import ReferenceCNN
 from config import Config, UserError
 from cpu_dropout import use_fast_cpu_dropout
 from data import DeviceData, epoch_batches
-from symmetry import augment_batch, view_averaged_logits
+from symmetry import augment_batch, shift_unit, view_averaged_logits
 from vision_transformer import VisionTransformer
 
 EVAL_BATCH = 2048
@@ -84,12 +84,13 @@ def build_model(cfg: Config, in_channels: int, image_size: int) -> nn.Module:
         if image_size % 4:
             raise UserError(f"--model cnn pools twice by 2, so the grid size must divide by 4 (got {image_size}); "
                             f"use --model vit")
-        return ReferenceCNN(in_channels, image_size)
+        return ReferenceCNN(in_channels=in_channels, image_size=image_size)
     if cfg.emb_dim % cfg.heads:
         raise UserError(f"--emb-dim {cfg.emb_dim} is not divisible by --heads {cfg.heads}")
-    return VisionTransformer(in_channels, image_size, cfg.patch_size, cfg.emb_dim, cfg.depth, cfg.heads,
-                             cfg.mlp_dim, cfg.dropout, cfg.emb_dropout, cfg.patch_norm, cfg.block_norm, cfg.init,
-                             cfg.pool)
+    return VisionTransformer(in_channels=in_channels, image_size=image_size, patch_size=cfg.patch_size,
+                             emb_dim=cfg.emb_dim, depth=cfg.depth, heads=cfg.heads, mlp_dim=cfg.mlp_dim,
+                             dropout=cfg.dropout, emb_dropout=cfg.emb_dropout, patch_norm=cfg.patch_norm,
+                             block_norm=cfg.block_norm, init=cfg.init, pool=cfg.pool)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -227,8 +228,8 @@ def predict_logits(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int =
 
     Raises NonFinitePredictions when a logit is NaN or infinite: finite weights can still overflow in the
     forward pass, and a NaN probability would turn into a silent 0 in the predictions or a crash in log_loss."""
-    patch = getattr(getattr(model, "embed", None), "patch_size", 4)  # the CNN: shifts within 4 pixels
-    forward = (lambda images: view_averaged_logits(model, images, patch, tta)) if tta else model
+    unit = shift_unit(model) if tta else 0
+    forward = (lambda images: view_averaged_logits(model, images, unit, tta)) if tta else model
     was_training = model.training
     model.eval()
     out = []
