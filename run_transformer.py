@@ -30,12 +30,13 @@ from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_co
                   read_answer_key, to_device)
 from fileio import (WriteFailed, changed_files, check_writable, fingerprint, fresh_directory, save_torch,
                     write_json)
+from metrics import scores
 from predict import predict_file
 from provenance import provenance
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
 from run_report import assess, trust_line, write_page
 from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, build_training, fit,
-                   overflow_message, pick_device, predict_logits, resolve_precision, scores, tta_shifts)
+                   overflow_message, pick_device, predict_logits, resolve_precision, tta_shifts)
 
 Log = Callable[[str], None]
 

@@ -15,7 +15,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +25,7 @@ from cnn import ReferenceCNN
 from config import Config, UserError
 from cpu_dropout import use_fast_cpu_dropout
 from data import DeviceData, epoch_batches
+from metrics import scores
 from symmetry import augment_batch, shift_unit, view_averaged_logits
 from vision_transformer import VisionTransformer
 
@@ -251,34 +251,6 @@ def predict_logits(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int =
 def predict_proba(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = EVAL_BATCH) -> torch.Tensor:
     """Probabilities of label 1, (N,): the sigmoid of predict_logits (uncalibrated)."""
     return torch.sigmoid(predict_logits(model, x, tta, batch))
-
-
-def log_loss(p: torch.Tensor, y: torch.Tensor) -> float:
-    return float(F.binary_cross_entropy(p.clamp(1e-7, 1 - 1e-7), y))
-
-
-def accuracy(p: torch.Tensor, y: torch.Tensor) -> float:
-    return float(((p > 0.5).float() == y).float().mean())
-
-
-def roc_auc(p: torch.Tensor, y: torch.Tensor) -> float:
-    """Area under the ROC curve via the Mann-Whitney statistic, ties given average ranks."""
-    p, y = p.double().cpu().numpy(), y.cpu().numpy()
-    n1, n0 = int(y.sum()), int(len(y) - y.sum())
-    if n0 == 0 or n1 == 0:
-        return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(len(p))
-    sorted_p = p[order]
-    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
-    average = first + (counts + 1) / 2.0  # 1-based average rank of each tie group
-    ranks[order] = np.repeat(average, counts)
-    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
-
-
-def scores(p: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Log loss, accuracy at 0.5 and ROC AUC of probabilities `p` for labels `y`."""
-    return {"loss": log_loss(p, y), "acc": accuracy(p, y), "auc": roc_auc(p, y)}
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tta: int = 0) -> dict[str, float]:

@@ -386,10 +386,11 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
         except (Interrupted, KeyboardInterrupt) as e:  # still report what finished, then exit as interrupted
             interrupted, rows = e, load_results(out / "results.jsonl")
     lines = summarise(chosen, settings, base, out, rows)
-    bayes = grid_bayes_accuracy(resolved, [r for line in lines for r in line["runs"] + line["probes"]])
+    reported = [r for line in lines for r in line["runs"] + line["probes"]]
+    bayes = grid_bayes_accuracy(resolved, reported)
     header = (f"Command: `python -m tools.compare {' '.join(argv)}`; data {resolved}; {settings.epochs} epochs "
               f"(probes {settings.probe_epochs}), {settings.seeds} seeds, {jobs} parallel run(s); this "
-              f"invocation took {time.time() - start:.0f} s; {commits(rows)}.")
+              f"invocation took {time.time() - start:.0f} s; {commits(reported)}.")
     print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED))
     print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
     if interrupted is not None:
