@@ -92,7 +92,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, we
 
 
 def log_loss(probabilities: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """(Weighted) mean binary cross-entropy, probabilities clipped to [1e-7, 1 - 1e-7] as in train.log_loss."""
+    """(Weighted) mean binary cross-entropy, probabilities clipped to [1e-7, 1 - 1e-7] as in metrics.log_loss."""
     p = np.clip(np.asarray(probabilities, np.float64), 1e-7, 1 - 1e-7)
     y = np.asarray(labels, np.float64)
     w = np.ones_like(p) if weights is None else np.asarray(weights, np.float64)

@@ -86,3 +86,22 @@ def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, Resumed
             raise UserError(f"cannot resume {run_dir}: the {kind} differ ({changes}); drop those flags, or start "
                             f"a new run with them")
     return asked, Resumed(run_dir, payload)
+
+
+def restore_training(training: Training, resumed: Resumed, device: torch.device) -> TrainState:
+    """Put the weights, optimizer, schedule and random states of `resumed` back; returns its TrainState."""
+    payload = resumed.payload
+    training.model.load_state_dict(payload["model"])
+    training.optimizer.load_state_dict(payload["optimizer"])
+    training.scheduler.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["rng"])
+    if device.type == "cuda":
+        restore_cuda_rng(payload["cuda_rng"])
+    return TrainState(**payload["train_state"])
+
+
+def restore_cuda_rng(states: list[torch.Tensor]) -> None:
+    """One saved generator state per GPU the run had; a machine with fewer visible GPUs restores those it has
+    (the others' dropout streams would have been drawn on GPUs that are not there)."""
+    for index, state in enumerate(states[:torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(state, index)

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from vision_transformer import BLOCK_NORMS, INITS, PATCH_NORMS, POOLS
+
 CHANNEL_NAMES = ("density", "recording_date")
 
 # The role of each Config field: what a change of it means.
@@ -97,13 +99,13 @@ class Config:
                               check=probability)
     patch_norm: str = _opt(MODEL, "batch", "normalisation after the patch convolution; 'none' is the pre-change "
                            "ViT",
-                           choices=("batch", "none"))
-    block_norm: str = _opt(MODEL, "layer", "normalisation inside the transformer blocks", choices=("layer", "batch"))
+                           choices=PATCH_NORMS)
+    block_norm: str = _opt(MODEL, "layer", "normalisation inside the transformer blocks", choices=BLOCK_NORMS)
     init: str = _opt(EXPERIMENT, "torch", "initialisation of the ViT's Linear weights: torch (nn.Linear's fan-in "
                      "default), xavier (Xavier-uniform) or trunc02 (truncated normal std 0.02, the DeiT/AdamW "
-                     "convention, with which SGD does not train this ViT)", choices=("torch", "xavier", "trunc02"))
+                     "convention, with which SGD does not train this ViT)", choices=INITS)
     pool: str = _opt(MODEL, "cls", "what the ViT's head reads: the CLS token, or the mean of the patch tokens",
-                     choices=("cls", "mean"))
+                     choices=POOLS)
     dropout_sampler: str = _opt(SAMPLING, "fast", "how CPU training draws the ViT's dropout masks: fast "
                                 "(cpu_dropout.py: 16-bit random numbers, p rounded to 2**-16; a CPU step ~1.4x "
                                 "faster) or torch (nn.Dropout's own); CUDA always uses torch's fused kernels",

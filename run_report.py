@@ -25,7 +25,8 @@ from fileio import write_text
 from report import plot_drift, plot_reliability, plot_roc_and_confusion, plot_sensitivity
 from sensitivity import (SENSITIVITY_IMAGES, bayes_sensitivity, channel_importance, map_correlation,
                          mode_sensitivity)
-from train import roc_auc, tta_shifts
+from metrics import roc_auc
+from train import tta_shifts
 
 SPLIT_NAMES = {"valid": "validation", "test": "test"}
 

@@ -12,30 +12,31 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
 import torch
 
 import distributed
-import drift
 import synthetic
-from calibration import calibrated
+from checkpoints import Resumed, checkpoint, load_checkpoint, restore_training, resume_config
 from cli import exit_code
-from checkpoints import Resumed, checkpoint, load_checkpoint, resume_config, trained_model
-from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, config_from_dict,
-                    fields_with, flag)
+from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, fields_with, flag)
 from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_confounders, load_splits,
-                  read_answer_key, read_split, to_device, to_tensor)
+                  read_answer_key, to_device)
 from fileio import (WriteFailed, changed_files, check_writable, fingerprint, fresh_directory, save_torch,
                     write_json)
+from metrics import scores
+from predict import predict_file
+from provenance import provenance
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
-from run_report import assess, drift_check, trust_line, write_page
-from train import (Diverged, Interrupted, NonFinitePredictions, Training, TrainState, build_training,
-                   fit, overflow_message, pick_device, predict_logits, resolve_precision, scores, tta_shifts)
+from run_report import assess, trust_line, write_page
+from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, build_training, fit,
+                   overflow_message, pick_device, predict_logits, resolve_precision, tta_shifts)
 
 Log = Callable[[str], None]
 
@@ -62,7 +63,7 @@ def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
     return synthetic.ensure_benchmark(bench, cfg.synthetic_seed), "synthetic"
 
 
-def bayes_limit(splits: dict, test_labels: np.ndarray | None) -> dict[str, float]:
+def bayes_accuracy(splits: dict, test_labels: np.ndarray | None) -> dict[str, float]:
     """Accuracy of the exact likelihood-ratio classifier on each split of the built-in benchmark."""
     labels = {"train": splits["train"].labels, "valid": splits["valid"].labels, "test": test_labels}
     return {name: float((synthetic.bayes_predict(splits[name].channels["density"]) == y).mean())
@@ -82,7 +83,7 @@ def load_data(cfg: Config, device: torch.device, log: Log, stats: dict | None = 
             "files": data_files(data_dir, answers=test_labels is not None),
             "sizes": {name: len(s) for name, s in splits.items()}}
     if source == "synthetic":
-        info["bayes_accuracy"] = bayes_limit(splits, test_labels)
+        info["bayes_accuracy"] = bayes_accuracy(splits, test_labels)
     return data, info
 
 
@@ -138,123 +139,121 @@ class ResumableInterrupt(Interrupted):
     """An interruption after the run folder and its last.pt exist: the message says how to resume."""
 
 
-@dataclass
-class Job:
-    """One training run between its steps: what prepare builds, restore places, train_run and finish use."""
-    cfg: Config
-    log: Log
-    progress: bool
-    main_rank: bool  # rank 0 alone (or a single process) prints and writes
-    device: torch.device  # this process's (cuda:LOCAL_RANK under torchrun on GPUs)
-    data: DeviceData
-    info: dict[str, Any]
-    training: Training
-    start: float
-    state: TrainState = field(default_factory=TrainState)
-    run_dir: Path = Path()
-
-
 def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from: Resumed | None = None
         ) -> dict[str, Any]:
-    """Train one configuration end to end and write its run folder; returns the summary."""
-    job = prepare(cfg, log, progress, resume_from.payload["stats"] if resume_from else None)
-    restore(job, resume_from)
-    return train_run(job)
+    """Train one configuration end to end and write its run folder; returns the summary.
 
-
-def prepare(cfg: Config, log: Log, progress: bool | None, stats: dict | None) -> Job:
-    """Join torchrun's group, check the outputs can be written, load the data and build the training setup."""
+    Under torchrun every process runs this; rank 0 alone prints and writes."""
     start = time.time()
-    progress = sys.stderr.isatty() if progress is None else progress
-    device = distributed.setup(pick_device(cfg.device), cfg.sync_bn)
+    device = distributed.setup(pick_device(cfg.device), cfg.sync_bn)  # cuda:LOCAL_RANK under torchrun on GPUs
     cfg = resolve_precision(cfg, device)
     main_rank = distributed.is_main()
-    if not main_rank:
-        log, progress = (lambda message: None), False
+    progress = sys.stderr.isatty() if progress is None else progress
     if main_rank:
         check_predictions_path(Path(cfg.predictions))
+    else:
+        log, progress = (lambda message: None), False
+
     torch.manual_seed(cfg.seed)
     with distributed.main_first():  # rank 0 generates the built-in benchmark before the others read it
-        data, info = load_data(cfg, device, log, stats)
+        data, info = load_data(cfg, device, log, resume_from.payload["stats"] if resume_from else None)
     if len(data.x["train"]) < distributed.world():
         raise UserError(f"{len(data.x['train'])} training samples cannot be split over {distributed.world()} "
                         f"processes; use fewer processes")
     training = build_training(cfg, len(info["channels"]), data.image_size, len(data.x["train"]), device)
-    return Job(cfg, log, progress, main_rank, device, data, info, training, start)
 
-
-def restore(job: Job, resumed: Resumed | None) -> None:
-    """Continue `resumed` exactly where its last.pt stopped, or start a fresh run folder (rank 0)."""
-    cfg, training = job.cfg, job.training
-    if resumed:
-        job.run_dir, payload = resumed.run_dir, resumed.payload
-        check_same_data(job.run_dir, job.info["files"])
-        training.model.load_state_dict(payload["model"])
-        training.optimizer.load_state_dict(payload["optimizer"])
-        training.scheduler.load_state_dict(payload["scheduler"])
-        job.state = TrainState(**payload["train_state"])
-        torch.set_rng_state(payload["rng"])
-        if payload["cuda_rng"] and job.device.type == "cuda":
-            torch.cuda.set_rng_state_all(payload["cuda_rng"])
-        job.log(f"resuming {job.run_dir} after epoch {job.state.epoch}")
-    elif not job.main_rank:
-        job.run_dir = Path(cfg.out_dir)  # never written: only rank 0 creates a run folder
+    if resume_from:
+        run_dir = resume_from.run_dir
+        check_same_data(run_dir, info["files"])
+        state = restore_training(training, resume_from, device)
+        log(f"resuming {run_dir} after epoch {state.epoch}")
     else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        job.run_dir = fresh_directory(cfg.out_dir, f"{stamp}-{cfg.model}-{cfg.optimizer}-{cfg.loss}")
-        write_json(job.run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": job.info,
-                                                 "environment": environment(job.device)})
+        run_dir, state = new_run_folder(cfg, info, device, main_rank), TrainState()
+        if main_rank:  # resumable from the first step on
+            save_torch(run_dir / "last.pt", checkpoint(training, state, cfg, data))
     if distributed.world() > 1:  # identical weights on every rank, but each rank its own dropout masks
-        torch.manual_seed(cfg.seed + 1_000_003 * (distributed.rank() + 1) + job.state.epoch)
-    if not resumed and job.main_rank:  # resumable from the first step on
-        save_torch(job.run_dir / "last.pt", checkpoint(training, job.state, cfg, job.data))
+        torch.manual_seed(cfg.seed + 1_000_003 * (distributed.rank() + 1) + state.epoch)
     ranks = f" on each of {distributed.world()} processes" if distributed.world() > 1 else ""
-    job.log(f"run folder: {job.run_dir}  ({sum(p.numel() for p in training.model.parameters()):,} parameters, "
-            f"{job.device}, {training.steps_per_epoch} steps/epoch{ranks})")
+    log(f"run folder: {run_dir}  ({sum(p.numel() for p in training.model.parameters()):,} parameters, "
+        f"{device}, {training.steps_per_epoch} steps/epoch{ranks})")
 
-
-def train_run(job: Job) -> dict[str, Any]:
-    """fit, with last.pt and best.pt after every epoch; then finish. A divergence still predicts from the
-    best epoch when there is one; an interruption says how to resume."""
     def on_epoch(state: TrainState, improved: bool) -> None:
-        if not job.main_rank:
-            return
-        payload = checkpoint(job.training, state, job.cfg, job.data)
-        if improved:
-            save_torch(job.run_dir / "best.pt", payload)
-        save_torch(job.run_dir / "last.pt", payload)
-        write_metrics_csv(job.run_dir / "metrics.csv", state.history)
+        if main_rank:
+            save_epoch(run_dir, checkpoint(training, state, cfg, data), state, improved)
 
-    try:
+    outputs = Outputs(run_dir, cfg, data, info, log, start)
+    with resumable(run_dir, state, cfg):
         try:
-            fit(job.training, job.data, job.cfg, job.state, on_epoch, job.log, job.progress)
+            fit(training, data, cfg, state, on_epoch, log, progress)
         except Diverged as e:
-            if not job.main_rank:
-                raise
-            if not (job.run_dir / "best.pt").exists():
-                raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
-            finish(job, diverged=str(e))
-            raise Diverged(f"{e}. Kept {job.run_dir}/best.pt (epoch {job.state.best_epoch}) and wrote the "
-                           f"predictions from it") from None
-        if not job.main_rank:
-            return {"rank": distributed.rank(), "epochs_run": job.state.epoch}
-        return finish(job)
+            if main_rank:
+                predict_after_divergence(e, outputs, training.model, state)
+            raise
+        if not main_rank:
+            return {"rank": distributed.rank(), "epochs_run": state.epoch}
+        return finish(outputs, training.model, state)
+
+
+def new_run_folder(cfg: Config, info: dict[str, Any], device: torch.device, main_rank: bool) -> Path:
+    """A fresh, time-stamped run folder with config.json (rank 0); other ranks get cfg.out_dir, never written."""
+    if not main_rank:
+        return Path(cfg.out_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = fresh_directory(cfg.out_dir, f"{stamp}-{cfg.model}-{cfg.optimizer}-{cfg.loss}")
+    write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": info,
+                                         "environment": environment(device), "provenance": provenance()})
+    return run_dir
+
+
+def save_epoch(run_dir: Path, payload: dict[str, Any], state: TrainState, improved: bool) -> None:
+    """After every epoch: last.pt (to resume), best.pt when validation improved, and metrics.csv."""
+    if improved:
+        save_torch(run_dir / "best.pt", payload)
+    save_torch(run_dir / "last.pt", payload)
+    write_metrics_csv(run_dir / "metrics.csv", state.history)
+
+
+@contextmanager
+def resumable(run_dir: Path, state: TrainState, cfg: Config) -> Iterator[None]:
+    """Faults after the run folder exists become one line that says what is kept and what to do next."""
+    try:
+        yield
     except Interrupted as e:  # also while finish writes: last.pt is complete, so the run can be resumed
-        raise ResumableInterrupt(f"{e}; {job.run_dir}/last.pt holds epoch {job.state.epoch}. Resume with: "
-                                 f"python run_transformer.py --resume {job.run_dir}", e.signum) from None
+        raise ResumableInterrupt(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
+                                 f"python run_transformer.py --resume {run_dir}", e.signum) from None
     except NonFinitePredictions as e:  # in finish: the best epoch's model overflows on all views or on test
-        where = (f"the model of {job.run_dir}/best.pt (epoch {job.state.best_epoch}) diverges on the validation "
+        where = (f"the model of {run_dir}/best.pt (epoch {state.best_epoch}) diverges on the validation "
                  f"split's test-time views or on the test split")
-        raise Diverged(f"{overflow_message(e, where, job.cfg.lr)}. Kept best.pt and last.pt; no predictions were "
+        raise Diverged(f"{overflow_message(e, where, cfg.lr)}. Kept best.pt and last.pt; no predictions were "
                        f"written") from None
     except WriteFailed as e:  # a full disk: the files being replaced, last.pt among them, are still complete
-        raise WriteFailed(f"{e}, then resume with: python run_transformer.py --resume {job.run_dir}") from None
+        raise WriteFailed(f"{e}, then resume with: python run_transformer.py --resume {run_dir}") from None
 
 
-def finish(job: Job, diverged: str = "") -> dict[str, Any]:
+def predict_after_divergence(e: Diverged, outputs: Outputs, model: torch.nn.Module, state: TrainState) -> None:
+    """A run that diverged still predicts from its best epoch when there is one; raises Diverged either way."""
+    if not (outputs.run_dir / "best.pt").exists():
+        raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
+    finish(outputs, model, state, diverged=str(e))
+    raise Diverged(f"{e}. Kept {outputs.run_dir}/best.pt (epoch {state.best_epoch}) and wrote the predictions "
+                   f"from it") from None
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where and for what finish writes: the run folder, the config and data it ran on, its log and start."""
+    run_dir: Path
+    cfg: Config
+    data: DeviceData
+    info: dict[str, Any]
+    log: Log
+    start: float
+
+
+def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged: str = "") -> dict[str, Any]:
     """Restore the best checkpoint, calibrate it and check the test split (run_report.assess), predict the test
     set, and write the curves, summary and report; best.pt gets the temperature and the training description."""
-    run_dir, model, cfg, data, info, state = job.run_dir, job.training.model, job.cfg, job.data, job.info, job.state
+    run_dir, cfg, data, info = outputs.run_dir, outputs.cfg, outputs.data, outputs.info
     best = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
     final = state.history[-1] if state.history else {}
@@ -274,7 +273,7 @@ def finish(job: Job, diverged: str = "") -> dict[str, Any]:
                "epochs_run": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": state.best_loss,
                "val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"],
                "final_train_loss": final.get("train_loss"), "final_train_acc": final.get("train_acc"),
-               "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - job.start, 1),
+               "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - outputs.start, 1),
                "diverged": diverged}
     if data.y["test"] is not None:  # uncalibrated, as val_loss: comparable across runs and with metrics.csv
         test = scores(torch.sigmoid(torch.from_numpy(logits["test"])), data.y["test"].cpu())
@@ -284,15 +283,15 @@ def finish(job: Job, diverged: str = "") -> dict[str, Any]:
     summary.update(trust.summary)
     write_json(run_dir / "summary.json", summary)
     write_page(run_dir, summary)
-    job.log(f"best epoch {state.best_epoch}: val acc {summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
+    outputs.log(f"best epoch {state.best_epoch}: val acc {summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
             + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
             + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
             + f" | {trust_line(summary)} | predictions: {run_dir}/predictions.txt and {cfg.predictions}, "
             f"report: {run_dir}/report.md")
     for note in trust.notes:
-        job.log(note)
+        outputs.log(note)
     if learned_nothing(summary, data.y["valid"]):
-        job.log(nothing_learned_hint(cfg))
+        outputs.log(nothing_learned_hint(cfg))
     return summary
 
 
@@ -312,49 +311,6 @@ def learned_nothing(summary: dict[str, Any], y_valid: torch.Tensor) -> bool:
     """True when the best model matches the constant predictor: majority-rate accuracy and chance-level AUC."""
     majority = max(float(y_valid.mean()), 1 - float(y_valid.mean()))
     return summary["val_acc"] <= majority + 1e-6 and abs(summary["val_auc"] - 0.5) < 0.1
-
-
-# ---- predict ---------------------------------------------------------------------------------------------
-
-def predict_file(command: Command, device_name: str = "auto", log: Log = print) -> Path:
-    """Classify --input with the best checkpoint of --predict RUN_DIR; writes 0/1 lines and a probability CSV."""
-    if not command.input:
-        raise UserError("--predict needs --input FILE.hdf5, the measurements to classify")
-    run_dir, source = Path(command.predict), Path(command.input)
-    payload = load_checkpoint(run_dir / "best.pt")
-    saved = config_from_dict(payload["config"])
-    stats = payload["stats"]
-    output = Path(command.output) if command.output else run_dir / f"predictions-{source.stem}.txt"
-    csv_path = output.with_suffix(".csv")
-    if csv_path == output or output.is_dir() or command.output.endswith(("/", "\\")):
-        raise UserError(f"--output {command.output} must name a new text file such as predictions.txt (the "
-                        f"probabilities go to a .csv beside it)")
-    for path in (output, csv_path):
-        if path.exists():
-            raise UserError(f"{path} already exists; choose another --output (nothing was overwritten)")
-    split = read_split(source, "input", tuple(stats["channels"]), labelled=False)
-    if split.channels[stats["channels"][0]].shape[-1] != payload["image_size"]:
-        raise UserError(f"{source} has {split.channels[stats['channels'][0]].shape[-1]}-pixel grids but the "
-                        f"model was trained on {payload['image_size']}")
-    device = pick_device(device_name)
-    model = trained_model(payload, device)
-    try:
-        logits = predict_logits(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
-    except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output
-        where = f"the model of {run_dir}/best.pt diverges on {source}"
-        raise Diverged(f"{overflow_message(e, where, saved.lr)}; nothing was written") from None
-    # a run saved before calibration and drift checks: temperature 1 (its probabilities as they were), no flags
-    temperature = payload.get("calibration", {}).get("temperature", 1.0)
-    checked = drift_check(payload, split)
-    probs = calibrated(logits, temperature)
-    write_predictions(output, probs)
-    write_probabilities(csv_path, probs, None if checked is None else checked.flags)
-    flagged = "no drift check" if checked is None else f"drift check: {checked.share:.1%} flagged"
-    log(f"{len(probs)} predictions ({int((probs > 0.5).sum())} new state) -> {output} and {csv_path} (temperature "
-        f"{temperature:.3g}; {flagged})")
-    if checked is not None and checked.warn:
-        log(drift.warning_line(checked, str(source)))
-    return output
 
 
 # ---- command line ----------------------------------------------------------------------------------------
@@ -384,17 +340,21 @@ def build_command_parser() -> Parser:
     return parser
 
 
+UNSET = object()  # the value of every Config flag the user did not type
+
+
 def parse_command(argv: list[str]) -> tuple[dict[str, Any], Command]:
-    """The Config flags the user typed (defaults left out: --resume applies only those) and the command."""
-    build_command_parser().parse_args(argv)  # --help (with the defaults) and one-line errors
-    parser = build_command_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    typed = vars(parser.parse_args(argv))
-    command = Command(**{name: typed.pop(name) for name in vars(Command()) if name in typed})
+    """The Config flags the user typed (defaults left out: --resume applies only those) and the command.
+
+    argparse fills in a default only where the namespace has no value yet, so a namespace that starts with
+    UNSET for every Config field comes back with UNSET exactly where a flag was not typed (--help still shows
+    the defaults)."""
+    untyped = argparse.Namespace(**{f.name: UNSET for f in dataclasses.fields(Config)})
+    parsed = vars(build_command_parser().parse_args(argv, namespace=untyped))
+    command = Command(**{name: parsed.pop(name) for name in vars(Command())})
     if (command.input or command.output) and not command.predict:
         raise UserError("--input and --output go with --predict RUN_DIR (the run whose model classifies them)")
-    return typed, command
+    return {name: value for name, value in parsed.items() if value is not UNSET}, command
 
 
 def resume_hint(e: Interrupted) -> str:
@@ -408,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         typed, command = parse_command(argv)
         if command.predict:
-            predict_file(command, typed.get("device", Config.device))
+            predict_file(Path(command.predict), command.input, command.output, typed.get("device", Config.device))
         elif command.resume:
             cfg, resumed = resume_config(Path(command.resume), typed)
             run(cfg, resume_from=resumed)

@@ -38,8 +38,8 @@ def sample(x: torch.Tensor, images: int, seed: int) -> torch.Tensor:
 
 def logit_function(model: nn.Module, views: bool):
     """The model's logit, or (views) its mean over the image and its transpose (see the module docstring)."""
-    patch = getattr(getattr(model, "embed", None), "patch_size", 4)  # as train.predict_logits: the CNN gets 4
-    return (lambda images: view_averaged_logits(model, images, patch, shifts=1)) if views else model
+    # shifts=1 keeps the unshifted views only (offset 0 whatever the shift unit), so no model needs one here
+    return (lambda images: view_averaged_logits(model, images, patch=1, shifts=1)) if views else model
 
 
 def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: bool = False,

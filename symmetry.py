@@ -52,6 +52,20 @@ def tta_views(patch: int, shifts: int = 2) -> list[tuple[bool, int, int]]:
     return [(t, a, b) for t in (False, True) for a in offsets for b in offsets]
 
 
+def shift_unit(model: torch.nn.Module) -> int:
+    """The pixels that test-time views shift within (the ViT's patch, the CNN's pooling cell), read from the
+    model itself, also when DDP (.module) or torch.compile (._orig_mod) wraps it."""
+    while not hasattr(model, "shift_unit"):
+        inner = getattr(model, "module", None)
+        if inner is None:
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            raise ValueError(f"{type(model).__name__} has no shift_unit: test-time views need to know how far to "
+                             f"shift (give the model a shift_unit attribute)")
+        model = inner
+    return int(model.shift_unit)
+
+
 def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, patch: int, shifts: int = 2) -> torch.Tensor:
     """The mean of the model's logit for "new state" over tta_views(patch, shifts), (B, 1). A transposed view votes
     with its logit negated, because its label is the other one; so the mean is exactly antisymmetric under a

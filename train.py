@@ -15,7 +15,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +25,8 @@ from cnn import ReferenceCNN
 from config import Config, UserError
 from cpu_dropout import use_fast_cpu_dropout
 from data import DeviceData, epoch_batches
-from symmetry import augment_batch, view_averaged_logits
+from metrics import scores
+from symmetry import augment_batch, shift_unit, view_averaged_logits
 from vision_transformer import VisionTransformer
 
 EVAL_BATCH = 2048
@@ -84,12 +84,13 @@ def build_model(cfg: Config, in_channels: int, image_size: int) -> nn.Module:
         if image_size % 4:
             raise UserError(f"--model cnn pools twice by 2, so the grid size must divide by 4 (got {image_size}); "
                             f"use --model vit")
-        return ReferenceCNN(in_channels, image_size)
+        return ReferenceCNN(in_channels=in_channels, image_size=image_size)
     if cfg.emb_dim % cfg.heads:
         raise UserError(f"--emb-dim {cfg.emb_dim} is not divisible by --heads {cfg.heads}")
-    return VisionTransformer(in_channels, image_size, cfg.patch_size, cfg.emb_dim, cfg.depth, cfg.heads,
-                             cfg.mlp_dim, cfg.dropout, cfg.emb_dropout, cfg.patch_norm, cfg.block_norm, cfg.init,
-                             cfg.pool)
+    return VisionTransformer(in_channels=in_channels, image_size=image_size, patch_size=cfg.patch_size,
+                             emb_dim=cfg.emb_dim, depth=cfg.depth, heads=cfg.heads, mlp_dim=cfg.mlp_dim,
+                             dropout=cfg.dropout, emb_dropout=cfg.emb_dropout, patch_norm=cfg.patch_norm,
+                             block_norm=cfg.block_norm, init=cfg.init, pool=cfg.pool)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -227,8 +228,8 @@ def predict_logits(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int =
 
     Raises NonFinitePredictions when a logit is NaN or infinite: finite weights can still overflow in the
     forward pass, and a NaN probability would turn into a silent 0 in the predictions or a crash in log_loss."""
-    patch = getattr(getattr(model, "embed", None), "patch_size", 4)  # the CNN: shifts within 4 pixels
-    forward = (lambda images: view_averaged_logits(model, images, patch, tta)) if tta else model
+    unit = shift_unit(model) if tta else 0
+    forward = (lambda images: view_averaged_logits(model, images, unit, tta)) if tta else model
     was_training = model.training
     model.eval()
     out = []
@@ -250,34 +251,6 @@ def predict_logits(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int =
 def predict_proba(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = EVAL_BATCH) -> torch.Tensor:
     """Probabilities of label 1, (N,): the sigmoid of predict_logits (uncalibrated)."""
     return torch.sigmoid(predict_logits(model, x, tta, batch))
-
-
-def log_loss(p: torch.Tensor, y: torch.Tensor) -> float:
-    return float(F.binary_cross_entropy(p.clamp(1e-7, 1 - 1e-7), y))
-
-
-def accuracy(p: torch.Tensor, y: torch.Tensor) -> float:
-    return float(((p > 0.5).float() == y).float().mean())
-
-
-def roc_auc(p: torch.Tensor, y: torch.Tensor) -> float:
-    """Area under the ROC curve via the Mann-Whitney statistic, ties given average ranks."""
-    p, y = p.double().cpu().numpy(), y.cpu().numpy()
-    n1, n0 = int(y.sum()), int(len(y) - y.sum())
-    if n0 == 0 or n1 == 0:
-        return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(len(p))
-    sorted_p = p[order]
-    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
-    average = first + (counts + 1) / 2.0  # 1-based average rank of each tie group
-    ranks[order] = np.repeat(average, counts)
-    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
-
-
-def scores(p: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Log loss, accuracy at 0.5 and ROC AUC of probabilities `p` for labels `y`."""
-    return {"loss": log_loss(p, y), "acc": accuracy(p, y), "auc": roc_auc(p, y)}
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tta: int = 0) -> dict[str, float]:

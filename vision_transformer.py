@@ -21,8 +21,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 # On CUDA the memory-efficient kernel was the fastest at head dim 16 and 50 tokens (flash and cuDNN were
 # slower on an H200, docs/speed.md); math stays as the fallback.
 CUDA_ATTENTION = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+# The allowed values of the model's choices: config.py's flags take their choices from these tuples.
 POOLS = ("cls", "mean")
 INITS = ("torch", "xavier", "trunc02")
+PATCH_NORMS = ("batch", "none")
+BLOCK_NORMS = ("layer", "batch")
 
 
 class TokenBatchNorm(nn.Module):
@@ -37,19 +40,19 @@ class TokenBatchNorm(nn.Module):
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:
-    assert kind in ("layer", "batch"), f"unknown block norm {kind!r}: use 'layer' or 'batch'"
+    assert kind in BLOCK_NORMS, f"unknown block norm {kind!r}: use one of {BLOCK_NORMS}"
     return nn.LayerNorm(dim) if kind == "layer" else TokenBatchNorm(dim)
 
 
 class PatchEmbedding(nn.Module):
     """(B, C, H, W) images -> (B, 1 + H*W/patch^2, emb_dim) tokens, CLS token first."""
 
-    def __init__(self, in_channels: int = 2, patch_size: int = 4, emb_dim: int = 32, image_size: int = 28,
+    def __init__(self, *, in_channels: int = 2, image_size: int = 28, patch_size: int = 4, emb_dim: int = 32,
                  norm: str = "batch", dropout: float = 0.2):
         super().__init__()
         assert image_size % patch_size == 0, \
             f"patch size {patch_size} does not divide image size {image_size}; pick a divisor of {image_size}"
-        assert norm in ("batch", "none"), f"unknown patch norm {norm!r}: use 'batch' or 'none'"
+        assert norm in PATCH_NORMS, f"unknown patch norm {norm!r}: use one of {PATCH_NORMS}"
         self.image_size, self.patch_size = image_size, patch_size
         self.num_patches = (image_size // patch_size) ** 2
         self.proj = nn.Conv2d(in_channels, emb_dim, kernel_size=patch_size, stride=patch_size)
@@ -77,7 +80,7 @@ class Attention(nn.Module):
     """Multi-head self-attention: one call of torch's fused scaled_dot_product_attention (SDPA), which also
     drops attention weights with probability `dropout` in training."""
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, *, dim: int, heads: int, dropout: float):
         super().__init__()
         assert dim % heads == 0, f"emb_dim {dim} must be divisible by heads {heads}"
         self.heads, self.dropout = heads, dropout
@@ -97,10 +100,10 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + Attn(Norm(x)), then x + MLP(Norm(x))."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, norm: str = "layer"):
+    def __init__(self, *, dim: int, heads: int, mlp_dim: int, dropout: float, norm: str = "layer"):
         super().__init__()
         self.norm1 = make_norm(norm, dim)
-        self.attn = Attention(dim, heads, dropout)
+        self.attn = Attention(dim=dim, heads=heads, dropout=dropout)
         self.norm2 = make_norm(norm, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(mlp_dim, dim), nn.Dropout(dropout))
@@ -113,17 +116,22 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """(B, C, H, W) -> (B, 1) logits of the new state."""
 
-    def __init__(self, in_channels: int = 2, image_size: int = 28, patch_size: int = 4, emb_dim: int = 32,
+    def __init__(self, *, in_channels: int = 2, image_size: int = 28, patch_size: int = 4, emb_dim: int = 32,
                  depth: int = 4, heads: int = 4, mlp_dim: int = 64, dropout: float = 0.1,
                  emb_dropout: float = 0.2, patch_norm: str = "batch", block_norm: str = "layer",
                  init: str = "torch", pool: str = "cls"):
         super().__init__()
-        self.embed = PatchEmbedding(in_channels, patch_size, emb_dim, image_size, patch_norm, emb_dropout)
-        self.blocks = nn.Sequential(*[Block(emb_dim, heads, mlp_dim, dropout, block_norm) for _ in range(depth)])
+        self.embed = PatchEmbedding(in_channels=in_channels, image_size=image_size, patch_size=patch_size,
+                                    emb_dim=emb_dim, norm=patch_norm, dropout=emb_dropout)
+        self.blocks = nn.Sequential(*[Block(dim=emb_dim, heads=heads, mlp_dim=mlp_dim, dropout=dropout,
+                                            norm=block_norm) for _ in range(depth)])
         self.norm = make_norm(block_norm, emb_dim)
         self.head = nn.Linear(emb_dim, 1)
         assert pool in POOLS, f"unknown pooling {pool!r}: use one of {POOLS}"
         self.pool = pool
+        # test-time views shift within one patch (symmetry.tta_views): such shifts move the patch boundaries,
+        # a shift by a whole patch moves none
+        self.shift_unit = patch_size
         init_linear_layers(self, init)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

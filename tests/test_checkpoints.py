@@ -54,3 +54,13 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path):
         load_checkpoint(tmp_path / "best.pt")
     with pytest.raises(UserError, match="not found"):
         load_checkpoint(tmp_path / "last.pt")
+
+
+def test_resume_restores_the_cuda_generators_that_this_machine_has(monkeypatch):
+    """A run saved on 4 GPUs resumed where 2 are visible: the first 2 states come back, no error."""
+    import checkpoints
+    restored = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.append((index, int(state[0]))))
+    checkpoints.restore_cuda_rng([torch.full((4,), i, dtype=torch.uint8) for i in range(4)])
+    assert restored == [(0, 0), (1, 1)]

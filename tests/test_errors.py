@@ -1,5 +1,5 @@
 """Bad input gets one clear line and exit code 2, never a traceback or a hang; nothing the user owns is
-overwritten (issue 5). Every case runs run_transformer.main in-process on a private copy of a tiny data set."""
+overwritten. Every case runs run_transformer.main in-process on a private copy of a tiny data set."""
 from __future__ import annotations
 
 import json
@@ -382,7 +382,9 @@ WRITERS = textwrap.dedent(r'''
     import json, sys
     from pathlib import Path
     import numpy as np, torch
-    import compare, fileio, report, synthetic
+    import fileio, report, synthetic
+    from tools import compare
+    from tools.plots import plot_loss_curves
     from config import UserError
     from test_errors import files_up_to
 
@@ -394,7 +396,7 @@ WRITERS = textwrap.dedent(r'''
         "summary.json": lambda p: fileio.write_json(p, {"values": list(range(20_000))}),
         "metrics.csv": lambda p: report.write_metrics_csv(p, history),
         "curves.png": lambda p: report.plot_curves(p, history),
-        "accuracy.png": lambda p: report.plot_loss_curves(p, {"seed 0": history}),
+        "accuracy.png": lambda p: plot_loss_curves(p, {"seed 0": history}),
         "predictions.txt": lambda p: report.write_predictions(p, np.full(20_000, 0.9)),
         "test_probabilities.csv": lambda p: report.write_probabilities(p, np.full(20_000, 0.9)),
         "train.hdf5": lambda p: synthetic.write_hdf5(p, {"density": np.ones((100, 28, 28), np.float16)}),

@@ -1,4 +1,4 @@
-"""Interruption, resume, divergence and reproducibility of run_transformer (issue 5), on tiny CPU runs.
+"""Interruption, resume, divergence and reproducibility of run_transformer, on tiny CPU runs.
 
 The resume test sends a real SIGTERM to a training subprocess and checks that the resumed run ends bit for bit
 where an uninterrupted run with the same seed ends. The other tests call run_transformer.main in-process.

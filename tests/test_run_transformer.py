@@ -170,3 +170,19 @@ def test_the_end_of_run_note_names_what_the_measurements_support():
     assert "--init torch" in trunc_sgd and "whitened" not in trunc_sgd
     raw = run_transformer.nothing_learned_hint(dataclasses.replace(Config(), whiten=False))
     assert "drop --no-whiten" in raw and "--init" not in raw
+
+
+def test_config_json_records_the_code_and_the_command(tmp_path, tiny_benchmark):
+    run_dir = train(tmp_path, tiny_benchmark)
+    record = json.loads((run_dir / "config.json").read_text())["provenance"]
+    assert set(record) == {"commit", "dirty", "command"} and record["command"].startswith("python ")
+
+
+def test_parse_command_returns_only_the_flags_that_were_typed():
+    """--resume changes only what the user typed: a flag typed with its default value counts, an untyped one
+    does not, and --help still shows the defaults."""
+    typed, command = run_transformer.parse_command(["--resume", "runs/x", "--epochs", "8", "--no-compile"])
+    assert typed == {"epochs": 8, "compile": False} and command.resume == "runs/x"
+    typed, command = run_transformer.parse_command([])
+    assert typed == {} and command == run_transformer.Command()
+    assert "(default: 8)" in run_transformer.build_command_parser().format_help().replace("\n", " ")

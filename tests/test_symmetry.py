@@ -1,11 +1,16 @@
 """The symmetries behind --augment and --tta, checked on the real test file before anything relies on them."""
 import numpy as np
+import pytest
 import torch
 import h5py
+from torch import nn
 
 import symmetry
+from cnn import ReferenceCNN
 from data import dihedral_mean
 from synthetic import wave_vectors
+from train import predict_logits
+from vision_transformer import VisionTransformer
 
 
 def anisotropy(log_density: np.ndarray, axis: str) -> np.ndarray:
@@ -84,3 +89,25 @@ def test_the_symmetric_whitening_filter_commutes_with_every_symmetry():
     for transpose, flip_rows, flip_cols in symmetry.DIHEDRAL:
         view = lambda f: symmetry.dihedral_view(torch.from_numpy(f), transpose, flip_rows, flip_cols).numpy()
         np.testing.assert_allclose(whiten(view(field)), view(whiten(field)), atol=1e-9)
+
+
+def test_views_shift_by_the_models_own_unit_also_when_it_is_wrapped():
+    """A ViT with 7-pixel patches shifts its views within 7 pixels whether it is bare, inside DDP (.module) or
+    compiled (._orig_mod); the CNN within its 4-pixel pooling cell; a model that does not say is an error."""
+    torch.manual_seed(0)
+    vit = VisionTransformer(in_channels=1, patch_size=7, emb_dim=16, depth=1, heads=2, mlp_dim=16).eval()
+    wrapper, compiled = nn.Module(), nn.Module()
+    wrapper.module = vit  # as DistributedDataParallel holds it
+    wrapper.forward = vit.forward
+    compiled._orig_mod = wrapper  # as torch.compile holds it (the real wrapper: tests/test_train_compile.py)
+    assert symmetry.shift_unit(vit) == symmetry.shift_unit(wrapper) == symmetry.shift_unit(compiled) == 7
+    assert symmetry.shift_unit(ReferenceCNN(in_channels=1)) == 4
+    x = torch.randn(6, 1, 28, 28)
+    wrapped = predict_logits(wrapper, x, tta=2)
+    torch.testing.assert_close(wrapped, predict_logits(vit, x, tta=2), rtol=0, atol=0)
+    # the unit matters: views within 4 pixels (the old fallback for a model without .embed) give other logits
+    assert not torch.allclose(wrapped, symmetry.view_averaged_logits(vit, x, patch=4).squeeze(1))
+    with pytest.raises(ValueError, match="has no shift_unit"):
+        symmetry.shift_unit(nn.Linear(2, 1))
+    with pytest.raises(ValueError, match="has no shift_unit"):
+        predict_logits(nn.Linear(28, 1), x, tta=2)

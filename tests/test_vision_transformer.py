@@ -114,7 +114,7 @@ def test_reference_cnn_layout_and_output():
 
 
 @pytest.mark.parametrize("model_fn", [lambda: VisionTransformer(in_channels=2, depth=2, block_norm="batch"),
-                                      lambda: ReferenceCNN(2)])
+                                      lambda: ReferenceCNN(in_channels=2)])
 def test_batchnorm_stats_and_dropout_change_only_in_train_mode(model_fn):
     torch.manual_seed(0)
     model = model_fn()

@@ -4,8 +4,8 @@ what can be compared: agreement with the exact likelihood-ratio classifier of th
 model's confidence, on both files. A random sample of the benchmark's training images, predicted the same
 way (eval mode, the run's test-time views), gives the train - test gap without augmentation or dropout.
 
-    python real_check.py runs/RUN                                   # real file: ../shared/gasdata/test_no_labels.hdf5
-    python real_check.py runs/RUN --real PATH --benchmark data/synthetic
+    python -m tools.real_check runs/RUN                                   # real file: ../shared/gasdata/test_no_labels.hdf5
+    python -m tools.real_check runs/RUN --real PATH --benchmark data/synthetic
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from checkpoints import load_checkpoint, trained_model
 from train import (Diverged, NonFinitePredictions, overflow_message, pick_device, predict_proba,
                    tta_shifts)
 
-REAL_TEST_FILE = Path(__file__).resolve().parent.parent / "shared" / "gasdata" / "test_no_labels.hdf5"
+REAL_TEST_FILE = Path(__file__).resolve().parents[2] / "shared" / "gasdata" / "test_no_labels.hdf5"
 
 
 def describe(model, payload: dict, path: Path, device: torch.device, sample: int = 0, views: int | None = None

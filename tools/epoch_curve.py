@@ -2,7 +2,7 @@
 picks: for each schedule length and seed, one run whose every epoch is scored on validation with 2 views
 (--epoch-views pair, what picks the best epoch) and with all views, and on test with all views.
 
-    python epoch_curve.py --epochs 4 5 6 --seeds 0 1 2 --out results/speed/epoch_curve.jsonl
+    python -m tools.epoch_curve --epochs 4 5 6 --seeds 0 1 2 --out results/speed/epoch_curve.jsonl
 
 Each finished (epochs, seed) appends one line to --out and is skipped when the command runs again, so an
 interrupted curve resumes. Other flags are the default recipe's (`--loss smooth`), as run_transformer.py's.

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-import bench
+from tools import bench
 import train
 from config import Config
 from cpu_dropout import FastCPUDropout

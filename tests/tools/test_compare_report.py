@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-import heldout
-from compare_report import effects_table, heldout_accuracy, paired_difference
-from grid import EFFECTS
+from tools import heldout
+from tools.compare_report import effects_table, heldout_accuracy, paired_difference
+from tools.grid import EFFECTS
 
 
 def rows(correct: np.ndarray, seeds=None) -> list[dict]:

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-import heldout
+from tools import heldout
 from fileio import write_text
-from grid import EFFECTS
-from report import plot_intervals, plot_loss_curves
+from tools.grid import EFFECTS
+from tools.plots import plot_intervals, plot_loss_curves
 
 GOAL = 0.83  # the scientist's target test accuracy
 

@@ -21,7 +21,8 @@ from checkpoints import load_checkpoint, trained_model
 from config import UserError, config_from_dict
 from data import read_split, to_tensor
 from fileio import write_json
-from train import predict_logits, scores, tta_shifts
+from metrics import scores
+from train import predict_logits, tta_shifts
 
 FILE = "heldout.hdf5"
 MANIFEST = "heldout.json"

@@ -1,9 +1,9 @@
 """Training throughput: the scientist's per-sample HDF5 + DataLoader loop against ours, same model and data.
 
-    python bench.py                                   # CPU (CUDA when available): img/s, ratio, FLOPs
-    python bench.py --device cuda --batch-size 4096 --precision bf16 --compile
-    python bench.py --time-to-target    # wall time of the README's command to 83%, 96% val and 98% test accuracy
-    python bench.py --time-to-target --recipe "--optimizer adamw --lr 1e-3"
+    python -m tools.bench                                   # CPU (CUDA when available): img/s, ratio, FLOPs
+    python -m tools.bench --device cuda --batch-size 4096 --precision bf16 --compile
+    python -m tools.bench --time-to-target    # wall time of the README's command to 83%, 96% val and 98% test accuracy
+    python -m tools.bench --time-to-target --recipe "--optimizer adamw --lr 1e-3"
 
 A benchmark, not a test: it prints what it measured. (a) "original": a torch Dataset that reads every sample
 from the HDF5 file with h5py, a DataLoader (batch 64, 2 workers), `.item()` after every step, AdamW with a
@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 import run_transformer
+from provenance import provenance, provenance_line
 from cli import exit_code
 from config import Config, HelpFormatter, Parser, UserError, add_config_flags, checked, non_negative, parse_config
 from data import SPLIT_FILES, DeviceData
@@ -304,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes as in cli.exit_code."""
     def body() -> None:
         args = parse_args(argv)
+        print(provenance_line(provenance(None if argv is None else [__file__, *argv])))
         if args.threads:
             torch.set_num_threads(args.threads)
         time_to_target_command(args) if args.time_to_target else throughput(args)

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-import heldout
+from tools import heldout
 import synthetic
 from config import UserError
 

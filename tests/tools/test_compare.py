@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-import compare
-import grid
+from tools import compare
+from tools import grid
 import run_transformer
 import train
 from config import EXECUTION, OUTPUT, SAMPLING, Config, fields_with
 from data import read_answer_key
 from fileio import write_json
+from predict import predict_file
 from report import write_metrics_csv
 from train import Interrupted
 
@@ -231,8 +233,7 @@ def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys):
     finals = [r for r in rows if r["stage"] == "final"]
     for r in finals:
         output = tmp_path / f"{r['variant'].replace('/', '_')}-{r['seed']}.txt"
-        run_transformer.predict_file(run_transformer.Command(predict=r["summary"]["run_dir"], input=str(held),
-                                                             output=str(output)), "cpu", log=lambda m: None)
+        predict_file(Path(r["summary"]["run_dir"]), str(held), str(output), "cpu", log=lambda m: None)
         assert r["heldout"]["n"] == len(truth) == 2 * grid.QUICK_HELDOUT_PER_CLASS
         assert r["heldout"]["acc"] == pytest.approx(np.mean(np.loadtxt(output, dtype=int) == truth), abs=1e-6)
     assert not any("heldout" in r for r in rows if r["stage"] == "probe")
@@ -251,6 +252,7 @@ def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys):
         assert (out / name).stat().st_size > 0, name
     md = (out / "report.md").read_text()
     assert "Bayes limit" in md and "Incomplete" not in md
+    assert "runs by code version: " in md and all(set(r["provenance"]) == {"commit", "dirty", "command"} for r in rows)
     assert compare.main(argv) == 0 and "0 runs to do; 8 finished runs" in capsys.readouterr().out
 
 
@@ -263,3 +265,32 @@ def test_a_run_is_identified_by_every_setting_except_how_and_where_it_is_compute
         changed = dataclasses.replace(base, **{f.name: another_value(f, getattr(base, f.name))})
         same = compare.job_key(changed) == compare.job_key(base)
         assert same == (f.name in fields_with(EXECUTION, SAMPLING, OUTPUT)), f.name
+
+
+def test_a_diverged_run_is_reported_from_its_own_folder_not_an_earlier_attempts(tmp_path: Path, monkeypatch):
+    """A job folder can hold an earlier attempt's run folder (killed, or diverged before this code); the row of a
+    run that diverges reads the summary of the attempt that just ran, even when the older one is newer on disk."""
+    job_dir = tmp_path / "job"
+    old = job_dir / "20260101-000000-old"
+    old.mkdir(parents=True)
+    write_json(old / "summary.json", {"run_dir": str(old), "val_acc": 0.99, "diverged": ""})
+    attempts = []
+
+    def diverging(cfg: Config, log=print, progress=None, resume_from=None) -> dict:
+        run_dir = job_dir / f"20260102-00000{len(attempts)}-new"
+        run_dir.mkdir()
+        if attempts:  # the second attempt finished an epoch: run() wrote its summary before raising
+            write_metrics_csv(run_dir / "metrics.csv", [{"epoch": 1, "train_loss": 0.5, "val_loss": 0.6,
+                                                         "train_acc": 0.7, "val_acc": 0.6}])
+            write_json(run_dir / "summary.json", {"run_dir": str(run_dir), "val_acc": 0.6, "diverged": "NaN"})
+        attempts.append(run_dir)
+        os.utime(old / "summary.json")  # the earlier attempt's file is the newest on disk
+        raise train.Diverged("training diverged at epoch 2")
+
+    monkeypatch.setattr(run_transformer, "run", diverging)
+    job = {"key": "k", "variant": "before/no-date", "stage": "probe", "lr": 1e-3, "seed": 100,
+           "config": dataclasses.asdict(dataclasses.replace(Config(), out_dir=str(job_dir), device="cpu"))}
+    first = compare.run_job(job)
+    assert "run_dir" not in first["summary"] and first["summary"]["diverged"] == "training diverged at epoch 2"
+    second = compare.run_job(job)
+    assert second["summary"]["run_dir"] == str(attempts[1]) and second["summary"]["val_acc"] == 0.6

@@ -1,13 +1,13 @@
 """Ablation harness: which of the requested changes make the ViT generalise, measured fairly.
 
-    python compare.py --quick                              # small grid, a few minutes on a CPU
-    python compare.py --device cuda --jobs 12              # the full grid (README: results)
-    python compare.py --only before,after --seeds 5        # a subset; rerun the same command to resume
+    python -m tools.compare --quick                              # small grid, a few minutes on a CPU
+    python -m tools.compare --device cuda --jobs 12              # the full grid (README: results)
+    python -m tools.compare --only before,after --seeds 5        # a subset; rerun the same command to resume
 
 Grid: `before` (the pre-change ViT: no BatchNorm in the patch embedding, AdamW + warmup-cosine, BCE), each
 requested change alone on top of it, `after` (all requested changes), and the reference CNN (trained like
 `before`), each with the confounded date channel kept (`with-date`) and removed (`no-date`); beyond the
-request, density-only rows for whitening, the init axis and the levers of issue 10. The grid lives in grid.py.
+request, density-only rows for whitening, the init axis and the ViT levers. The grid lives in tools/grid.py.
 
 Protocol, the same for every configuration: optimizers differ in their useful learning rate, so first one
 short probe run (seed 100, --probe-epochs) per rate in that optimizer's grid (LR_GRID); the rate with the
@@ -34,7 +34,6 @@ from typing import Any, Callable
 
 import torch
 
-import heldout
 import run_transformer
 import synthetic
 from cli import exit_code
@@ -42,10 +41,12 @@ from config import (EXECUTION, OUTPUT, SAMPLING, Config, HelpFormatter, Parser, 
                     add_config_flags, checked, config_from_dict, fields_with, non_negative, positive)
 from data import load_splits, read_answer_key
 from fileio import append_text, changed_files, write_text
-from compare_report import METRICS, mean_std, write_report
-from grid import (CHANNEL_SETS, CONFIGS, FULL, LR_GRID, PROBE_SEED, QUICK, QUICK_HELDOUT_PER_CLASS, QUICK_SIZES,
-                  Settings, Variant, variants)
+from provenance import provenance
 from train import Diverged, Interrupted, pick_device, resolve_precision
+from tools import heldout
+from tools.compare_report import METRICS, mean_std, write_report
+from tools.grid import (CHANNEL_SETS, CONFIGS, FULL, LR_GRID, PROBE_SEED, QUICK, QUICK_HELDOUT_PER_CLASS, QUICK_SIZES,
+                         Settings, Variant, variants)
 
 
 def job_key(cfg: Config) -> str:
@@ -107,16 +108,17 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     def log(message: str) -> None:
         append_text(folder / "log.txt", message + "\n")
 
+    earlier = set(folder.glob("*/summary.json"))  # an earlier, killed or diverged attempt's folder may be here
     try:
         summary = run_transformer.run(cfg, log=log, progress=False)
     except Diverged as e:  # run() wrote summary.json if an epoch finished before the NaN; else nothing to read
-        written = sorted(folder.glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
-        summary = {**(json.loads(written[-1].read_text()) if written else {}), "diverged": str(e)}
+        written = [p for p in folder.glob("*/summary.json") if p not in earlier]  # this attempt's, if any
+        summary = {**(json.loads(written[0].read_text()) if written else {}), "diverged": str(e)}
     run_dir = Path(summary["run_dir"]) if "run_dir" in summary else None
     history = read_history(run_dir / "metrics.csv") if run_dir else []
     device = torch.cuda.get_device_name(0) if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
     row = {**{k: job[k] for k in ("key", "variant", "stage", "lr", "seed")}, "summary": summary,
-           "history": history, "device": f"{device} ({os.cpu_count()} cores)"}
+           "history": history, "device": f"{device} ({os.cpu_count()} cores)", "provenance": provenance()}
     if job.get("heldout") and job["stage"] == "final" and run_dir and (run_dir / "best.pt").exists():
         row["heldout"] = heldout.score_run(run_dir, Path(job["heldout"]), pick_device(cfg.device))
     return row
@@ -271,7 +273,17 @@ def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path
     return lines
 
 
-def bayes_limit(data_dir: Path, rows: list[dict[str, Any]]) -> dict[str, float] | None:
+def commits(rows: list[dict[str, Any]]) -> str:
+    """Which code produced the rows: `code a1b2c3d4e5f6 (12 runs), not recorded (75 runs)`."""
+    count: dict[str, int] = {}
+    for row in rows:
+        record = row.get("provenance")
+        name = "not recorded" if record is None else record["commit"][:12] + (" with changes" if record["dirty"] else "")
+        count[name] = count.get(name, 0) + 1
+    return "runs by code version: " + ", ".join(f"{name} ({n} runs)" for name, n in count.items())
+
+
+def grid_bayes_accuracy(data_dir: Path, rows: list[dict[str, Any]]) -> dict[str, float] | None:
     """Accuracy of the exact likelihood-ratio test per split when the data are the built-in benchmark."""
     for row in rows:  # run_transformer records it in every summary on the benchmark
         if "bayes_accuracy" in row["summary"]:
@@ -280,7 +292,7 @@ def bayes_limit(data_dir: Path, rows: list[dict[str, Any]]) -> dict[str, float] 
     if data_dir is None:
         return None
     splits = load_splits(data_dir)
-    return run_transformer.bayes_limit(splits, read_answer_key(data_dir, len(splits["test"])))
+    return run_transformer.bayes_accuracy(splits, read_answer_key(data_dir, len(splits["test"])))
 
 
 # ---- command line --------------------------------------------------------------------------------------
@@ -374,10 +386,11 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
         except (Interrupted, KeyboardInterrupt) as e:  # still report what finished, then exit as interrupted
             interrupted, rows = e, load_results(out / "results.jsonl")
     lines = summarise(chosen, settings, base, out, rows)
-    bayes = bayes_limit(resolved, [r for line in lines for r in line["runs"] + line["probes"]])
-    header = (f"Command: `python compare.py {' '.join(argv)}`; data {resolved}; {settings.epochs} epochs "
+    reported = [r for line in lines for r in line["runs"] + line["probes"]]
+    bayes = grid_bayes_accuracy(resolved, reported)
+    header = (f"Command: `python -m tools.compare {' '.join(argv)}`; data {resolved}; {settings.epochs} epochs "
               f"(probes {settings.probe_epochs}), {settings.seeds} seeds, {jobs} parallel run(s); this "
-              f"invocation took {time.time() - start:.0f} s.")
+              f"invocation took {time.time() - start:.0f} s; {commits(reported)}.")
     print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED))
     print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
     if interrupted is not None:

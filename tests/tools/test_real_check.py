@@ -1,7 +1,7 @@
 """real_check.py: the same trained run on the benchmark's test file and on the real one."""
 
 import run_transformer
-import real_check
+from tools import real_check
 
 SMALL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--batch-size", "64", "--epochs", "1"]
 

@@ -1,0 +1,63 @@
+"""Classify new measurements with a trained run: `python run_transformer.py --predict RUN --input new.hdf5`.
+
+Everything the prediction needs is in the run's best.pt: the network, the input normalisation (channels,
+whitening filter), the test-time views, the calibration temperature and the training data's description for
+the drift check.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import drift
+from calibration import calibrated
+from checkpoints import load_checkpoint, trained_model
+from config import UserError, config_from_dict
+from data import read_split, to_tensor
+from report import write_predictions, write_probabilities
+from run_report import drift_check
+from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_logits, tta_shifts
+
+Log = Callable[[str], None]
+
+
+def predict_file(run_dir: Path, input: str, output: str = "", device_name: str = "auto", log: Log = print) -> Path:
+    """Classify the HDF5 file `input` with the best checkpoint of `run_dir`; writes 0/1 lines to `output`
+    (default: predictions-<input>.txt in the run folder) and the probabilities to a .csv beside them."""
+    if not input:
+        raise UserError("--predict needs --input FILE.hdf5, the measurements to classify")
+    source = Path(input)
+    payload = load_checkpoint(run_dir / "best.pt")
+    saved = config_from_dict(payload["config"])
+    stats = payload["stats"]
+    path = Path(output) if output else run_dir / f"predictions-{source.stem}.txt"
+    csv_path = path.with_suffix(".csv")
+    if csv_path == path or path.is_dir() or output.endswith(("/", "\\")):
+        raise UserError(f"--output {output} must name a new text file such as predictions.txt (the "
+                        f"probabilities go to a .csv beside it)")
+    for target in (path, csv_path):
+        if target.exists():
+            raise UserError(f"{target} already exists; choose another --output (nothing was overwritten)")
+    split = read_split(source, "input", tuple(stats["channels"]), labelled=False)
+    if split.channels[stats["channels"][0]].shape[-1] != payload["image_size"]:
+        raise UserError(f"{source} has {split.channels[stats['channels'][0]].shape[-1]}-pixel grids but the "
+                        f"model was trained on {payload['image_size']}")
+    device = pick_device(device_name)
+    model = trained_model(payload, device)
+    try:
+        logits = predict_logits(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
+    except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output
+        where = f"the model of {run_dir}/best.pt diverges on {source}"
+        raise Diverged(f"{overflow_message(e, where, saved.lr)}; nothing was written") from None
+    # a run saved before calibration and drift checks: temperature 1 (its probabilities as they were), no flags
+    temperature = payload.get("calibration", {}).get("temperature", 1.0)
+    checked = drift_check(payload, split)
+    probs = calibrated(logits, temperature)
+    write_predictions(path, probs)
+    write_probabilities(csv_path, probs, None if checked is None else checked.flags)
+    flagged = "no drift check" if checked is None else f"drift check: {checked.share:.1%} flagged"
+    log(f"{len(probs)} predictions ({int((probs > 0.5).sum())} new state) -> {path} and {csv_path} (temperature "
+        f"{temperature:.3g}; {flagged})")
+    if checked is not None and checked.warn:
+        log(drift.warning_line(checked, str(source)))
+    return path
