@@ -273,7 +273,7 @@ BENCH_NOTES = {"batch_size": "our loop's batch; here 4096 on CUDA and 128 on CPU
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = Parser(description=__doc__, formatter_class=HelpFormatter)
+    p = Parser(prog="python -m tools.bench", description=__doc__, formatter_class=HelpFormatter)
     add_config_flags(p, ("device", "data_dir", "optimizer", "emb_dim", "depth", "heads", "mlp_dim", "batch_size",
                          "precision", "compile"), BENCH_DEFAULTS, BENCH_NOTES)
     count = lambda name: checked(int, name, non_negative)  # noqa: E731

@@ -313,7 +313,7 @@ def rate_grids(text: str) -> dict[str, tuple[float, ...]]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = Parser(description=__doc__, formatter_class=HelpFormatter)
+    p = Parser(prog="python -m tools.compare", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"small grid ({', '.join(QUICK.configs)}; "
                    f"{QUICK.epochs} epochs, {QUICK.seeds} seeds) on a small built-in benchmark")
     add_config_flags(p, ("data_dir", "epochs", "device", "compile"), defaults={"data_dir": "", "epochs": None},

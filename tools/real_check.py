@@ -54,7 +54,7 @@ def describe(model, payload: dict, path: Path, device: torch.device, sample: int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = Parser(description=__doc__, formatter_class=HelpFormatter)
+    parser = Parser(prog="python -m tools.real_check", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run", help="a run folder written by run_transformer.py")
     parser.add_argument("--real", default=str(REAL_TEST_FILE), help="the real (unlabelled) test file")
     parser.add_argument("--benchmark", default="data/synthetic", help="the built-in benchmark's folder")
