@@ -21,12 +21,12 @@ from train import Diverged, NonFinitePredictions, overflow_message, pick_device,
 Log = Callable[[str], None]
 
 
-def predict_file(run_dir: Path, input: str, output: str = "", device_name: str = "auto", log: Log = print) -> Path:
-    """Classify the HDF5 file `input` with the best checkpoint of `run_dir`; writes 0/1 lines to `output`
-    (default: predictions-<input>.txt in the run folder) and the probabilities to a .csv beside them."""
-    if not input:
+def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: str = "auto", log: Log = print) -> Path:
+    """Classify the HDF5 file `input_file` with the best checkpoint of `run_dir`; writes 0/1 lines to `output`
+    (default: predictions-<input_file>.txt in the run folder) and the probabilities to a .csv beside them."""
+    if not input_file:
         raise UserError("--predict needs --input FILE.hdf5, the measurements to classify")
-    source = Path(input)
+    source = Path(input_file)
     payload = load_checkpoint(run_dir / "best.pt")
     saved = config_from_dict(payload["config"])
     stats = payload["stats"]
