@@ -50,7 +50,7 @@ def test_a_config_saved_before_the_dropout_sampler_existed_resumes_with_torchs_s
 def test_defaults_train_the_requested_recipe_and_old_runs_keep_what_they_used():
     defaults = Config()
     assert (defaults.init, defaults.whiten, defaults.pool, defaults.augment, defaults.tta) == \
-        ("torch", True, "cls", True, True)
+        ("torch", True, "mean", True, True)
     assert parse_config(["--no-whiten"]).whiten is False
     saved = dataclasses.asdict(Config())
     for added in ("init", "pool", "augment", "tta", "tta_shifts"):

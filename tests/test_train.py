@@ -82,8 +82,10 @@ def fit_tiny(benchmark, whiten: bool = True, on_epoch=lambda st, improved: None,
     """fit on the tiny benchmark's density (whitened as by default), validated with all views after every epoch
     (4 epochs of 400 images leave a model whose single views are nearly at chance, their mean is not); returns
     (state, training, data, cfg, validation AUC of the untrained model)."""
+    # the CLS token: in these 24 steps mean pooling (the default) separates the classes for seeds 0 and 2 but
+    # not yet for seed 1 (validation AUC 0.64 after 4 epochs, 0.97 after 8)
     cfg = small_cfg(**{"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "epochs": 4, "patience": 2,
-                       "seed": 1, "epoch_views": "all", **changes})
+                       "seed": 1, "epoch_views": "all", "pool": "cls", **changes})
     data = to_device(load_splits(benchmark), ["density"], "cpu", whiten=whiten, symmetric=True)
     torch.manual_seed(cfg.seed)
     training = build_training(cfg, 1, 28, len(data.x["train"]), torch.device("cpu"))

@@ -365,8 +365,8 @@ def throughput(args: argparse.Namespace) -> None:
              "batch": cfg.batch_size, "precision": cfg.precision},
             {"style": "ours, with torch's dropout sampler (as the original)", "batch": cfg.batch_size,
              "precision": cfg.precision}][:len(timers) - 1]
-    rows.append({"style": f"the default recipe: ViT emb {recipe.emb_dim} depth {recipe.depth}, whitened, augmented, "
-                 f"{recipe.optimizer.upper()}", "batch": recipe.batch_size, "precision": recipe.precision,
+    rows.append({"style": f"the default recipe: ViT emb {recipe.emb_dim} depth {recipe.depth} heads {recipe.heads}, "
+                 f"whitened, augmented, {recipe.optimizer.upper()}", "batch": recipe.batch_size, "precision": recipe.precision,
                  "flops": flops_per_image(recipe, len(recipe_data.stats["channels"]), recipe_data.image_size)})
     for row, name in zip(rows, timers):
         row["steps"], took = totals[name]

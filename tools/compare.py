@@ -259,10 +259,10 @@ def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path
     lines = []
     for v in chosen:
         probes = [rows[j["key"]] for j in probe_jobs(v, settings, base, out) if j["key"] in rows]
-        settings_of = CONFIGS[v.config]
+        cfg = v.build(base)
         line: dict[str, Any] = {"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels],
-                                "init": settings_of.get("init", base.init), "whiten": settings_of["whiten"],
-                                "reference": f"{'after+whiten' if settings_of['whiten'] else 'after'}/{v.channels}",
+                                "init": cfg.init, "whiten": cfg.whiten,
+                                "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
                                 "probes": probes, "lr": None, "runs": []}
         line["lr"] = chosen_lr(v, settings, probes)
         if line["lr"] is not None:

@@ -35,11 +35,11 @@ def changed(cfg: Config, base: Config) -> dict:
 def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
     chosen = compare.variants(compare.FULL.configs)
     assert [v.name for v in chosen[:2]] == ["before/with-date", "before/no-date"]
-    assert len(chosen) == 41 and len({v.name for v in chosen}) == 41
+    assert len(chosen) == 42 and len({v.name for v in chosen}) == 42
     requested = ["before", "+patch-bn", "+sgd-linear", "+mse", "+smooth", "+block-bn", "after", "after-patch-bn",
                  "after-sgd-linear", "after-smooth+bce", "after-smooth+mse", "after+block-bn", "cnn"]
     assert list(compare.FULL.configs) == requested + [f"{c}+whiten" for c in requested] + [
-        "after+whiten+mean-pool", "after+whiten+mean-pool+aug-tta", "after+whiten+aug-tta", "before@trunc02",
+        "after+whiten+mean-pool", "after+whiten+mean-pool+aug-tta", "after+whiten+aug-tta", "default", "before@trunc02",
         "after@trunc02", "before+whiten@trunc02", "after+whiten@trunc02"]
     assert {v.config for v in chosen if v.channels == "with-date"} == set(grid.WITH_DATE)
     base = Config(data_dir="somewhere")
@@ -67,6 +67,11 @@ def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
                                                    "augment": True, "tta": True, "tta_shifts": 4}}
     for name, diff in expected.items():
         assert changed(compare.Variant(name, "no-date").build(base), before) == diff, name
+    # The rows keep the grid's model (4 heads) and budget (8 epochs) whatever Config's defaults are; the
+    # `default` row is the command as it ships, on its own schedule.
+    assert before.heads == 4 and compare.FULL.epochs == 8
+    default = compare.Variant("default", "no-date").build(base, epochs=compare.FULL.epochs)
+    assert changed(default, base) == {"channels": "density", "loss": "smooth"}
     # The full grid: one rate per optimizer, no probes; --lrs with several rates: one probe per rate of the
     # variant's optimizer, at the probe seed; finals: one per seed.
     out = tmp_path / "out"
