@@ -263,7 +263,7 @@ def accuracies(text: str) -> list[float]:
 
 
 # The bench's own ViT and per-device defaults (None: chosen per device in main); the rest as run_transformer.
-BENCH_DEFAULTS = {"emb_dim": 64, "depth": 3, "mlp_dim": 128, "batch_size": None}
+BENCH_DEFAULTS = {"emb_dim": 64, "depth": 3, "heads": 4, "mlp_dim": 128, "batch_size": None}
 BENCH_NOTES = {"batch_size": "our loop's batch; here 4096 on CUDA and 128 on CPU unless given (128 also fits "
                "the CPU caches best)",
                "precision": "our loops; auto: bf16 on CUDA, and fp32 on CPU for the loop rows (the original is fp32) "
