@@ -105,6 +105,7 @@ class Variant:
         return f"{self.config}/{self.channels}"
 
     def build(self, base: Config, **changes: Any) -> Config:
+        """base, then `changes` (the grid's seed, rate, epochs, folders), then the row's own settings, which win."""
         return dataclasses.replace(base, **{**changes, **CONFIGS[self.config]}, channels=CHANNEL_SETS[self.channels])
 
 
