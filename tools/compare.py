@@ -86,7 +86,8 @@ def chosen_lr(variant: Variant, settings: Settings, done: list[dict[str, Any]]) 
 
 
 def final_jobs(variant: Variant, lr: float, settings: Settings, base: Config, out: Path) -> list[dict[str, Any]]:
-    return [{**make_job(variant, "final", lr, seed, settings.epochs, base, out), "heldout": settings.heldout}
+    epochs = variant.final_epochs(settings.epochs)
+    return [{**make_job(variant, "final", lr, seed, epochs, base, out), "heldout": settings.heldout}
             for seed in range(settings.seeds)]
 
 
@@ -389,8 +390,8 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     reported = [r for line in lines for r in line["runs"] + line["probes"]]
     bayes = grid_bayes_accuracy(resolved, reported)
     header = (f"Command: `python -m tools.compare {' '.join(argv)}`; data {resolved}; {settings.epochs} epochs "
-              f"(probes {settings.probe_epochs}), {settings.seeds} seeds, {jobs} parallel run(s); this "
-              f"invocation took {time.time() - start:.0f} s; {commits(reported)}.")
+              f"(a row that names its own keeps them; probes {settings.probe_epochs}), {settings.seeds} seeds, "
+              f"{jobs} parallel run(s); this invocation took {time.time() - start:.0f} s; {commits(reported)}.")
     print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED))
     print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
     if interrupted is not None:

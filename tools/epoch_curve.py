@@ -42,7 +42,7 @@ def curve_run(cfg: Config, device: torch.device, data) -> dict:
     best_pair = min(rows, key=lambda r: r["val_loss_pair"])
     best_all = min(rows, key=lambda r: r["val_loss_all"])
     return {"epochs": cfg.epochs, "seed": cfg.seed, "precision": cfg.precision, "dropout": cfg.dropout,
-            "epoch_shifts": epoch_shifts(cfg),
+            "pool": cfg.pool, "heads": cfg.heads, "epoch_shifts": epoch_shifts(cfg),
             "best_epoch_pair": best_pair["epoch"], "best_epoch_all": best_all["epoch"],
             "test_acc_pair": best_pair["test_acc"], "test_acc_all": best_all["test_acc"],
             "train_s": round(time.time() - start, 1), "per_epoch": rows}
@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         done = set()
         if args.out.exists():
             rows = map(json.loads, args.out.read_text().splitlines())
-            done = {(r["epochs"], r["seed"], r["precision"], r.get("dropout", 0.1)) for r in rows}
+            # rows written before pool and heads were recorded ran the CLS token with 4 heads
+            done = {(r["epochs"], r["seed"], r["precision"], r.get("dropout", 0.1), r.get("pool", "cls"),
+                     r.get("heads", 4)) for r in rows}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         for epochs in args.epochs:
             for seed in args.seeds:
-                if (epochs, seed, base.precision, base.dropout) in done:
+                if (epochs, seed, base.precision, base.dropout, base.pool, base.heads) in done:
                     continue
                 row = curve_run(dataclasses.replace(base, epochs=epochs, seed=seed), device, data)
                 with open(args.out, "a") as f:

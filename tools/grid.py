@@ -84,7 +84,8 @@ class Settings:
     heldout: str = ""  # the held-out set every final run is scored on (compare.py sets it on the benchmark)
 
 
-# Every row trains for 8 epochs with early stopping (a row that names its epochs keeps them: `default`).
+# Every row's reported runs train for 8 epochs with early stopping (a row that names its epochs keeps them for
+# its reported runs: `default`; probes always train for probe_epochs).
 FULL = Settings(tuple(CONFIGS), epochs=8, probe_epochs=3, seeds=3, lr_grid=FIXED_LR)
 QUICK = Settings(("before", "after", "cnn"), epochs=4, probe_epochs=2, seeds=2,
                  lr_grid={"adamw": (1e-3, 3e-3), "sgd": (0.1, 0.5)})
@@ -105,8 +106,12 @@ class Variant:
         return f"{self.config}/{self.channels}"
 
     def build(self, base: Config, **changes: Any) -> Config:
-        """base, then `changes` (the grid's seed, rate, epochs, folders), then the row's own settings, which win."""
-        return dataclasses.replace(base, **{**changes, **CONFIGS[self.config]}, channels=CHANNEL_SETS[self.channels])
+        """base, then the row's settings, then `changes` (the grid's seed, rate, epochs, folders)."""
+        return dataclasses.replace(base, **{**CONFIGS[self.config], **changes}, channels=CHANNEL_SETS[self.channels])
+
+    def final_epochs(self, grid_epochs: int) -> int:
+        """Epochs of the reported runs: the grid's, unless the row names its own (`default`)."""
+        return CONFIGS[self.config].get("epochs", grid_epochs)
 
 
 def variants(configs: tuple[str, ...]) -> list[Variant]:

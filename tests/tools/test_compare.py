@@ -70,8 +70,12 @@ def test_grid_names_overrides_and_channel_sets(tmp_path: Path):
     # The rows keep the grid's model (4 heads) and budget (8 epochs) whatever Config's defaults are; the
     # `default` row is the command as it ships, on its own schedule.
     assert before.heads == 4 and compare.FULL.epochs == 8
-    default = compare.Variant("default", "no-date").build(base, epochs=compare.FULL.epochs)
-    assert changed(default, base) == {"channels": "density", "loss": "smooth"}
+    default = compare.Variant("default", "no-date")
+    assert changed(default.build(base), base) == {"channels": "density", "loss": "smooth"}
+    finals = compare.final_jobs(default, base.lr, compare.FULL, base, tmp_path)
+    assert {j["config"]["epochs"] for j in finals} == {Config().epochs}  # its own schedule, not the grid's 8
+    probes = compare.probe_jobs(default, dataclasses.replace(compare.FULL, lr_grid=compare.LR_GRID), base, tmp_path)
+    assert {j["config"]["epochs"] for j in probes} == {compare.FULL.probe_epochs}  # probes stay short
     # The full grid: one rate per optimizer, no probes; --lrs with several rates: one probe per rate of the
     # variant's optimizer, at the probe seed; finals: one per seed.
     out = tmp_path / "out"
