@@ -320,7 +320,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_config_flags(p, ("data_dir", "epochs", "device", "compile"), defaults={"data_dir": "", "epochs": None},
                      notes={"data_dir": "here: data/ unless given, and with --quick a small benchmark in "
                             "data/synthetic-quick", "epochs": f"here: of each reported run (full grid "
-                            f"{FULL.epochs}, --quick {QUICK.epochs}; the default row keeps its own)", "compile": "here: of each run (same results)"})
+                            f"{FULL.epochs}, --quick {QUICK.epochs}; the default row keeps its own)",
+                            "compile": "here: of each run (same results)"})
     p.add_argument("--out-dir", default="", help="the grid's folder (results.jsonl, runs, report; default "
                    "compare_out/full or compare_out/quick)")
     p.add_argument("--probe-epochs", type=checked(int, "probe_epochs", positive),

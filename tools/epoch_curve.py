@@ -48,6 +48,15 @@ def curve_run(cfg: Config, device: torch.device, data) -> dict:
             "train_s": round(time.time() - start, 1), "per_epoch": rows}
 
 
+# What makes two curve runs the same, with the value rows written before a field was recorded had.
+IDENTITY = {"epochs": None, "seed": None, "precision": None, "dropout": 0.1, "pool": "cls", "heads": 4}
+
+
+def identity(row: dict) -> tuple:
+    """The IDENTITY fields of a stored row or of a config's asdict."""
+    return tuple(row.get(name, before) for name, before in IDENTITY.items())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m tools.epoch_curve", description=__doc__,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,15 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         done = set()
         if args.out.exists():
             rows = map(json.loads, args.out.read_text().splitlines())
-            # rows written before pool and heads were recorded ran the CLS token with 4 heads
-            done = {(r["epochs"], r["seed"], r["precision"], r.get("dropout", 0.1), r.get("pool", "cls"),
-                     r.get("heads", 4)) for r in rows}
+            done = {identity(r) for r in rows}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         for epochs in args.epochs:
             for seed in args.seeds:
-                if (epochs, seed, base.precision, base.dropout, base.pool, base.heads) in done:
+                cfg = dataclasses.replace(base, epochs=epochs, seed=seed)
+                if identity(dataclasses.asdict(cfg)) in done:
                     continue
-                row = curve_run(dataclasses.replace(base, epochs=epochs, seed=seed), device, data)
+                row = curve_run(cfg, device, data)
                 with open(args.out, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps({k: v for k, v in row.items() if k != "per_epoch"}), flush=True)
