@@ -4,13 +4,13 @@ The default trains on label-smoothed targets, so its probabilities are squeezed 
 (view-averaged) logit by one temperature T, fitted on the validation set, repairs that without moving any
 0/1 prediction (T > 0 keeps the sign of every logit).
 
-Which class prior do the probabilities refer to? The logit of a model trained with random transposes
-(--augment: a transpose swaps the label, so half of the training images change class) or read through the
-view average (--tta: exactly antisymmetric under a transpose, so any learned offset cancels) estimates the
-log-likelihood ratio with no prior term: its probabilities are posteriors for a 50/50 mix of states. Without
-either, the model learns the training split's mix. `reference_prior` says which; the temperature is fitted,
-and validation's calibration error measured, with validation reweighted to that mix, and the exact posterior
-p_Bayes = sigmoid(LLR + log(prior / (1 - prior))) uses the same prior. The benchmark's test split is 50/50.
+Which class prior do the probabilities refer to? Where a symmetry swaps the state (symmetry.py), the logit of
+a model trained on random elements of that symmetry group (half of the augmented images change class) or read
+through a view average with a swapping partner (exactly antisymmetric, so any learned offset cancels)
+estimates the log-likelihood ratio with no prior term: its probabilities are posteriors for a 50/50 mix of
+states. Otherwise the model learns the training split's mix. `reference_prior` says which; the temperature is
+fitted, and validation's calibration error measured, with validation reweighted to that mix, and the exact
+posterior p_Bayes = sigmoid(LLR + log(prior / (1 - prior))) uses the same prior.
 """
 from __future__ import annotations
 
@@ -31,9 +31,20 @@ def calibrated(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return sigmoid(np.asarray(logits, np.float64) / temperature)
 
 
-def reference_prior(augment: bool, tta: bool, train_labels: np.ndarray) -> float:
-    """The share of state 1 that the model's probabilities refer to (see the module docstring)."""
-    return 0.5 if augment or tta else float(np.mean(train_labels))
+def reference_prior(swaps: bool, train_labels: np.ndarray) -> float:
+    """The share of state 1 that the model's probabilities refer to: 0.5 when augmentation or the views use a
+    symmetry that swaps the state, else the training split's (see the module docstring)."""
+    return 0.5 if swaps else float(np.mean(train_labels))
+
+
+def at_bound(temperature: float) -> str:
+    """Why a fitted temperature at an end of TEMPERATURE_RANGE calibrates nothing ('' inside the range)."""
+    if temperature <= TEMPERATURE_RANGE[0]:
+        return ("the validation logits separate the states completely, so the fit sharpened them to the limit: "
+                "the probabilities are 0 or 1, not calibrated")
+    if temperature >= TEMPERATURE_RANGE[1]:
+        return "the validation logits carry no information about the state: every probability is 0.5"
+    return ""
 
 
 def prior_weights(labels: np.ndarray, prior: float) -> np.ndarray:

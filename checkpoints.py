@@ -17,6 +17,7 @@ import torch
 
 from config import EXPERIMENT, MODEL, OPTIMIZER, SAMPLING, Config, UserError, config_from_dict, fields_with, flag
 from data import DeviceData
+from symmetry import SymmetryPlan
 from train import Training, TrainState, build_model
 
 
@@ -25,6 +26,7 @@ def checkpoint(training: Training, state: TrainState, cfg: Config, data: DeviceD
     return {"model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
             "scheduler": training.scheduler.state_dict(), "train_state": dataclasses.asdict(state),
             "config": dataclasses.asdict(cfg), "stats": data.stats, "image_size": data.image_size,
+            "symmetry": data.symmetry.to_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
@@ -49,6 +51,18 @@ def trained_model(payload: dict[str, Any], device: torch.device) -> torch.nn.Mod
     model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"]).to(device)
     model.load_state_dict(payload["model"])
     return model
+
+
+def saved_plan(payload: dict[str, Any]) -> SymmetryPlan:
+    """The symmetries a checkpoint's run trained and predicts with. A run saved before runs checked their
+    symmetries has none recorded: fine when it used none, else it must be trained again."""
+    if "symmetry" in payload:
+        return SymmetryPlan.from_dict(payload["symmetry"])
+    cfg = config_from_dict(payload["config"])
+    if cfg.augment == "off" and cfg.tta == "off":
+        return SymmetryPlan()
+    raise UserError("this checkpoint was written before runs checked which symmetries their data have, so its "
+                    "test-time views are unknown; train the run again")
 
 
 @dataclass

@@ -33,9 +33,12 @@ class UserError(Exception):
     """A problem with the user's input or environment: printed as one line, exit code 2, no traceback."""
 
 
-def _opt(role: str, default: Any, help: str, choices: tuple | None = None, check: Callable | None = None) -> Any:
+def _opt(role: str, default: Any, help: str, choices: tuple | None = None, check: Callable | None = None,
+         negation: str | None = None) -> Any:
+    """A Config field; `negation`: the value that a --no-FLAG form sets (for a str field)."""
     assert role in ROLES, f"unknown role {role!r}: use one of {ROLES}"
-    return field(default=default, metadata={"role": role, "help": help, "choices": choices, "check": check})
+    return field(default=default, metadata={"role": role, "help": help, "choices": choices, "check": check,
+                                            "negation": negation})
 
 
 def positive(x: float) -> bool:
@@ -71,18 +74,21 @@ class Config:
     whiten: bool = _opt(MODEL, True, "feed density as log-density whitened by the training set's mean power spectrum "
                         "(every scale gets equal weight; the classes differ only at small scales); --no-whiten "
                         "feeds raw density")
-    augment: bool = _opt(EXPERIMENT, True, "train on a random symmetry of each image (reflections keep the label, "
-                         "a transpose swaps it) and a random periodic shift per batch; whitening then uses a "
-                         "filter averaged over the symmetries")
-    tta: bool = _opt(EXPERIMENT, True, "predict with the mean logit over views of each image: it and its transpose "
-                     "(which votes with the opposite sign), each at --tta-shifts squared periodic shifts within a "
-                     "patch; whitening then uses the symmetric filter too")
-    tta_shifts: int = _opt(EXPERIMENT, 4, "with --tta: shifts per axis, spread evenly over one patch (2: by 0 and "
-                           "half a patch; 2 x shifts^2 views in all)", check=positive)
+    augment: str = _opt(EXPERIMENT, "auto", "train on a random symmetry of each image: auto uses the symmetries "
+                         "of the square and the periodic shifts that the check of the training data finds (each with "
+                         "its label rule: keep or swap the state); off (or --no-augment) none; or force a list such "
+                         "as flip0,flip1,transpose=swap,shift (a forced symmetry the data contradict gets a WARNING)",
+                         negation="off")
+    tta: str = _opt(EXPERIMENT, "auto", "predict with the mean logit over views of each image: the image and one "
+                    "partner symmetry (a swapping partner votes with the opposite sign), each at --tta-shifts squared "
+                    "periodic shifts within a patch when shifts hold; auto, off (or --no-tta) or a forced list as "
+                    "for --augment", negation="off")
+    tta_shifts: int = _opt(EXPERIMENT, 4, "views' periodic shifts per axis, spread evenly over one patch (2: by 0 "
+                           "and half a patch)", check=positive)
     epoch_views: str = _opt(EXPERIMENT, "pair", "views of the validation after every epoch, which picks the best "
-                            "epoch and stops early: pair (with --tta: the image and its transpose, 2 views) or all "
-                            "(the --tta-shifts views, 16x the cost); the best epoch's final validation and the "
-                            "test always use all views", choices=("pair", "all"))
+                            "epoch and stops early: pair (the image and its partner, unshifted: at most 2 views) or "
+                            "all (every test-time view); the best epoch's final validation and the test always use "
+                            "all views", choices=("pair", "all"))
     synthetic_seed: int = _opt(EXPERIMENT, 0, "seed of the built-in benchmark generator")
     # ---- model -------------------------------------------------------------------------------------------
     model: str = _opt(MODEL, "vit", "vit: the BatchNorm Vision Transformer; cnn: the scientist's reference CNN",
@@ -200,6 +206,9 @@ def add_config_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | N
         kind = {"int": int, "float": float, "str": str}[f.type]
         parser.add_argument(flag(name), type=checked(kind, name, meta["check"]), default=default,
                             choices=meta["choices"], help=text)
+        if meta["negation"] is not None:
+            parser.add_argument("--no-" + flag(name)[2:], dest=name, action="store_const", const=meta["negation"],
+                                default=argparse.SUPPRESS, help=f"the same as {flag(name)} {meta['negation']}")
 
 
 def build_parser(description: str = __doc__) -> Parser:
@@ -216,11 +225,14 @@ def parse_config(argv: list[str] | None = None) -> Config:
 
 # Settings added after runs were already saved, with the value those older runs actually used: a resumed old
 # run then continues exactly as it started.
-SAVED_BEFORE_ADDED = {"dropout_sampler": "torch", "init": "trunc02", "pool": "cls", "augment": False,
-                      "tta": False, "tta_shifts": 2, "epoch_views": "all"}
+SAVED_BEFORE_ADDED = {"dropout_sampler": "torch", "init": "trunc02", "pool": "cls", "augment": "off",
+                      "tta": "off", "tta_shifts": 2, "epoch_views": "all"}
+SWITCHES_BEFORE_CHECK = ("augment", "tta")  # on/off booleans before the symmetry check: on is auto, off is off
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a Config saved with a run, ignoring keys that later versions dropped."""
     known = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{**SAVED_BEFORE_ADDED, **{k: v for k, v in values.items() if k in known}})
+    values = {k: ({True: "auto", False: "off"}[v] if k in SWITCHES_BEFORE_CHECK and isinstance(v, bool) else v)
+              for k, v in values.items() if k in known}
+    return Config(**{**SAVED_BEFORE_ADDED, **values})

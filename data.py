@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from config import CHANNEL_NAMES, UserError
+from symmetry import SymmetryPlan, spectrum_view
 
 SPLIT_FILES = {"train": "train.hdf5", "valid": "valid.hdf5", "test": "test_no_labels.hdf5"}
 ANSWER_FILE = "test_labels.hdf5"  # optional answer key beside the test file (the built-in benchmark has one)
@@ -238,32 +239,28 @@ def log_density_modes(split: RawSplit) -> torch.Tensor:
     return torch.fft.fft2(torch.from_numpy(log_density(split)))
 
 
-def whitening_filter(train_modes: torch.Tensor, symmetric: bool = False) -> np.ndarray:
+def whitening_filter(train_modes: torch.Tensor, group: tuple[str, ...] = ()) -> np.ndarray:
     """1/sqrt(mean power spectrum) of the training log-density, k = 0 removed (label-free, like a mean/std);
     `train_modes` from log_density_modes.
 
-    The classes differ only at small scales, whose modes are thousands of times weaker than the large ones:
-    dividing every Fourier mode by its typical amplitude gives each scale equal weight in the input.
-    symmetric: the power averaged over the 8 symmetries of the square grid (flips and transposes of the
-    spectrum), so that whitening commutes with them: augmented or flipped views are whitened like real ones.
-    The plain filter inherits the anisotropy of the training set's label mix (9/14 label 1).
+    Where two states differ only at small scales, whose modes are far weaker than the large ones, dividing
+    every Fourier mode by its typical amplitude gives each scale equal weight in the input.
+    group: symmetries of the grid (symmetry.ELEMENTS names) that augmentation and test-time views apply; the
+    power is averaged over them, so that whitening commutes with them and transformed images are whitened
+    like real ones.
     """
     power = (train_modes.abs() ** 2).mean(dim=0).numpy()
-    if symmetric:
-        power = dihedral_mean(power)
+    if group:
+        power = group_mean(power, group)
     gain = np.zeros_like(power)
     gain[power > 0] = 1 / np.sqrt(power[power > 0])
     gain[0, 0] = 0.0  # the per-sample offset carries no class information
     return gain
 
 
-def dihedral_mean(spectrum: np.ndarray) -> np.ndarray:
-    """Average of an (S, S) Fourier-space array over the 8 symmetries of the grid. Reflecting a periodic
-    field maps mode k to -k along that axis (index i -> -i mod S), and transposing swaps the axes."""
-    views = [spectrum, spectrum.T]
-    views += [np.roll(v[::-1], 1, axis=0) for v in views]  # k_i -> -k_i
-    views += [np.roll(v[:, ::-1], 1, axis=1) for v in views]  # k_j -> -k_j
-    return np.mean(views, axis=0)
+def group_mean(spectrum: np.ndarray, group: tuple[str, ...]) -> np.ndarray:
+    """Average of an (S, S) Fourier-space array over a group of the grid's symmetries."""
+    return np.mean([spectrum_view(spectrum, name) for name in group], axis=0)
 
 
 def whitened(modes: torch.Tensor, gain: np.ndarray) -> np.ndarray:
@@ -280,7 +277,7 @@ def prepare_channel(name: str, split: RawSplit, gain: np.ndarray | None,
     return whitened(log_density_modes(split) if modes is None else modes, gain)
 
 
-def prepared_train(train: RawSplit, channels: list[str], whiten: bool = False, symmetric: bool = False
+def prepared_train(train: RawSplit, channels: list[str], whiten: bool = False, symmetric: tuple[str, ...] = ()
                    ) -> tuple[dict, np.ndarray]:
     """The training split as the model sees it, (N, C, S, S) before normalisation, and its statistics: per-channel
     mean and std and the whitening gain (from the training split only; saved in checkpoints). The log-density
@@ -294,7 +291,8 @@ def prepared_train(train: RawSplit, channels: list[str], whiten: bool = False, s
     return stats, x
 
 
-def channel_stats(train: RawSplit, channels: list[str], whiten: bool = False, symmetric: bool = False) -> dict:
+def channel_stats(train: RawSplit, channels: list[str], whiten: bool = False, symmetric: tuple[str, ...] = ()
+                  ) -> dict:
     """Per-channel mean and std (and the whitening gain) from the training split only (saved in checkpoints)."""
     return prepared_train(train, channels, whiten, symmetric)[0]
 
@@ -319,22 +317,24 @@ class DeviceData:
     y: dict[str, torch.Tensor | None]
     stats: dict  # channels, per-channel mean and std, whitening gain or None (see channel_stats)
     image_size: int
+    symmetry: SymmetryPlan = SymmetryPlan()  # what augmentation and test-time views use
 
 
 def to_device(splits: dict[str, RawSplit], channels: list[str], device: torch.device | str,
               test_labels: np.ndarray | None = None, whiten: bool = False,
-              stats: dict | None = None, symmetric: bool = False) -> DeviceData:
+              stats: dict | None = None, symmetry: SymmetryPlan = SymmetryPlan()) -> DeviceData:
     """Normalise with training statistics (or the saved `stats` of a checkpoint) and move every split to
-    `device`. Test y is the answer key or None."""
+    `device`; a new whitening filter is averaged over the symmetries that `symmetry` applies. Test y is the
+    answer key or None."""
     if stats is None:  # a new run: the training split's statistics, from the images they normalise
-        stats, train = prepared_train(splits["train"], channels, whiten, symmetric)
+        stats, train = prepared_train(splits["train"], channels, whiten, symmetry.whitening_group())
         x = {"train": normalised(train, stats, device)}
     else:
         x = {"train": to_tensor(splits["train"], stats, device)}
     x.update({name: to_tensor(split, stats, device) for name, split in splits.items() if name != "train"})
     y = {name: torch.from_numpy(split.labels).float().to(device) for name, split in splits.items()}
     y["test"] = None if test_labels is None else torch.from_numpy(test_labels).float().to(device)
-    return DeviceData(x, y, stats, image_size=x["train"].shape[-1])
+    return DeviceData(x, y, stats, image_size=x["train"].shape[-1], symmetry=symmetry)
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, device: torch.device | str,

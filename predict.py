@@ -11,12 +11,12 @@ from typing import Callable
 
 import drift
 from calibration import calibrated
-from checkpoints import load_checkpoint, trained_model
+from checkpoints import load_checkpoint, saved_plan, trained_model
 from config import UserError, config_from_dict
 from data import read_split, to_tensor
 from report import write_predictions, write_probabilities
 from run_report import drift_check
-from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_logits, tta_shifts
+from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_logits
 
 Log = Callable[[str], None]
 
@@ -29,7 +29,7 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
     source = Path(input_file)
     payload = load_checkpoint(run_dir / "best.pt")
     saved = config_from_dict(payload["config"])
-    stats = payload["stats"]
+    stats, views = payload["stats"], saved_plan(payload).views
     path = Path(output) if output else run_dir / f"predictions-{source.stem}.txt"
     csv_path = path.with_suffix(".csv")
     if csv_path == path or path.is_dir() or output.endswith(("/", "\\")):
@@ -45,7 +45,7 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
     device = pick_device(device_name)
     model = trained_model(payload, device)
     try:
-        logits = predict_logits(model, to_tensor(split, stats, device), tta_shifts(saved)).cpu().numpy()
+        logits = predict_logits(model, to_tensor(split, stats, device), views).cpu().numpy()
     except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output
         where = f"the model of {run_dir}/best.pt diverges on {source}"
         raise Diverged(f"{overflow_message(e, where, saved.lr)}; nothing was written") from None

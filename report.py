@@ -10,7 +10,7 @@ import numpy as np
 from fileio import atomic_write, write_text
 
 METRIC_COLUMNS = ("epoch", "lr", "train_objective", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc",
-                  "gap_acc", "gap_loss")
+                  "val_views", "gap_acc", "gap_loss")
 
 
 def write_metrics_csv(path: str | Path, history: list[dict[str, float]]) -> Path:
@@ -34,9 +34,11 @@ def plot_curves(path: str | Path, history: list[dict[str, float]], title: str = 
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], ".-", label="train (log loss)")
-    ax_loss.plot(epochs, [r["val_loss"] for r in history], ".-", label="validation (log loss)")
+    views = int(history[-1].get("val_views", 1)) if history else 1
+    each = f" ({views} view{'s' * (views > 1)} per image)"
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], ".-", label="validation (log loss)" + each)
     ax_acc.plot(epochs, [r["train_acc"] for r in history], ".-", label="train")
-    ax_acc.plot(epochs, [r["val_acc"] for r in history], ".-", label="validation")
+    ax_acc.plot(epochs, [r["val_acc"] for r in history], ".-", label="validation" + each)
     for ax, key in ((ax_loss, "val_loss"), (ax_acc, "val_acc")):
         if bayes and key in bayes:
             ax.axhline(bayes[key], color="k", linestyle=":", label="Bayes limit (validation)")
@@ -156,15 +158,14 @@ def plot_drift(path: str | Path, reference: dict, files: dict[str, list[float]],
     return save_figure(fig, path)
 
 
-def plot_sensitivity(path: str | Path, model_map: np.ndarray, bayes_map: np.ndarray | None, title: str) -> Path:
-    """The model's sensitivity to the power of each Fourier mode (sensitivity.py) beside the exact
-    likelihood ratio's, on one colour scale (log-odds per unit log-amplitude), k = 0 in the centre."""
-    maps = {"model": model_map} if bayes_map is None else {"exact likelihood ratio": bayes_map, "model": model_map}
-    scale = float(np.abs(maps.get("exact likelihood ratio", model_map)).max()) or 1.0
+def plot_sensitivity(path: str | Path, maps: dict[str, np.ndarray], title: str) -> Path:
+    """Sensitivity maps to the power of each Fourier mode (sensitivity.py), side by side, each on its own
+    symmetric colour scale (log-odds per unit log-amplitude), k = 0 in the centre."""
     fig, axes = pyplot().subplots(1, len(maps), figsize=(5.2 * len(maps), 4.6), squeeze=False)
-    grid = model_map.shape[-1]
+    grid = next(iter(maps.values())).shape[-1]
     extent = (-(grid // 2) - 0.5, grid - grid // 2 - 0.5, grid - grid // 2 - 0.5, -(grid // 2) - 0.5)
     for ax, (name, values) in zip(axes[0], maps.items()):
+        scale = float(np.abs(values).max()) or 1.0
         image = ax.imshow(np.fft.fftshift(values), cmap="RdBu_r", vmin=-scale, vmax=scale, extent=extent)
         ax.set_xlabel("k (second axis)"), ax.set_ylabel("k (first axis)"), ax.set_title(name)
         fig.colorbar(image, ax=ax, fraction=0.046, label="d log-odds / d log amplitude")

@@ -1,10 +1,11 @@
 """What a finished run adds so that a scientist can trust it, and the one page that shows it all (report.md).
 
-After training, `assess` fits the temperature on the validation logits (calibration.py), describes the training
-set and checks the test split against it (drift.py), maps what the model reads over Fourier modes
-(sensitivity.py), and draws the figures (report.py). `write_page` puts the summary numbers and every figure of
-the run folder into report.md. The raw channels are read again from the run's data files: the description needs
-them, and on the built-in benchmark so do the exact posteriors.
+After training, `assess` fits the temperature on the validation logits (calibration.py), fits the reference
+classifier (reference.py) as a yardstick, describes the training set and checks the test split against it
+(drift.py), maps what the model reads over Fourier modes (sensitivity.py), and draws the figures (report.py).
+`write_page` puts the summary numbers and every figure of the run folder into report.md. The raw channels are
+read again from the run's data files: the description needs them, and on the built-in benchmark so do the
+exact posteriors.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import nn
 
 import calibration
 import drift
+import reference
 import synthetic
 from config import Config
 from data import SPLIT_FILES, DeviceData, RawSplit, read_split
@@ -26,7 +28,7 @@ from report import plot_drift, plot_reliability, plot_roc_and_confusion, plot_se
 from sensitivity import (SENSITIVITY_IMAGES, bayes_sensitivity, channel_importance, map_correlation,
                          mode_sensitivity)
 from metrics import roc_auc
-from train import tta_shifts
+from symmetry import Views
 
 SPLIT_NAMES = {"valid": "validation", "test": "test"}
 
@@ -59,9 +61,10 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     """Calibration, drift check of the test split, sensitivity map and their figures, for the restored best model;
     `logits`: its (view-averaged) logits of the validation and test splits."""
     labels = {name: None if data.y[name] is None else data.y[name].cpu().numpy() for name in ("train", "valid", "test")}
-    prior = calibration.reference_prior(cfg.augment, cfg.tta, labels["train"])
+    prior = calibration.reference_prior(data.symmetry.swaps, labels["train"])
     temperature = calibration.fit_temperature(logits["valid"], labels["valid"],
                                               calibration.prior_weights(labels["valid"], prior))
+    yardstick, yard_summary, yard_note = compare_with_reference(data, logits, cfg.seed)
     raw = {name: read_raw(info, name) for name in ("train", "valid", "test")}
     llr = ({name: synthetic.bayes_log_likelihood_ratio(raw[name]["density"]) for name in ("valid", "test")}
            if info["source"] == "synthetic" else {})
@@ -73,15 +76,49 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
         for n in ("valid", "test") if labels[n] is not None})
     result = Assessment(probabilities["test"], None,
                         {"calibration": {"temperature": temperature, "prior_state_1": prior, "fitted_on": "valid"}},
-                        {"calibration": calibrate_summary(logits, labels, temperature, prior, llr)})
+                        {"calibration": calibrate_summary(logits, labels, temperature, prior, llr),
+                         "reference": yard_summary})
+    bound = calibration.at_bound(temperature)
+    if bound:
+        result.summary["calibration"]["not_calibrated"] = bound
+        result.notes.append(f"WARNING: the calibration temperature {temperature:g} is at the end of its search "
+                            f"range: {bound}")
+    if yard_note:
+        result.notes.append(yard_note)
     if llr:  # the Bayes lines of the learning curves: the exact posterior's validation log loss and accuracy
         result.bayes_curves = {"val_loss": calibration.log_loss(calibration.bayes_posterior(llr["valid"], prior),
                                                                 labels["valid"]),
                                "val_acc": info["bayes_accuracy"]["valid"]}
     check_test_split(run_dir, raw, result)
     if "density" in info["channels"]:
-        result.summary["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature)
+        result.summary["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature, yardstick)
     return result
+
+
+def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed: int
+                           ) -> tuple[reference.Reference, dict[str, Any], str]:
+    """The reference classifier on the run's own inputs: its validation and test accuracy, the paired gap to the
+    model on validation, and a WARNING line when the model trails it by more than reference.Z_SHORT standard
+    errors."""
+    model, l2 = reference.fit_reference(data.x["train"], data.y["train"], seed)
+    out: dict[str, Any] = {"classifier": "logistic regression on pixels, mode power and log mode power", "l2": l2}
+    gap = se = None
+    for name in ("valid", "test"):
+        if data.y[name] is None:
+            continue
+        y = data.y[name].cpu()
+        right = (reference.logits(model, data.x[name]).cpu() > 0).float() == y
+        out[f"{name}_acc"] = float(right.float().mean())
+        if name == "valid":
+            gap, se = reference.paired_gap(right, (torch.from_numpy(logits["valid"]) > 0).float() == y)
+            out["valid_gap"], out["valid_gap_se"] = gap, se
+    note = ""
+    if gap is not None and gap > reference.Z_SHORT * se:
+        note = (f"WARNING: the model's validation accuracy is {100 * gap:.1f} ± {100 * se:.1f} points below the "
+                f"reference classifier's ({out['valid_acc']:.4f}, a logistic regression on the same inputs); try "
+                f"python -m tools.compare --data-dir DIR to see which settings help, --model cnn, or another "
+                f"--optimizer or --lr")
+    return model, out, note
 
 
 def check_test_split(run_dir: Path, raw: dict[str, dict[str, np.ndarray]], result: Assessment) -> None:
@@ -137,26 +174,31 @@ def reliability_panels(logits: dict[str, np.ndarray], labels: dict[str, np.ndarr
 
 
 def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
-                    temperature: float) -> dict[str, Any]:
-    """sensitivity.png and its numbers: the model's map in calibrated log-odds beside the exact likelihood ratio's
-    (on real data: that of the benchmark's physics model, fitted to the real test file)."""
+                    temperature: float, yardstick: nn.Module) -> dict[str, Any]:
+    """sensitivity.png and its numbers: the model's map in calibrated log-odds beside the exact likelihood
+    ratio's on the built-in benchmark, and beside the reference classifier's elsewhere (no exact one is
+    known there); each panel on its own colour scale."""
     channel = info["channels"].index("density")
-    views = tta_shifts(cfg) > 0
-    raw = mode_sensitivity(model, data.x["valid"], channel, views)
-    model_map = raw / temperature
-    bayes = bayes_sensitivity(model_map.shape[-1])
-    r = map_correlation(model_map, bayes)
-    slope = float((model_map * bayes).sum() / (bayes**2).sum())
+    views = data.symmetry.views
+    model_map = mode_sensitivity(model, data.x["valid"], channel, views) / temperature
+    if info["source"] == "synthetic":
+        other, compared_with = bayes_sensitivity(model_map.shape[-1]), "exact likelihood ratio"
+    else:
+        other, compared_with = mode_sensitivity(yardstick, data.x["valid"], channel), "reference classifier"
+    r = map_correlation(model_map, other)
+    slope = float((model_map * other).sum() / max((other**2).sum(), 1e-30))
     effect = {name: change / temperature  # in calibrated log-odds, as the map
               for name, change in zip(info["channels"], channel_importance(model, data.x["valid"], views))}
-    physics = ("exact likelihood ratio" if info["source"] == "synthetic"
-               else "likelihood ratio of the benchmark's physics model")
-    title = (f"{cfg.model}, channels {','.join(info['channels'])}: correlation with the {physics} {r:.3f}, "
-             f"scale {slope:.2f}" + ("\nmean change of the log-odds when a channel is swapped between images: "
-                                     + ", ".join(f"{k} {v:.3g}" for k, v in effect.items()) if len(effect) > 1 else ""))
-    plot_sensitivity(run_dir / "sensitivity.png", model_map, bayes, title)
-    return {"correlation_with_bayes": r, "scale_vs_bayes": slope, "channel_effect": effect,
-            "images": min(SENSITIVITY_IMAGES, len(data.x["valid"])), "compared_with": physics}
+    title = (f"{cfg.model}, channels {','.join(info['channels'])}: correlation with the {compared_with} {r:.3f}"
+             + (f", scale {slope:.2f}" if info["source"] == "synthetic" else "")
+             + ("\nmean change of the log-odds when a channel is swapped between images: "
+                + ", ".join(f"{k} {v:.3g}" for k, v in effect.items()) if len(effect) > 1 else ""))
+    plot_sensitivity(run_dir / "sensitivity.png", {compared_with: other, "model": model_map}, title)
+    out = {"correlation": r, "channel_effect": effect, "images": min(SENSITIVITY_IMAGES, len(data.x["valid"])),
+           "compared_with": compared_with}
+    if info["source"] == "synthetic":
+        out["scale_vs_bayes"] = slope
+    return out
 
 
 def trust_line(summary: dict[str, Any]) -> str:
@@ -169,10 +211,15 @@ def trust_line(summary: dict[str, Any]) -> str:
     if "mean_abs_diff_bayes" in cal["test"]:
         diff = cal["test"]["mean_abs_diff_bayes"]
         parts.append(f"test |p - p_Bayes| {diff['before']:.4f} -> {diff['after']:.4f}")
+    ref = summary["reference"]
+    parts.append("reference classifier " + " ".join(f"{n} acc {ref[f'{n}_acc']:.4f}" for n in ("valid", "test")
+                                                    if f"{n}_acc" in ref))
     if "drift" in summary:
         parts.append(f"test drift flags {summary['drift']['test']['share_flagged']:.1%}")
     if "sensitivity" in summary:
-        parts.append(f"sensitivity vs Bayes r {summary['sensitivity']['correlation_with_bayes']:.3f}")
+        sens = summary["sensitivity"]
+        parts.append(f"sensitivity vs {'Bayes' if sens['compared_with'] == 'exact likelihood ratio' else 'reference'}"
+                     f" r {sens['correlation']:.3f}")
     return ", ".join(parts)
 
 
@@ -202,30 +249,69 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
     """report.md: the summary numbers and every figure of the run, so that one file tells the story."""
     cal = summary["calibration"]
     valid, test = cal.get("valid", {}), cal.get("test", {})
-    bayes = summary.get("bayes_accuracy", {})
+    bayes, ref = summary.get("bayes_accuracy", {}), summary["reference"]
+    data = ("the built-in benchmark" if summary["data_source"] == "synthetic" else "the files") + \
+        f" in {summary['data_dir']}"
+    views = summary["views"]
     lines = [f"# Run {Path(run_dir).name}", "",
-             f"Data: {summary['data_source']} (channels {', '.join(summary['channels'])}); best epoch "
-             f"{summary['best_epoch']} of {summary['epochs_run']} run; {summary['wall_time_s']} s."
+             f"Data: {data} (channels {', '.join(summary['channels'])}); best epoch {summary['best_epoch']} of "
+             f"{summary['epochs_run']} run; {summary['wall_time_s']} s."
              + (f" Training diverged: {summary['diverged']}." if summary.get("diverged") else ""), "",
+             f"Scores of the best epoch's model with all {views} test-time view{'s' * (views > 1)} per image (the "
+             f"learning curves' validation uses the views of --epoch-views).", "",
              "| | validation | test |", "|---|---|---|",
              f"| accuracy | {percent(summary['val_acc'])} | {percent(summary.get('test_acc'))} |",
-             f"| Bayes limit (exact likelihood ratio) | {percent(bayes.get('valid'))} | {percent(bayes.get('test'))} |",
-             f"| ROC AUC | {number(summary['val_auc'])} | {number(summary.get('test_auc'))} |",
-             f"| log loss, before → after calibration | {before_after(valid, 'log_loss', number)} | "
-             f"{before_after(test, 'log_loss', number)} |",
-             f"| ECE ({cal['ece_bins']} bins), before → after | {before_after(valid, 'ece')} | "
-             f"{before_after(test, 'ece')} |",
-             f"| mean abs(p − p_Bayes), before → after | {before_after(valid, 'mean_abs_diff_bayes', number)} | "
-             f"{before_after(test, 'mean_abs_diff_bayes', number)} |", "",
-             f"Written probabilities are sigmoid(logit / T) with T = {cal['temperature']:.4g}, fitted on validation; "
-             f"they refer to a share of state 1 of {cal['prior_state_1']:.3g} (validation is reweighted to it). "
-             f"The 0/1 predictions do not depend on T.", "",
-             "## Learning curves", "", "![learning curves](curves.png)", "",
-             "## Calibration", "", "![reliability diagram](reliability.png)", "",
-             "## ROC curve and confusion matrix at 0.5", "", "![ROC and confusion](roc_confusion.png)", ""]
+             f"| reference classifier (logistic regression on the same inputs) | {percent(ref.get('valid_acc'))} | "
+             f"{percent(ref.get('test_acc'))} |"]
+    if bayes:
+        lines.append(f"| Bayes limit (exact likelihood ratio) | {percent(bayes.get('valid'))} | "
+                     f"{percent(bayes.get('test'))} |")
+    lines += [f"| ROC AUC | {number(summary['val_auc'])} | {number(summary.get('test_auc'))} |",
+              f"| log loss, before → after calibration | {before_after(valid, 'log_loss', number)} | "
+              f"{before_after(test, 'log_loss', number)} |",
+              f"| ECE ({cal['ece_bins']} bins), before → after | {before_after(valid, 'ece')} | "
+              f"{before_after(test, 'ece')} |"]
+    if "mean_abs_diff_bayes" in test:
+        lines.append(f"| mean abs(p − p_Bayes), before → after | {before_after(valid, 'mean_abs_diff_bayes', number)}"
+                     f" | {before_after(test, 'mean_abs_diff_bayes', number)} |")
+    lines += ["", f"Written probabilities are sigmoid(logit / T) with T = {cal['temperature']:.4g}, fitted on "
+              f"validation; they refer to a share of state 1 of {cal['prior_state_1']:.3g} (validation is "
+              f"reweighted to it). The 0/1 predictions do not depend on T."
+              + (f" **Not calibrated:** T is at the end of its search range: {cal['not_calibrated']}."
+                 if cal.get("not_calibrated") else ""), ""]
+    if "valid_gap" in ref:
+        lines += [f"The reference classifier's validation accuracy minus the model's: {100 * ref['valid_gap']:+.1f} "
+                  f"± {100 * ref['valid_gap_se']:.1f} points (paired, one standard error).", ""]
+    lines += symmetry_section(summary["symmetry"])
+    lines += ["## Learning curves", "", "![learning curves](curves.png)", "",
+              "## Calibration", "", "![reliability diagram](reliability.png)", "",
+              "## ROC curve and confusion matrix at 0.5", "", "![ROC and confusion](roc_confusion.png)", ""]
     lines += drift_section(summary.get("drift"))
     lines += sensitivity_section(summary.get("sensitivity"))
     return write_text(Path(run_dir) / "report.md", "\n".join(lines) + "\n")
+
+
+def symmetry_section(plan: dict[str, Any]) -> list[str]:
+    """Which symmetries the training data showed (z of each rule) and what augmentation and the views used."""
+    found, lines = plan.get("found") or {}, ["## Symmetries of the training data", ""]
+    used = plan["augment"]
+    lines.append("Augmentation used: " + (", ".join(used["keep"][1:] + [f"{n} (swaps the state)" for n in used["swap"]]
+                                                    + (["periodic shifts"] if used["shifts"] else [])) or "none")
+                 + "; test-time views: " + ("none" if plan["views"] is None else ", ".join(
+                     f"{n}{' (negated)' if s else ''}" for n, s in plan["views"]["rules"])
+                     + f" at {plan['views']['shifts'] ** 2} shift(s) each") + ".")
+    if not found:
+        return lines + ["", "The check did not run (too few training images of a state), so no symmetry was "
+                        "assumed unless forced.", ""]
+    lines += ["", f"Each rule was tested on {sum(found['images'].values()):,} training images: z is how many standard "
+              f"errors the class-mean statistics move under the symmetry (one-sided, normal under the rule); a rule "
+              f"holds while z < {found['z_threshold']:.2f}, so a true symmetry is rejected with probability at most "
+              f"{found['false_alarm']:.0%} over all {found['tests']} tests.", "",
+              "| symmetry | z if it keeps the state | z if it swaps the state | verdict |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['keep_z']:.1f} | {r['swap_z']:.1f} | {r['verdict']} |"
+              for name, r in found["elements"].items()]
+    lines.append(f"| periodic shifts | {found['shifts']['keep_z']:.1f} | – | {found['shifts']['verdict']} |")
+    return lines + [""]
 
 
 def drift_section(result: dict[str, Any] | None) -> list[str]:
@@ -250,8 +336,9 @@ def sensitivity_section(result: dict[str, Any] | None) -> list[str]:
         return lines + ["No density channel: no map over its Fourier modes.", ""]
     lines.append(f"Sensitivity of the calibrated log-odds to the amplitude of each Fourier mode of density, "
                  f"averaged over {result['images']} validation images, beside that of the "
-                 f"{result['compared_with']}: correlation {result['correlation_with_bayes']:.3f}, scale "
-                 f"{result['scale_vs_bayes']:.2f} (1 = the same strength).")
+                 f"{result['compared_with']} (each on its own colour scale): correlation {result['correlation']:.3f}"
+                 + (f", scale {result['scale_vs_bayes']:.2f} (1 = the same strength)" if "scale_vs_bayes" in result
+                    else "") + ".")
     if len(result["channel_effect"]) > 1:
         lines.append("Mean change of the calibrated log-odds when one channel is swapped between images: " + ", ".join(
             f"{k} {v:.3g}" for k, v in result["channel_effect"].items()) + ".")

@@ -23,10 +23,11 @@ import torch
 
 import distributed
 import synthetic
-from checkpoints import Resumed, checkpoint, load_checkpoint, restore_training, resume_config
+from checkpoints import Resumed, checkpoint, load_checkpoint, restore_training, resume_config, saved_plan
 from cli import exit_code
 from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, fields_with, flag)
-from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_confounders, load_splits,
+import symmetry
+from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, RawSplit, choose_channels, find_confounders, load_splits,
                   read_answer_key, to_device)
 from fileio import (WriteFailed, changed_files, check_writable, fingerprint, fresh_directory, save_torch,
                     write_json)
@@ -35,8 +36,9 @@ from predict import predict_file
 from provenance import provenance
 from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
 from run_report import assess, trust_line, write_page
+from symmetry import SymmetryPlan
 from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, build_training, fit,
-                   overflow_message, pick_device, predict_logits, resolve_precision, tta_shifts)
+                   overflow_message, pick_device, predict_logits, resolve_precision)
 
 Log = Callable[[str], None]
 
@@ -44,23 +46,41 @@ Log = Callable[[str], None]
 # ---- data ------------------------------------------------------------------------------------------------
 
 def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
-    """The real files when --data-dir has train.hdf5, else the built-in benchmark (generated on first use)."""
+    """The user's files when --data-dir has train.hdf5 (source "files"), else the built-in benchmark, generated
+    on first use into a sub-folder of the default folder or of an empty one (source "synthetic"). A folder that
+    holds anything else is the user's: it is refused, and nothing is written there."""
     data_dir = Path(cfg.data_dir)
     if (data_dir / SPLIT_FILES["train"]).exists():
-        return data_dir, "real"
-    present = [f for f in SPLIT_FILES.values() if (data_dir / f).exists()]
-    if present:
-        raise UserError(f"{data_dir} has {', '.join(present)} but no {SPLIT_FILES['train']}; add it, or point "
-                        f"--data-dir at the folder with all three split files")
+        return data_dir, "files"
     if data_dir.exists() and not data_dir.is_dir():
         raise UserError(f"--data-dir {data_dir} is a file; pass the folder that holds {SPLIT_FILES['train']}")
     if not data_dir.exists() and cfg.data_dir != Config.data_dir:  # a typo must not summon synthetic data
         raise UserError(f"data folder {data_dir} does not exist; pass --data-dir with the HDF5 files (an empty "
                         f"folder gets the built-in synthetic benchmark)")
+    found = sorted(p.name for p in data_dir.iterdir() if not generated_here(p)) if data_dir.is_dir() else []
+    if found:
+        raise UserError(f"{data_dir} has no {SPLIT_FILES['train']} but holds {', '.join(found[:6])}"
+                        f"{' ...' if len(found) > 6 else ''}; {what_to_rename(found)}")
     # one folder per generator seed: runs of different seeds never rewrite each other's (fingerprinted) data
     bench = data_dir / ("synthetic" if cfg.synthetic_seed == 0 else f"synthetic-seed{cfg.synthetic_seed}")
     log(f"no {SPLIT_FILES['train']} in {data_dir}/: using the built-in synthetic benchmark in {bench}/")
     return synthetic.ensure_benchmark(bench, cfg.synthetic_seed), "synthetic"
+
+
+def generated_here(path: Path) -> bool:
+    """Hidden files and the benchmark generator's own folders (synthetic, synthetic-*) are not the user's data."""
+    return path.name.startswith(".") or (path.is_dir() and path.name.split("-")[0] == "synthetic")
+
+
+def what_to_rename(names: list[str]) -> str:
+    """Advice for a folder without train.hdf5: which of its files look like the splits under another name."""
+    wanted = {"train": SPLIT_FILES["train"], "valid": SPLIT_FILES["valid"], "validation": SPLIT_FILES["valid"],
+              "test": SPLIT_FILES["test"], "test_no_labels": SPLIT_FILES["test"]}
+    renames = [f"{n} to {wanted[n.rsplit('.', 1)[0].lower()]}" for n in names
+               if n.rsplit(".", 1)[0].lower() in wanted and n not in SPLIT_FILES.values()]
+    need = f"{', '.join(SPLIT_FILES.values())} (each with datasets density, recording_date, labels)"
+    return (f"rename {', '.join(renames)}" if renames else f"the run reads {need}") + \
+        ", or pass an empty folder to generate the built-in benchmark there"
 
 
 def bayes_accuracy(splits: dict, test_labels: np.ndarray | None) -> dict[str, float]:
@@ -70,21 +90,29 @@ def bayes_accuracy(splits: dict, test_labels: np.ndarray | None) -> dict[str, fl
             for name, y in labels.items() if y is not None}
 
 
-def load_data(cfg: Config, device: torch.device, log: Log, stats: dict | None = None):
-    """Read, check and move the data; returns (DeviceData, info for config.json and the summary)."""
+def load_data(cfg: Config, device: torch.device, log: Log, saved: dict | None = None):
+    """Read, check and move the data; returns (DeviceData, info for config.json and the summary). `saved`: the
+    checkpoint of a resumed run, whose input preparation and symmetries are kept."""
     data_dir, source = resolve_data_dir(cfg, log)
     splits = load_splits(data_dir)
     confounders = find_confounders(splits)
-    channels = stats["channels"] if stats else choose_channels(cfg.channels, confounders, log)
+    channels = saved["stats"]["channels"] if saved else choose_channels(cfg.channels, confounders, log)
+    plan = saved_plan(saved) if saved else check_symmetries(cfg, splits["train"], channels, log)
     test_labels = read_answer_key(data_dir, len(splits["test"]))
-    # augmentation and view averaging need a whitening filter that commutes with the symmetries they use
-    data = to_device(splits, channels, device, test_labels, cfg.whiten, stats, symmetric=cfg.augment or cfg.tta)
+    data = to_device(splits, channels, device, test_labels, cfg.whiten, saved and saved["stats"], plan)
     info = {"data_dir": str(data_dir), "source": source, "channels": channels, "confounders": confounders,
             "files": data_files(data_dir, answers=test_labels is not None),
-            "sizes": {name: len(s) for name, s in splits.items()}}
+            "sizes": {name: len(s) for name, s in splits.items()}, "symmetry": plan.to_dict()}
     if source == "synthetic":
         info["bayes_accuracy"] = bayes_accuracy(splits, test_labels)
     return data, info
+
+
+def check_symmetries(cfg: Config, train: RawSplit, channels: list[str], log: Log) -> SymmetryPlan:
+    """symmetry.plan on a sample of the training images (the channels the model reads, as stored)."""
+    idx = symmetry.check_sample(train.labels, len(channels), train.channels[channels[0]].shape[-1])
+    images = torch.from_numpy(np.stack([train.channels[c][idx] for c in channels], axis=1))
+    return symmetry.plan(cfg.augment, cfg.tta, cfg.tta_shifts, images, torch.from_numpy(train.labels[idx]), log)
 
 
 def data_files(data_dir: Path, answers: bool) -> dict[str, dict[str, Any]]:
@@ -154,9 +182,12 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
     else:
         log, progress = (lambda message: None), False
 
+    for spec, name in ((cfg.augment, "--augment"), (cfg.tta, "--tta")):
+        if spec != "auto":
+            symmetry.parse_spec(spec, name)  # a typo ends here, before the data are read
     torch.manual_seed(cfg.seed)
     with distributed.main_first():  # rank 0 generates the built-in benchmark before the others read it
-        data, info = load_data(cfg, device, log, resume_from.payload["stats"] if resume_from else None)
+        data, info = load_data(cfg, device, log, resume_from.payload if resume_from else None)
     if len(data.x["train"]) < distributed.world():
         raise UserError(f"{len(data.x['train'])} training samples cannot be split over {distributed.world()} "
                         f"processes; use fewer processes")
@@ -258,7 +289,8 @@ def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged
     model.load_state_dict(best["model"])
     final = state.history[-1] if state.history else {}
     # the best epoch was picked by --epoch-views; its validation and test scores use all the test-time views
-    logits = {name: predict_logits(model, data.x[name], tta_shifts(cfg)).cpu() for name in ("valid", "test")}
+    views = data.symmetry.views
+    logits = {name: predict_logits(model, data.x[name], views).cpu() for name in ("valid", "test")}
     val = scores(torch.sigmoid(logits["valid"]), data.y["valid"].cpu())  # uncalibrated, as in metrics.csv
     logits = {name: v.numpy() for name, v in logits.items()}
     trust = assess(run_dir, model, cfg, data, info, logits)
@@ -274,7 +306,8 @@ def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged
                "val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"],
                "final_train_loss": final.get("train_loss"), "final_train_acc": final.get("train_acc"),
                "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - outputs.start, 1),
-               "diverged": diverged}
+               "diverged": diverged, "views": views.count() if views else 1, "data_dir": info["data_dir"],
+               "symmetry": info["symmetry"]}
     if data.y["test"] is not None:  # uncalibrated, as val_loss: comparable across runs and with metrics.csv
         test = scores(torch.sigmoid(torch.from_numpy(logits["test"])), data.y["test"].cpu())
         summary.update({"test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"]})
@@ -283,7 +316,8 @@ def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged
     summary.update(trust.summary)
     write_json(run_dir / "summary.json", summary)
     write_page(run_dir, summary)
-    outputs.log(f"best epoch {state.best_epoch}: val acc {summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
+    outputs.log(f"best epoch {state.best_epoch}, scored with all {summary['views']} view(s) per image: val acc "
+            f"{summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
             + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
             + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
             + f" | {trust_line(summary)} | predictions: {run_dir}/predictions.txt and {cfg.predictions}, "

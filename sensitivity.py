@@ -1,4 +1,4 @@
-"""What the model learned: its sensitivity to the power of each Fourier mode, beside the exact likelihood ratio's.
+"""What the model learned: its sensitivity to the power of each Fourier mode, beside a yardstick's.
 
 The map: s_k = d logit / d log a_k, the change of the logit when the amplitude a_k of Fourier mode k of an
 image's density channel is scaled by (1 + eps), averaged over validation images. Scaling one mode commutes
@@ -6,10 +6,10 @@ with whitening (a gain per mode) and with normalisation (which touches k = 0 onl
 modes of the raw log-density and of the model's input: the map needs no care about which space it is in.
 For one image with input X (Fourier transform X_k) and gradient G of the logit with respect to the input,
 Parseval gives s_k = Re(conj(G_k) X_k) / S^2: one backward pass per batch, a second or two on a CPU.
-With test-time views the logit is a mean over the image and its transpose at shifts within a patch. The map
-is an average over images of a stationary field, and a shift changes neither the power of a mode nor the
-distribution of the images, so the shifted views add nothing to the averaged map but cost: the
-map of the view-averaged logit is computed from the two unshifted views (the image and its transpose).
+With test-time views the logit is a mean over the image and its partner at shifts within a patch. The map is
+an average over images, and where shifts hold a shift changes neither the power of a mode nor the
+distribution of the images, so the shifted views add nothing to the averaged map but cost: the map of the
+view-averaged logit is computed from the unshifted views (the image and its partner).
 
 For the exact log-likelihood ratio of the benchmark, LLR = 1/2 sum_k P_k (1/lambda0_k - 1/lambda1_k) + const
 with P_k = |X_k|^2 / S^2, so s_k = P_k (1/lambda0_k - 1/lambda1_k), whose mean over both states is
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import synthetic
-from symmetry import view_averaged_logits
+from symmetry import Views, view_averaged_logits
 
 SENSITIVITY_IMAGES = 512  # validation images averaged: the map's noise is a few % of its peak, ~1 s on CPU
 BATCH = 64
@@ -36,13 +36,15 @@ def sample(x: torch.Tensor, images: int, seed: int) -> torch.Tensor:
     return x[pick]
 
 
-def logit_function(model: nn.Module, views: bool):
-    """The model's logit, or (views) its mean over the image and its transpose (see the module docstring)."""
-    # shifts=1 keeps the unshifted views only (offset 0 whatever the shift unit), so no model needs one here
-    return (lambda images: view_averaged_logits(model, images, patch=1, shifts=1)) if views else model
+def logit_function(model: nn.Module, views: Views | None):
+    """The model's logit, or its mean over the unshifted `views` (see the module docstring)."""
+    if views is None:
+        return model
+    unshifted = Views(views.rules, 1)  # offset 0 whatever the shift unit, so no model needs one here
+    return lambda images: view_averaged_logits(model, images, 1, unshifted)
 
 
-def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: bool = False,
+def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: Views | None = None,
                      images: int = SENSITIVITY_IMAGES, seed: int = 0) -> np.ndarray:
     """The (S, S) map s_k of input channel `channel` (unshifted FFT layout, k = 0 at [0, 0]) averaged over
     `images` random images of x (N, C, S, S), of the model's logit or (views) of its view average."""
@@ -60,7 +62,7 @@ def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: boo
 
 
 @torch.no_grad()
-def channel_importance(model: nn.Module, x: torch.Tensor, views: bool = False, images: int = SENSITIVITY_IMAGES,
+def channel_importance(model: nn.Module, x: torch.Tensor, views: Views | None = None, images: int = SENSITIVITY_IMAGES,
                        seed: int = 0) -> list[float]:
     """Per input channel, the mean |change of the logit| when that channel alone is swapped between images (the
     others kept): which channels the model reads, in logit units. A channel it ignores gets 0. (Shares of the

@@ -26,7 +26,7 @@ from config import Config, UserError
 from cpu_dropout import use_fast_cpu_dropout
 from data import DeviceData, epoch_batches
 from metrics import scores
-from symmetry import augment_batch, shift_unit, view_averaged_logits
+from symmetry import Views, augment_batch, shift_unit, view_averaged_logits
 from vision_transformer import VisionTransformer
 
 EVAL_BATCH = 2048
@@ -208,28 +208,24 @@ def build_training(cfg: Config, in_channels: int, image_size: int, n_train: int,
                     autocast_context(cfg, device), training_loss(cfg))
 
 
-def tta_shifts(cfg: Config) -> int:
-    """Shifts per axis of the test-time views (0: no view averaging)."""
-    return cfg.tta_shifts if cfg.tta else 0
-
-
-def epoch_shifts(cfg: Config) -> int:
-    """Shifts per axis of the views in the validation after every epoch: --epoch-views pair is 1 (the image and
-    its transpose). In the measured runs it picked the same best epoch as all 32 views at 1/16 of their cost."""
-    return min(tta_shifts(cfg), 1) if cfg.epoch_views == "pair" else tta_shifts(cfg)
+def epoch_views(cfg: Config, data: DeviceData) -> Views | None:
+    """The views of the validation after every epoch: with --epoch-views pair the image and its partner,
+    unshifted (1/16 of the cost of 32 views; in the measured runs it picked the same best epoch)."""
+    return data.symmetry.epoch_views() if cfg.epoch_views == "pair" else data.symmetry.views
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits of label 1, (N,), in eval mode, in fixed-size chunks (the last one padded); tta > 0: the logit
-    averaged over symmetry.tta_views (the image and its transpose at tta x tta shifts in a patch).
+def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None, batch: int = EVAL_BATCH
+                   ) -> torch.Tensor:
+    """Logits of label 1, (N,), in eval mode, in fixed-size chunks (the last one padded); with `views` the
+    logit averaged over them (symmetry.view_averaged_logits).
 
     Raises NonFinitePredictions when a logit is NaN or infinite: finite weights can still overflow in the
     forward pass, and a NaN probability would turn into a silent 0 in the predictions or a crash in log_loss."""
-    unit = shift_unit(model) if tta else 0
-    forward = (lambda images: view_averaged_logits(model, images, unit, tta)) if tta else model
+    unit = shift_unit(model) if views else 0
+    forward = (lambda images: view_averaged_logits(model, images, unit, views)) if views else model
     was_training = model.training
     model.eval()
     out = []
@@ -248,20 +244,21 @@ def predict_logits(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int =
     return logits
 
 
-def predict_proba(model: nn.Module, x: torch.Tensor, tta: int = 0, batch: int = EVAL_BATCH) -> torch.Tensor:
+def predict_proba(model: nn.Module, x: torch.Tensor, views: Views | None = None, batch: int = EVAL_BATCH
+                  ) -> torch.Tensor:
     """Probabilities of label 1, (N,): the sigmoid of predict_logits (uncalibrated)."""
-    return torch.sigmoid(predict_logits(model, x, tta, batch))
+    return torch.sigmoid(predict_logits(model, x, views, batch))
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tta: int = 0) -> dict[str, float]:
-    return scores(predict_proba(model, x, tta), y)
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, views: Views | None = None) -> dict[str, float]:
+    return scores(predict_proba(model, x, views), y)
 
 
 def validate(model: nn.Module, data: DeviceData, cfg: Config, epoch: int) -> dict[str, float]:
     """evaluate on the validation split with the --epoch-views views; predictions that overflow there are a
     divergence of this epoch."""
     try:
-        return evaluate(model, data.x["valid"], data.y["valid"], epoch_shifts(cfg))
+        return evaluate(model, data.x["valid"], data.y["valid"], epoch_views(cfg, data))
     except NonFinitePredictions as e:
         raise Diverged(overflow_message(e, f"training diverged at epoch {epoch + 1} on the validation split",
                                         cfg.lr)) from None
@@ -320,6 +317,7 @@ def train_epoch(training: Training, data: DeviceData, cfg: Config, epoch: int, s
     cudagraphs = cfg.compile and device.type == "cuda"
     step_ids = torch.arange(len(batches), device=device, dtype=torch.float32)
     first_bad = torch.full((), float("inf"), device=device)
+    augment = not data.symmetry.augment.trivial
     model.train()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress,
                file=sys.stderr)
@@ -330,8 +328,8 @@ def train_epoch(training: Training, data: DeviceData, cfg: Config, epoch: int, s
         if cudagraphs:  # a new iteration: CUDA-graph outputs of the previous step may be overwritten now
             torch.compiler.cudagraph_mark_step_begin()
         xb, yb = x[idx], y[idx]
-        if cfg.augment:
-            xb, yb = augment_batch(xb, yb)
+        if augment:
+            xb, yb = augment_batch(xb, yb, data.symmetry.augment)
         with training.autocast:
             logits = model(xb).float().squeeze(1)
         loss = training.loss_fn(logits, yb)
@@ -373,7 +371,9 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
             row.update(train_epoch(training, data, cfg, epoch, stop, progress))
             distributed.sync_buffers(model)  # same BatchNorm statistics on every rank before evaluating
             val = distributed.from_main(validate(model, data, cfg, epoch), device)
-            row.update({"val_loss": val["loss"], "val_acc": val["acc"], "val_auc": val["auc"]})
+            views = epoch_views(cfg, data)
+            row.update({"val_loss": val["loss"], "val_acc": val["acc"], "val_auc": val["auc"],
+                        "val_views": views.count() if views else 1})
             row["gap_acc"] = row["train_acc"] - row["val_acc"]
             row["gap_loss"] = row["val_loss"] - row["train_loss"]
             improved = row["val_loss"] < state.best_loss
@@ -392,7 +392,9 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
 
 
 def format_row(row: dict[str, float], improved: bool) -> str:
+    views = int(row["val_views"])
     return (f"epoch {row['epoch']:3d}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
-            f"acc {row['train_acc']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
+            f"acc {row['train_acc']:.4f} | val ({views} view{'s' * (views > 1)}) loss {row['val_loss']:.4f} "
+            f"acc {row['val_acc']:.4f} "
             f"auc {row['val_auc']:.4f} | gap acc {row['gap_acc']:+.4f} loss {row['gap_loss']:+.4f}"
             + ("  *" if improved else ""))

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 import synthetic
-from checkpoints import load_checkpoint, trained_model
-from config import UserError, config_from_dict
+from checkpoints import load_checkpoint, saved_plan, trained_model
+from config import UserError
 from data import read_split, to_tensor
 from fileio import write_json
 from metrics import scores
-from train import predict_logits, tta_shifts
+from train import predict_logits
 
 FILE = "heldout.hdf5"
 MANIFEST = "heldout.json"
@@ -73,10 +73,10 @@ def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]
     test-time views: accuracy, log loss and AUC (uncalibrated, as the test metrics), n and which images it got
     right (for paired differences between runs)."""
     payload = load_checkpoint(run_dir / "best.pt")
-    cfg, stats = config_from_dict(payload["config"]), payload["stats"]
+    stats = payload["stats"]
     split = read_split(path, "held-out", tuple(stats["channels"]))
     model = trained_model(payload, device)
-    logits = predict_logits(model, to_tensor(split, stats, device), tta_shifts(cfg)).cpu()
+    logits = predict_logits(model, to_tensor(split, stats, device), saved_plan(payload).views).cpu()
     labels = torch.from_numpy(split.labels).float()
     result = scores(torch.sigmoid(logits), labels)
     correct = ((logits > 0).float() == labels).numpy()

@@ -1,0 +1,93 @@
+"""Data sets of other physics than the built-in benchmark's, in the scientist's layout, to check what a run
+assumes against data it did not generate.
+
+    python -m tools.other_physics DIR --kind axis-length              # 6,000 / 1,000 / 1,000 images
+    python -m tools.other_physics DIR --kind diagonal --train 2000 --seed 3
+
+Each kind is a pair of stationary Gaussian log-density fields whose states differ by their correlation
+lengths (a Gaussian spectrum with a 2 x 2 length tensor per state), on a periodic grid unless said otherwise:
+- axis-length: state 1 is correlated over a longer distance along the first axis (reflections keep the state,
+  a transpose does neither);
+- isotropic: state 1 is correlated over a longer distance in every direction (every symmetry keeps it);
+- diagonal: state 0 is stretched along the main diagonal, state 1 along the other one (a transpose keeps the
+  state, reflections swap it);
+- cropped: axis-length cut from a larger field, so the grid is not periodic (shifts keep nothing).
+`recording_date` equals the label in the training file only, as in the scientist's data; the test file's
+labels are -1 with the answer key beside it (test_labels.hdf5).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repository's modules importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from synthetic import write_hdf5  # noqa: E402
+
+KINDS = {  # per state: (length along axis 0, along axis 1, along the main diagonal's normal), crop factor
+    "axis-length": ((1.2, 1.2, 0.0), (1.8, 1.2, 0.0), 1),
+    "isotropic": ((1.2, 1.2, 0.0), (1.5, 1.5, 0.0), 1),
+    "diagonal": ((1.3, 1.3, 0.5), (1.3, 1.3, -0.5), 1),
+    "cropped": ((1.2, 1.2, 0.0), (1.8, 1.2, 0.0), 2),
+}
+
+
+def spectrum(size: int, lengths: tuple[float, float, float]) -> np.ndarray:
+    """A Gaussian power spectrum exp(-k^T L k / 2) with L = [[a^2, c], [c, b^2]], unit mean, k = 0 removed."""
+    a, b, c = lengths
+    k = 2 * np.pi * np.fft.fftfreq(size)
+    ki, kj = np.meshgrid(k, k, indexing="ij")
+    power = np.exp(-0.5 * (a * a * ki * ki + b * b * kj * kj + 2 * c * ki * kj))
+    power[0, 0] = 0.0
+    return power / power.mean()
+
+
+def fields(labels: np.ndarray, kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Log-density (N, size, size) float64 of the given states."""
+    *lengths, crop = KINDS[kind]
+    big = size * crop
+    amplitude = [np.sqrt(spectrum(big, lengths[c])) for c in (0, 1)]
+    white = rng.standard_normal((len(labels), big, big))
+    amp = np.where(labels[:, None, None] == 1, amplitude[1], amplitude[0])
+    return 0.15 * np.fft.ifft2(np.fft.fft2(white) * amp).real[:, :size, :size]
+
+
+def make(directory: str | Path, kind: str, train: int = 6000, valid: int = 1000, test: int = 1000,
+         size: int = 28, seed: int = 0) -> Path:
+    """Write train.hdf5, valid.hdf5, test_no_labels.hdf5 and test_labels.hdf5 (balanced states) into directory."""
+    directory = Path(directory)
+    for index, (name, n) in enumerate((("train.hdf5", train), ("valid.hdf5", valid),
+                                       ("test_no_labels.hdf5", test))):
+        rng = np.random.default_rng([seed, index])
+        labels = rng.permutation(np.arange(n) % 2)
+        density = np.exp(fields(labels, kind, size, rng)).astype(np.float16)
+        date = (np.broadcast_to(labels[:, None, None], density.shape) if index == 0
+                else rng.integers(2, 10, size=density.shape)).astype(np.float16)
+        stored = labels.astype(np.int8)[:, None]
+        if index == 2:
+            write_hdf5(directory / "test_labels.hdf5", {"labels": stored})
+            stored = np.full_like(stored, -1)
+        write_hdf5(directory / name, {"density": density, "recording_date": date, "labels": stored})
+    return directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.other_physics", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("directory")
+    p.add_argument("--kind", choices=tuple(KINDS), default="axis-length")
+    p.add_argument("--train", type=int, default=6000)
+    p.add_argument("--valid", type=int, default=1000)
+    p.add_argument("--test", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    print(make(args.directory, args.kind, args.train, args.valid, args.test, seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
