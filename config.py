@@ -208,7 +208,7 @@ def add_config_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | N
                             choices=meta["choices"], help=text)
         if meta["negation"] is not None:
             parser.add_argument("--no-" + flag(name)[2:], dest=name, action="store_const", const=meta["negation"],
-                                default=argparse.SUPPRESS, help=f"the same as {flag(name)} {meta['negation']}")
+                                default=default, help=f"the same as {flag(name)} {meta['negation']}")
 
 
 def build_parser(description: str = __doc__) -> Parser:

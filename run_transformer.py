@@ -78,9 +78,14 @@ def what_to_rename(names: list[str]) -> str:
               "test": SPLIT_FILES["test"], "test_no_labels": SPLIT_FILES["test"]}
     renames = [f"{n} to {wanted[n.rsplit('.', 1)[0].lower()]}" for n in names
                if n.rsplit(".", 1)[0].lower() in wanted and n not in SPLIT_FILES.values()]
-    need = f"{', '.join(SPLIT_FILES.values())} (each with datasets density, recording_date, labels)"
-    return (f"rename {', '.join(renames)}" if renames else f"the run reads {need}") + \
-        ", or pass an empty folder to generate the built-in benchmark there"
+    if renames:
+        advice = f"rename {', '.join(renames)}"
+    elif set(names) & set(SPLIT_FILES.values()):
+        advice = f"put {SPLIT_FILES['train']} beside them"
+    else:
+        advice = (f"the run reads {', '.join(SPLIT_FILES.values())} (each with datasets density, recording_date, "
+                  f"labels)")
+    return advice + ", or pass an empty folder to generate the built-in benchmark there"
 
 
 def bayes_accuracy(splits: dict, test_labels: np.ndarray | None) -> dict[str, float]:

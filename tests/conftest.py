@@ -10,6 +10,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import symmetry  # noqa: E402
 import synthetic  # noqa: E402
 
 # Tiny models on tiny data: one thread is faster than two and keeps results independent of machine load.
@@ -30,3 +31,10 @@ def real_test_file() -> Path:
     if not REAL_TEST_FILE.is_file():
         pytest.skip(f"real test file {REAL_TEST_FILE} not present")
     return REAL_TEST_FILE
+
+
+def benchmark_plan(tta_shifts: int = 4) -> symmetry.SymmetryPlan:
+    """What the symmetry check finds on the built-in benchmark (tests/test_symmetry.py checks that it does):
+    reflections and shifts keep the state, a transpose swaps it; views: the image and its transpose."""
+    group = symmetry.parse_spec("flip0,flip1,transpose=swap,shift", "")
+    return symmetry.SymmetryPlan(group, symmetry.views_of(group, tta_shifts))

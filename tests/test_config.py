@@ -50,13 +50,16 @@ def test_a_config_saved_before_the_dropout_sampler_existed_resumes_with_torchs_s
 def test_defaults_train_the_requested_recipe_and_old_runs_keep_what_they_used():
     defaults = Config()
     assert (defaults.init, defaults.whiten, defaults.pool, defaults.augment, defaults.tta) == \
-        ("torch", True, "mean", True, True)
+        ("torch", True, "mean", "auto", "auto")
+    assert parse_config(["--no-augment", "--tta", "flip0,shift"]).augment == "off"
     assert parse_config(["--no-whiten"]).whiten is False
     saved = dataclasses.asdict(Config())
     for added in ("init", "pool", "augment", "tta", "tta_shifts"):
         del saved[added]  # as written by runs before these options existed
     old = config_from_dict({**saved, "whiten": False})
-    assert (old.init, old.pool, old.whiten, old.augment, old.tta) == ("trunc02", "cls", False, False, False)
+    assert (old.init, old.pool, old.whiten, old.augment, old.tta) == ("trunc02", "cls", False, "off", "off")
+    switched = config_from_dict({**saved, "augment": True, "tta": False})  # the on/off switches before the check
+    assert (switched.augment, switched.tta) == ("auto", "off")
 
 
 def test_every_field_has_one_role_and_the_derived_lists_split_the_fields():

@@ -1,8 +1,11 @@
 """Loading the scientist's layout, normalisation, batching and the shortcut guard."""
 import numpy as np
+
+import symmetry
 import torch
 
-from data import (channel_stats, choose_channels, dihedral_mean, epoch_batches, find_confounders, load_splits,
+from conftest import benchmark_plan
+from data import (channel_stats, choose_channels, epoch_batches, find_confounders, group_mean, load_splits,
                   read_split, to_device)
 
 
@@ -92,13 +95,13 @@ def test_whitening_with_torch_ffts_matches_a_numpy_reference(tiny_benchmark):
     """The training split is transformed once (filter and images from the same modes); the result is the
     textbook definition computed with numpy, and a run restored from the saved stats sees the same tensors."""
     splits = load_splits(tiny_benchmark)
-    data = to_device(splits, ["density"], "cpu", whiten=True, symmetric=True)
+    data = to_device(splits, ["density"], "cpu", whiten=True, symmetry=benchmark_plan())
     log_d = np.log(splits["train"].channels["density"].astype(np.float64))
     power = (np.abs(np.fft.fft2(log_d)) ** 2).mean(axis=0)
     gain = np.asarray(data.stats["whiten"])
     kept = np.ones_like(gain, dtype=bool)
     kept[0, 0] = False
-    assert gain[0, 0] == 0 and np.allclose(gain[kept] ** -2, dihedral_mean(power)[kept], rtol=1e-9)
+    assert gain[0, 0] == 0 and np.allclose(gain[kept] ** -2, group_mean(power, symmetry.NAMES)[kept], rtol=1e-9)
     for name, split in splits.items():
         white = np.fft.ifft2(np.fft.fft2(np.log(split.channels["density"].astype(np.float64))) * gain).real
         expected = (white - data.stats["mean"][0]) / data.stats["std"][0]

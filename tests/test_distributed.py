@@ -19,7 +19,7 @@ from config import config_from_dict
 from data import epoch_batches
 from checkpoints import load_checkpoint
 from run_transformer import load_data
-from train import build_model, epoch_shifts, evaluate
+from train import build_model, epoch_views, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 # fp32: the checks below recompute the run's numbers in fp32 in this process (bf16 is checked in test_train)
@@ -53,7 +53,7 @@ def model_and_data(run_dir: Path, name: str = "last.pt"):
     cfg = config_from_dict(payload["config"])
     model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"])
     model.load_state_dict(payload["model"])  # same keys as a single-process model: the unwrapped module
-    data, _ = load_data(cfg, torch.device("cpu"), lambda m: None, payload["stats"])
+    data, _ = load_data(cfg, torch.device("cpu"), lambda m: None, payload)
     return model, data, cfg
 
 
@@ -78,7 +78,7 @@ def test_two_processes_stay_in_sync_and_match_single_process_evaluation(tiny_ben
     initial = build_model(cfg, len(data.stats["channels"]), data.image_size).state_dict()
     assert not torch.equal(initial["head.weight"], ranks[0]["head.weight"]), "training did not change weights"
 
-    single = evaluate(model, data.x["valid"], data.y["valid"], epoch_shifts(cfg))  # as fit validates
+    single = evaluate(model, data.x["valid"], data.y["valid"], epoch_views(cfg, data))  # as fit validates
     last = metrics(run_dir)[-1]
     for key in ("loss", "acc", "auc"):
         assert last[f"val_{key}"] == pytest.approx(single[key], rel=2e-5, abs=1e-6), key

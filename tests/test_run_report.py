@@ -16,7 +16,8 @@ import synthetic
 from calibration import calibrated
 from config import Config, config_from_dict
 from conftest import TINY
-from train import build_model, predict_logits, tta_shifts
+from checkpoints import saved_plan
+from train import build_model, predict_logits
 
 SMALL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--batch-size", "64", "--device", "cpu"]
 
@@ -48,7 +49,7 @@ def saved_logits(run_dir: Path, file: Path) -> np.ndarray:
     model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"])
     model.load_state_dict(payload["model"])
     split = read_split(file, "input", tuple(payload["stats"]["channels"]), labelled=False)
-    return predict_logits(model, to_tensor(split, payload["stats"], "cpu"), tta_shifts(cfg)).numpy()
+    return predict_logits(model, to_tensor(split, payload["stats"], "cpu"), saved_plan(payload).views).numpy()
 
 
 def test_the_run_writes_one_page_with_every_figure(benchmark_run):
@@ -73,7 +74,7 @@ def test_summary_and_the_end_of_run_line_report_calibration_drift_and_sensitivit
         # the temperature minimises validation's log loss, so it cannot raise it
     assert cal["valid"]["log_loss"]["after"] <= cal["valid"]["log_loss"]["before"] + 1e-9
     assert summary["drift"]["test"]["n"] == 80 and not summary["drift"]["test"]["warning"]
-    assert -1 <= summary["sensitivity"]["correlation_with_bayes"] <= 1
+    assert -1 <= summary["sensitivity"]["correlation"] <= 1
     end = next(line for line in out.splitlines() if line.startswith("best epoch"))
     assert "calibration T" in end and "test ECE" in end and "|p - p_Bayes|" in end and "drift flags" in end
     assert "WARNING: drift check" not in out  # the benchmark's own test split looks like its training set

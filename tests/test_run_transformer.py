@@ -37,7 +37,9 @@ def test_cli_run_writes_every_output(tmp_path, tiny_benchmark, capsys):
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 2
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["config"]["loss"] == "smooth" and saved["data"]["channels"] == ["density"]
-    assert saved["data"]["source"] == "real"  # a folder with train.hdf5 counts as real files
+    assert saved["data"]["source"] == "files"  # a folder with train.hdf5 is the user's data
+    found = saved["data"]["symmetry"]["found"]  # the check's findings, with their z
+    assert found["elements"]["transpose"]["verdict"] == "swaps" and found["shifts"]["verdict"] == "keeps"
     summary = json.loads((run_dir / "summary.json").read_text())
     # the tiny benchmark carries its answer key: test accuracy is that of the written predictions
     answers = read_answer_key(tiny_benchmark, 80)
@@ -46,7 +48,9 @@ def test_cli_run_writes_every_output(tmp_path, tiny_benchmark, capsys):
     assert checkpoint["config"]["loss"] == "smooth" and checkpoint["stats"]["channels"] == ["density"]
     out = capsys.readouterr().out
     assert "recording_date" in out and "WARNING" in out  # the shortcut guard spoke
-    assert "epoch   1" in out and "val loss" in out
+    assert "epoch   1" in out and "val (2 views) loss" in out and "scored with all 32 view(s)" in out
+    assert "symmetry check on 400 training images" in out and "swap it: transpose" in out
+    assert "transpose" in (run_dir / "report.md").read_text().split("## Symmetries")[1]
 
 
 def test_explicit_channels_keep_the_confounder_and_the_model_follows(tmp_path, tiny_benchmark):
@@ -68,7 +72,8 @@ def test_two_runs_never_share_a_folder(tmp_path, tiny_benchmark):
     assert len([p for p in first.parent.iterdir() if p.is_dir()]) == 2
 
 
-@pytest.mark.parametrize("flags", [[], ["--no-whiten"], ["--pool", "mean", "--augment", "--tta", "--tta-shifts", "4"]])
+@pytest.mark.parametrize("flags", [[], ["--no-whiten"], ["--pool", "mean", "--augment", "flip0,transpose=swap",
+                                                         "--tta", "transpose=swap,shift", "--tta-shifts", "4"]])
 def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, flags):
     """--predict rebuilds what the run trained with: input whitening, pooling and test-time views."""
     run_dir = train(tmp_path, tiny_benchmark, *flags)

@@ -1,94 +1,195 @@
-"""The symmetries behind --augment and --tta, checked on the real test file before anything relies on them."""
+"""The symmetry check and what runs use from it: augmentation, test-time views and the whitening filter.
+
+The check is tested on small data sets of other physics made here (tools/other_physics.py), where some, all or
+none of the benchmark's symmetries hold, and on null data, where its false-alarm rate is measured."""
+import h5py
 import numpy as np
 import pytest
 import torch
-import h5py
 from torch import nn
 
 import symmetry
 from cnn import ReferenceCNN
-from data import dihedral_mean
+from config import UserError
+from data import group_mean
 from synthetic import wave_vectors
+from tools import other_physics
 from train import predict_logits
 from vision_transformer import VisionTransformer
 
-
-def anisotropy(log_density: np.ndarray, axis: str) -> np.ndarray:
-    """Per sample: power at small scales weighted by cos 2θ (anisotropy between the grid axes) or sin 2θ
-    (between the diagonals), in units of its standard deviation over the samples."""
-    grid = log_density.shape[-1]
-    kk, cos2 = wave_vectors(grid)
-    k = np.fft.fftfreq(grid, d=1.0 / grid)
-    ki, kj = np.meshgrid(k, k, indexing="ij")
-    sin2 = np.where(kk > 0, 2 * ki * kj / np.maximum(kk, 1e-12) ** 2, 0.0)
-    weight = kk * np.exp(0.67 * kk)  # undo the spectral decay: small scales carry the signal
-    power = np.abs(np.fft.fft2(log_density)) ** 2
-    s = (power * weight * (cos2 if axis == "axes" else sin2)).sum(axis=(-2, -1))
-    return s / s.std()
+BENCHMARK = "flip0,flip1,transpose=swap,shift"
 
 
-def real_log_density(path) -> np.ndarray:
-    with h5py.File(path, "r") as h5:
-        return np.log(h5["density"][()].astype(np.float64))
+def physics(kind: str, per_state: int = 300, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 1, S, S) of density, labels) of one kind of tools/other_physics.py."""
+    labels = np.arange(2 * per_state) % 2
+    rng = np.random.default_rng(seed)
+    x = np.exp(other_physics.fields(labels, kind, size, rng))
+    return torch.from_numpy(x).float()[:, None], torch.from_numpy(labels)
 
 
-def test_real_states_differ_by_an_axis_anisotropy_so_flips_keep_and_transposes_swap_the_label(real_test_file):
-    """Two states means a bimodal statistic. Along the grid axes (cos 2θ) the real test file is bimodal and
-    split about evenly; along the diagonals (sin 2θ) it is one Gaussian (mean |s| / std = sqrt(2/π) = 0.80).
-    A reflection keeps cos 2θ, a transpose negates it: so reflections keep the state and transposes swap it."""
-    x = real_log_density(real_test_file)
-    axes, diagonals = anisotropy(x, "axes"), anisotropy(x, "diagonals")
-    gaussian = np.sqrt(2 / np.pi)
-    assert np.abs(axes - np.median(axes)).mean() > gaussian + 0.08  # bimodal
-    assert np.abs(diagonals - np.median(diagonals)).mean() < gaussian + 0.04  # unimodal
-    assert 0.4 < (axes > 0).mean() < 0.6  # the two states about equally often
-    images = torch.from_numpy(x[:64, None])
-    original = anisotropy(x[:64], "axes")
-    for transpose, flip_rows, flip_cols in symmetry.DIHEDRAL:
-        view = symmetry.dihedral_view(images, transpose, flip_rows, flip_cols)[:, 0].numpy()
-        expected = -original if transpose else original
-        np.testing.assert_allclose(anisotropy(view, "axes"), expected, rtol=1e-6, atol=1e-6)
+def verdicts(found: dict) -> dict[str, str]:
+    return {**{n: r["verdict"] for n, r in found["elements"].items()}, "shifts": found["shifts"]["verdict"]}
 
 
-def test_augment_swaps_labels_exactly_where_it_transposes_and_shifts_periodically():
+REFLECTIONS_KEEP = {"flip0": "keeps", "flip1": "keeps", "rot180": "keeps"}
+TRANSPOSES = ("transpose", "antitranspose", "rot90", "rot270")
+
+
+@pytest.mark.parametrize("kind, expected, group", [
+    ("axis-length", {**REFLECTIONS_KEEP, **dict.fromkeys(TRANSPOSES, "neither"), "shifts": "keeps"},
+     "flip0,flip1,shift"),
+    ("isotropic", {**REFLECTIONS_KEEP, **dict.fromkeys(TRANSPOSES, "keeps"), "shifts": "keeps"},
+     "flip0,flip1,transpose,shift"),
+    ("diagonal", {"flip0": "swaps", "flip1": "swaps", "rot180": "keeps", "transpose": "keeps",
+                  "antitranspose": "keeps", "rot90": "swaps", "rot270": "swaps", "shifts": "keeps"},
+     "transpose,flip0=swap,shift"),
+    ("cropped", {**REFLECTIONS_KEEP, **dict.fromkeys(TRANSPOSES, "neither"), "shifts": "neither"}, "flip0,flip1"),
+])
+def test_the_check_finds_which_symmetries_keep_swap_or_break_the_state(kind, expected, group):
+    """Four kinds of physics, each with its own answer: only the symmetries that hold are used, each with its
+    rule, and the group the run uses is the largest one they form."""
+    found = symmetry.check(*physics(kind))
+    assert verdicts(found) == expected
+    assert symmetry.Symmetries.from_dict(found["group"]) == symmetry.parse_spec(group, "")
+
+
+def test_the_check_finds_the_benchmarks_symmetries(tiny_benchmark):
+    from data import read_split
+    split = read_split(tiny_benchmark / "train.hdf5", "train", ("density",))
+    found = symmetry.check(torch.from_numpy(split.channels["density"])[:, None], torch.from_numpy(split.labels))
+    assert symmetry.Symmetries.from_dict(found["group"]) == symmetry.parse_spec(BENCHMARK, "")
+
+
+def test_a_symmetry_that_holds_is_rejected_at_the_stated_rate():
+    """Under a true symmetry the projection statistic is a standard normal z: over 200 small null data sets
+    (two identical isotropic states) about 5% exceed 1.645 for each kind of test, and the check's threshold
+    is the Bonferroni quantile of its stated false-alarm rate."""
+    rates = {}
+    for seed in range(200):
+        x, y = physics("isotropic", per_state=100, size=8, seed=seed)
+        x = x[y == 0]  # one state: every symmetry keeps it, and its two halves are the same state
+        fit = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)) < len(x) // 2
+        base = symmetry.features(x)
+        scale = 1 / base.std(0).clamp_min(1e-6)
+        tests = {"keep (paired)": (symmetry.features(symmetry.apply(x, "rot90")) * scale, base * scale, fit, None),
+                 "shift (paired)": (symmetry.features(x.roll(3, -1)) * scale, base * scale, fit, None),
+                 "two samples": ((base * scale)[:50], (base * scale)[50:], fit[:50], fit[50:])}
+        for name, args in tests.items():
+            rates.setdefault(name, []).append(symmetry.projection_z(*args) > 1.645)
+    for name, hits in rates.items():
+        assert 0.02 <= np.mean(hits) <= 0.09, (name, np.mean(hits))
+    z = symmetry.z_threshold(36, 0.01)
+    assert 36 * (1 - float(torch.special.ndtr(torch.tensor(z, dtype=torch.float64)))) == pytest.approx(0.01)
+
+
+def test_the_largest_consistent_group_is_used():
+    """Verdicts that hold pairwise but whose products break (flip0 and flip1 keep but rot180 does not): the
+    largest subgroup whose every element holds is taken, never a set that is not closed."""
+    elements = {n: {"verdict": "neither"} for n in symmetry.NAMES[1:]}
+    elements.update({"flip0": {"verdict": "keeps"}, "flip1": {"verdict": "keeps"}})
+    group = symmetry.largest_group({"elements": elements, "shifts": {"verdict": "keeps"}})
+    assert len(group.rules) == 2 and group.shifts
+    elements["rot180"] = {"verdict": "keeps"}
+    assert symmetry.largest_group({"elements": elements, "shifts": {"verdict": "neither"}}) == \
+        symmetry.parse_spec("flip0,flip1", "")
+
+
+def test_forced_lists_close_into_groups_and_contradictions_are_refused():
+    full = symmetry.parse_spec(BENCHMARK, "")
+    assert dict(full.rules) == {"identity": False, "flip1": False, "flip0": False, "rot180": False,
+                                "transpose": True, "rot270": True, "rot90": True, "antitranspose": True}
+    assert symmetry.parse_spec("off", "").trivial
+    with pytest.raises(UserError, match="contradict"):
+        symmetry.parse_spec("flip0,flip1,rot180=swap", "--augment")
+    with pytest.raises(UserError, match="not a symmetry"):
+        symmetry.parse_spec("mirror", "--augment")
+
+
+def test_forcing_what_the_data_contradict_warns_and_auto_uses_what_holds():
+    x, y = physics("axis-length")
+    lines = []
+    plan = symmetry.plan("auto", BENCHMARK, 2, x, y, lines.append)
+    assert plan.augment == symmetry.parse_spec("flip0,flip1,shift", "")
+    assert plan.views == symmetry.Views((("identity", False), ("transpose", True)), 2)  # forced, as asked
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "--tta" in warnings[0] and "transpose=swap" in warnings[0]
+    assert "neither: transpose" in lines[0]
+    plan = symmetry.plan("auto", "auto", 2, x[:30], y[:30], lines.append)  # 15 of each state: too few to tell
+    assert plan.augment.trivial and plan.views is None and "skipped" in lines[-2]
+
+
+def test_augment_draws_group_elements_with_their_rules_and_shifts_only_where_they_hold():
     torch.manual_seed(0)
     x = torch.randn(256, 1, 8, 8)
     y = torch.randint(0, 2, (256,)).float()
-    torch.manual_seed(1)
-    xa, ya = symmetry.augment_batch(x, y)
-    swapped = ya != y
-    assert 0.35 < swapped.float().mean() < 0.65
-    for i in range(len(x)):  # each output is one symmetry of its input, composed with a shift of the batch
-        candidates = [symmetry.dihedral_view(x[i:i + 1], *v) for v in symmetry.DIHEDRAL if v[0] == bool(swapped[i])]
-        shifts = [torch.roll(c, (a, b), (-2, -1)) for c in candidates for a in range(8) for b in range(8)]
-        assert any(torch.equal(s[0], xa[i]) for s in shifts), i
-    torch.manual_seed(1)
-    again = symmetry.augment_batch(x, y)
-    assert torch.equal(again[0], xa) and torch.equal(again[1], ya)  # reproducible from the seed
+    for spec in (BENCHMARK, "transpose,flip0=swap", "flip0"):
+        group = symmetry.parse_spec(spec, "")
+        torch.manual_seed(1)
+        xa, ya = symmetry.augment_batch(x, y, group)
+        used = set()
+        for i in range(len(x)):
+            options = [(n, s) for n, s in group.rules if (ya[i] != y[i]) == s]
+            moves = [(a, b) for a in range(8) for b in range(8)] if group.shifts else [(0, 0)]
+            match = [(n, s) for n, s in options for a, b in moves
+                     if torch.equal(torch.roll(symmetry.apply(x[i], n), (a, b), (-2, -1)), xa[i])]
+            assert match, (spec, i)
+            used.add(match[0][0])
+        assert used == set(group.names)  # every element is drawn
+        torch.manual_seed(1)
+        again = symmetry.augment_batch(x, y, group)
+        assert torch.equal(again[0], xa) and torch.equal(again[1], ya)  # reproducible from the seed
 
 
-def test_view_averaging_is_antisymmetric_under_a_transpose_and_covers_shifted_views():
+def test_views_average_with_the_partners_sign_and_cover_every_shift():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
     x = torch.randn(5, 1, 8, 8)
-    averaged = symmetry.view_averaged_logits(model, x, patch=4)
-    torch.testing.assert_close(symmetry.view_averaged_logits(model, x.transpose(-1, -2), patch=4), -averaged)
-    assert len(symmetry.tta_views(4, 1)) == 2 and len(symmetry.tta_views(4, 4)) == 32
-    assert {(a, b) for _, a, b in symmetry.tta_views(4, 4)} == {(a, b) for a in range(4) for b in range(4)}
+    swap = symmetry.Views((("identity", False), ("transpose", True)), 2)
+    averaged = symmetry.view_averaged_logits(model, x, 4, swap)
+    torch.testing.assert_close(symmetry.view_averaged_logits(model, x.transpose(-1, -2), 4, swap), -averaged)
+    keep = symmetry.Views((("identity", False), ("flip0", False)), 2)
+    torch.testing.assert_close(symmetry.view_averaged_logits(model, x.flip(-2), 4, keep),
+                               symmetry.view_averaged_logits(model, x, 4, keep))
+    assert {(a, b) for *_, a, b in symmetry.view_list(symmetry.Views(swap.rules, 4), 4)} == \
+        {(a, b) for a in range(4) for b in range(4)}
     expected = sum((-1 if t else 1) * model(torch.roll(x.transpose(-1, -2) if t else x, (a, b), (-2, -1)))
                    for t in (False, True) for a in (0, 2) for b in (0, 2)) / 8
     torch.testing.assert_close(averaged, expected)
+    assert symmetry.views_of(symmetry.parse_spec("flip0,flip1", ""), 4) == \
+        symmetry.Views((("identity", False), ("flip0", False)), 1)  # no shifts where they do not hold
 
 
-def test_the_symmetric_whitening_filter_commutes_with_every_symmetry():
+@pytest.mark.parametrize("spec", [BENCHMARK, "flip0,flip1", "transpose,flip0=swap"])
+def test_the_whitening_filter_commutes_with_the_group_it_is_averaged_over(spec):
     rng = np.random.default_rng(0)
     power = np.abs(np.fft.fft2(rng.standard_normal((28, 28)))) ** 2  # any real field's power spectrum
-    gain = dihedral_mean(power)
+    group = symmetry.SymmetryPlan(symmetry.parse_spec(spec, "")).whitening_group()
+    gain = group_mean(power, group)
     field = rng.standard_normal((28, 28))
-    whiten = lambda f: np.fft.ifft2(np.fft.fft2(f) * gain).real
-    for transpose, flip_rows, flip_cols in symmetry.DIHEDRAL:
-        view = lambda f: symmetry.dihedral_view(torch.from_numpy(f), transpose, flip_rows, flip_cols).numpy()
+    whiten = lambda f: np.fft.ifft2(np.fft.fft2(f) * gain).real  # noqa: E731
+    for name in group:
+        view = lambda f: symmetry.apply(torch.from_numpy(f), name).numpy()  # noqa: E731
         np.testing.assert_allclose(whiten(view(field)), view(whiten(field)), atol=1e-9)
+
+
+def anisotropy(log_density: np.ndarray) -> np.ndarray:
+    """Per sample: power at small scales weighted by cos 2θ (anisotropy between the grid axes)."""
+    grid = log_density.shape[-1]
+    kk, cos2 = wave_vectors(grid)
+    power = np.abs(np.fft.fft2(log_density)) ** 2
+    return (power * kk * np.exp(0.67 * kk) * cos2).sum(axis=(-2, -1))
+
+
+def test_on_the_real_test_file_reflections_keep_and_transposes_negate_the_axis_anisotropy(real_test_file):
+    """The real file has no labels, so its states cannot be checked; but the statistic that separates them
+    on the benchmark (the axis anisotropy) is kept by every reflection and negated by every transpose there."""
+    with h5py.File(real_test_file, "r") as h5:
+        x = np.log(h5["density"][:64].astype(np.float64))
+    original = anisotropy(x)
+    for name, (transpose, _, _) in symmetry.ELEMENTS.items():
+        view = symmetry.apply(torch.from_numpy(x), name).numpy()
+        np.testing.assert_allclose(anisotropy(view), -original if transpose else original, rtol=1e-6, atol=1e-6)
 
 
 def test_views_shift_by_the_models_own_unit_also_when_it_is_wrapped():
@@ -103,11 +204,12 @@ def test_views_shift_by_the_models_own_unit_also_when_it_is_wrapped():
     assert symmetry.shift_unit(vit) == symmetry.shift_unit(wrapper) == symmetry.shift_unit(compiled) == 7
     assert symmetry.shift_unit(ReferenceCNN(in_channels=1)) == 4
     x = torch.randn(6, 1, 28, 28)
-    wrapped = predict_logits(wrapper, x, tta=2)
-    torch.testing.assert_close(wrapped, predict_logits(vit, x, tta=2), rtol=0, atol=0)
-    # the unit matters: views within 4 pixels (the old fallback for a model without .embed) give other logits
-    assert not torch.allclose(wrapped, symmetry.view_averaged_logits(vit, x, patch=4).squeeze(1))
+    views = symmetry.Views((("identity", False), ("transpose", True)), 2)
+    wrapped = predict_logits(wrapper, x, views)
+    torch.testing.assert_close(wrapped, predict_logits(vit, x, views), rtol=0, atol=0)
+    # the unit matters: views within 4 pixels give other logits
+    assert not torch.allclose(wrapped, symmetry.view_averaged_logits(vit, x, 4, views).squeeze(1))
     with pytest.raises(ValueError, match="has no shift_unit"):
         symmetry.shift_unit(nn.Linear(2, 1))
     with pytest.raises(ValueError, match="has no shift_unit"):
-        predict_logits(nn.Linear(28, 1), x, tta=2)
+        predict_logits(nn.Linear(28, 1), x, views)

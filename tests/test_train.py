@@ -10,7 +10,9 @@ from config import Config
 from data import load_splits, to_device
 from metrics import roc_auc
 import train
-from train import (TrainState, build_model, build_optimizer, build_scheduler, build_training, epoch_shifts, fit,
+from conftest import benchmark_plan
+from symmetry import SymmetryPlan
+from train import (TrainState, build_model, build_optimizer, build_scheduler, build_training, epoch_views, fit,
                    parameter_groups, predict_proba, resolve_precision, training_loss)
 
 
@@ -86,7 +88,8 @@ def fit_tiny(benchmark, whiten: bool = True, on_epoch=lambda st, improved: None,
     # not yet for seed 1 (validation AUC 0.64 after 4 epochs, 0.97 after 8)
     cfg = small_cfg(**{"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "epochs": 4, "patience": 2,
                        "seed": 1, "epoch_views": "all", "pool": "cls", **changes})
-    data = to_device(load_splits(benchmark), ["density"], "cpu", whiten=whiten, symmetric=True)
+    data = to_device(load_splits(benchmark), ["density"], "cpu", whiten=whiten,
+                     symmetry=benchmark_plan(changes.get("tta_shifts", 4)))
     torch.manual_seed(cfg.seed)
     training = build_training(cfg, 1, 28, len(data.x["train"]), torch.device("cpu"))
     untrained = roc_auc(predict_proba(training.model, data.x["valid"]), data.y["valid"])
@@ -105,7 +108,7 @@ def test_fit_learns_and_records_consistent_metrics(tiny_benchmark):
     assert state.best_epoch == 1 + min(range(4), key=lambda i: state.history[i]["val_loss"])
     # validation loss and accuracy are those of the probabilities (the views of --epoch-views), whatever the
     # training loss
-    p = predict_proba(training.model, data.x["valid"], epoch_shifts(cfg))
+    p = predict_proba(training.model, data.x["valid"], epoch_views(cfg, data))
     assert row["val_loss"] == pytest.approx(F.binary_cross_entropy(p, data.y["valid"]).item(), rel=1e-4)
     assert row["val_acc"] == pytest.approx(((p > 0.5).float() == data.y["valid"]).float().mean().item())
 
@@ -133,7 +136,8 @@ def requested_recipe_auc(benchmark, **changes) -> float:
     """Best validation AUC of 3 epochs of the requested recipe (BatchNorm patch embedding, SGD momentum 0.9 +
     LinearLR, smoothed BCE) with the default ViT and init, on whitened density."""
     cfg = dataclasses.replace(Config(), loss="smooth", epochs=3, batch_size=64, seed=0, epoch_views="all", **changes)
-    data = to_device(load_splits(benchmark), ["density"], "cpu", whiten=cfg.whiten)
+    plan = SymmetryPlan() if cfg.augment == "off" else benchmark_plan(cfg.tta_shifts)
+    data = to_device(load_splits(benchmark), ["density"], "cpu", whiten=cfg.whiten, symmetry=plan)
     torch.manual_seed(cfg.seed)
     training = build_training(cfg, 1, 28, len(data.x["train"]), torch.device("cpu"))
     state = fit(training, data, cfg, TrainState(), lambda st, imp: None, log=lambda s: None)
@@ -144,20 +148,21 @@ def test_the_requested_sgd_recipe_learns_with_the_default_init(small_benchmark):
     """The initialisation pitfall: with the DeiT init (trunc normal 0.02) SGD left the scientist's ViT (CLS
     token, no augmentation) at the constant predictor; with the default fan-in init the same recipe separates
     the classes within a few epochs, and the default recipe (mean pooling, augmentation, views) nearly fully."""
-    scientists_vit = {"pool": "cls", "heads": 4, "augment": False, "tta": False}
+    scientists_vit = {"pool": "cls", "heads": 4, "augment": "off", "tta": "off"}
     assert requested_recipe_auc(small_benchmark, init="trunc02", **scientists_vit) < 0.6
     assert requested_recipe_auc(small_benchmark, **scientists_vit) > 0.75
     assert requested_recipe_auc(small_benchmark) > 0.95
 
 
-@pytest.mark.parametrize("views, shifts", [("pair", 1), ("all", 4)])
-def test_the_validation_after_each_epoch_uses_the_views_of_epoch_views(tiny_benchmark, monkeypatch, views, shifts):
-    """pair: the image and its transpose (1 shift per axis) pick the best epoch; all: the 32 test-time views."""
+@pytest.mark.parametrize("views, count", [("pair", 2), ("all", 32)])
+def test_the_validation_after_each_epoch_uses_the_views_of_epoch_views(tiny_benchmark, monkeypatch, views, count):
+    """pair: the image and its partner, unshifted, pick the best epoch; all: the 32 test-time views; the metrics
+    rows say how many."""
     seen = []
     real = train.evaluate
-    monkeypatch.setattr(train, "evaluate", lambda model, x, y, tta=0: seen.append(tta) or real(model, x, y, tta))
-    fit_tiny(tiny_benchmark, epochs=2, epoch_views=views, tta_shifts=4)
-    assert seen == [shifts, shifts]
+    monkeypatch.setattr(train, "evaluate", lambda model, x, y, v=None: seen.append(v.count()) or real(model, x, y, v))
+    state, *_ = fit_tiny(tiny_benchmark, epochs=2, epoch_views=views, tta_shifts=4)
+    assert seen == [count, count] and [row["val_views"] for row in state.history] == [count, count]
 
 
 def test_auto_precision_is_bf16_only_where_bf16_is_native(monkeypatch):

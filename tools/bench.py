@@ -45,7 +45,7 @@ from cli import exit_code
 from config import Config, HelpFormatter, Parser, UserError, add_config_flags, checked, non_negative, parse_config
 from data import SPLIT_FILES, DeviceData
 from train import (StopFlag, TrainState, build_model, build_scheduler, build_training, evaluate, fit, pick_device,
-                   resolve_precision, train_epoch, tta_shifts)
+                   resolve_precision, train_epoch)
 
 
 # ---- (a) the original style -------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def time_to_target(cfg: Config, targets: list[float], recipe: str = "default rec
         test = ""
         if test_pending:
             paused = time.perf_counter()
-            test_acc = evaluate(training.model, data.x["test"], data.y["test"], tta_shifts(cfg))["acc"]
+            test_acc = evaluate(training.model, data.x["test"], data.y["test"], data.symmetry.views)["acc"]
             clock["paused"] += time.perf_counter() - paused
             test = f"  test acc {test_acc:.4f}"
         print(f"  epoch {row['epoch']:3d}  {elapsed:8.1f} s  train acc {row['train_acc']:.4f}  "
@@ -325,7 +325,7 @@ def throughput(args: argparse.Namespace) -> None:
     # Raw density, no augmentation, CLS head: both styles do the same work per image, so the ratio is the
     # loop's (the default recipe's whitening is done once before training and costs no step time).
     # The scientist's block dropout (0.1) and, unless asked, fp32 on CPU: the ratio is the loop's, not bf16's.
-    cfg = Config(whiten=False, augment=False, tta=False, pool="cls", dropout=0.1,
+    cfg = Config(whiten=False, augment="off", tta="off", pool="cls", dropout=0.1,
                  device=args.device, data_dir=args.data_dir, emb_dim=args.emb_dim, depth=args.depth,
                  heads=args.heads, mlp_dim=args.mlp_dim, optimizer=args.optimizer, compile=args.compile,
                  batch_size=args.batch_size or (4096 if cuda else 128),

@@ -40,7 +40,7 @@ from cli import exit_code
 from config import (EXECUTION, OUTPUT, SAMPLING, Config, HelpFormatter, Parser, UserError,
                     add_config_flags, checked, config_from_dict, fields_with, non_negative, positive)
 from data import load_splits, read_answer_key
-from fileio import append_text, changed_files, write_text
+from fileio import append_text, changed_files, write_json, write_text
 from provenance import provenance
 from train import Diverged, Interrupted, pick_device, resolve_precision
 from tools import heldout
@@ -49,11 +49,17 @@ from tools.grid import (CHANNEL_SETS, CONFIGS, FULL, LR_GRID, PROBE_SEED, QUICK,
                          Settings, Variant, variants)
 
 
+# --augment/--tta as the keys of stored rows name them: on/off switches before runs checked their symmetries
+# (on the built-in benchmark, where those rows ran, the check finds exactly the symmetries the switch applied).
+SWITCH_KEYS = {"auto": True, "off": False}
+
+
 def job_key(cfg: Config) -> str:
     """Identity of a run: every setting that changes its result, not how it is computed, how its random numbers
     are drawn or where it is written (config.py's EXECUTION, SAMPLING and OUTPUT roles)."""
     ignored = fields_with(EXECUTION, SAMPLING, OUTPUT)
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
+    fields = {k: SWITCH_KEYS.get(v, v) if k in ("augment", "tta") else v
+              for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -216,9 +222,12 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
         row["finished_at"] = time.time()
         append_result(path, row)
         rows[row["key"]], finished, s = row, finished + 1, row["summary"]
+        scored = [f"val acc {s['val_acc']:.4f}" if "val_acc" in s else ""]
+        scored += [f"test acc {s['test_acc']:.4f}"] if "test_acc" in s else []
+        scored += [f"held-out acc {row['heldout']['acc']:.4f}"] if "heldout" in row else []
         log(f"[{finished}/{todo}] {row['stage']} {row['variant']} lr {row['lr']:g} seed {row['seed']}: "
-            f"val acc {s.get('val_acc', math.nan):.4f} test acc {s.get('test_acc', math.nan):.4f} "
-            f"({s.get('wall_time_s', 0):.0f} s)" + ("  DIVERGED" if s.get("diverged") else ""))
+            f"{' '.join(filter(None, scored))} ({s.get('wall_time_s', 0):.0f} s)"
+            + ("  DIVERGED" if s.get("diverged") else ""))
         if job["stage"] == "probe":
             unlock(job["variant"])
 
@@ -368,20 +377,28 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     # precision resolved here: a run's key names what ran (bf16 or fp32), not "auto"
     base = resolve_precision(Config(data_dir=data_dir, device=args.device, compile=args.compile),
                              pick_device(args.device))
-    chosen = variants(configs)
-    resolved = Path(data_dir)
+    chosen = variants(configs, settings.channel_sets)
     if args.report_only:
+        resolved = Path(data_dir)
+        if (out / "data" / heldout.CARVE_MANIFEST).exists():  # a grid on the user's data: its runs' data
+            resolved = out / "data"
+            base = dataclasses.replace(base, data_dir=str(resolved))
         rows = load_results(out / "results.jsonl")
     else:  # generates the built-in benchmark once, here, rather than in racing workers
         resolved, _ = run_transformer.resolve_data_dir(base, log=lambda m: None)
-        check_same_data(out / "results.jsonl", resolved)
         if (resolved / synthetic.MANIFEST).exists():  # the built-in benchmark: score on its held-out set too
             per_class = QUICK_HELDOUT_PER_CLASS if args.quick else heldout.PER_CLASS
             seed = json.loads((resolved / synthetic.MANIFEST).read_text()).get("seed", 0)
             folder = resolved.parent / f"{resolved.name}-heldout"  # beside the benchmark, which stays as generated
-            settings = dataclasses.replace(settings, heldout=str(heldout.ensure_heldout(folder, seed, per_class)))
-        print(f"{len(chosen)} variants (configuration x channel set) on {resolved}, {device}, {jobs} parallel "
-              f"run(s); results in {out}/")
+            evaluation_file = heldout.ensure_heldout(folder, seed, per_class)
+        else:  # the user's files: choices on a carved part of the training file, scores on the validation file
+            resolved, evaluation_file = heldout.carve(resolved, out / "data")
+            base = dataclasses.replace(base, data_dir=str(resolved))
+            write_json(out / "reference.json", heldout.reference_accuracy(resolved, evaluation_file, device))
+        settings = dataclasses.replace(settings, heldout=str(evaluation_file))
+        check_same_data(out / "results.jsonl", resolved)
+        print(f"{len(chosen)} variants (configuration x channel set) on {resolved}, scored on {evaluation_file}, "
+              f"{device}, {jobs} parallel run(s); results in {out}/")
         deadline = start + 60 * args.max_minutes if args.max_minutes > 0 else 0.0
         try:
             rows = run_grid(chosen, settings, base, out, jobs, max(1, (os.cpu_count() or 1) // jobs), deadline)
@@ -390,10 +407,17 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     lines = summarise(chosen, settings, base, out, rows)
     reported = [r for line in lines for r in line["runs"] + line["probes"]]
     bayes = grid_bayes_accuracy(resolved, reported)
-    header = (f"Command: `python -m tools.compare {' '.join(argv)}`; data {resolved}; {settings.epochs} epochs "
-              f"(a row that names its own keeps them; probes {settings.probe_epochs}), {settings.seeds} seeds, "
-              f"{jobs} parallel run(s); this invocation took {time.time() - start:.0f} s; {commits(reported)}.")
-    print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED))
+    user_data = resolved == out / "data"
+    header = (f"Command: `python -m tools.compare {' '.join(argv)}`; data {args.data_dir or resolved}"
+              + (" (runs train on a stratified 5/6 of its training file and make every choice, early stopping, "
+                 "temperature and rate probes, on the other 1/6; every run is scored on its validation file, "
+                 "which no run used)" if user_data else "")
+              + f"; {settings.epochs} epochs (a row that names its own keeps them; probes {settings.probe_epochs}), "
+              f"{settings.seeds} seeds, {jobs} parallel run(s); this invocation took {time.time() - start:.0f} s; "
+              f"{commits(reported)}.")
+    reference = out / "reference.json"
+    yardstick = json.loads(reference.read_text()) if user_data and reference.exists() else None
+    print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED, yardstick))
     print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
     if interrupted is not None:
         raise interrupted

@@ -21,8 +21,7 @@ import torch
 from cli import exit_code
 from config import Config, Parser
 from run_transformer import load_data
-from train import (TrainState, build_training, epoch_shifts, evaluate, fit, pick_device, resolve_precision,
-                   tta_shifts)
+from train import TrainState, build_training, epoch_views, evaluate, fit, pick_device, resolve_precision
 
 
 def curve_run(cfg: Config, device: torch.device, data) -> dict:
@@ -32,8 +31,8 @@ def curve_run(cfg: Config, device: torch.device, data) -> dict:
     rows: list[dict] = []
 
     def on_epoch(state: TrainState, improved: bool) -> None:
-        val_all = evaluate(training.model, data.x["valid"], data.y["valid"], tta_shifts(cfg))
-        test = evaluate(training.model, data.x["test"], data.y["test"], tta_shifts(cfg))
+        val_all = evaluate(training.model, data.x["valid"], data.y["valid"], data.symmetry.views)
+        test = evaluate(training.model, data.x["test"], data.y["test"], data.symmetry.views)
         rows.append({"epoch": state.epoch, "val_loss_pair": state.history[-1]["val_loss"],
                      "val_loss_all": val_all["loss"], "val_acc_all": val_all["acc"], "test_acc": test["acc"]})
 
@@ -42,7 +41,7 @@ def curve_run(cfg: Config, device: torch.device, data) -> dict:
     best_pair = min(rows, key=lambda r: r["val_loss_pair"])
     best_all = min(rows, key=lambda r: r["val_loss_all"])
     return {"epochs": cfg.epochs, "seed": cfg.seed, "precision": cfg.precision, "dropout": cfg.dropout,
-            "pool": cfg.pool, "heads": cfg.heads, "epoch_shifts": epoch_shifts(cfg),
+            "pool": cfg.pool, "heads": cfg.heads, "epoch_shifts": getattr(epoch_views(cfg, data), "shifts", 0),
             "best_epoch_pair": best_pair["epoch"], "best_epoch_all": best_all["epoch"],
             "test_acc_pair": best_pair["test_acc"], "test_acc_all": best_all["test_acc"],
             "train_s": round(time.time() - start, 1), "per_epoch": rows}

@@ -20,9 +20,9 @@ import synthetic
 from cli import exit_code
 from config import HelpFormatter, Parser, checked, config_from_dict, non_negative
 from data import read_answer_key, read_split, to_tensor
-from checkpoints import load_checkpoint, trained_model
-from train import (Diverged, NonFinitePredictions, overflow_message, pick_device, predict_proba,
-                   tta_shifts)
+from checkpoints import load_checkpoint, saved_plan, trained_model
+from symmetry import Views
+from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_proba
 
 REAL_TEST_FILE = Path(__file__).resolve().parents[2] / "shared" / "gasdata" / "test_no_labels.hdf5"
 
@@ -39,8 +39,11 @@ def describe(model, payload: dict, path: Path, device: torch.device, sample: int
         keep = np.sort(np.random.default_rng(0).permutation(len(split))[:sample])
         split.channels = {k: v[keep] for k, v in split.channels.items()}
         answers = None if answers is None else answers[keep]
+    own = saved_plan(payload).views
+    if views is not None:  # the run's own view symmetries at another number of shifts (0: no views)
+        own = Views(own.rules, views) if own is not None and views > 0 else None
     try:
-        p = predict_proba(model, to_tensor(split, stats, device), tta_shifts(cfg) if views is None else views)
+        p = predict_proba(model, to_tensor(split, stats, device), own)
     except NonFinitePredictions as e:
         raise Diverged(overflow_message(e, f"the model diverges on {path}", cfg.lr)) from None
     p = p.cpu().numpy()
