@@ -281,8 +281,8 @@ def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged
     if "bayes_accuracy" in info:
         summary["bayes_accuracy"] = info["bayes_accuracy"]
     summary.update(trust.summary)
-    write_json(run_dir / "summary.json", summary)
     write_page(run_dir, summary)
+    write_json(run_dir / "summary.json", summary)  # last: a run folder with it holds all the run's results
     outputs.log(f"best epoch {state.best_epoch}: val acc {summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
             + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
             + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
@@ -357,6 +357,31 @@ def parse_command(argv: list[str]) -> tuple[dict[str, Any], Command]:
     return {name: value for name, value in parsed.items() if value is not UNSET}, command
 
 
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """run_dir/summary.json, or None when it is missing or damaged (the run's results are then incomplete)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return summary if isinstance(summary, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def finished_line(run_dir: Path, cfg: Config, state: TrainState, summary: dict[str, Any] | None) -> str:
+    """The line --resume prints for a run with nothing to resume, else "": with `cfg` the loop would run no
+    epoch after `state`, and the results of that state were written (`summary`, from summary.json)."""
+    if state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
+        return ""
+    if summary is None or summary.get("epochs_run") != state.epoch:
+        return ""
+    if state.epoch >= cfg.epochs:
+        how = f"{state.epoch} of {cfg.epochs} epochs"
+    else:
+        how = (f"stopped early after epoch {state.epoch} of {cfg.epochs}, {state.bad_epochs} without a better "
+               f"validation loss; a larger --patience trains on")
+    return (f"nothing to resume: {run_dir} finished ({how}; best epoch {state.best_epoch}); its results are "
+            f"{run_dir}/report.md, summary.json and predictions.txt")
+
+
 def resume_hint(e: Interrupted) -> str:
     return "" if isinstance(e, ResumableInterrupt) else "nothing to resume yet: run the same command again"
 
@@ -371,7 +396,12 @@ def main(argv: list[str] | None = None) -> int:
             predict_file(Path(command.predict), command.input, command.output, typed.get("device", Config.device))
         elif command.resume:
             cfg, resumed = resume_config(Path(command.resume), typed)
-            run(cfg, resume_from=resumed)
+            state = TrainState(**resumed.payload["train_state"])
+            done = finished_line(resumed.run_dir, cfg, state, read_summary(resumed.run_dir))
+            if not done:
+                run(cfg, resume_from=resumed)
+            elif distributed.is_main():
+                print(done)
         else:
             run(Config(**typed))
     return exit_code(body, resume_hint)

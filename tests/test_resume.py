@@ -196,6 +196,36 @@ def test_last_pt_holds_all_state_and_resuming_a_finished_run_appends_nothing(tin
     assert len(list((tmp_path / "runs").iterdir())) == 1  # resume writes into the same folder, no new one
 
 
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tiny_data, tmp_path, capsys):
+    """A run that finished has nothing to resume: one line (epochs, best epoch, where the results are), exit 0,
+    and no file of the run folder, nor --predictions, is written again."""
+    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1")) == 0
+    run_dir = only_run(tmp_path)
+    owned = [*run_dir.iterdir(), tmp_path / "pred.txt"]
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in owned}
+    capsys.readouterr()
+    assert run_transformer.main(["--resume", str(run_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and len(out.strip().splitlines()) == 1, out
+    assert out.startswith(f"nothing to resume: {run_dir} finished (1 of 1 epochs; best epoch 1)"), out
+    assert f"{run_dir}/report.md" in out, out
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in owned} == before
+    assert sorted(run_dir.iterdir()) == sorted(p for p in owned if p.parent == run_dir)
+
+
+def test_a_run_that_stopped_early_resumes_when_the_patience_is_raised():
+    """Finished means: the loop would run no epoch with the resumed config, and the results of that state were
+    written. A larger --patience (which a resume may change) lets an early-stopped run train on."""
+    state = train.TrainState(epoch=2, best_epoch=1, bad_epochs=1)
+    summary = {"epochs_run": 2, "best_epoch": 1, "diverged": ""}
+    cfg = run_transformer.Config(epochs=4, patience=1)
+    assert run_transformer.finished_line(Path("runs/r"), cfg, state, summary)
+    assert run_transformer.finished_line(Path("runs/r"), run_transformer.Config(epochs=4, patience=3), state,
+                                         summary) == ""
+    assert run_transformer.finished_line(Path("runs/r"), cfg, state, None) == ""  # results not written yet
+    assert run_transformer.finished_line(Path("runs/r"), cfg, state, {**summary, "epochs_run": 1}) == ""
+
+
 def test_resume_refuses_a_run_whose_data_changed(tiny_data, tmp_path, monkeypatch, capsys):
     """Interrupted after epoch 1, then one sample of train.hdf5 changed: the resumed epochs would train on other
     data than the run's whitening filter, statistics and history. One line naming the file, exit 2, the run
