@@ -17,6 +17,7 @@ import torch
 
 from config import EXPERIMENT, MODEL, OPTIMIZER, SAMPLING, Config, UserError, config_from_dict, fields_with, flag
 from data import DeviceData
+from fileio import unreadable
 from train import Training, TrainState, build_model
 
 
@@ -36,8 +37,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         with warnings.catch_warnings():  # torch warns about odd pickles before failing: one line is enough
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise UserError(f"{path} is not a checkpoint written by run_transformer.py (or it is damaged)")
+    except Exception as e:
+        raise unreadable(path, e) or UserError(f"{path} is not a checkpoint written by run_transformer.py (or it is "
+                                               f"damaged)") from None
     if not isinstance(payload, dict) or not {"model", "config", "stats"} <= payload.keys():
         raise UserError(f"{path} is not a checkpoint written by run_transformer.py")
     return payload

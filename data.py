@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from config import CHANNEL_NAMES, UserError
+from fileio import unreadable
 
 SPLIT_FILES = {"train": "train.hdf5", "valid": "valid.hdf5", "test": "test_no_labels.hdf5"}
 ANSWER_FILE = "test_labels.hdf5"  # optional answer key beside the test file (the built-in benchmark has one)
@@ -74,15 +75,21 @@ def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> 
         raise UserError(f"{path}: channel shapes differ ({', '.join(f'{k} {v}' for k, v in channels.items())})")
 
 
+def open_hdf5(path: Path, damaged: str) -> h5py.File:
+    """`path` opened for reading. A failure is one UserError line: the file is in use or not readable
+    (fileio.unreadable), else `damaged`, the caller's words for a file that HDF5 cannot parse."""
+    try:
+        return h5py.File(path, "r")
+    except Exception as e:
+        raise unreadable(path, e) or UserError(damaged) from None
+
+
 def _read_arrays(path: Path, name: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()
                  ) -> dict[str, np.ndarray]:
     """The named datasets of one HDF5 file (`optional` ones only if present), shapes checked first. h5py
     reports damage with many exception types (OSError, KeyError, RuntimeError, ValueError, ...): every one of
     them becomes one UserError line."""
-    try:
-        h5 = h5py.File(path, "r")
-    except Exception:
-        raise UserError(f"{path} is not a readable HDF5 file (truncated or another format); copy it again")
+    h5 = open_hdf5(path, f"{path} is not a readable HDF5 file (truncated or another format); copy it again")
     try:
         with h5:
             datasets = {key: _dataset(h5, key, path) for key in keys if key not in optional or key in h5}
@@ -132,8 +139,9 @@ def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
     path = data_dir / ANSWER_FILE
     if not path.is_file():
         return None
+    h5 = open_hdf5(path, f"{path} (the test answer key) is not a readable HDF5 file; delete or replace it")
     try:
-        with h5py.File(path, "r") as h5:
+        with h5:
             labels = np.asarray(_dataset(h5, "labels", path)[()]).reshape(-1)
     except UserError:
         raise

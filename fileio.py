@@ -1,6 +1,7 @@
 """Writing files so that a kill at any moment leaves either the old complete file or the new one."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -21,6 +22,18 @@ def _reason(path: Path, e: OSError) -> str:
     """Why `path` cannot be written, in words: a file standing where a folder should be is named."""
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     return f"{blocker} is a file, not a folder" if blocker else (e.strerror or str(e))
+
+
+def unreadable(path: str | Path, e: BaseException) -> UserError | None:
+    """The one line for a file that could not be opened for reading because of something around it, not in it:
+    a lock that another program holds (HDF5 reports it), or no read permission; None for any other failure,
+    which the caller words (a damaged file)."""
+    if "unable to lock file" in str(e) or (isinstance(e, OSError) and e.errno == errno.EAGAIN):
+        return UserError(f"{path} is in use by another program (HDF5 could not lock it: a program such as a "
+                         f"notebook holds it open for writing); close it there, then run again")
+    if isinstance(e, PermissionError):
+        return UserError(f"{path} cannot be read: permission denied; give yourself read access to it")
+    return None
 
 
 class WriteFailed(UserError):
