@@ -336,7 +336,8 @@ def build_command_parser() -> Parser:
                      "checkpoint of this run folder")
     modes.add_argument("--input", metavar="FILE", default="", help="with --predict: the HDF5 file to classify")
     modes.add_argument("--output", metavar="FILE", default="", help="with --predict: where to write the 0/1 "
-                       "predictions (a .csv of probabilities goes beside it; default: in the run folder)")
+                       "predictions (a .csv of probabilities goes beside it; default: predictions-NAME.txt in the "
+                       "run folder, NAME that of --input)")
     return parser
 
 
