@@ -72,6 +72,22 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
+SIGNIFICANT_DIGITS = 6  # of every score written, JSON or CSV: a float32 score has about 7, the rest is noise
+
+
+def rounded(obj: Any) -> Any:
+    """`obj` (dicts, lists, numbers, strings) with every float rounded to SIGNIFICANT_DIGITS significant digits,
+    so that a float32 accuracy is written as 0.986, not 0.9860000014305115. For scores only: settings and
+    timestamps are written as they are."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{SIGNIFICANT_DIGITS}g}")
+    if isinstance(obj, dict):
+        return {key: rounded(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(value) for value in obj]
+    return obj
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fileio import atomic_write, write_text
+from fileio import atomic_write, rounded, write_text
 
 METRIC_COLUMNS = ("epoch", "lr", "train_objective", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc",
                   "gap_acc", "gap_loss")
@@ -19,7 +19,7 @@ def write_metrics_csv(path: str | Path, history: list[dict[str, float]]) -> Path
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow(rounded(row))
     return write_text(path, buffer.getvalue())
 
 

@@ -21,7 +21,7 @@ import drift
 import synthetic
 from config import Config
 from data import SPLIT_FILES, DeviceData, RawSplit, read_split
-from fileio import write_text
+from fileio import rounded, write_text
 from report import plot_drift, plot_reliability, plot_roc_and_confusion, plot_sensitivity
 from sensitivity import (SENSITIVITY_IMAGES, bayes_sensitivity, channel_importance, map_correlation,
                          mode_sensitivity)
@@ -60,8 +60,9 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     `logits`: its (view-averaged) logits of the validation and test splits."""
     labels = {name: None if data.y[name] is None else data.y[name].cpu().numpy() for name in ("train", "valid", "test")}
     prior = calibration.reference_prior(cfg.augment, cfg.tta, labels["train"])
-    temperature = calibration.fit_temperature(logits["valid"], labels["valid"],
-                                              calibration.prior_weights(labels["valid"], prior))
+    # with the digits of every written score (fileio.rounded): best.pt and summary.json hold the same T
+    temperature = rounded(calibration.fit_temperature(logits["valid"], labels["valid"],
+                                                      calibration.prior_weights(labels["valid"], prior)))
     raw = {name: read_raw(info, name) for name in ("train", "valid", "test")}
     llr = ({name: synthetic.bayes_log_likelihood_ratio(raw[name]["density"]) for name in ("valid", "test")}
            if info["source"] == "synthetic" else {})

@@ -28,8 +28,8 @@ from cli import exit_code
 from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, fields_with, flag)
 from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_confounders, load_splits,
                   read_answer_key, to_device)
-from fileio import (WriteFailed, changed_files, check_writable, fingerprint, fresh_directory, save_torch,
-                    write_json)
+from fileio import (WriteFailed, changed_files, check_writable, fingerprint, fresh_directory, rounded,
+                    save_torch, write_json)
 from metrics import scores
 from predict import predict_file
 from provenance import provenance
@@ -280,7 +280,7 @@ def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged
         summary.update({"test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"]})
     if "bayes_accuracy" in info:
         summary["bayes_accuracy"] = info["bayes_accuracy"]
-    summary.update(trust.summary)
+    summary = rounded({**summary, **trust.summary})
     write_page(run_dir, summary)
     write_json(run_dir / "summary.json", summary)  # last: a run folder with it holds all the run's results
     outputs.log(f"best epoch {state.best_epoch}: val acc {summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"

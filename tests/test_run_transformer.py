@@ -49,6 +49,22 @@ def test_cli_run_writes_every_output(tmp_path, tiny_benchmark, capsys):
     assert "epoch   1" in out and "val loss" in out
 
 
+def floats(obj):
+    """Every float in a parsed JSON object."""
+    if isinstance(obj, float):
+        return [obj]
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else []
+    return [x for v in values for x in floats(v)]
+
+
+def test_summary_json_carries_no_float32_noise(tmp_path, tiny_benchmark):
+    """Scores computed in float32 are written with the digits they have (six significant ones), not as
+    0.9860000014305115."""
+    summary = json.loads((train(tmp_path, tiny_benchmark) / "summary.json").read_text())
+    noisy = [x for x in floats(summary) if float(f"{x:.6g}") != x]
+    assert not noisy and len(floats(summary)) > 20, noisy
+
+
 def test_explicit_channels_keep_the_confounder_and_the_model_follows(tmp_path, tiny_benchmark):
     run_dir = train(tmp_path, tiny_benchmark, "--channels", "density,recording_date", "--model", "cnn")
     checkpoint = torch.load(run_dir / "best.pt", weights_only=True)

@@ -20,7 +20,7 @@ import synthetic
 from checkpoints import load_checkpoint, trained_model
 from config import UserError, config_from_dict
 from data import read_split, to_tensor
-from fileio import write_json
+from fileio import rounded, write_json
 from metrics import scores
 from train import predict_logits, tta_shifts
 
@@ -80,5 +80,4 @@ def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]
     labels = torch.from_numpy(split.labels).float()
     result = scores(torch.sigmoid(logits), labels)
     correct = ((logits > 0).float() == labels).numpy()
-    return {"acc": result["acc"], "loss": result["loss"], "auc": result["auc"], "n": len(labels),
-            "bayes_acc": bayes_accuracy(path), "correct": pack(correct)}
+    return {**rounded(result), "n": len(labels), "bayes_acc": bayes_accuracy(path), "correct": pack(correct)}
