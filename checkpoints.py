@@ -21,13 +21,21 @@ from fileio import unreadable
 from train import Training, TrainState, build_model
 
 
-def checkpoint(training: Training, state: TrainState, cfg: Config, data: DeviceData) -> dict[str, Any]:
-    """Everything needed to resume exactly, or to predict without the training data."""
+def checkpoint(training: Training, state: TrainState, cfg: Config, data: DeviceData,
+               attempt_seconds: list[float | None]) -> dict[str, Any]:
+    """Everything needed to resume exactly, or to predict without the training data; `attempt_seconds`: how long
+    each attempt (the first run, then each --resume) has worked on the run so far (None: not recorded)."""
     return {"model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
             "scheduler": training.scheduler.state_dict(), "train_state": dataclasses.asdict(state),
             "config": dataclasses.asdict(cfg), "stats": data.stats, "image_size": data.image_size,
-            "rng": torch.get_rng_state(),
+            "rng": torch.get_rng_state(), "attempt_seconds": attempt_seconds,
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def earlier_attempts(resumed: Resumed | None) -> list[float | None]:
+    """The time each earlier attempt worked on a resumed run ([] for a new run); a checkpoint written before
+    attempts were timed counts as one attempt of unknown time."""
+    return [] if resumed is None else list(resumed.payload.get("attempt_seconds", [None]))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

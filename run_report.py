@@ -199,6 +199,16 @@ def before_after(row: dict[str, Any], key: str, show=percent) -> str:
     return f"{show(row[key]['before'])} → {show(row[key]['after'])}" if key in row else "–"
 
 
+def wall_time_text(summary: dict[str, Any]) -> str:
+    """The run's wall time: `85.2 s` in one attempt, or after a resume the total and each attempt's,
+    `651.0 s over 2 attempts (612.0 s, 39.0 s)`."""
+    attempts = summary["attempt_seconds"]
+    if len(attempts) < 2:
+        return f"{summary['wall_time_s']} s"
+    each = ", ".join("not recorded" if t is None else f"{t} s" for t in attempts)
+    return f"{summary['wall_time_s']} s over {len(attempts)} attempts ({each})"
+
+
 def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
     """report.md: the summary numbers and every figure of the run, so that one file tells the story."""
     cal = summary["calibration"]
@@ -206,7 +216,7 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
     bayes = summary.get("bayes_accuracy", {})
     lines = [f"# Run {Path(run_dir).name}", "",
              f"Data: {summary['data_source']} (channels {', '.join(summary['channels'])}); best epoch "
-             f"{summary['best_epoch']} of {summary['epochs_run']} run; {summary['wall_time_s']} s."
+             f"{summary['best_epoch']} of {summary['epochs_run']} run; {wall_time_text(summary)}."
              + (f" Training diverged: {summary['diverged']}." if summary.get("diverged") else ""), "",
              "| | validation | test |", "|---|---|---|",
              f"| accuracy | {percent(summary['val_acc'])} | {percent(summary.get('test_acc'))} |",

@@ -23,7 +23,8 @@ import torch
 
 import distributed
 import synthetic
-from checkpoints import Resumed, checkpoint, load_checkpoint, restore_training, resume_config
+from checkpoints import (Resumed, checkpoint, earlier_attempts, load_checkpoint, restore_training,
+                         resume_config)
 from cli import exit_code
 from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, fields_with, flag)
 from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, choose_channels, find_confounders, load_splits,
@@ -162,6 +163,11 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
                         f"processes; use fewer processes")
     training = build_training(cfg, len(info["channels"]), data.image_size, len(data.x["train"]), device)
 
+    earlier = earlier_attempts(resume_from)
+
+    def saved(state: TrainState) -> dict[str, Any]:  # with the time of every attempt so far, this one's too
+        return checkpoint(training, state, cfg, data, [*earlier, round(time.time() - start, 1)])
+
     if resume_from:
         run_dir = resume_from.run_dir
         check_same_data(run_dir, info["files"])
@@ -170,7 +176,7 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
     else:
         run_dir, state = new_run_folder(cfg, info, device, main_rank), TrainState()
         if main_rank:  # resumable from the first step on
-            save_torch(run_dir / "last.pt", checkpoint(training, state, cfg, data))
+            save_torch(run_dir / "last.pt", saved(state))
     if distributed.world() > 1:  # identical weights on every rank, but each rank its own dropout masks
         torch.manual_seed(cfg.seed + 1_000_003 * (distributed.rank() + 1) + state.epoch)
     ranks = f" on each of {distributed.world()} processes" if distributed.world() > 1 else ""
@@ -179,9 +185,9 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
 
     def on_epoch(state: TrainState, improved: bool) -> None:
         if main_rank:
-            save_epoch(run_dir, checkpoint(training, state, cfg, data), state, improved)
+            save_epoch(run_dir, saved(state), state, improved)
 
-    outputs = Outputs(run_dir, cfg, data, info, log, start)
+    outputs = Outputs(run_dir, cfg, data, info, log, start, earlier)
     with resumable(run_dir, state, cfg):
         try:
             fit(training, data, cfg, state, on_epoch, log, progress)
@@ -241,13 +247,15 @@ def predict_after_divergence(e: Diverged, outputs: Outputs, model: torch.nn.Modu
 
 @dataclass(frozen=True)
 class Outputs:
-    """Where and for what finish writes: the run folder, the config and data it ran on, its log and start."""
+    """Where and for what finish writes: the run folder, the config and data it ran on, its log, the start of
+    this attempt and the time of the earlier ones (checkpoints.earlier_attempts)."""
     run_dir: Path
     cfg: Config
     data: DeviceData
     info: dict[str, Any]
     log: Log
     start: float
+    earlier: list[float | None]
 
 
 def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged: str = "") -> dict[str, Any]:
@@ -273,8 +281,8 @@ def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged
                "epochs_run": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": state.best_loss,
                "val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"],
                "final_train_loss": final.get("train_loss"), "final_train_acc": final.get("train_acc"),
-               "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - outputs.start, 1),
-               "diverged": diverged}
+               "final_gap_acc": final.get("gap_acc"), "diverged": diverged}
+    summary.update(wall_time(outputs.earlier, time.time() - outputs.start))
     if data.y["test"] is not None:  # uncalibrated, as val_loss: comparable across runs and with metrics.csv
         test = scores(torch.sigmoid(torch.from_numpy(logits["test"])), data.y["test"].cpu())
         summary.update({"test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"]})
@@ -293,6 +301,12 @@ def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged
     if learned_nothing(summary, data.y["valid"]):
         outputs.log(nothing_learned_hint(cfg))
     return summary
+
+
+def wall_time(earlier: list[float | None], this_attempt: float) -> dict[str, Any]:
+    """Summary keys: the run's wall time over all its attempts, and each attempt's (None: not recorded)."""
+    attempts = [*earlier, round(this_attempt, 1)]
+    return {"wall_time_s": round(sum(t for t in attempts if t is not None), 1), "attempt_seconds": attempts}
 
 
 def nothing_learned_hint(cfg: Config) -> str:

@@ -254,6 +254,30 @@ def test_resume_refuses_a_run_whose_data_changed(tiny_data, tmp_path, monkeypatc
     assert run_transformer.main(["--resume", str(run_dir)]) == 0 and len(rows(run_dir)) == 2
 
 
+def test_a_resumed_run_reports_the_wall_time_of_all_its_attempts(tiny_data, tmp_path, monkeypatch, capsys):
+    """Each checkpoint records how long every attempt has worked on the run; the summary and report.md give the
+    total and the attempts, not the last attempt's time alone."""
+    evaluate = train.evaluate
+
+    def evaluate_then_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # caught by fit's StopFlag: the run stops after this epoch
+        return evaluate(*args, **kwargs)
+    monkeypatch.setattr(train, "evaluate", evaluate_then_ctrl_c)
+    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "2")) == 130
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    run_dir = only_run(tmp_path)
+    payload = torch.load(run_dir / "last.pt", weights_only=True)
+    [first] = payload["attempt_seconds"]
+    assert 0 < first < 600
+    payload["attempt_seconds"] = [600.0]  # as if the first attempt had trained for ten minutes
+    torch.save(payload, run_dir / "last.pt")
+    assert run_transformer.main(["--resume", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    [earlier, last] = summary["attempt_seconds"]
+    assert earlier == 600.0 and 0 < last < 600 and summary["wall_time_s"] == pytest.approx(600.0 + last, abs=0.11)
+    assert f"{summary['wall_time_s']} s over 2 attempts (600.0 s, {last} s)" in (run_dir / "report.md").read_text()
+
+
 def test_a_run_saved_before_init_pool_and_views_existed_predicts_and_resumes_as_it_ran(tiny_data, tmp_path,
                                                                                       capsys):
     """Old checkpoints hold no init, pool, augment, tta or tta_shifts: they ran with the DeiT init, the CLS token
