@@ -18,7 +18,6 @@ from fileio import unreadable
 
 SPLIT_FILES = {"train": "train.hdf5", "valid": "valid.hdf5", "test": "test_no_labels.hdf5"}
 ANSWER_FILE = "test_labels.hdf5"  # optional answer key beside the test file (the built-in benchmark has one)
-KEYS = ("density", "recording_date", "labels")
 
 
 @dataclass
@@ -43,11 +42,14 @@ def _memory_bytes() -> int:
         return 1 << 62
 
 
-def _dataset(h5: h5py.File, key: str, path: Path) -> h5py.Dataset:
+def _dataset(h5: h5py.File, key: str, path: Path, needs: str) -> h5py.Dataset:
+    """Dataset `key` of `path`; missing, one line that lists what is there and says what the caller `needs`,
+    and points out a key that differs only in case."""
     if key not in h5 or not isinstance(h5[key], h5py.Dataset):
         found = ", ".join(sorted(h5.keys())) or "none"
-        raise UserError(f"{path} has no dataset '{key}' (found: {found}); each split needs "
-                        f"{', '.join(KEYS)}")
+        near = [k for k in sorted(h5.keys()) if k.lower() == key.lower()]
+        hint = f"; its '{near[0]}' differs only in case: rename it to '{key}'" if near else ""
+        raise UserError(f"{path} has no dataset '{key}' (found: {found}); {needs}{hint}")
     ds = h5[key]
     if ds.dtype.kind not in "biuf":
         raise UserError(f"{path}: dataset '{key}' holds {ds.dtype} values, expected numbers")
@@ -92,7 +94,8 @@ def _read_arrays(path: Path, name: str, keys: tuple[str, ...], optional: tuple[s
     h5 = open_hdf5(path, f"{path} is not a readable HDF5 file (truncated or another format); copy it again")
     try:
         with h5:
-            datasets = {key: _dataset(h5, key, path) for key in keys if key not in optional or key in h5}
+            needs = f"the {name} file needs {', '.join(k for k in keys if k not in optional)}"
+            datasets = {key: _dataset(h5, key, path, needs) for key in keys if key not in optional or key in h5}
             _check_shapes(path, name, {key: ds.shape for key, ds in datasets.items()})
             # A damaged header can declare an enormous dataset: refuse it rather than swap or be killed.
             if sum(ds.size * 4 for ds in datasets.values()) > _memory_bytes():
@@ -142,7 +145,7 @@ def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
     h5 = open_hdf5(path, f"{path} (the test answer key) is not a readable HDF5 file; delete or replace it")
     try:
         with h5:
-            labels = np.asarray(_dataset(h5, "labels", path)[()]).reshape(-1)
+            labels = np.asarray(_dataset(h5, "labels", path, "the answer key needs labels")[()]).reshape(-1)
     except UserError:
         raise
     except Exception as e:

@@ -60,9 +60,9 @@ def write_probabilities(path: str | Path, probabilities: np.ndarray, drift_flags
     where the sample lies outside the training data's range (drift.py)."""
     p = np.asarray(probabilities)
     if drift_flags is None:
-        lines = ["index,probability,label"] + [f"{i},{v:.6f},{int(v > 0.5)}" for i, v in enumerate(p)]
+        lines = ["index,probability,predicted_label"] + [f"{i},{v:.6f},{int(v > 0.5)}" for i, v in enumerate(p)]
     else:
-        lines = ["index,probability,label,drift_flag"]
+        lines = ["index,probability,predicted_label,drift_flag"]
         lines += [f"{i},{v:.6f},{int(v > 0.5)},{int(f)}" for i, (v, f) in enumerate(zip(p, drift_flags))]
     return write_text(path, "\n".join(lines) + "\n")
 

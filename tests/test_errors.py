@@ -98,7 +98,8 @@ CASES: dict[str, tuple[Setup, list[str]]] = {
     "truncated": (lambda d, tmp, run: (d / "test_no_labels.hdf5").write_bytes(
         (d / "test_no_labels.hdf5").read_bytes()[:60_000]) and [], ["test_no_labels.hdf5", "copy it again"]),
     "key-missing": (lambda d, tmp, run: delete(d / "valid.hdf5", "labels") or [],
-                    ["has no dataset 'labels'", "found: density, recording_date"]),
+                    ["has no dataset 'labels'", "found: density, recording_date",
+                     "the valid file needs density, recording_date, labels"]),
     "labels-shorter": (lambda d, tmp, run: replace(d / "train.hdf5", labels=read(d / "train.hdf5", "labels")[:-3])
                        or [], ["density has 400 samples but labels has 397"]),
     "channels-disagree": (lambda d, tmp, run: replace(d / "valid.hdf5", recording_date=np.zeros((100, 20, 20),
@@ -203,6 +204,21 @@ def test_the_command_line_prints_exactly_one_line_and_no_traceback(pristine, tmp
     assert proc.returncode == 2
     assert proc.stderr == f"error: {data / 'valid.hdf5'}: density in the valid split has 7 NaN and 0 infinite " \
                           f"values (of 78400); clean the data or drop those samples\n"
+
+
+def test_predict_names_what_the_model_reads_and_a_key_that_differs_only_in_case(pristine, trained_run, tmp_path,
+                                                                               capsys):
+    """A file for --predict needs only the model's channels (no labels, no channel the model leaves out); a key
+    spelled with other capitals is pointed out."""
+    new = Path(shutil.copy(pristine / "valid.hdf5", tmp_path / "new.hdf5"))
+    with h5py.File(new, "a") as h5:
+        h5.move("density", "Density")
+    rc, err = main_result(["--predict", str(trained_run), "--input", str(new), "--output", str(tmp_path / "p.txt")],
+                          capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.strip() == (f"error: {new} has no dataset 'density' (found: Density, labels, recording_date); the "
+                           f"input file needs density; its 'Density' differs only in case: rename it to 'density'")
+    assert not (tmp_path / "p.txt").exists()
 
 
 # ---- a file held open by another program ------------------------------------------------------------------

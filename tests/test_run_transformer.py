@@ -85,16 +85,19 @@ def test_two_runs_never_share_a_folder(tmp_path, tiny_benchmark):
 
 
 @pytest.mark.parametrize("flags", [[], ["--no-whiten"], ["--pool", "mean", "--augment", "--tta", "--tta-shifts", "4"]])
-def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, flags):
+def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, flags, capsys):
     """--predict rebuilds what the run trained with: input whitening, pooling and test-time views."""
     run_dir = train(tmp_path, tiny_benchmark, *flags)
     output = tmp_path / "new" / "pred.txt"
     argv = ["--predict", str(run_dir), "--input", str(tiny_benchmark / "valid.hdf5"), "--output", str(output)]
+    capsys.readouterr()
     assert run_transformer.main(argv) == 0
     lines = output.read_text().splitlines()
     assert len(lines) == 100 and set(lines) <= {"0", "1"}
+    ones = lines.count("1")
+    assert capsys.readouterr().out.startswith(f"100 predictions ({ones} of state 1, {100 - ones} of state 0) -> ")
     rows = output.with_suffix(".csv").read_text().splitlines()
-    assert rows[0] == "index,probability,label,drift_flag" and len(rows) == 101
+    assert rows[0] == "index,probability,predicted_label,drift_flag" and len(rows) == 101
     probs = np.array([float(r.split(",")[1]) for r in rows[1:]])
     labels = np.array([r.split(",")[2] for r in rows[1:]])
     assert (labels == np.array(lines)).all()
