@@ -18,17 +18,26 @@ import torch
 from config import EXPERIMENT, MODEL, OPTIMIZER, SAMPLING, Config, UserError, config_from_dict, fields_with, flag
 from data import DeviceData
 from symmetry import SymmetryPlan
+from fileio import unreadable
 from train import Training, TrainState, build_model
 
 
-def checkpoint(training: Training, state: TrainState, cfg: Config, data: DeviceData) -> dict[str, Any]:
-    """Everything needed to resume exactly, or to predict without the training data."""
+def checkpoint(training: Training, state: TrainState, cfg: Config, data: DeviceData,
+               attempt_seconds: list[float | None]) -> dict[str, Any]:
+    """Everything needed to resume exactly, or to predict without the training data; `attempt_seconds`: how long
+    each attempt (the first run, then each --resume) has worked on the run so far (None: not recorded)."""
     return {"model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
             "scheduler": training.scheduler.state_dict(), "train_state": dataclasses.asdict(state),
             "config": dataclasses.asdict(cfg), "stats": data.stats, "image_size": data.image_size,
             "symmetry": data.symmetry.to_dict(),
-            "rng": torch.get_rng_state(),
+            "rng": torch.get_rng_state(), "attempt_seconds": attempt_seconds,
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def earlier_attempts(resumed: Resumed | None) -> list[float | None]:
+    """The time each earlier attempt worked on a resumed run ([] for a new run); a checkpoint written before
+    attempts were timed counts as one attempt of unknown time."""
+    return [] if resumed is None else list(resumed.payload.get("attempt_seconds", [None]))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -38,8 +47,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         with warnings.catch_warnings():  # torch warns about odd pickles before failing: one line is enough
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise UserError(f"{path} is not a checkpoint written by run_transformer.py (or it is damaged)")
+    except Exception as e:
+        raise unreadable(path, e) or UserError(f"{path} is not a checkpoint written by run_transformer.py (or it is "
+                                               f"damaged)") from None
     if not isinstance(payload, dict) or not {"model", "config", "stats"} <= payload.keys():
         raise UserError(f"{path} is not a checkpoint written by run_transformer.py")
     return payload

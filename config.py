@@ -182,7 +182,16 @@ class Parser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after each flag's help; the module docstring (the usage examples) kept as written."""
+    """Defaults shown after each flag's help; the module docstring (the usage examples) kept as written.
+
+    A flag whose default is no value ('', None, an empty collection) gets none appended: its help says what
+    happens when it is not given, and `(default: )` would say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default = action.default
+        if default is None or (isinstance(default, (str, dict, list, tuple)) and not default):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None,

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from config import CHANNEL_NAMES, UserError
+from fileio import unreadable
 from symmetry import SymmetryPlan, spectrum_view
 
 SPLIT_FILES = {"train": "train.hdf5", "valid": "valid.hdf5", "test": "test_no_labels.hdf5"}
 ANSWER_FILE = "test_labels.hdf5"  # optional answer key beside the test file (the built-in benchmark has one)
-KEYS = ("density", "recording_date", "labels")
 
 
 @dataclass
@@ -43,11 +43,14 @@ def _memory_bytes() -> int:
         return 1 << 62
 
 
-def _dataset(h5: h5py.File, key: str, path: Path) -> h5py.Dataset:
+def _dataset(h5: h5py.File, key: str, path: Path, needs: str) -> h5py.Dataset:
+    """Dataset `key` of `path`; missing, one line that lists what is there and says what the caller `needs`,
+    and points out a key that differs only in case."""
     if key not in h5 or not isinstance(h5[key], h5py.Dataset):
         found = ", ".join(sorted(h5.keys())) or "none"
-        raise UserError(f"{path} has no dataset '{key}' (found: {found}); each split needs "
-                        f"{', '.join(KEYS)}")
+        near = [k for k in sorted(h5.keys()) if k.lower() == key.lower()]
+        hint = f"; its '{near[0]}' differs only in case: rename it to '{key}'" if near else ""
+        raise UserError(f"{path} has no dataset '{key}' (found: {found}); {needs}{hint}")
     ds = h5[key]
     if ds.dtype.kind not in "biuf":
         raise UserError(f"{path}: dataset '{key}' holds {ds.dtype} values, expected numbers")
@@ -75,18 +78,25 @@ def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> 
         raise UserError(f"{path}: channel shapes differ ({', '.join(f'{k} {v}' for k, v in channels.items())})")
 
 
+def open_hdf5(path: Path, damaged: str) -> h5py.File:
+    """`path` opened for reading. A failure is one UserError line: the file is in use or not readable
+    (fileio.unreadable), else `damaged`, the caller's words for a file that HDF5 cannot parse."""
+    try:
+        return h5py.File(path, "r")
+    except Exception as e:
+        raise unreadable(path, e) or UserError(damaged) from None
+
+
 def _read_arrays(path: Path, name: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()
                  ) -> dict[str, np.ndarray]:
     """The named datasets of one HDF5 file (`optional` ones only if present), shapes checked first. h5py
     reports damage with many exception types (OSError, KeyError, RuntimeError, ValueError, ...): every one of
     them becomes one UserError line."""
-    try:
-        h5 = h5py.File(path, "r")
-    except Exception:
-        raise UserError(f"{path} is not a readable HDF5 file (truncated or another format); copy it again")
+    h5 = open_hdf5(path, f"{path} is not a readable HDF5 file (truncated or another format); copy it again")
     try:
         with h5:
-            datasets = {key: _dataset(h5, key, path) for key in keys if key not in optional or key in h5}
+            needs = f"the {name} file needs {', '.join(k for k in keys if k not in optional)}"
+            datasets = {key: _dataset(h5, key, path, needs) for key in keys if key not in optional or key in h5}
             _check_shapes(path, name, {key: ds.shape for key, ds in datasets.items()})
             # A damaged header can declare an enormous dataset: refuse it rather than swap or be killed.
             if sum(ds.size * 4 for ds in datasets.values()) > _memory_bytes():
@@ -133,9 +143,10 @@ def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
     path = data_dir / ANSWER_FILE
     if not path.is_file():
         return None
+    h5 = open_hdf5(path, f"{path} (the test answer key) is not a readable HDF5 file; delete or replace it")
     try:
-        with h5py.File(path, "r") as h5:
-            labels = np.asarray(_dataset(h5, "labels", path)[()]).reshape(-1)
+        with h5:
+            labels = np.asarray(_dataset(h5, "labels", path, "the answer key needs labels")[()]).reshape(-1)
     except UserError:
         raise
     except Exception as e:

@@ -1,6 +1,7 @@
 """Writing files so that a kill at any moment leaves either the old complete file or the new one."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -21,6 +22,18 @@ def _reason(path: Path, e: OSError) -> str:
     """Why `path` cannot be written, in words: a file standing where a folder should be is named."""
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     return f"{blocker} is a file, not a folder" if blocker else (e.strerror or str(e))
+
+
+def unreadable(path: str | Path, e: BaseException) -> UserError | None:
+    """The one line for a file that could not be opened for reading because of something around it, not in it:
+    a lock that another program holds (HDF5 reports it), or no read permission; None for any other failure,
+    which the caller words (a damaged file)."""
+    if "unable to lock file" in str(e) or (isinstance(e, OSError) and e.errno == errno.EAGAIN):
+        return UserError(f"{path} is in use by another program (HDF5 could not lock it: a program such as a "
+                         f"notebook holds it open for writing); close it there, then run again")
+    if isinstance(e, PermissionError):
+        return UserError(f"{path} cannot be read: permission denied; give yourself read access to it")
+    return None
 
 
 class WriteFailed(UserError):
@@ -57,6 +70,22 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+SIGNIFICANT_DIGITS = 6  # of every score written, JSON or CSV: a float32 score has about 7, the rest is noise
+
+
+def rounded(obj: Any) -> Any:
+    """`obj` (dicts, lists, numbers, strings) with every float rounded to SIGNIFICANT_DIGITS significant digits,
+    so that a float32 accuracy is written as 0.986, not 0.9860000014305115. For scores only: settings and
+    timestamps are written as they are."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{SIGNIFICANT_DIGITS}g}")
+    if isinstance(obj, dict):
+        return {key: rounded(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(value) for value in obj]
+    return obj
 
 
 def write_text(path: str | Path, text: str) -> Path:

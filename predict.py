@@ -56,8 +56,9 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
     write_predictions(path, probs)
     write_probabilities(csv_path, probs, None if checked is None else checked.flags)
     flagged = "no drift check" if checked is None else f"drift check: {checked.share:.1%} flagged"
-    log(f"{len(probs)} predictions ({int((probs > 0.5).sum())} new state) -> {path} and {csv_path} (temperature "
-        f"{temperature:.3g}; {flagged})")
+    ones = int((probs > 0.5).sum())
+    log(f"{len(probs)} predictions ({ones} of state 1, {len(probs) - ones} of state 0) -> {path} and {csv_path} "
+        f"(temperature {temperature:.3g}; {flagged})")
     if checked is not None and checked.warn:
         log(drift.warning_line(checked, str(source)))
     return path

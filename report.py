@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fileio import atomic_write, write_text
+from fileio import atomic_write, rounded, write_text
 
 METRIC_COLUMNS = ("epoch", "lr", "train_objective", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc",
                   "val_views", "gap_acc", "gap_loss")
@@ -19,7 +19,7 @@ def write_metrics_csv(path: str | Path, history: list[dict[str, float]]) -> Path
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow(rounded(row))
     return write_text(path, buffer.getvalue())
 
 
@@ -62,9 +62,9 @@ def write_probabilities(path: str | Path, probabilities: np.ndarray, drift_flags
     where the sample lies outside the training data's range (drift.py)."""
     p = np.asarray(probabilities)
     if drift_flags is None:
-        lines = ["index,probability,label"] + [f"{i},{v:.6f},{int(v > 0.5)}" for i, v in enumerate(p)]
+        lines = ["index,probability,predicted_label"] + [f"{i},{v:.6f},{int(v > 0.5)}" for i, v in enumerate(p)]
     else:
-        lines = ["index,probability,label,drift_flag"]
+        lines = ["index,probability,predicted_label,drift_flag"]
         lines += [f"{i},{v:.6f},{int(v > 0.5)},{int(f)}" for i, (v, f) in enumerate(zip(p, drift_flags))]
     return write_text(path, "\n".join(lines) + "\n")
 

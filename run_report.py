@@ -23,7 +23,7 @@ import reference
 import synthetic
 from config import Config
 from data import SPLIT_FILES, DeviceData, RawSplit, read_split
-from fileio import write_text
+from fileio import rounded, write_text
 from report import plot_drift, plot_reliability, plot_roc_and_confusion, plot_sensitivity
 from sensitivity import (SENSITIVITY_IMAGES, bayes_sensitivity, channel_importance, map_correlation,
                          mode_sensitivity)
@@ -62,8 +62,9 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     `logits`: its (view-averaged) logits of the validation and test splits."""
     labels = {name: None if data.y[name] is None else data.y[name].cpu().numpy() for name in ("train", "valid", "test")}
     prior = calibration.reference_prior(data.symmetry.swaps, labels["train"])
-    temperature = calibration.fit_temperature(logits["valid"], labels["valid"],
-                                              calibration.prior_weights(labels["valid"], prior))
+    # with the digits of every written score (fileio.rounded): best.pt and summary.json hold the same T
+    temperature = rounded(calibration.fit_temperature(logits["valid"], labels["valid"],
+                                                      calibration.prior_weights(labels["valid"], prior)))
     yardstick, yard_summary, yard_note = compare_with_reference(data, logits, cfg.seed)
     raw = {name: read_raw(info, name) for name in ("train", "valid", "test")}
     llr = ({name: synthetic.bayes_log_likelihood_ratio(raw[name]["density"]) for name in ("valid", "test")}
@@ -245,6 +246,16 @@ def before_after(row: dict[str, Any], key: str, show=percent) -> str:
     return f"{show(row[key]['before'])} → {show(row[key]['after'])}" if key in row else "–"
 
 
+def wall_time_text(summary: dict[str, Any]) -> str:
+    """The run's wall time: `85.2 s` in one attempt, or after a resume the total and each attempt's,
+    `651.0 s over 2 attempts (612.0 s, 39.0 s)`."""
+    attempts = summary["attempt_seconds"]
+    if len(attempts) < 2:
+        return f"{summary['wall_time_s']} s"
+    each = ", ".join("not recorded" if t is None else f"{t} s" for t in attempts)
+    return f"{summary['wall_time_s']} s over {len(attempts)} attempts ({each})"
+
+
 def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
     """report.md: the summary numbers and every figure of the run, so that one file tells the story."""
     cal = summary["calibration"]
@@ -255,7 +266,7 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
     views = summary["views"]
     lines = [f"# Run {Path(run_dir).name}", "",
              f"Data: {data} (channels {', '.join(summary['channels'])}); best epoch {summary['best_epoch']} of "
-             f"{summary['epochs_run']} run; {summary['wall_time_s']} s."
+             f"{summary['epochs_run']} run; {wall_time_text(summary)}."
              + (f" Training diverged: {summary['diverged']}." if summary.get("diverged") else ""), "",
              f"Scores of the best epoch's model with all {views} test-time view{'s' * (views > 1)} per image (the "
              f"learning curves' validation uses the views of --epoch-views).", "",

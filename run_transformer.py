@@ -23,14 +23,15 @@ import torch
 
 import distributed
 import synthetic
-from checkpoints import Resumed, checkpoint, load_checkpoint, restore_training, resume_config, saved_plan
+from checkpoints import (Resumed, checkpoint, earlier_attempts, load_checkpoint, restore_training,
+                         resume_config, saved_plan)
 from cli import exit_code
 from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, fields_with, flag)
 import symmetry
 from data import (ANSWER_FILE, SPLIT_FILES, DeviceData, RawSplit, choose_channels, find_confounders, load_splits,
                   read_answer_key, to_device)
-from fileio import (WriteFailed, changed_files, check_writable, fingerprint, fresh_directory, save_torch,
-                    write_json)
+from fileio import (WriteFailed, changed_files, check_writable, fingerprint, fresh_directory, rounded,
+                    save_torch, write_json)
 from metrics import scores
 from predict import predict_file
 from provenance import provenance
@@ -198,6 +199,11 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
                         f"processes; use fewer processes")
     training = build_training(cfg, len(info["channels"]), data.image_size, len(data.x["train"]), device)
 
+    earlier = earlier_attempts(resume_from)
+
+    def saved(state: TrainState) -> dict[str, Any]:  # with the time of every attempt so far, this one's too
+        return checkpoint(training, state, cfg, data, [*earlier, round(time.time() - start, 1)])
+
     if resume_from:
         run_dir = resume_from.run_dir
         check_same_data(run_dir, info["files"])
@@ -206,7 +212,7 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
     else:
         run_dir, state = new_run_folder(cfg, info, device, main_rank), TrainState()
         if main_rank:  # resumable from the first step on
-            save_torch(run_dir / "last.pt", checkpoint(training, state, cfg, data))
+            save_torch(run_dir / "last.pt", saved(state))
     if distributed.world() > 1:  # identical weights on every rank, but each rank its own dropout masks
         torch.manual_seed(cfg.seed + 1_000_003 * (distributed.rank() + 1) + state.epoch)
     ranks = f" on each of {distributed.world()} processes" if distributed.world() > 1 else ""
@@ -215,9 +221,9 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
 
     def on_epoch(state: TrainState, improved: bool) -> None:
         if main_rank:
-            save_epoch(run_dir, checkpoint(training, state, cfg, data), state, improved)
+            save_epoch(run_dir, saved(state), state, improved)
 
-    outputs = Outputs(run_dir, cfg, data, info, log, start)
+    outputs = Outputs(run_dir, cfg, data, info, log, start, earlier)
     with resumable(run_dir, state, cfg):
         try:
             fit(training, data, cfg, state, on_epoch, log, progress)
@@ -277,13 +283,15 @@ def predict_after_divergence(e: Diverged, outputs: Outputs, model: torch.nn.Modu
 
 @dataclass(frozen=True)
 class Outputs:
-    """Where and for what finish writes: the run folder, the config and data it ran on, its log and start."""
+    """Where and for what finish writes: the run folder, the config and data it ran on, its log, the start of
+    this attempt and the time of the earlier ones (checkpoints.earlier_attempts)."""
     run_dir: Path
     cfg: Config
     data: DeviceData
     info: dict[str, Any]
     log: Log
     start: float
+    earlier: list[float | None]
 
 
 def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged: str = "") -> dict[str, Any]:
@@ -310,17 +318,17 @@ def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged
                "epochs_run": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": state.best_loss,
                "val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"],
                "final_train_loss": final.get("train_loss"), "final_train_acc": final.get("train_acc"),
-               "final_gap_acc": final.get("gap_acc"), "wall_time_s": round(time.time() - outputs.start, 1),
-               "diverged": diverged, "views": views.count() if views else 1, "data_dir": info["data_dir"],
-               "symmetry": info["symmetry"]}
+               "final_gap_acc": final.get("gap_acc"), "diverged": diverged, "views": views.count() if views else 1,
+               "data_dir": info["data_dir"], "symmetry": info["symmetry"]}
+    summary.update(wall_time(outputs.earlier, time.time() - outputs.start))
     if data.y["test"] is not None:  # uncalibrated, as val_loss: comparable across runs and with metrics.csv
         test = scores(torch.sigmoid(torch.from_numpy(logits["test"])), data.y["test"].cpu())
         summary.update({"test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"]})
     if "bayes_accuracy" in info:
         summary["bayes_accuracy"] = info["bayes_accuracy"]
-    summary.update(trust.summary)
-    write_json(run_dir / "summary.json", summary)
+    summary = rounded({**summary, **trust.summary})
     write_page(run_dir, summary)
+    write_json(run_dir / "summary.json", summary)  # last: a run folder with it holds all the run's results
     outputs.log(f"best epoch {state.best_epoch}, scored with all {summary['views']} view(s) per image: val acc "
             f"{summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
             + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
@@ -332,6 +340,12 @@ def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged
     if learned_nothing(summary, data.y["valid"]):
         outputs.log(nothing_learned_hint(cfg))
     return summary
+
+
+def wall_time(earlier: list[float | None], this_attempt: float) -> dict[str, Any]:
+    """Summary keys: the run's wall time over all its attempts, and each attempt's (None: not recorded)."""
+    attempts = [*earlier, round(this_attempt, 1)]
+    return {"wall_time_s": round(sum(t for t in attempts if t is not None), 1), "attempt_seconds": attempts}
 
 
 def nothing_learned_hint(cfg: Config) -> str:
@@ -375,7 +389,8 @@ def build_command_parser() -> Parser:
                      "checkpoint of this run folder")
     modes.add_argument("--input", metavar="FILE", default="", help="with --predict: the HDF5 file to classify")
     modes.add_argument("--output", metavar="FILE", default="", help="with --predict: where to write the 0/1 "
-                       "predictions (a .csv of probabilities goes beside it; default: in the run folder)")
+                       "predictions (a .csv of probabilities goes beside it; default: predictions-NAME.txt in the "
+                       "run folder, NAME that of --input)")
     return parser
 
 
@@ -396,6 +411,31 @@ def parse_command(argv: list[str]) -> tuple[dict[str, Any], Command]:
     return {name: value for name, value in parsed.items() if value is not UNSET}, command
 
 
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """run_dir/summary.json, or None when it is missing or damaged (the run's results are then incomplete)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return summary if isinstance(summary, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def finished_line(run_dir: Path, cfg: Config, state: TrainState, summary: dict[str, Any] | None) -> str:
+    """The line --resume prints for a run with nothing to resume, else "": with `cfg` the loop would run no
+    epoch after `state`, and the results of that state were written (`summary`, from summary.json)."""
+    if state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
+        return ""
+    if summary is None or summary.get("epochs_run") != state.epoch:
+        return ""
+    if state.epoch >= cfg.epochs:
+        how = f"{state.epoch} of {cfg.epochs} epochs"
+    else:
+        how = (f"stopped early after epoch {state.epoch} of {cfg.epochs}, {state.bad_epochs} without a better "
+               f"validation loss; a larger --patience trains on")
+    return (f"nothing to resume: {run_dir} finished ({how}; best epoch {state.best_epoch}); its results are "
+            f"{run_dir}/report.md, summary.json and predictions.txt")
+
+
 def resume_hint(e: Interrupted) -> str:
     return "" if isinstance(e, ResumableInterrupt) else "nothing to resume yet: run the same command again"
 
@@ -410,7 +450,12 @@ def main(argv: list[str] | None = None) -> int:
             predict_file(Path(command.predict), command.input, command.output, typed.get("device", Config.device))
         elif command.resume:
             cfg, resumed = resume_config(Path(command.resume), typed)
-            run(cfg, resume_from=resumed)
+            state = TrainState(**resumed.payload["train_state"])
+            done = finished_line(resumed.run_dir, cfg, state, read_summary(resumed.run_dir))
+            if not done:
+                run(cfg, resume_from=resumed)
+            elif distributed.is_main():
+                print(done)
         else:
             run(Config(**typed))
     return exit_code(body, resume_hint)

@@ -89,3 +89,22 @@ def test_add_config_flags_shares_checks_and_lets_an_entry_point_change_defaults(
                                       "0); see --help\n"
     with pytest.raises(AssertionError, match="not Config fields"):
         add_config_flags(Parser(), ("emb_dims",))
+
+
+def test_help_shows_a_default_only_where_there_is_one_to_show():
+    """An empty or unset default ('', None, {}) reads as `(default: )` or `(default: None)`: the help text says
+    what happens instead, so nothing is appended; real defaults, 0 and False among them, still show."""
+    from config import HelpFormatter
+    parser = Parser(formatter_class=HelpFormatter)
+    for name, default in (("empty", ""), ("unset", None), ("no-map", {}), ("zero", 0), ("rate", 0.05)):
+        parser.add_argument(f"--{name}", default=default, help=f"the {name} flag")
+    parser.add_argument("--flag", action="store_true", help="a switch")
+    text = " ".join(parser.format_help().split())
+    for name in ("empty", "unset", "no-map"):
+        assert f"the {name} flag (default" not in text, text
+    assert "the zero flag (default: 0)" in text and "the rate flag (default: 0.05)" in text
+    assert "a switch (default: False)" in text
+    import run_transformer
+    text = " ".join(run_transformer.build_command_parser().format_help().split())
+    assert "(default: )" not in text and "(default: None)" not in text
+    assert "the run folder, NAME that of --input)" in text and "--input) (default" not in text

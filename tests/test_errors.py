@@ -11,8 +11,9 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -97,7 +98,8 @@ CASES: dict[str, tuple[Setup, list[str]]] = {
     "truncated": (lambda d, tmp, run: (d / "test_no_labels.hdf5").write_bytes(
         (d / "test_no_labels.hdf5").read_bytes()[:60_000]) and [], ["test_no_labels.hdf5", "copy it again"]),
     "key-missing": (lambda d, tmp, run: delete(d / "valid.hdf5", "labels") or [],
-                    ["has no dataset 'labels'", "found: density, recording_date"]),
+                    ["has no dataset 'labels'", "found: density, recording_date",
+                     "the valid file needs density, recording_date, labels"]),
     "labels-shorter": (lambda d, tmp, run: replace(d / "train.hdf5", labels=read(d / "train.hdf5", "labels")[:-3])
                        or [], ["density has 400 samples but labels has 397"]),
     "channels-disagree": (lambda d, tmp, run: replace(d / "valid.hdf5", recording_date=np.zeros((100, 20, 20),
@@ -202,6 +204,76 @@ def test_the_command_line_prints_exactly_one_line_and_no_traceback(pristine, tmp
     assert proc.returncode == 2
     assert proc.stderr == f"error: {data / 'valid.hdf5'}: density in the valid split has 7 NaN and 0 infinite " \
                           f"values (of 78400); clean the data or drop those samples\n"
+
+
+def test_predict_names_what_the_model_reads_and_a_key_that_differs_only_in_case(pristine, trained_run, tmp_path,
+                                                                               capsys):
+    """A file for --predict needs only the model's channels (no labels, no channel the model leaves out); a key
+    spelled with other capitals is pointed out."""
+    new = Path(shutil.copy(pristine / "valid.hdf5", tmp_path / "new.hdf5"))
+    with h5py.File(new, "a") as h5:
+        h5.move("density", "Density")
+    rc, err = main_result(["--predict", str(trained_run), "--input", str(new), "--output", str(tmp_path / "p.txt")],
+                          capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.strip() == (f"error: {new} has no dataset 'density' (found: Density, labels, recording_date); the "
+                           f"input file needs density; its 'Density' differs only in case: rename it to 'density'")
+    assert not (tmp_path / "p.txt").exists()
+
+
+# ---- a file held open by another program ------------------------------------------------------------------
+
+HOLD = "import sys, h5py\nf = h5py.File(sys.argv[1], 'a')\nprint('open', flush=True)\nsys.stdin.read()\n"
+
+
+@contextmanager
+def held_open_for_writing(path: Path) -> Iterator[None]:
+    """Another program holds `path` open with h5py mode "a" (as a notebook would), so HDF5 has it locked."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+@pytest.mark.parametrize("name", ["train.hdf5", "valid.hdf5", "test_no_labels.hdf5", "test_labels.hdf5",
+                                  "predict-input"])
+def test_a_file_in_use_by_another_program_is_named_as_such(name, pristine, trained_run, tmp_path, capsys):
+    """HDF5 reports the lock of a file another program holds open for writing: the line says so and how to
+    free it, not that the file is damaged; exit 2 and nothing written."""
+    data = Path(shutil.copytree(pristine, tmp_path / "data"))
+    argv = ["--data-dir", str(data), "--out-dir", str(tmp_path / "runs"), "--predictions",
+            str(tmp_path / "pred.txt"), *TINY]
+    held = data / name
+    if name == "predict-input":
+        held = data / "valid.hdf5"
+        argv = ["--predict", str(trained_run), "--input", str(held), "--output", str(tmp_path / "new.txt")]
+    with held_open_for_writing(held):
+        rc, err = main_result(argv, capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: {held} is in use by another program") and "close it" in lines[0], err
+    assert "copy it again" not in lines[0] and "damaged" not in lines[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "new.txt").exists()
+
+
+def test_a_file_without_read_permission_is_named_as_such(pristine, trained_run, tmp_path, monkeypatch):
+    """Permission denied is no damage either, for data files and checkpoints alike (simulated: tests may run as
+    root, whom no permission stops)."""
+    import checkpoints
+    import data
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(data.h5py, "File", denied)
+    with pytest.raises(UserError, match="valid.hdf5 cannot be read: permission denied"):
+        data.read_split(pristine / "valid.hdf5", "valid")
+    monkeypatch.setattr(checkpoints.torch, "load", denied)
+    with pytest.raises(UserError, match="best.pt cannot be read: permission denied"):
+        checkpoints.load_checkpoint(trained_run / "best.pt")
 
 
 # ---- fuzz: a damaged file ends in success or one UserError line ------------------------------------------

@@ -196,6 +196,36 @@ def test_last_pt_holds_all_state_and_resuming_a_finished_run_appends_nothing(tin
     assert len(list((tmp_path / "runs").iterdir())) == 1  # resume writes into the same folder, no new one
 
 
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tiny_data, tmp_path, capsys):
+    """A run that finished has nothing to resume: one line (epochs, best epoch, where the results are), exit 0,
+    and no file of the run folder, nor --predictions, is written again."""
+    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1")) == 0
+    run_dir = only_run(tmp_path)
+    owned = [*run_dir.iterdir(), tmp_path / "pred.txt"]
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in owned}
+    capsys.readouterr()
+    assert run_transformer.main(["--resume", str(run_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and len(out.strip().splitlines()) == 1, out
+    assert out.startswith(f"nothing to resume: {run_dir} finished (1 of 1 epochs; best epoch 1)"), out
+    assert f"{run_dir}/report.md" in out, out
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in owned} == before
+    assert sorted(run_dir.iterdir()) == sorted(p for p in owned if p.parent == run_dir)
+
+
+def test_a_run_that_stopped_early_resumes_when_the_patience_is_raised():
+    """Finished means: the loop would run no epoch with the resumed config, and the results of that state were
+    written. A larger --patience (which a resume may change) lets an early-stopped run train on."""
+    state = train.TrainState(epoch=2, best_epoch=1, bad_epochs=1)
+    summary = {"epochs_run": 2, "best_epoch": 1, "diverged": ""}
+    cfg = run_transformer.Config(epochs=4, patience=1)
+    assert run_transformer.finished_line(Path("runs/r"), cfg, state, summary)
+    assert run_transformer.finished_line(Path("runs/r"), run_transformer.Config(epochs=4, patience=3), state,
+                                         summary) == ""
+    assert run_transformer.finished_line(Path("runs/r"), cfg, state, None) == ""  # results not written yet
+    assert run_transformer.finished_line(Path("runs/r"), cfg, state, {**summary, "epochs_run": 1}) == ""
+
+
 def test_resume_refuses_a_run_whose_data_changed(tiny_data, tmp_path, monkeypatch, capsys):
     """Interrupted after epoch 1, then one sample of train.hdf5 changed: the resumed epochs would train on other
     data than the run's whitening filter, statistics and history. One line naming the file, exit 2, the run
@@ -222,6 +252,30 @@ def test_resume_refuses_a_run_whose_data_changed(tiny_data, tmp_path, monkeypatc
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == saved
     (data / "train.hdf5").write_bytes(original)
     assert run_transformer.main(["--resume", str(run_dir)]) == 0 and len(rows(run_dir)) == 2
+
+
+def test_a_resumed_run_reports_the_wall_time_of_all_its_attempts(tiny_data, tmp_path, monkeypatch, capsys):
+    """Each checkpoint records how long every attempt has worked on the run; the summary and report.md give the
+    total and the attempts, not the last attempt's time alone."""
+    evaluate = train.evaluate
+
+    def evaluate_then_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # caught by fit's StopFlag: the run stops after this epoch
+        return evaluate(*args, **kwargs)
+    monkeypatch.setattr(train, "evaluate", evaluate_then_ctrl_c)
+    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "2")) == 130
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    run_dir = only_run(tmp_path)
+    payload = torch.load(run_dir / "last.pt", weights_only=True)
+    [first] = payload["attempt_seconds"]
+    assert 0 < first < 600
+    payload["attempt_seconds"] = [600.0]  # as if the first attempt had trained for ten minutes
+    torch.save(payload, run_dir / "last.pt")
+    assert run_transformer.main(["--resume", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    [earlier, last] = summary["attempt_seconds"]
+    assert earlier == 600.0 and 0 < last < 600 and summary["wall_time_s"] == pytest.approx(600.0 + last, abs=0.11)
+    assert f"{summary['wall_time_s']} s over 2 attempts (600.0 s, {last} s)" in (run_dir / "report.md").read_text()
 
 
 def test_a_run_saved_before_init_pool_and_views_existed_predicts_and_resumes_as_it_ran(tiny_data, tmp_path,

@@ -89,7 +89,7 @@ def test_written_probabilities_are_calibrated_and_predictions_unchanged(benchmar
     data_dir = Path(json.loads((run_dir / "config.json").read_text())["data"]["data_dir"])
     logits = saved_logits(run_dir, data_dir / "test_no_labels.hdf5")
     header, table = read_csv(run_dir / "test_probabilities.csv")
-    assert header == ["index", "probability", "label", "drift_flag"]
+    assert header == ["index", "probability", "predicted_label", "drift_flag"]
     assert np.allclose(table[:, 1], calibrated(logits, temperature), atol=1e-6)
     predictions = np.array((run_dir / "predictions.txt").read_text().split(), dtype=int)
     assert (predictions == (logits > 0)).all() and (table[:, 2] == predictions).all()  # T moves no prediction
@@ -125,7 +125,7 @@ def test_a_run_saved_before_calibration_predicts_with_temperature_one(benchmark_
     assert run_transformer.main(["--predict", str(run_dir), "--input", str(data_dir / "test_no_labels.hdf5"),
                                  "--output", str(output)]) == 0
     header, table = read_csv(output.with_suffix(".csv"))
-    assert header == ["index", "probability", "label"]  # no flag column: nothing to flag against
+    assert header == ["index", "probability", "predicted_label"]  # no flag column: nothing to flag against
     logits = saved_logits(run_dir, data_dir / "test_no_labels.hdf5")
     assert np.allclose(table[:, 1], calibrated(logits), atol=1e-6)
     assert output.read_text() == (run_dir / "predictions.txt").read_text()

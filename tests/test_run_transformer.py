@@ -53,6 +53,22 @@ def test_cli_run_writes_every_output(tmp_path, tiny_benchmark, capsys):
     assert "transpose" in (run_dir / "report.md").read_text().split("## Symmetries")[1]
 
 
+def floats(obj):
+    """Every float in a parsed JSON object."""
+    if isinstance(obj, float):
+        return [obj]
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else []
+    return [x for v in values for x in floats(v)]
+
+
+def test_summary_json_carries_no_float32_noise(tmp_path, tiny_benchmark):
+    """Scores computed in float32 are written with the digits they have (six significant ones), not as
+    0.9860000014305115."""
+    summary = json.loads((train(tmp_path, tiny_benchmark) / "summary.json").read_text())
+    noisy = [x for x in floats(summary) if float(f"{x:.6g}") != x]
+    assert not noisy and len(floats(summary)) > 20, noisy
+
+
 def test_explicit_channels_keep_the_confounder_and_the_model_follows(tmp_path, tiny_benchmark):
     run_dir = train(tmp_path, tiny_benchmark, "--channels", "density,recording_date", "--model", "cnn")
     checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
@@ -74,16 +90,19 @@ def test_two_runs_never_share_a_folder(tmp_path, tiny_benchmark):
 
 @pytest.mark.parametrize("flags", [[], ["--no-whiten"], ["--pool", "mean", "--augment", "flip0,transpose=swap",
                                                          "--tta", "transpose=swap,shift", "--tta-shifts", "4"]])
-def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, flags):
+def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, flags, capsys):
     """--predict rebuilds what the run trained with: input whitening, pooling and test-time views."""
     run_dir = train(tmp_path, tiny_benchmark, *flags)
     output = tmp_path / "new" / "pred.txt"
     argv = ["--predict", str(run_dir), "--input", str(tiny_benchmark / "valid.hdf5"), "--output", str(output)]
+    capsys.readouterr()
     assert run_transformer.main(argv) == 0
     lines = output.read_text().splitlines()
     assert len(lines) == 100 and set(lines) <= {"0", "1"}
+    ones = lines.count("1")
+    assert capsys.readouterr().out.startswith(f"100 predictions ({ones} of state 1, {100 - ones} of state 0) -> ")
     rows = output.with_suffix(".csv").read_text().splitlines()
-    assert rows[0] == "index,probability,label,drift_flag" and len(rows) == 101
+    assert rows[0] == "index,probability,predicted_label,drift_flag" and len(rows) == 101
     probs = np.array([float(r.split(",")[1]) for r in rows[1:]])
     labels = np.array([r.split(",")[2] for r in rows[1:]])
     assert (labels == np.array(lines)).all()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tools import heldout
-from fileio import write_text
+from fileio import rounded, write_text
 from tools.grid import EFFECTS
 from tools.plots import plot_intervals, plot_loss_curves
 
@@ -225,8 +225,7 @@ def write_csv(lines: list[dict[str, Any]], path: Path) -> None:
         writer.writerow([l["variant"], l["config"], l["channels"], l["init"], l["whiten"],
                          "" if l["lr"] is None else l["lr"], len(l["runs"]),
                          "held-out" if l["eval_n"] else "", l["eval_n"] or ""]
-                        + [f"{x:.6g}" for x in l["heldout_acc"]] + [l["reference"]] + [f"{x:.6g}" for x in l["diff"]]
-                        + [f"{x:.6g}" for m in METRICS for x in l[m]])
+                        + rounded([*l["heldout_acc"], l["reference"], *l["diff"], *(x for m in METRICS for x in l[m])]))
     write_text(path, buffer.getvalue())
 
 

@@ -16,10 +16,13 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: runs from any folder
+
 import torch
 
 from cli import exit_code
 from config import Config, Parser
+from fileio import rounded
 from run_transformer import load_data
 from train import TrainState, build_training, epoch_views, evaluate, fit, pick_device, resolve_precision
 
@@ -33,8 +36,8 @@ def curve_run(cfg: Config, device: torch.device, data) -> dict:
     def on_epoch(state: TrainState, improved: bool) -> None:
         val_all = evaluate(training.model, data.x["valid"], data.y["valid"], data.symmetry.views)
         test = evaluate(training.model, data.x["test"], data.y["test"], data.symmetry.views)
-        rows.append({"epoch": state.epoch, "val_loss_pair": state.history[-1]["val_loss"],
-                     "val_loss_all": val_all["loss"], "val_acc_all": val_all["acc"], "test_acc": test["acc"]})
+        rows.append(rounded({"epoch": state.epoch, "val_loss_pair": state.history[-1]["val_loss"],
+                             "val_loss_all": val_all["loss"], "val_acc_all": val_all["acc"], "test_acc": test["acc"]}))
 
     start = time.time()
     fit(training, data, cfg, TrainState(), on_epoch, log=lambda m: None)

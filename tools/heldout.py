@@ -23,7 +23,7 @@ import synthetic
 from checkpoints import load_checkpoint, saved_plan, trained_model
 from config import UserError
 from data import ANSWER_FILE, SPLIT_FILES, load_splits, read_split, to_device, to_tensor
-from fileio import fingerprint, write_json
+from fileio import fingerprint, rounded, write_json
 from metrics import scores
 from train import predict_logits
 
@@ -121,8 +121,7 @@ def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]
     labels = torch.from_numpy(split.labels).float()
     result = scores(torch.sigmoid(logits), labels)
     correct = ((logits > 0).float() == labels).numpy()
-    return {"acc": result["acc"], "loss": result["loss"], "auc": result["auc"], "n": len(labels),
-            "bayes_acc": bayes_accuracy(path), "correct": pack(correct)}
+    return {**rounded(result), "n": len(labels), "bayes_acc": bayes_accuracy(path), "correct": pack(correct)}
 
 
 def reference_accuracy(data_dir: Path, path: Path, device: torch.device) -> dict[str, Any]:
@@ -137,4 +136,4 @@ def reference_accuracy(data_dir: Path, path: Path, device: torch.device) -> dict
     split = read_split(path, "held-out", ("density",))
     right = (reference.logits(model, to_tensor(split, data.stats, device)).cpu().numpy() > 0) == split.labels
     acc = float(right.mean())
-    return {"acc": acc, "half_width": 1.96 * float(np.sqrt(acc * (1 - acc) / len(right))), "n": len(right)}
+    return rounded({"acc": acc, "half_width": 1.96 * float(np.sqrt(acc * (1 - acc) / len(right))), "n": len(right)})

@@ -220,6 +220,14 @@ def test_bad_arguments_are_one_line_errors(tiny_benchmark: Path, tmp_path: Path,
     assert compare.main(["--seeds", "0", "--data-dir", str(tiny_benchmark), "--out-dir", str(tmp_path)]) == 2
 
 
+def floats(obj) -> list[float]:
+    """Every float in a parsed JSON object."""
+    if isinstance(obj, float):
+        return [obj]
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else []
+    return [x for v in values for x in floats(v)]
+
+
 def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys):
     """Real training through run_transformer.run in 2 worker processes (the CNN, the cheapest model; the ViT
     is trained in tests/test_synthetic.py), one epoch per run on the tiny benchmark."""
@@ -231,6 +239,8 @@ def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys):
     assert "| cnn | density | " in printed and "Bayes limit" in printed
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == compare.QUICK.seeds  # density only, at the full grid's rate: no probes
+    scores = [x for r in rows for part in ("summary", "history", "heldout") for x in floats(r.get(part, {}))]
+    assert scores and all(float(f"{x:.6g}") == x for x in scores)  # written with the digits they have
     answers = read_answer_key(tiny_benchmark, 80)
     for r in rows:  # each row holds its run's history and the accuracy of the predictions that run wrote
         predicted = np.loadtxt(Path(r["summary"]["run_dir"]) / "predictions.txt", dtype=int)
