@@ -20,11 +20,15 @@ from vision_transformer import VisionTransformer
 BENCHMARK = "flip0,flip1,transpose=swap,shift"
 
 
-def physics(kind: str, per_state: int = 300, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 1, S, S) of density, labels) of one kind of tools/other_physics.py."""
+def physics(kind: str, per_state: int = 300, size: int = 16, seed: int = 0, contrast: float | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 1, S, S) of density, labels) of one kind of tools/other_physics.py; the axis-length kinds
+    with 12x their contrast, so that 300 images of each state tell the states apart."""
     labels = np.arange(2 * per_state) % 2
     rng = np.random.default_rng(seed)
-    x = np.exp(other_physics.fields(labels, kind, size, rng))
+    if contrast is None:
+        contrast = 12.0 if kind in ("axis-length", "cropped") else 1.0
+    x = np.exp(other_physics.fields(labels, kind, size, rng, contrast))
     return torch.from_numpy(x).float()[:, None], torch.from_numpy(labels)
 
 
@@ -52,6 +56,14 @@ def test_the_check_finds_which_symmetries_keep_swap_or_break_the_state(kind, exp
     found = symmetry.check(*physics(kind))
     assert verdicts(found) == expected
     assert symmetry.Symmetries.from_dict(found["group"]) == symmetry.parse_spec(group, "")
+
+
+def test_a_rule_the_data_cannot_tell_is_not_used():
+    """Two states that look alike (no contrast): every symmetry keeps both and would swap them as well, so no
+    rule can be told; none is used (periodic shifts, which have no swap rule, still hold)."""
+    found = symmetry.check(*physics("isotropic", contrast=0.0))
+    assert set(verdicts(found).values()) == {"undetermined", "keeps"} and verdicts(found)["shifts"] == "keeps"
+    assert symmetry.Symmetries.from_dict(found["group"]) == symmetry.Symmetries(shifts=True)
 
 
 def test_the_check_finds_the_benchmarks_symmetries(tiny_benchmark):

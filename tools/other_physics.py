@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from synthetic import write_hdf5  # noqa: E402
 
 KINDS = {  # per state: (length along axis 0, along axis 1, along the main diagonal's normal), crop factor
-    "axis-length": ((1.2, 1.2, 0.0), (1.8, 1.2, 0.0), 1),
+    "axis-length": ((1.2, 1.2, 0.0), (1.25, 1.2, 0.0), 1),
     "isotropic": ((1.2, 1.2, 0.0), (1.5, 1.5, 0.0), 1),
     "diagonal": ((1.3, 1.3, 0.5), (1.3, 1.3, -0.5), 1),
-    "cropped": ((1.2, 1.2, 0.0), (1.8, 1.2, 0.0), 2),
+    "cropped": ((1.2, 1.2, 0.0), (1.25, 1.2, 0.0), 2),
 }
 
 
@@ -45,9 +45,12 @@ def spectrum(size: int, lengths: tuple[float, float, float]) -> np.ndarray:
     return power / power.mean()
 
 
-def fields(labels: np.ndarray, kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Log-density (N, size, size) float64 of the given states."""
-    *lengths, crop = KINDS[kind]
+def fields(labels: np.ndarray, kind: str, size: int, rng: np.random.Generator, contrast: float = 1.0
+           ) -> np.ndarray:
+    """Log-density (N, size, size) float64 of the given states; `contrast` scales how far state 1's lengths
+    lie from state 0's (a larger one: states told apart with fewer images)."""
+    (l0, l1, crop) = KINDS[kind]
+    lengths = (l0, tuple(a + contrast * (b - a) for a, b in zip(l0, l1)))
     big = size * crop
     amplitude = [np.sqrt(spectrum(big, lengths[c])) for c in (0, 1)]
     white = rng.standard_normal((len(labels), big, big))
