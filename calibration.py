@@ -2,7 +2,12 @@
 
 The default trains on label-smoothed targets, so its probabilities are squeezed toward 0.5. Dividing the
 (view-averaged) logit by one temperature T, fitted on the validation set, repairs that without moving any
-0/1 prediction (T > 0 keeps the sign of every logit).
+0/1 prediction (T > 0 keeps the sign of every logit). Where no symmetry swaps the state the logit can also carry
+an offset: dropout scales the activations in training and not in evaluation, and where the states differ in
+how much variance an image has (a correlation length, a contrast) that shifts every evaluation logit alike,
+so the ranking stays right while the 0/1 threshold does not. There one shift c is fitted with T (Platt
+scaling: sigmoid((z + c) / T)), and it moves the 0/1 predictions to the validation set's best threshold.
+With a swapping symmetry in the views the view-averaged logit is antisymmetric and has no offset to fit.
 
 Which class prior do the probabilities refer to? Where a symmetry swaps the state (symmetry.py), the logit of
 a model trained on random elements of that symmetry group (half of the augmented images change class) or read
@@ -18,6 +23,7 @@ import numpy as np
 
 ECE_BINS = 15
 TEMPERATURE_RANGE = (1e-3, 1e3)  # a model whose logits carry no information ends at the top: p = 0.5
+OFFSET_RANGE = 50.0  # |c / T| at most: beyond it every probability is 0 or 1 anyway
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -57,26 +63,41 @@ def prior_weights(labels: np.ndarray, prior: float) -> np.ndarray:
     return np.where(y == 1, prior / share, (1 - prior) / (1 - share))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """The T > 0 that minimises the (weighted) log loss of sigmoid(logits / T).
+def fit_calibration(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None,
+                    offset: bool = False) -> tuple[float, float]:
+    """The T > 0 (and, with offset, the shift c) that minimise the (weighted) log loss of
+    sigmoid((logits + c) / T); returns (T, c), c = 0 without offset.
 
-    The loss is convex in a = 1/T and its derivative sum w (sigmoid(a z) - y) z grows with a, so bisection on
-    the derivative (in log a, within TEMPERATURE_RANGE) finds the minimum to machine precision.
+    The loss is jointly convex in a = 1/T and b = c / T, so its minimum over b for a given a is convex in a, and
+    its derivative in a is sum w (sigmoid(a z + b) - y) z at that b: nested bisections on the two derivatives
+    (a in log space within TEMPERATURE_RANGE, b within +-OFFSET_RANGE) find the minimum.
     """
     z, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
     w = np.ones_like(z) if weights is None else np.asarray(weights, np.float64)
 
+    def best_b(a: float) -> float:
+        if not offset:
+            return 0.0
+        lo, hi = -OFFSET_RANGE, OFFSET_RANGE
+        for _ in range(60):  # sum w (sigmoid(a z + b) - y) grows with b
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if np.sum(w * (sigmoid(a * z + mid) - y)) < 0 else (lo, mid)
+        return 0.5 * (lo + hi)
+
     def slope(log_a: float) -> float:
-        return float(np.sum(w * (sigmoid(np.exp(log_a) * z) - y) * z))
+        a = np.exp(log_a)
+        return float(np.sum(w * (sigmoid(a * z + best_b(a)) - y) * z))
     lo, hi = -np.log(TEMPERATURE_RANGE[1]), -np.log(TEMPERATURE_RANGE[0])
     if slope(lo) >= 0:  # the loss grows as the logits are sharpened from almost flat: they carry no information
-        return TEMPERATURE_RANGE[1]
-    if slope(hi) <= 0:  # still falling at the sharpest allowed: separable data
-        return TEMPERATURE_RANGE[0]
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
-    return float(np.exp(-0.5 * (lo + hi)))
+        t = TEMPERATURE_RANGE[1]
+    elif slope(hi) <= 0:  # still falling at the sharpest allowed: separable data
+        t = TEMPERATURE_RANGE[0]
+    else:
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+        t = float(np.exp(-0.5 * (lo + hi)))
+    return t, best_b(1 / t) * t
 
 
 def reliability(probabilities: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None,

@@ -51,6 +51,7 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
         raise Diverged(f"{overflow_message(e, where, saved.lr)}; nothing was written") from None
     # a run saved before calibration and drift checks: temperature 1 (its probabilities as they were), no flags
     temperature = payload.get("calibration", {}).get("temperature", 1.0)
+    logits = logits + payload.get("calibration", {}).get("offset", 0.0)
     checked = drift_check(payload, split)
     probs = calibrated(logits, temperature)
     write_predictions(path, probs)

@@ -43,6 +43,7 @@ class Assessment:
     summary: dict[str, Any]
     bayes_curves: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    logits: dict[str, np.ndarray] = field(default_factory=dict)  # shifted by the fitted offset: what is predicted
 
 
 def read_raw(info: dict[str, Any], name: str) -> dict[str, np.ndarray]:
@@ -62,23 +63,27 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     `logits`: its (view-averaged) logits of the validation and test splits."""
     labels = {name: None if data.y[name] is None else data.y[name].cpu().numpy() for name in ("train", "valid", "test")}
     prior = calibration.reference_prior(data.symmetry.swaps, labels["train"])
-    # with the digits of every written score (fileio.rounded): best.pt and summary.json hold the same T
-    temperature = rounded(calibration.fit_temperature(logits["valid"], labels["valid"],
-                                                      calibration.prior_weights(labels["valid"], prior)))
+    # with the digits of every written score (fileio.rounded): best.pt and summary.json hold the same T and c;
+    # an antisymmetric view average (a swapping partner) has no offset to fit (calibration.py)
+    temperature, offset = rounded(calibration.fit_calibration(
+        logits["valid"], labels["valid"], calibration.prior_weights(labels["valid"], prior),
+        offset=not data.symmetry.swaps))
+    raw_logits, logits = logits, {name: z + offset for name, z in logits.items()}  # shifted: what is predicted
     yardstick, yard_summary, yard_note = compare_with_reference(data, logits, cfg.seed)
     raw = {name: read_raw(info, name) for name in ("train", "valid", "test")}
     llr = ({name: synthetic.bayes_log_likelihood_ratio(raw[name]["density"]) for name in ("valid", "test")}
            if info["source"] == "synthetic" else {})
     probabilities = {name: calibration.calibrated(z, temperature) for name, z in logits.items()}
-    plot_reliability(run_dir / "reliability.png", reliability_panels(logits, labels, temperature, prior))
+    plot_reliability(run_dir / "reliability.png", reliability_panels(raw_logits, labels, temperature, offset, prior))
     plot_roc_and_confusion(run_dir / "roc_confusion.png", {
         SPLIT_NAMES[n]: (probabilities[n], labels[n], roc_auc(torch.from_numpy(probabilities[n]),
                                                                torch.from_numpy(labels[n])))
         for n in ("valid", "test") if labels[n] is not None})
     result = Assessment(probabilities["test"], None,
-                        {"calibration": {"temperature": temperature, "prior_state_1": prior, "fitted_on": "valid"}},
-                        {"calibration": calibrate_summary(logits, labels, temperature, prior, llr),
-                         "reference": yard_summary})
+                        {"calibration": {"temperature": temperature, "offset": offset, "prior_state_1": prior,
+                                         "fitted_on": "valid"}},
+                        {"calibration": calibrate_summary(raw_logits, labels, temperature, offset, prior, llr),
+                         "reference": yard_summary}, logits=logits)
     bound = calibration.at_bound(temperature)
     if bound:
         result.summary["calibration"]["not_calibrated"] = bound
@@ -138,12 +143,13 @@ def check_test_split(run_dir: Path, raw: dict[str, dict[str, np.ndarray]], resul
 
 
 def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
-                      prior: float, llr: dict[str, np.ndarray]) -> dict[str, Any]:
+                      offset: float, prior: float, llr: dict[str, np.ndarray]) -> dict[str, Any]:
     """Temperature, and per split before/after calibration: ECE and log loss (labelled splits, reweighted to the
     reference prior), mean |p - p_Bayes| (the built-in benchmark)."""
-    out: dict[str, Any] = {"temperature": temperature, "prior_state_1": prior, "ece_bins": calibration.ECE_BINS}
+    out: dict[str, Any] = {"temperature": temperature, "offset": offset, "prior_state_1": prior,
+                           "ece_bins": calibration.ECE_BINS}
     for name, z in logits.items():
-        before, after = calibration.calibrated(z), calibration.calibrated(z, temperature)
+        before, after = calibration.calibrated(z), calibration.calibrated(z + offset, temperature)
         row: dict[str, Any] = {}
         if labels[name] is not None:
             w = calibration.prior_weights(labels[name], prior)
@@ -160,15 +166,16 @@ def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarra
 
 
 def reliability_panels(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
-                       prior: float) -> dict[str, dict[str, dict]]:
+                       offset: float, prior: float) -> dict[str, dict[str, dict]]:
     """Reliability tables before and after calibration, per labelled split, each labelled with its ECE."""
     panels: dict[str, dict[str, dict]] = {}
-    for title, t in (("before calibration", 1.0), (f"after calibration (T = {temperature:.3g})", temperature)):
+    after = f"after calibration (T = {temperature:.3g}" + (f", c = {offset:.3g})" if offset else ")")
+    for title, t, c in (("before calibration", 1.0, 0.0), (after, temperature, offset)):
         panels[title] = {}
         for name in ("valid", "test"):
             if labels[name] is None:
                 continue
-            p, w = calibration.calibrated(logits[name], t), calibration.prior_weights(labels[name], prior)
+            p, w = calibration.calibrated(logits[name] + c, t), calibration.prior_weights(labels[name], prior)
             ece = calibration.expected_calibration_error(p, labels[name], w)
             panels[title][f"{SPLIT_NAMES[name]} (ECE {ece:.2%})"] = calibration.reliability(p, labels[name], w)
     return panels
@@ -285,9 +292,11 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
     if "mean_abs_diff_bayes" in test:
         lines.append(f"| mean abs(p − p_Bayes), before → after | {before_after(valid, 'mean_abs_diff_bayes', number)}"
                      f" | {before_after(test, 'mean_abs_diff_bayes', number)} |")
-    lines += ["", f"Written probabilities are sigmoid(logit / T) with T = {cal['temperature']:.4g}, fitted on "
-              f"validation; they refer to a share of state 1 of {cal['prior_state_1']:.3g} (validation is "
-              f"reweighted to it). The 0/1 predictions do not depend on T."
+    lines += ["", f"Written probabilities are sigmoid((logit + c) / T) with T = {cal['temperature']:.4g} and c = "
+              f"{cal['offset']:.4g}, fitted on validation; they refer to a share of state 1 of "
+              f"{cal['prior_state_1']:.3g} (validation is reweighted to it). The 0/1 predictions do not depend on T; "
+              f"c (fitted only where no symmetry swaps the state) moves their threshold. Accuracies are those of the "
+              f"written 0/1 predictions; log losses and AUC are of the raw logits."
               + (f" **Not calibrated:** T is at the end of its search range: {cal['not_calibrated']}."
                  if cal.get("not_calibrated") else ""), ""]
     if "valid_gap" in ref:

@@ -304,9 +304,9 @@ def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged
     # the best epoch was picked by --epoch-views; its validation and test scores use all the test-time views
     views = data.symmetry.views
     logits = {name: predict_logits(model, data.x[name], views).cpu() for name in ("valid", "test")}
-    val = scores(torch.sigmoid(logits["valid"]), data.y["valid"].cpu())  # uncalibrated, as in metrics.csv
     logits = {name: v.numpy() for name, v in logits.items()}
     trust = assess(run_dir, model, cfg, data, info, logits)
+    val = split_scores(logits["valid"], trust.logits["valid"], data.y["valid"])
     save_torch(run_dir / "best.pt", {**best, **trust.checkpoint})
     probs = trust.test_probabilities
     write_predictions(run_dir / "predictions.txt", probs)
@@ -322,7 +322,7 @@ def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged
                "data_dir": info["data_dir"], "symmetry": info["symmetry"]}
     summary.update(wall_time(outputs.earlier, time.time() - outputs.start))
     if data.y["test"] is not None:  # uncalibrated, as val_loss: comparable across runs and with metrics.csv
-        test = scores(torch.sigmoid(torch.from_numpy(logits["test"])), data.y["test"].cpu())
+        test = split_scores(logits["test"], trust.logits["test"], data.y["test"])
         summary.update({"test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"]})
     if "bayes_accuracy" in info:
         summary["bayes_accuracy"] = info["bayes_accuracy"]
@@ -346,6 +346,14 @@ def wall_time(earlier: list[float | None], this_attempt: float) -> dict[str, Any
     """Summary keys: the run's wall time over all its attempts, and each attempt's (None: not recorded)."""
     attempts = [*earlier, round(this_attempt, 1)]
     return {"wall_time_s": round(sum(t for t in attempts if t is not None), 1), "attempt_seconds": attempts}
+
+
+def split_scores(raw: np.ndarray, shifted: np.ndarray, y: torch.Tensor) -> dict[str, float]:
+    """Log loss and AUC of the raw logits (as in metrics.csv: comparable across runs), and the accuracy of the
+    written 0/1 predictions (the logits shifted by the calibration's offset)."""
+    out = scores(torch.sigmoid(torch.from_numpy(raw)), y.cpu())
+    out["acc"] = float(((torch.from_numpy(shifted) > 0).float() == y.cpu()).float().mean())
+    return out
 
 
 def nothing_learned_hint(cfg: Config) -> str:

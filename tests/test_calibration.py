@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from calibration import (ECE_BINS, TEMPERATURE_RANGE, bayes_posterior, calibrated, expected_calibration_error,
-                         fit_temperature, log_loss, prior_weights, reference_prior, reliability, sigmoid)
+                         fit_calibration, log_loss, prior_weights, reference_prior, reliability, sigmoid)
 
 
 def miscalibrated(temperature: float, n: int = 20_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -17,12 +17,12 @@ def miscalibrated(temperature: float, n: int = 20_000, seed: int = 0) -> tuple[n
 @pytest.mark.parametrize("true_t", [0.3, 1.0, 2.5])
 def test_a_fitted_temperature_recovers_the_true_one(true_t):
     logits, labels = miscalibrated(true_t)
-    assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
+    assert fit_calibration(logits, labels)[0] == pytest.approx(true_t, rel=0.05)
 
 
 def test_calibration_repairs_squeezed_probabilities_without_moving_a_prediction():
     logits, labels = miscalibrated(0.4)  # squeezed toward 0.5, as label smoothing does
-    t = fit_temperature(logits, labels)
+    t = fit_calibration(logits, labels)[0]
     before, after = calibrated(logits), calibrated(logits, t)
     assert ((before > 0.5) == (after > 0.5)).all()
     assert expected_calibration_error(after, labels) < 0.02 < expected_calibration_error(before, labels)
@@ -58,15 +58,15 @@ def test_weights_turn_a_split_into_the_reference_mix():
     logits, labels = miscalibrated(0.5, seed=2)
     zeros = np.flatnonzero(labels == 0)
     keep = np.concatenate([np.flatnonzero(labels == 1), zeros[: int(len(zeros) * 5 / 9)]])
-    fitted = fit_temperature(logits[keep], labels[keep], prior_weights(labels[keep], 0.5))
+    fitted = fit_calibration(logits[keep], labels[keep], prior_weights(labels[keep], 0.5))[0]
     assert fitted == pytest.approx(0.5, rel=0.06)
 
 
 def test_temperature_stays_in_range_for_useless_or_separable_logits():
     y = np.array([0.0, 1.0] * 50)
-    assert fit_temperature(np.zeros(100), y) == TEMPERATURE_RANGE[1]
-    assert fit_temperature(-(2 * y - 1), y) == TEMPERATURE_RANGE[1]  # anti-informative: never flips a sign
-    assert fit_temperature(2 * y - 1, y) == TEMPERATURE_RANGE[0]  # separable: as sharp as allowed
+    assert fit_calibration(np.zeros(100), y)[0] == TEMPERATURE_RANGE[1]
+    assert fit_calibration(-(2 * y - 1), y)[0] == TEMPERATURE_RANGE[1]  # anti-informative: never flips a sign
+    assert fit_calibration(2 * y - 1, y)[0] == TEMPERATURE_RANGE[0]  # separable: as sharp as allowed
 
 
 def test_the_prior_the_probabilities_refer_to():
@@ -76,3 +76,18 @@ def test_the_prior_the_probabilities_refer_to():
     llr = np.array([-2.0, 0.0, 3.0])
     assert bayes_posterior(llr, 0.5) == pytest.approx(sigmoid(llr))
     assert bayes_posterior(np.zeros(1), 0.8) == pytest.approx([0.8])  # no evidence: the prior
+
+
+def test_an_offset_logit_gets_its_threshold_back_where_an_offset_is_fitted():
+    """Logits that rank the states perfectly but are all shifted by +3 (as dropout's train/eval variance shift
+    does to a model that reads how much variance an image has): the temperature alone keeps every 0/1
+    prediction; the fitted shift c recovers the threshold, T and c the true calibration."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 20_000).astype(float)
+    true = rng.normal(2.0 * (2 * labels - 1), 1.0)  # well calibrated up to a scale
+    logits = 0.5 * true + 3.0
+    t_only, c_none = fit_calibration(logits, labels)
+    assert c_none == 0.0 and np.mean((logits > 0) == labels) < 0.6
+    t, c = fit_calibration(logits, labels, offset=True)
+    assert np.mean((logits + c > 0) == labels) > 0.97
+    assert c == pytest.approx(-3.0, abs=0.1)

@@ -119,8 +119,9 @@ def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]
     model = trained_model(payload, device)
     logits = predict_logits(model, to_tensor(split, stats, device), saved_plan(payload).views).cpu()
     labels = torch.from_numpy(split.labels).float()
-    result = scores(torch.sigmoid(logits), labels)
-    correct = ((logits > 0).float() == labels).numpy()
+    result = scores(torch.sigmoid(logits), labels)  # log loss and AUC of the raw logits
+    correct = ((logits + payload.get("calibration", {}).get("offset", 0.0) > 0).float() == labels).numpy()
+    result["acc"] = float(correct.mean())  # of the 0/1 predictions the run writes
     return {**rounded(result), "n": len(labels), "bayes_acc": bayes_accuracy(path), "correct": pack(correct)}
 
 
