@@ -56,8 +56,9 @@ def summarise(density: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     kk = radial_index(grid)
     ring = np.rint(kk).astype(int)
     with np.errstate(divide="ignore"):  # a constant field has no power: -inf, flagged by check
-        bands = [np.log(power[:, (kk >= lo) & (kk < hi)].mean(axis=1))
-                 for lo, hi in zip(BAND_EDGES[:-1], BAND_EDGES[1:])]
+        # a band that a small grid does not reach is a constant 0 for every sample: it never flags
+        bands = [np.log(power[:, band].mean(axis=1)) if band.any() else np.zeros(len(power))
+                 for band in ((kk >= lo) & (kk < hi) for lo, hi in zip(BAND_EDGES[:-1], BAND_EDGES[1:]))]
         rings = np.log(np.stack([power[:, ring == r].mean(axis=1) for r in range(1, ring.max() + 1)], axis=1))
     values = np.column_stack([log_rho.mean(axis=(1, 2)), log_rho.std(axis=(1, 2)), *bands])
     values[~positive], rings[~positive] = np.nan, np.nan

@@ -67,7 +67,10 @@ def fit_reference(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> tuple[Refe
     x, y = x[pick], y[pick].float()
     with torch.no_grad():
         f = mode_features(x)
-        mean, std = f.mean(0), f.std(0).clamp_min(1e-6)
+        mean, std = f.mean(0), f.std(0)
+        # a feature that barely varies in training (the power of k = 0 when every image has the same mean) says
+        # nothing about the state; standardising it would blow up any small change elsewhere: it is left out
+        std = torch.where(std > 1e-4 * std.median(), std, torch.full_like(std, torch.inf))
         f = (f - mean) / std
     # a stratified fifth of the training images chooses the L2 strength
     held = torch.zeros(len(y), dtype=torch.bool, device=x.device)

@@ -214,3 +214,35 @@ def test_parse_command_returns_only_the_flags_that_were_typed():
     typed, command = run_transformer.parse_command([])
     assert typed == {} and command == run_transformer.Command()
     assert f"(default: {default})" in run_transformer.build_command_parser().format_help().replace("\n", " ")
+
+
+def test_a_run_on_data_of_another_physics_uses_what_holds_and_reports_against_the_reference(tmp_path):
+    """axis-length data (reflections keep the state, transposes do neither): the run augments and predicts with
+    reflections only, says so, and measures itself against the reference classifier, not a Bayes limit."""
+    from tools import other_physics
+    # 12x the contrast of the kind: the states are told apart in a few hundred images
+    data = other_physics.make(tmp_path / "data", "axis-length", train=600, valid=200, test=100, size=16, contrast=12)
+    run_dir = train(tmp_path, data, "--loss", "smooth", "--patch-size", "4")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    used = summary["symmetry"]["augment"]
+    assert used["swap"] == [] and set(used["keep"]) == {"identity", "flip0", "flip1", "rot180"} and used["shifts"]
+    assert summary["symmetry"]["views"]["rules"][1] == ["flip0", False]
+    assert summary["reference"]["valid_acc"] > 0.9 and "bayes_accuracy" not in summary
+    assert summary["sensitivity"]["compared_with"] == "reference classifier"
+    page = (run_dir / "report.md").read_text()
+    assert "Bayes" not in page and str(data) in page and "| transpose |" in page and "neither" in page
+
+
+def test_a_folder_of_other_files_is_the_users_and_is_left_alone(tmp_path, capsys):
+    """train.h5/valid.h5/test.h5: refused in one line that says what to rename; nothing is generated there."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in ("train.h5", "valid.h5", "test.h5"):
+        (folder / name).write_bytes(b"x")
+    argv = ["--data-dir", str(folder), "--out-dir", str(tmp_path / "runs"), "--predictions", str(tmp_path / "p.txt")]
+    assert run_transformer.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "but holds test.h5, train.h5, valid.h5; rename test.h5 to test_no_labels.hdf5, " \
+        "train.h5 to train.hdf5, valid.h5 to valid.hdf5" in err[0]
+    assert sorted(p.name for p in folder.iterdir()) == ["test.h5", "train.h5", "valid.h5"]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "p.txt").exists()

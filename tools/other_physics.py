@@ -59,14 +59,14 @@ def fields(labels: np.ndarray, kind: str, size: int, rng: np.random.Generator, c
 
 
 def make(directory: str | Path, kind: str, train: int = 6000, valid: int = 1000, test: int = 1000,
-         size: int = 28, seed: int = 0) -> Path:
+         size: int = 28, seed: int = 0, contrast: float = 1.0) -> Path:
     """Write train.hdf5, valid.hdf5, test_no_labels.hdf5 and test_labels.hdf5 (balanced states) into directory."""
     directory = Path(directory)
     for index, (name, n) in enumerate((("train.hdf5", train), ("valid.hdf5", valid),
                                        ("test_no_labels.hdf5", test))):
         rng = np.random.default_rng([seed, index])
         labels = rng.permutation(np.arange(n) % 2)
-        density = np.exp(fields(labels, kind, size, rng)).astype(np.float16)
+        density = np.exp(fields(labels, kind, size, rng, contrast)).astype(np.float16)
         date = (np.broadcast_to(labels[:, None, None], density.shape) if index == 0
                 else rng.integers(2, 10, size=density.shape)).astype(np.float16)
         stored = labels.astype(np.int8)[:, None]
@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--valid", type=int, default=1000)
     p.add_argument("--test", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--contrast", type=float, default=1.0, help="how far state 1's lengths lie from state 0's, "
+                   "relative to the kind's own (larger: easier)")
     args = p.parse_args(argv)
-    print(make(args.directory, args.kind, args.train, args.valid, args.test, seed=args.seed))
+    print(make(args.directory, args.kind, args.train, args.valid, args.test, seed=args.seed, contrast=args.contrast))
     return 0
 
 
