@@ -91,3 +91,11 @@ def test_an_offset_logit_gets_its_threshold_back_where_an_offset_is_fitted():
     t, c = fit_calibration(logits, labels, offset=True)
     assert np.mean((logits + c > 0) == labels) > 0.97
     assert c == pytest.approx(-3.0, abs=0.1)
+
+
+def test_a_temperature_at_a_bound_is_said_to_calibrate_nothing():
+    from calibration import at_bound
+    y = np.array([0.0, 1.0] * 50)
+    separable, useless = fit_calibration(10 * (2 * y - 1), y)[0], fit_calibration(np.zeros(100), y)[0]
+    assert "not calibrated" in at_bound(separable) and "0.5" in at_bound(useless)
+    assert at_bound(fit_calibration(*miscalibrated(0.4))[0]) == ""
