@@ -53,7 +53,8 @@ def _fit(model: Reference, f: torch.Tensor, y: torch.Tensor, l2: float) -> Refer
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(model.linear(f).squeeze(1), y) + l2 * model.linear.weight.square().sum()
+        fit = F.binary_cross_entropy_with_logits(model.linear(f).squeeze(1), y)
+        loss = fit + l2 * model.linear.weight.square().sum()
         loss.backward()
         return loss
     opt.step(closure)

@@ -69,7 +69,7 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
         logits["valid"], labels["valid"], calibration.prior_weights(labels["valid"], prior),
         offset=not data.symmetry.swaps))
     raw_logits, logits = logits, {name: z + offset for name, z in logits.items()}  # shifted: what is predicted
-    yardstick, yard_summary, yard_note = compare_with_reference(data, logits, cfg.seed)
+    yardstick, yard_summary, yard_note = compare_with_reference(data, logits, cfg.seed, info["data_dir"])
     raw = {name: read_raw(info, name) for name in ("train", "valid", "test")}
     llr = ({name: synthetic.bayes_log_likelihood_ratio(raw[name]["density"]) for name in ("valid", "test")}
            if info["source"] == "synthetic" else {})
@@ -101,7 +101,7 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     return result
 
 
-def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed: int
+def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed: int, data_dir: str = "DIR"
                            ) -> tuple[reference.Reference, dict[str, Any], str]:
     """The reference classifier on the run's own inputs: its validation and test accuracy, the paired gap to the
     model on validation, and a WARNING line when the model trails it by more than reference.Z_SHORT standard
@@ -122,7 +122,7 @@ def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed
     if gap is not None and gap > reference.Z_SHORT * se:
         note = (f"WARNING: the model's validation accuracy is {100 * gap:.1f} ± {100 * se:.1f} points below the "
                 f"reference classifier's ({out['valid_acc']:.4f}, a logistic regression on the same inputs); try "
-                f"python -m tools.compare --data-dir DIR to see which settings help, --model cnn, or another "
+                f"python -m tools.compare --data-dir {data_dir} to see which settings help, --model cnn, or another "
                 f"--optimizer or --lr")
     return model, out, note
 

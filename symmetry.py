@@ -256,8 +256,9 @@ SHIFT_VECTORS = ("(1, 0)", "(0, 1)", "(S/2, 0)", "(0, S/2)")
 
 
 def _shift(x: torch.Tensor, which: int) -> torch.Tensor:
-    s = x.shape[-1]
-    return [x.roll(1, -2), x.roll(1, -1), x.roll(s // 2, -2), x.roll(s // 2, -1)][which]
+    """The periodic shift SHIFT_VECTORS[which] of (..., S, S) images."""
+    amount = 1 if which < 2 else x.shape[-1] // 2
+    return x.roll(amount, -2 if which % 2 == 0 else -1)
 
 
 MIN_PER_STATE = 20  # fewer labelled images of a state than this: no check, no symmetry used

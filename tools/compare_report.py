@@ -1,11 +1,12 @@
 """The ablation report of compare.py: tables (markdown, CSV) and figures from finished runs.
 
 Every final run is also scored on labelled images that no run used for any choice (heldout.py): on the built-in
-benchmark its 20,000-image held-out set, on the user's data the validation file. A row's held-out accuracy is the mean over its seeds with a 95% interval that adds, in quadrature, the seed
-spread (Student t with seeds - 1 degrees of freedom on the seed means) and the sampling error of the images
-(the standard error of the per-image correctness averaged over seeds). The difference to the row's reference
-(`after` on the same input and channels) is paired: the same seeds on the same images, so the per-image
-differences carry the sampling error and most of what the images have in common cancels.
+benchmark its 20,000-image held-out set, on the user's data the validation file. A row's held-out accuracy is the
+mean over its seeds with a 95% interval that adds, in quadrature, the seed spread (Student t with seeds - 1 degrees
+of freedom on the seed means) and the sampling error of the images (the standard error of the per-image correctness
+averaged over seeds). The difference to the row's reference (`after` on the same input and channels) is paired: the
+same seeds on the same images, so the per-image differences carry the sampling error and most of what the images
+have in common cancels.
 """
 from __future__ import annotations
 
