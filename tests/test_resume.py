@@ -226,11 +226,8 @@ def test_a_run_that_stopped_early_resumes_when_the_patience_is_raised():
     assert run_transformer.finished_line(Path("runs/r"), cfg, state, {**summary, "epochs_run": 1}) == ""
 
 
-def test_resume_refuses_a_run_whose_data_changed(tiny_data, tmp_path, monkeypatch, capsys):
-    """Interrupted after epoch 1, then one sample of train.hdf5 changed: the resumed epochs would train on other
-    data than the run's whitening filter, statistics and history. One line naming the file, exit 2, the run
-    folder untouched; with the file restored, the run resumes."""
-    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+def interrupted_after_epoch_1(data: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A 2-epoch run on `data` stopped by SIGINT after its first epoch (exit 130); returns its run folder."""
     evaluate = train.evaluate
 
     def evaluate_then_ctrl_c(*args, **kwargs):
@@ -239,7 +236,15 @@ def test_resume_refuses_a_run_whose_data_changed(tiny_data, tmp_path, monkeypatc
     monkeypatch.setattr(train, "evaluate", evaluate_then_ctrl_c)
     assert run_transformer.main(cli(data, tmp_path, "--epochs", "2")) == 130
     monkeypatch.setattr(train, "evaluate", evaluate)
-    run_dir = only_run(tmp_path)
+    return only_run(tmp_path)
+
+
+def test_resume_refuses_a_run_whose_data_changed(tiny_data, tmp_path, monkeypatch, capsys):
+    """Interrupted after epoch 1, then one sample of train.hdf5 changed: the resumed epochs would train on other
+    data than the run's whitening filter, statistics and history. One line naming the file, exit 2, the run
+    folder untouched; with the file restored, the run resumes."""
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    run_dir = interrupted_after_epoch_1(data, tmp_path, monkeypatch)
     original = (data / "train.hdf5").read_bytes()
     with h5py.File(data / "train.hdf5", "a") as h5:
         h5["density"][0] = h5["density"][1]
@@ -257,15 +262,7 @@ def test_resume_refuses_a_run_whose_data_changed(tiny_data, tmp_path, monkeypatc
 def test_a_resumed_run_reports_the_wall_time_of_all_its_attempts(tiny_data, tmp_path, monkeypatch, capsys):
     """Each checkpoint records how long every attempt has worked on the run; the summary and report.md give the
     total and the attempts, not the last attempt's time alone."""
-    evaluate = train.evaluate
-
-    def evaluate_then_ctrl_c(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)  # caught by fit's StopFlag: the run stops after this epoch
-        return evaluate(*args, **kwargs)
-    monkeypatch.setattr(train, "evaluate", evaluate_then_ctrl_c)
-    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "2")) == 130
-    monkeypatch.setattr(train, "evaluate", evaluate)
-    run_dir = only_run(tmp_path)
+    run_dir = interrupted_after_epoch_1(tiny_data, tmp_path, monkeypatch)
     payload = torch.load(run_dir / "last.pt", weights_only=True)
     [first] = payload["attempt_seconds"]
     assert 0 < first < 600
