@@ -5,17 +5,23 @@ Layout of each split file: `density` (N, S, S) and `recording_date` (N, S, S) fl
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import h5py
 import numpy as np
 import torch
 
-from config import CHANNEL_NAMES, UserError
-from fileio import unreadable
+import symmetry
+import synthetic
+from config import CHANNEL_NAMES, Config, UserError
+from fileio import changed_files, fingerprint, unreadable
 from symmetry import SymmetryPlan, spectrum_view
+
+Log = Callable[[str], None]
 
 SPLIT_FILES = {"train": "train.hdf5", "valid": "valid.hdf5", "test": "test_no_labels.hdf5"}
 ANSWER_FILE = "test_labels.hdf5"  # optional answer key beside the test file (the built-in benchmark has one)
@@ -360,3 +366,103 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, device: torch.
     steps = max(n // (batch_size * world), 1)
     per_step = min(batch_size, n // world)
     return [order[(s * world + rank) * per_step:(s * world + rank + 1) * per_step] for s in range(steps)]
+
+
+# ---- the run's data ------------------------------------------------------------------------------------
+
+def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
+    """The user's files when --data-dir has train.hdf5 (source "files"), else the built-in benchmark, generated
+    on first use into a sub-folder of the default folder or of an empty one (source "synthetic"). A folder that
+    holds anything else is the user's: it is refused, and nothing is written there."""
+    data_dir = Path(cfg.data_dir)
+    if (data_dir / SPLIT_FILES["train"]).exists():
+        return data_dir, "files"
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError(f"--data-dir {data_dir} is a file; pass the folder that holds {SPLIT_FILES['train']}")
+    if not data_dir.exists() and cfg.data_dir != Config.data_dir:  # a typo must not summon synthetic data
+        raise UserError(f"data folder {data_dir} does not exist; pass --data-dir with the HDF5 files (an empty "
+                        f"folder gets the built-in synthetic benchmark)")
+    found = sorted(p.name for p in data_dir.iterdir() if not generated_here(p)) if data_dir.is_dir() else []
+    if found:
+        raise UserError(f"{data_dir} has no {SPLIT_FILES['train']} but holds {', '.join(found[:6])}"
+                        f"{' ...' if len(found) > 6 else ''}; {what_to_rename(found)}")
+    # one folder per generator seed: runs of different seeds never rewrite each other's (fingerprinted) data
+    bench = data_dir / ("synthetic" if cfg.synthetic_seed == 0 else f"synthetic-seed{cfg.synthetic_seed}")
+    log(f"no {SPLIT_FILES['train']} in {data_dir}/: using the built-in synthetic benchmark in {bench}/")
+    return synthetic.ensure_benchmark(bench, cfg.synthetic_seed), "synthetic"
+
+
+def generated_here(path: Path) -> bool:
+    """Hidden files and the benchmark generator's own folders (synthetic, synthetic-*) are not the user's data."""
+    return path.name.startswith(".") or (path.is_dir() and path.name.split("-")[0] == "synthetic")
+
+
+def what_to_rename(names: list[str]) -> str:
+    """Advice for a folder without train.hdf5: which of its files look like the splits under another name."""
+    wanted = {"train": SPLIT_FILES["train"], "valid": SPLIT_FILES["valid"], "validation": SPLIT_FILES["valid"],
+              "test": SPLIT_FILES["test"], "test_no_labels": SPLIT_FILES["test"]}
+    renames = [f"{n} to {wanted[n.rsplit('.', 1)[0].lower()]}" for n in names
+               if n.rsplit(".", 1)[0].lower() in wanted and n not in SPLIT_FILES.values()]
+    if renames:
+        advice = f"rename {', '.join(renames)}"
+    elif set(names) & set(SPLIT_FILES.values()):
+        advice = f"put {SPLIT_FILES['train']} beside them"
+    else:
+        advice = (f"the run reads {', '.join(SPLIT_FILES.values())} (each with datasets density, recording_date, "
+                  f"labels)")
+    return advice + ", or pass an empty folder to generate the built-in benchmark there"
+
+
+def load_data(cfg: Config, device: torch.device, log: Log, saved: dict | None = None):
+    """Read, check and move the data; returns (DeviceData, info for config.json and the summary). `saved`: the
+    checkpoint of a resumed run, whose input preparation and symmetries are kept."""
+    data_dir, source = resolve_data_dir(cfg, log)
+    splits = load_splits(data_dir)
+    confounders = find_confounders(splits)
+    channels = saved["stats"]["channels"] if saved else choose_channels(cfg.channels, confounders, log)
+    plan = SymmetryPlan.from_dict(saved["symmetry"]) if saved else check_symmetries(cfg, splits["train"], channels, log)
+    test_labels = read_answer_key(data_dir, len(splits["test"]))
+    data = to_device(splits, channels, device, test_labels, cfg.whiten, saved and saved["stats"], plan)
+    info = {"data_dir": str(data_dir), "source": source, "channels": channels, "confounders": confounders,
+            "files": data_files(data_dir, answers=test_labels is not None),
+            "sizes": {name: len(s) for name, s in splits.items()}, "symmetry": plan.to_dict()}
+    if source == "synthetic":
+        info["bayes_accuracy"] = synthetic.bayes_accuracy(splits, test_labels)
+    return data, info
+
+
+def check_symmetries(cfg: Config, train: RawSplit, channels: list[str], log: Log) -> SymmetryPlan:
+    """symmetry.plan on a sample of the training images (the channels the model reads, as stored)."""
+    idx = symmetry.check_sample(train.labels, len(channels), train.channels[channels[0]].shape[-1])
+    images = torch.from_numpy(np.stack([train.channels[c][idx] for c in channels], axis=1))
+    return symmetry.plan(cfg.augment, cfg.tta, cfg.tta_shifts, images, torch.from_numpy(train.labels[idx]), log)
+
+
+def data_files(data_dir: Path, answers: bool) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of each split file, and of the answer key when the test metrics use it: data the run
+    used, too."""
+    files = {name: fingerprint(data_dir / f) for name, f in SPLIT_FILES.items()}
+    if answers:
+        files["test_answers"] = fingerprint(data_dir / ANSWER_FILE)
+    return files
+
+
+def recorded_data(run_dir: Path) -> dict[str, Any]:
+    """What run_dir/config.json records about the data the run read: data_dir, source, channels, files."""
+    try:
+        data = json.loads((run_dir / "config.json").read_text())["data"]
+        if isinstance(data.get("files"), dict):
+            return data
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    raise UserError(f"{run_dir}/config.json, the record of the data the run read, is missing or damaged; start a "
+                    f"new run")
+
+
+def check_same_data(run_dir: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Resume only on the data the run started with: its whitening filter, statistics and history belong to it."""
+    changed = changed_files(recorded_data(run_dir)["files"], files)
+    if changed:
+        raise UserError(f"cannot resume {run_dir}: {changed[0]} changed since the run started (its size or SHA-256 "
+                        f"differs from config.json), so the run would mix two data sets; restore that file, or "
+                        f"start a new run")

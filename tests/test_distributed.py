@@ -18,7 +18,7 @@ import distributed
 from config import config_from_dict
 from data import epoch_batches
 from checkpoints import load_checkpoint
-from run_transformer import load_data
+from data import load_data
 from train import build_model, epoch_views, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import checkpoints
+import data
 import run_transformer
 import synthetic
 import train
@@ -164,7 +165,7 @@ def test_a_signal_while_results_are_written_still_says_how_to_resume(tiny_data, 
 
 def test_sigterm_before_training_exits_cleanly(tiny_data, tmp_path, monkeypatch, capsys):
     """A signal while the data is loaded: no traceback, exit 143, no run folder, nothing half-written."""
-    load = run_transformer.load_data
+    load = data.load_data
 
     def load_then_sigterm(*args, **kwargs):
         assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, handlers[1]), "would kill pytest"

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-import run_transformer
+import data as data_io
 from provenance import provenance, provenance_line
 from cli import exit_code
 from config import Config, HelpFormatter, Parser, UserError, add_config_flags, checked, non_negative, parse_config
@@ -208,7 +208,7 @@ def time_to_target(cfg: Config, targets: list[float], recipe: str = "default rec
     cfg = resolve_precision(cfg, device)
     torch.manual_seed(cfg.seed)  # as run_transformer.run does
     t0 = time.perf_counter()
-    data, info = run_transformer.load_data(cfg, device, lambda message: None)
+    data, info = data_io.load_data(cfg, device, lambda message: None)
     load_s = time.perf_counter() - t0
     training = build_training(cfg, len(info["channels"]), data.image_size, len(data.x["train"]), device)
     goals = ", ".join(f"{t:.0%}" for t in targets) + " validation" + (
@@ -332,7 +332,7 @@ def throughput(args: argparse.Namespace) -> None:
                  heads=args.heads, mlp_dim=args.mlp_dim, optimizer=args.optimizer, compile=args.compile,
                  batch_size=args.batch_size or (4096 if cuda else 128),
                  precision=args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32"))
-    data, info = run_transformer.load_data(cfg, device, lambda message: None)
+    data, info = data_io.load_data(cfg, device, lambda message: None)
     data_dir, channels = Path(info["data_dir"]), info["channels"]
     flops = flops_per_image(cfg, len(channels), data.image_size)
     where = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or 'CPU'}, " \
@@ -352,7 +352,7 @@ def throughput(args: argparse.Namespace) -> None:
     recipe = Config(loss="smooth", device=args.device, data_dir=args.data_dir, compile=args.compile,
                     batch_size=args.batch_size or Config.batch_size, precision=args.precision)
     recipe = resolve_precision(recipe, device)
-    recipe_data, _ = run_transformer.load_data(recipe, device, lambda message: None)
+    recipe_data, _ = data_io.load_data(recipe, device, lambda message: None)
     timers["default recipe"] = our_loop(recipe, recipe_data, device, chunk, warmup)
     load = os.getloadavg()[0]
     seconds = args.seconds or (3.0 if cuda else 8.0)

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import torch
 
+import data
 import run_transformer
 import synthetic
 from cli import exit_code
@@ -172,14 +173,14 @@ def check_same_data(results: Path, data_dir: Path) -> None:
             continue
         run_dir = Path(row["summary"]["run_dir"])
         try:
-            seen = run_transformer.recorded_data(run_dir)
+            seen = data.recorded_data(run_dir)
         except UserError:  # no record to compare with: the run folder was moved away
             continue
         if seen.get("data_dir") != str(data_dir):
             continue  # another --data-dir: other run keys, never mixed in
         answers = "test_answers" in seen["files"]
         if answers not in current:
-            current[answers] = run_transformer.data_files(data_dir, answers)
+            current[answers] = data.data_files(data_dir, answers)
         changed = changed_files(seen["files"], current[answers])
         if changed:
             raise UserError(f"{results} holds runs on other data: {changed[0]} changed since {run_dir} read it; "
@@ -304,7 +305,7 @@ def grid_bayes_accuracy(data_dir: Path, rows: list[dict[str, Any]]) -> dict[str,
     if data_dir is None:
         return None
     splits = load_splits(data_dir)
-    return run_transformer.bayes_accuracy(splits, read_answer_key(data_dir, len(splits["test"])))
+    return synthetic.bayes_accuracy(splits, read_answer_key(data_dir, len(splits["test"])))
 
 
 # ---- command line --------------------------------------------------------------------------------------
@@ -387,7 +388,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
             base = dataclasses.replace(base, data_dir=str(resolved))
         rows = load_results(out / "results.jsonl")
     else:  # generates the built-in benchmark once, here, rather than in racing workers
-        resolved, _ = run_transformer.resolve_data_dir(base, log=lambda m: None)
+        resolved, _ = data.resolve_data_dir(base, log=lambda m: None)
         if (resolved / synthetic.MANIFEST).exists():  # the built-in benchmark: score on its held-out set too
             per_class = QUICK_HELDOUT_PER_CLASS if args.quick else heldout.PER_CLASS
             seed = json.loads((resolved / synthetic.MANIFEST).read_text()).get("seed", 0)

@@ -23,7 +23,7 @@ import torch
 from cli import exit_code
 from config import Config, Parser
 from fileio import rounded
-from run_transformer import load_data
+from data import load_data
 from train import TrainState, build_training, epoch_views, evaluate, fit, pick_device, resolve_precision
 
 

@@ -15,6 +15,7 @@ import torch
 
 from tools import compare
 from tools import grid
+import data
 import run_transformer
 import train
 from config import EXECUTION, OUTPUT, SAMPLING, Config, fields_with
@@ -117,7 +118,7 @@ class FakeRun:
         run_dir.mkdir(parents=True, exist_ok=True)
         data_dir = Path(cfg.data_dir)  # the record of the data read, as run_transformer writes it
         write_json(run_dir / "config.json", {"data": {"data_dir": str(data_dir),
-                                                      "files": run_transformer.data_files(data_dir, answers=True)}})
+                                                      "files": data.data_files(data_dir, answers=True)}})
         loss = 0.6 + abs(cfg.lr - 1e-3) + 0.01 * cfg.seed  # 1e-3 is the best rate
         write_metrics_csv(run_dir / "metrics.csv", [
             {"epoch": e + 1, "train_loss": loss - 0.1 * e, "val_loss": loss, "train_acc": 0.7, "val_acc": 0.8}
