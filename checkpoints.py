@@ -1,10 +1,5 @@
-"""Checkpoints: what a run folder's best.pt and last.pt hold, reading them back, and the rules of --resume.
-
-A checkpoint holds the model, optimizer, scheduler and loop state, the resolved config, the input
-normalisation (stats) and the RNG states: enough to resume exactly, or to predict without the training data.
-At the end of a run, best.pt also gets `calibration` (the temperature) and `drift` (the training set's
-description) from run_report.assess; --predict uses them when present (temperature 1 and no drift check else).
-"""
+"""Checkpoints (best.pt, last.pt): all that resuming exactly or predicting without the training data needs; at
+the end of a run best.pt also gets `calibration` and `drift` (run_report.assess). And the rules of --resume."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,29 +10,25 @@ from typing import Any
 
 import torch
 
-from config import EXPERIMENT, MODEL, OPTIMIZER, SAMPLING, Config, UserError, config_from_dict, fields_with, flag
+from config import EXPERIMENT, MODEL, OPTIMIZER, Config, UserError, config_from_dict, fields_with, flag
 from data import DeviceData
-from symmetry import SymmetryPlan
 from fileio import unreadable
 from train import Training, TrainState, build_model
 
 
 def checkpoint(training: Training, state: TrainState, cfg: Config, data: DeviceData,
-               attempt_seconds: list[float | None]) -> dict[str, Any]:
-    """Everything needed to resume exactly, or to predict without the training data; `attempt_seconds`: how long
-    each attempt (the first run, then each --resume) has worked on the run so far (None: not recorded)."""
+               attempt_seconds: list[float]) -> dict[str, Any]:
+    """`attempt_seconds`: how long each attempt (the first run, then each --resume) has worked on the run."""
     return {"model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
             "scheduler": training.scheduler.state_dict(), "train_state": dataclasses.asdict(state),
             "config": dataclasses.asdict(cfg), "stats": data.stats, "image_size": data.image_size,
-            "symmetry": data.symmetry.to_dict(),
-            "rng": torch.get_rng_state(), "attempt_seconds": attempt_seconds,
+            "symmetry": data.symmetry.to_dict(), "rng": torch.get_rng_state(), "attempt_seconds": attempt_seconds,
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def earlier_attempts(resumed: Resumed | None) -> list[float | None]:
-    """The time each earlier attempt worked on a resumed run ([] for a new run); a checkpoint written before
-    attempts were timed counts as one attempt of unknown time."""
-    return [] if resumed is None else list(resumed.payload.get("attempt_seconds", [None]))
+def earlier_attempts(resumed: Resumed | None) -> list[float]:
+    """How long each earlier attempt worked on a resumed run ([] for a new run)."""
+    return [] if resumed is None else list(resumed.payload["attempt_seconds"])
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -56,36 +47,23 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def trained_model(payload: dict[str, Any], device: torch.device) -> torch.nn.Module:
-    """The network of a loaded checkpoint, its weights restored, on `device` (training mode, as built)."""
+    """The network of a loaded checkpoint with its weights, on `device` (training mode, as built)."""
     cfg = config_from_dict(payload["config"])
     model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"]).to(device)
     model.load_state_dict(payload["model"])
     return model
 
 
-def saved_plan(payload: dict[str, Any]) -> SymmetryPlan:
-    """The symmetries a checkpoint's run trained and predicts with. A run saved before runs checked their
-    symmetries has none recorded: fine when it used none, else it must be trained again."""
-    if "symmetry" in payload:
-        return SymmetryPlan.from_dict(payload["symmetry"])
-    cfg = config_from_dict(payload["config"])
-    if cfg.augment == "off" and cfg.tta == "off":
-        return SymmetryPlan()
-    raise UserError("this checkpoint was written before runs checked which symmetries their data have, so its "
-                    "test-time views are unknown; train the run again")
-
-
 @dataclass
 class Resumed:
-    """A run to continue: its folder and its last.pt (resume_config checked that they fit the config)."""
+    """A run to continue: its folder and its last.pt."""
     run_dir: Path
     payload: dict[str, Any]
 
 
-# What a resumed run may change: its stopping patience, where and on what it runs, where it writes. The rest
-# (the network, the optimizer state, the experiment) is fixed by its last.pt.
+# what a resumed run may not change: the rest (patience, device, compiler, outputs) it may
 FIXED_ON_RESUME = {"model settings": fields_with(MODEL), "optimizer settings": fields_with(OPTIMIZER),
-                   "training settings": fields_with(EXPERIMENT, SAMPLING)}
+                   "training settings": fields_with(EXPERIMENT)}
 
 
 def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, Resumed]:
@@ -97,16 +75,15 @@ def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, Resumed
     try:
         if missing:
             raise TypeError(f"no {', '.join(missing)}")
-        saved = config_from_dict(payload["config"])
-        TrainState(**payload["train_state"])
+        saved, _ = config_from_dict(payload["config"]), TrainState(**payload["train_state"])
     except (TypeError, AttributeError, ValueError) as e:
         raise UserError(f"{run_dir}/last.pt cannot be resumed ({e}); it is damaged or was not written by "
                         f"run_transformer.py") from None
     asked = dataclasses.replace(saved, **typed)
     for kind, names in FIXED_ON_RESUME.items():
-        diff = {k: (getattr(saved, k), getattr(asked, k)) for k in names if getattr(asked, k) != getattr(saved, k)}
-        if diff:
-            changes = ", ".join(f"{flag(k)}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+        changes = ", ".join(f"{flag(k)}: checkpoint {getattr(saved, k)!r} vs requested {getattr(asked, k)!r}"
+                            for k in names if getattr(asked, k) != getattr(saved, k))
+        if changes:
             raise UserError(f"cannot resume {run_dir}: the {kind} differ ({changes}); drop those flags, or start "
                             f"a new run with them")
     return asked, Resumed(run_dir, payload)
@@ -119,13 +96,7 @@ def restore_training(training: Training, resumed: Resumed, device: torch.device)
     training.optimizer.load_state_dict(payload["optimizer"])
     training.scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["rng"])
-    if device.type == "cuda":
-        restore_cuda_rng(payload["cuda_rng"])
+    if device.type == "cuda":  # a machine with fewer GPUs restores the generators it has
+        for index, state in enumerate(payload["cuda_rng"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, index)
     return TrainState(**payload["train_state"])
-
-
-def restore_cuda_rng(states: list[torch.Tensor]) -> None:
-    """One saved generator state per GPU the run had; a machine with fewer visible GPUs restores those it has
-    (the others' dropout streams would have been drawn on GPUs that are not there)."""
-    for index, state in enumerate(states[:torch.cuda.device_count()]):
-        torch.cuda.set_rng_state(state, index)

@@ -18,10 +18,7 @@ class ReferenceCNN(nn.Module):
         super().__init__()
         assert image_size % 4 == 0, f"the CNN pools twice by 2: image size {image_size} must divide by 4"
         side = image_size // 4
-        # test-time views shift within 4 pixels, the CNN's total stride: the two 2x2 max-pools downsample by 4,
-        # so a shift by 4 moves the feature map by one whole cell, while shifts within 4 pixels change which
-        # pixels pool together (as shifts within a patch move a ViT's patch boundaries)
-        self.shift_unit = 4
+        self.shift_unit = 4  # the total stride of the two max-pools: a shift by 4 moves the map by one cell
         self.features = nn.Sequential(conv_block(in_channels, 16), conv_block(16, 32))
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * side * side, 128), nn.ReLU(inplace=True),
                                         nn.Dropout(0.5), nn.Linear(128, 1))

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Callable
 
 import drift
-from calibration import calibrated
-from checkpoints import load_checkpoint, saved_plan, trained_model
+from metrics import calibrated
+from checkpoints import load_checkpoint, trained_model
 from config import UserError, config_from_dict
 from data import read_split, to_tensor
+from symmetry import SymmetryPlan
 from report import write_predictions, write_probabilities
 from run_report import drift_check
 from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_logits
@@ -29,7 +30,7 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
     source = Path(input_file)
     payload = load_checkpoint(run_dir / "best.pt")
     saved = config_from_dict(payload["config"])
-    stats, views = payload["stats"], saved_plan(payload).views
+    stats, views = payload["stats"], SymmetryPlan.from_dict(payload["symmetry"]).views
     path = Path(output) if output else run_dir / f"predictions-{source.stem}.txt"
     csv_path = path.with_suffix(".csv")
     if csv_path == path or path.is_dir() or output.endswith(("/", "\\")):

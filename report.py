@@ -89,7 +89,7 @@ def save_figure(fig, path: str | Path) -> Path:
 
 def plot_reliability(path: str | Path, panels: dict[str, dict[str, dict]]) -> Path:
     """Reliability diagrams: per panel (e.g. before / after calibration), per split, the frequency of state 1
-    against the mean probability in each bin (calibration.reliability); on the diagonal when calibrated."""
+    against the mean probability in each bin (metrics.reliability); on the diagonal when calibrated."""
     fig, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels.items()):
         ax.plot([0, 1], [0, 1], "k:", label="calibrated")

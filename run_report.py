@@ -1,6 +1,6 @@
 """What a finished run adds so that a scientist can trust it, and the one page that shows it all (report.md).
 
-After training, `assess` fits the temperature on the validation logits (calibration.py), fits the reference
+After training, `assess` fits the temperature on the validation logits (metrics.py), fits the reference
 classifier (reference.py) as a yardstick, describes the training set and checks the test split against it
 (drift.py), maps what the model reads over Fourier modes (sensitivity.py), and draws the figures (report.py).
 `write_page` puts the summary numbers and every figure of the run folder into report.md. The raw channels are
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-import calibration
 import drift
+import metrics
 import reference
 import synthetic
 from config import Config
@@ -62,18 +62,18 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     """Calibration, drift check of the test split, sensitivity map and their figures, for the restored best model;
     `logits`: its (view-averaged) logits of the validation and test splits."""
     labels = {name: None if data.y[name] is None else data.y[name].cpu().numpy() for name in ("train", "valid", "test")}
-    prior = calibration.reference_prior(data.symmetry.swaps, labels["train"])
+    prior = metrics.reference_prior(data.symmetry.swaps, labels["train"])
     # with the digits of every written score (fileio.rounded): best.pt and summary.json hold the same T and c;
-    # an antisymmetric view average (a swapping partner) has no offset to fit (calibration.py)
-    temperature, offset = rounded(calibration.fit_calibration(
-        logits["valid"], labels["valid"], calibration.prior_weights(labels["valid"], prior),
+    # an antisymmetric view average (a swapping partner) has no offset to fit (metrics.py)
+    temperature, offset = rounded(metrics.fit_calibration(
+        logits["valid"], labels["valid"], metrics.prior_weights(labels["valid"], prior),
         offset=not data.symmetry.swaps))
     raw_logits, logits = logits, {name: z + offset for name, z in logits.items()}  # shifted: what is predicted
     yardstick, yard_summary, yard_note = compare_with_reference(data, logits, cfg.seed, info["data_dir"])
     raw = {name: read_raw(info, name) for name in ("train", "valid", "test")}
     llr = ({name: synthetic.bayes_log_likelihood_ratio(raw[name]["density"]) for name in ("valid", "test")}
            if info["source"] == "synthetic" else {})
-    probabilities = {name: calibration.calibrated(z, temperature) for name, z in logits.items()}
+    probabilities = {name: metrics.calibrated(z, temperature) for name, z in logits.items()}
     plot_reliability(run_dir / "reliability.png", reliability_panels(raw_logits, labels, temperature, offset, prior))
     plot_roc_and_confusion(run_dir / "roc_confusion.png", {
         SPLIT_NAMES[n]: (probabilities[n], labels[n], roc_auc(torch.from_numpy(probabilities[n]),
@@ -84,7 +84,7 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
                                          "fitted_on": "valid"}},
                         {"calibration": calibrate_summary(raw_logits, labels, temperature, offset, prior, llr),
                          "reference": yard_summary}, logits=logits)
-    bound = calibration.at_bound(temperature)
+    bound = metrics.at_bound(temperature)
     if bound:
         result.summary["calibration"]["not_calibrated"] = bound
         result.notes.append(f"WARNING: the calibration temperature {temperature:g} is at the end of its search "
@@ -92,7 +92,7 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     if yard_note:
         result.notes.append(yard_note)
     if llr:  # the Bayes lines of the learning curves: the exact posterior's validation log loss and accuracy
-        result.bayes_curves = {"val_loss": calibration.log_loss(calibration.bayes_posterior(llr["valid"], prior),
+        result.bayes_curves = {"val_loss": metrics.log_loss(metrics.bayes_posterior(llr["valid"], prior),
                                                                 labels["valid"]),
                                "val_acc": info["bayes_accuracy"]["valid"]}
     check_test_split(run_dir, raw, result)
@@ -147,18 +147,18 @@ def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarra
     """Temperature, and per split before/after calibration: ECE and log loss (labelled splits, reweighted to the
     reference prior), mean |p - p_Bayes| (the built-in benchmark)."""
     out: dict[str, Any] = {"temperature": temperature, "offset": offset, "prior_state_1": prior,
-                           "ece_bins": calibration.ECE_BINS}
+                           "ece_bins": metrics.ECE_BINS}
     for name, z in logits.items():
-        before, after = calibration.calibrated(z), calibration.calibrated(z + offset, temperature)
+        before, after = metrics.calibrated(z), metrics.calibrated(z + offset, temperature)
         row: dict[str, Any] = {}
         if labels[name] is not None:
-            w = calibration.prior_weights(labels[name], prior)
-            row["ece"] = {"before": calibration.expected_calibration_error(before, labels[name], w),
-                          "after": calibration.expected_calibration_error(after, labels[name], w)}
-            row["log_loss"] = {"before": calibration.log_loss(before, labels[name], w),
-                               "after": calibration.log_loss(after, labels[name], w)}
+            w = metrics.prior_weights(labels[name], prior)
+            row["ece"] = {"before": metrics.expected_calibration_error(before, labels[name], w),
+                          "after": metrics.expected_calibration_error(after, labels[name], w)}
+            row["log_loss"] = {"before": metrics.log_loss(before, labels[name], w),
+                               "after": metrics.log_loss(after, labels[name], w)}
         if name in llr:
-            exact = calibration.bayes_posterior(llr[name], prior)
+            exact = metrics.bayes_posterior(llr[name], prior)
             row["mean_abs_diff_bayes"] = {"before": float(np.mean(np.abs(before - exact))),
                                           "after": float(np.mean(np.abs(after - exact)))}
         out[name] = row
@@ -175,9 +175,9 @@ def reliability_panels(logits: dict[str, np.ndarray], labels: dict[str, np.ndarr
         for name in ("valid", "test"):
             if labels[name] is None:
                 continue
-            p, w = calibration.calibrated(logits[name] + c, t), calibration.prior_weights(labels[name], prior)
-            ece = calibration.expected_calibration_error(p, labels[name], w)
-            panels[title][f"{SPLIT_NAMES[name]} (ECE {ece:.2%})"] = calibration.reliability(p, labels[name], w)
+            p, w = metrics.calibrated(logits[name] + c, t), metrics.prior_weights(labels[name], prior)
+            ece = metrics.expected_calibration_error(p, labels[name], w)
+            panels[title][f"{SPLIT_NAMES[name]} (ECE {ece:.2%})"] = metrics.reliability(p, labels[name], w)
     return panels
 
 

@@ -35,8 +35,8 @@ def saved_run(folder: Path, cfg: Config) -> Path:
 
 @pytest.mark.parametrize("f", dataclasses.fields(Config), ids=lambda f: f.name)
 def test_resume_accepts_exactly_the_control_execution_and_output_fields(f, tmp_path):
-    """The network, the optimizer state, the experiment and the random stream (the dropout masks) are fixed by
-    last.pt; patience, sync-bn, device, compile and the output paths may change."""
+    """The network, the optimizer state and the experiment are fixed by last.pt; patience, sync-bn, device,
+    compile and the output paths may change."""
     run_dir = saved_run(tmp_path / "run", Config())
     change = {f.name: another_value(f)}
     if f.name in fields_with(CONTROL, EXECUTION, OUTPUT):
@@ -58,9 +58,14 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path):
 
 def test_resume_restores_the_cuda_generators_that_this_machine_has(monkeypatch):
     """A run saved on 4 GPUs resumed where 2 are visible: the first 2 states come back, no error."""
-    import checkpoints
+    from types import SimpleNamespace
+    from checkpoints import restore_training
     restored = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.append((index, int(state[0]))))
-    checkpoints.restore_cuda_rng([torch.full((4,), i, dtype=torch.uint8) for i in range(4)])
+    part = SimpleNamespace(load_state_dict=lambda state: None)
+    payload = {"model": {}, "optimizer": {}, "scheduler": {}, "rng": torch.get_rng_state(),
+               "cuda_rng": [torch.full((4,), i, dtype=torch.uint8) for i in range(4)], "train_state": {"epoch": 1}}
+    training = SimpleNamespace(model=part, optimizer=part, scheduler=part)
+    assert restore_training(training, Resumed(Path("run"), payload), torch.device("cuda")).epoch == 1
     assert restored == [(0, 0), (1, 1)]

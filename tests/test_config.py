@@ -3,8 +3,10 @@ import dataclasses
 
 import pytest
 
-from config import (CONTROL, EXECUTION, MODEL, OPTIMIZER, OUTPUT, ROLES, SAMPLING, Config, Parser, add_config_flags,
-                    build_parser, config_from_dict, fields_with, parse_config)
+from config import (CONTROL, EXECUTION, EXPERIMENT, MODEL, OPTIMIZER, OUTPUT, Config, Parser, UserError,
+                    add_config_flags, build_parser, config_from_dict, fields_with, parse_config)
+
+ROLES = (MODEL, OPTIMIZER, EXPERIMENT, CONTROL, EXECUTION, OUTPUT)
 
 
 def test_every_field_is_a_flag_with_help_and_the_same_default():
@@ -17,12 +19,11 @@ def test_every_field_is_a_flag_with_help_and_the_same_default():
     assert parse_config([]) == Config()
 
 
-def test_request_defaults_and_flags():
+def test_flags_parse_into_the_config():
     cfg = parse_config(["--loss", "smooth", "--optimizer", "adamw", "--channels", "density", "--no-compile"])
-    assert (cfg.loss, cfg.optimizer, cfg.channels) == ("smooth", "adamw", "density")
-    defaults = Config()
-    assert (defaults.optimizer, defaults.momentum, defaults.patch_norm, defaults.emb_dropout) == \
-        ("sgd", 0.9, "batch", 0.2)
+    assert (cfg.loss, cfg.optimizer, cfg.channels, cfg.compile) == ("smooth", "adamw", "density", False)
+    assert parse_config(["--no-augment", "--tta", "flip0,shift"]).augment == "off"
+    assert parse_config(["--no-whiten"]).whiten is False
 
 
 @pytest.mark.parametrize("argv", [["--lr", "-1"], ["--smoothing", "1.0"], ["--smoothing", "-0.1"],
@@ -35,44 +36,18 @@ def test_nonsense_values_are_argparse_errors(argv, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_saved_config_round_trips_and_ignores_unknown_keys():
+def test_a_saved_config_round_trips_and_another_versions_is_one_clear_error():
     cfg = Config(loss="mse", epochs=3)
-    assert config_from_dict({**dataclasses.asdict(cfg), "from_the_future": 1}) == cfg
+    assert config_from_dict(dataclasses.asdict(cfg)) == cfg
+    saved = dataclasses.asdict(cfg)
+    del saved["pool"]
+    for values in ({**dataclasses.asdict(cfg), "from_the_future": 1}, saved):
+        with pytest.raises(UserError, match="written by another version.*train it again"):
+            config_from_dict(values)
 
 
-def test_a_config_saved_before_the_dropout_sampler_existed_resumes_with_torchs_sampler():
-    saved = dataclasses.asdict(Config())
-    del saved["dropout_sampler"]  # as written by runs before --dropout-sampler
-    assert config_from_dict(saved).dropout_sampler == "torch"
-    assert config_from_dict(dataclasses.asdict(Config())).dropout_sampler == "fast"
-
-
-def test_defaults_train_the_requested_recipe_and_old_runs_keep_what_they_used():
-    defaults = Config()
-    assert (defaults.init, defaults.whiten, defaults.pool, defaults.augment, defaults.tta) == \
-        ("torch", True, "mean", "auto", "auto")
-    assert parse_config(["--no-augment", "--tta", "flip0,shift"]).augment == "off"
-    assert parse_config(["--no-whiten"]).whiten is False
-    saved = dataclasses.asdict(Config())
-    for added in ("init", "pool", "augment", "tta", "tta_shifts"):
-        del saved[added]  # as written by runs before these options existed
-    old = config_from_dict({**saved, "whiten": False})
-    assert (old.init, old.pool, old.whiten, old.augment, old.tta) == ("trunc02", "cls", False, "off", "off")
-    switched = config_from_dict({**saved, "augment": True, "tta": False})  # the on/off switches before the check
-    assert (switched.augment, switched.tta) == ("auto", "off")
-
-
-def test_every_field_has_one_role_and_the_derived_lists_split_the_fields():
-    roles = {f.name: f.metadata["role"] for f in dataclasses.fields(Config)}
-    assert set(roles.values()) <= set(ROLES)
-    assert sorted(sum((fields_with(r) for r in ROLES), ())) == sorted(roles)
-    assert fields_with(MODEL) == ("whiten", "model", "patch_size", "emb_dim", "depth", "heads", "mlp_dim",
-                                  "patch_norm", "block_norm", "pool")
-    assert fields_with(OPTIMIZER) == ("optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "epochs",
-                                      "batch_size")
-    assert fields_with(CONTROL, EXECUTION, OUTPUT) == ("patience", "device", "compile", "sync_bn", "out_dir",
-                                                       "predictions")
-    assert fields_with(SAMPLING) == ("dropout_sampler",)
+def test_the_roles_split_the_fields():
+    assert sorted(sum((fields_with(r) for r in ROLES), ())) == sorted(f.name for f in dataclasses.fields(Config))
 
 
 def test_add_config_flags_shares_checks_and_lets_an_entry_point_change_defaults(capsys):

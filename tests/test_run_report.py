@@ -13,10 +13,10 @@ import torch
 
 import run_transformer
 import synthetic
-from calibration import calibrated
+from metrics import calibrated
 from config import Config, config_from_dict
 from conftest import TINY
-from checkpoints import saved_plan
+from symmetry import SymmetryPlan
 from train import build_model, predict_logits
 
 SMALL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--batch-size", "64", "--device", "cpu"]
@@ -49,7 +49,7 @@ def saved_logits(run_dir: Path, file: Path) -> np.ndarray:
     model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"])
     model.load_state_dict(payload["model"])
     split = read_split(file, "input", tuple(payload["stats"]["channels"]), labelled=False)
-    return predict_logits(model, to_tensor(split, payload["stats"], "cpu"), saved_plan(payload).views).numpy()
+    return predict_logits(model, to_tensor(split, payload["stats"], "cpu"), SymmetryPlan.from_dict(payload["symmetry"]).views).numpy()
 
 
 def test_the_run_writes_one_page_with_every_figure(benchmark_run):

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from cnn import ReferenceCNN
-from vision_transformer import PatchEmbedding, TokenBatchNorm, VisionTransformer
+import torch.nn.functional as F
+from vision_transformer import Attention, PatchEmbedding, VisionTransformer
 
 
 def test_patch_embedding_shapes_and_positions_follow_image_size():
@@ -18,7 +19,7 @@ def test_patch_embedding_shapes_and_positions_follow_image_size():
 
 
 def test_patch_that_does_not_divide_image_is_a_clear_error():
-    with pytest.raises(AssertionError, match="does not divide"):
+    with pytest.raises(ValueError, match="does not divide"):
         PatchEmbedding(patch_size=5, image_size=28)
 
 
@@ -69,23 +70,36 @@ def test_patch_norm_none_is_the_pre_change_model_whose_images_do_not_interact():
         assert torch.allclose(model(images), alone, atol=1e-5) == independent, patch_norm
 
 
-def test_dropout_layers_are_nn_dropout_and_attention_is_one_sdpa_call(monkeypatch):
+def test_dropout_layers_are_nn_dropout_and_cpu_training_spells_attention_out(monkeypatch):
     """Hooks, FLOP counters and MC-dropout habits find every dropout as nn.Dropout: one after the embedding
-    and two per block MLP; the attention weights' dropout is SDPA's, one call per block, in training too."""
+    and two per block MLP. A CPU training step runs no SDPA: each block's attention weights go through one
+    F.dropout at the block rate, and in eval mode through none."""
     model = VisionTransformer(in_channels=1, depth=3, dropout=0.1)
     dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert len(dropouts) == 1 + 2 * 3 and all(type(m) is nn.Dropout for m in dropouts)
     assert [m.p for m in dropouts] == [0.2] + [0.1] * 6
-    calls = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    sdpa, calls, dropout = [], [], F.dropout
 
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("dropout_p"))
-        return sdpa(*args, **kwargs)
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    def counting(x, p=0.5, training=True, inplace=False):
+        calls.append((tuple(x.shape[-2:]), p, training))
+        return dropout(x, p, training, inplace)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: sdpa.append(1))
+    monkeypatch.setattr(F, "dropout", counting)
     model.train()(torch.randn(4, 1, 28, 28))
+    attention = [c for c in calls if c[0] == (50, 50)]  # the (tokens x tokens) weights
+    assert sdpa == [] and attention == [((50, 50), 0.1, True)] * 3
+    calls.clear()
     model.eval()(torch.randn(4, 1, 28, 28))
-    assert calls == [0.1] * 3 + [0.0] * 3
+    assert sdpa == [] and not any(c[0] == (50, 50) for c in calls)
+
+
+def test_cpu_attention_equals_sdpa_in_fp32():
+    torch.manual_seed(0)
+    attn = Attention(dim=32, heads=2, dropout=0.0)
+    x = torch.randn(5, 50, 32)
+    q, k, v = attn.qkv(x).view(5, 50, 3, 2, 16).permute(2, 0, 3, 1, 4)
+    expected = attn.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(5, 50, 32))
+    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_cls_and_position_init_is_small_truncated_normal():
@@ -99,8 +113,8 @@ def test_cls_and_position_init_is_small_truncated_normal():
 def test_vit_returns_one_logit_per_image(block_norm):
     model = VisionTransformer(in_channels=1, depth=2, block_norm=block_norm)
     assert model(torch.randn(4, 1, 28, 28)).shape == (4, 1)
-    norms = [m for m in model.modules() if isinstance(m, (nn.LayerNorm, TokenBatchNorm))]
-    expected = nn.LayerNorm if block_norm == "layer" else TokenBatchNorm
+    norms = [m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d))]
+    expected = nn.LayerNorm if block_norm == "layer" else nn.BatchNorm1d
     assert norms and all(isinstance(m, expected) for m in norms)
 
 
@@ -149,7 +163,7 @@ def test_init_choices_set_the_linear_weight_scale():
     default = VisionTransformer(in_channels=1)
     assert min(float(w.std()) for w in linear_weights(default) if w.numel() >= 1024) > 0.05
     assert max(float(w.abs().max()) for w in linear_weights(VisionTransformer(init="trunc02"))) <= 0.04 + 1e-6
-    with pytest.raises(AssertionError, match="unknown init"):
+    with pytest.raises(ValueError, match="unknown pool 'cls' or init 'zeros'"):
         VisionTransformer(init="zeros")
 
 

@@ -9,10 +9,9 @@ A benchmark, not a test: it prints what it measured. (a) "original": a torch Dat
 from the HDF5 file with h5py, a DataLoader (batch 64, 2 workers), `.item()` after every step, AdamW with a
 LambdaLR warmup-cosine schedule, the model as vision_transformer.py builds it (nn.Dropout, as the scientist's
 had). (b) "ours": train.train_epoch on train.build_training's setup, as run_transformer trains: device-resident
-tensors (one permutation per epoch on the device, one host sync per epoch), optionally compiled, with
-cpu_dropout's fast CPU masks. On CPU a third row, ours with torch's dropout masks, splits the gain between the
-loop and the masks. All train the same architecture on the same images; throughput is timed after warm-up
-steps (DataLoader start-up, compilation). The original runs this repository's model file (its CUDA attention
+tensors (one permutation per epoch on the device, one host sync per epoch), optionally compiled. Both train
+the same architecture on the same images; throughput is timed after warm-up steps (DataLoader start-up,
+compilation). The original runs this repository's model file (its CUDA attention
 kernel choice included), so the ratio leaves out whatever that gains over the scientist's own code.
 
 The flags shared with run_transformer.py come from config.py; the bench's own ViT is wider and shallower
@@ -320,7 +319,7 @@ def time_to_target_command(args: argparse.Namespace) -> None:
 
 
 def throughput(args: argparse.Namespace) -> None:
-    """The original style against ours (and, on CPU, ours with torch's dropout masks): one table."""
+    """The original style against ours: one table."""
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     args.rounds = args.rounds or (1 if cuda else 3)
@@ -345,9 +344,6 @@ def throughput(args: argparse.Namespace) -> None:
     chunk, warmup = (0, args.warmup or 30) if cuda else (16, args.warmup or 4)
     timers = {"original": original_loop(cfg, data_dir, data.stats, data.image_size, device, 5, args.workers),
               "ours": our_loop(cfg, data, device, chunk, warmup)}
-    if not cuda:  # the dropout masks only matter on CPU
-        timers["ours, torch's dropout"] = our_loop(dataclasses.replace(cfg, dropout_sampler="torch"), data,
-                                                   device, chunk, warmup)
     # what `python run_transformer.py --loss smooth` trains: its model, whitened input, augmentation
     recipe = Config(loss="smooth", device=args.device, data_dir=args.data_dir, compile=args.compile,
                     batch_size=args.batch_size or Config.batch_size, precision=args.precision)
@@ -364,9 +360,7 @@ def throughput(args: argparse.Namespace) -> None:
     rows = [{"style": f"original: HDF5 Dataset + DataLoader ({args.workers} workers), .item()/step, AdamW",
              "batch": 64, "precision": "fp32"},
             {"style": f"ours: resident tensors, 1 sync/epoch, {cfg.optimizer.upper()}{compiled}",
-             "batch": cfg.batch_size, "precision": cfg.precision},
-            {"style": "ours, with torch's dropout sampler (as the original)", "batch": cfg.batch_size,
-             "precision": cfg.precision}][:len(timers) - 1]
+             "batch": cfg.batch_size, "precision": cfg.precision}]
     rows.append({"style": f"the default recipe: ViT emb {recipe.emb_dim} depth {recipe.depth} heads {recipe.heads}, "
                  f"whitened, augmented, {recipe.optimizer.upper()}", "batch": recipe.batch_size, "precision": recipe.precision,
                  "flops": flops_per_image(recipe, len(recipe_data.stats["channels"]), recipe_data.image_size)})

@@ -40,7 +40,7 @@ import data
 import run_transformer
 import synthetic
 from cli import exit_code
-from config import (EXECUTION, OUTPUT, SAMPLING, Config, HelpFormatter, Parser, UserError,
+from config import (EXECUTION, OUTPUT, Config, HelpFormatter, Parser, UserError,
                     add_config_flags, checked, config_from_dict, fields_with, non_negative, positive)
 from data import load_splits, read_answer_key
 from fileio import append_text, changed_files, write_json, write_text
@@ -60,7 +60,7 @@ SWITCH_KEYS = {"auto": True, "off": False}
 def job_key(cfg: Config) -> str:
     """Identity of a run: every setting that changes its result, not how it is computed, how its random numbers
     are drawn or where it is written (config.py's EXECUTION, SAMPLING and OUTPUT roles)."""
-    ignored = fields_with(EXECUTION, SAMPLING, OUTPUT)
+    ignored = fields_with(EXECUTION, OUTPUT)
     fields = {k: SWITCH_KEYS.get(v, v) if k in ("augment", "tta") else v
               for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]

@@ -20,9 +20,10 @@ import torch
 
 import reference
 import synthetic
-from checkpoints import load_checkpoint, saved_plan, trained_model
+from checkpoints import load_checkpoint, trained_model
 from config import UserError
 from data import ANSWER_FILE, SPLIT_FILES, load_splits, read_split, to_device, to_tensor
+from symmetry import SymmetryPlan
 from fileio import fingerprint, rounded, write_json
 from metrics import scores
 from train import predict_logits
@@ -117,7 +118,7 @@ def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]
     stats = payload["stats"]
     split = read_split(path, "held-out", tuple(stats["channels"]))
     model = trained_model(payload, device)
-    logits = predict_logits(model, to_tensor(split, stats, device), saved_plan(payload).views).cpu()
+    logits = predict_logits(model, to_tensor(split, stats, device), SymmetryPlan.from_dict(payload["symmetry"]).views).cpu()
     labels = torch.from_numpy(split.labels).float()
     result = scores(torch.sigmoid(logits), labels)  # log loss and AUC of the raw logits
     correct = ((logits + payload.get("calibration", {}).get("offset", 0.0) > 0).float() == labels).numpy()

@@ -22,8 +22,8 @@ import synthetic
 from cli import exit_code
 from config import HelpFormatter, Parser, checked, config_from_dict, non_negative
 from data import read_answer_key, read_split, to_tensor
-from checkpoints import load_checkpoint, saved_plan, trained_model
-from symmetry import Views
+from checkpoints import load_checkpoint, trained_model
+from symmetry import SymmetryPlan, Views
 from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_proba
 
 REAL_TEST_FILE = Path(__file__).resolve().parents[2] / "shared" / "gasdata" / "test_no_labels.hdf5"
@@ -41,7 +41,7 @@ def describe(model, payload: dict, path: Path, device: torch.device, sample: int
         keep = np.sort(np.random.default_rng(0).permutation(len(split))[:sample])
         split.channels = {k: v[keep] for k, v in split.channels.items()}
         answers = None if answers is None else answers[keep]
-    own = saved_plan(payload).views
+    own = SymmetryPlan.from_dict(payload["symmetry"]).views
     if views is not None:  # the run's own view symmetries at another number of shifts (0: no views)
         own = Views(own.rules, views) if own is not None and views > 0 else None
     try:
