@@ -1,8 +1,5 @@
-"""The training loop and what it needs (model, optimizer, schedule, loss, precision), on device-resident data.
-
-The loop never waits for the host inside an epoch: losses and the first non-finite step stay on the device and
-are read once per epoch; a signal asks the loop to stop between steps.
-"""
+"""The training loop and what it builds on (model, optimizer, schedule, loss, precision, DDP, compile): device-
+resident data, one host sync per epoch, divergence and signals checked without stalling the steps."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +8,7 @@ import signal
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -83,16 +80,13 @@ def build_model(cfg: Config, in_channels: int, image_size: int) -> nn.Module:
                              block_norm=cfg.block_norm, init=cfg.init, pool=cfg.pool)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices and kernels only: biases, norms, CLS and position embeddings are left alone."""
+def build_optimizer(cfg: Config, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """Weight decay on matrices and kernels only: biases, norms, CLS and position embeddings are left alone."""
     decay, keep = [], []
     for name, p in model.named_parameters():
         (keep if p.ndim < 2 or name.endswith(("cls_token", "pos_embedding")) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
-
-
-def build_optimizer(cfg: Config, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    groups, fast = parameter_groups(model, cfg.weight_decay), {"fused" if device.type == "cuda" else "foreach": True}
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    fast = {"fused" if device.type == "cuda" else "foreach": True}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fast)
     return torch.optim.AdamW(groups, lr=cfg.lr, **fast)
@@ -121,17 +115,14 @@ def training_loss(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y * (1 - eps) + 0.5 * eps)
 
 
-def compile_mode(device: torch.device) -> str | None:
-    """CUDA graphs on one GPU, where launch overhead dominates a small model; the default mode elsewhere."""
-    return "reduce-overhead" if device.type == "cuda" and not distributed.active() else None
-
-
 def training_model(model: nn.Module, cfg: Config, device: torch.device, backend: str = "inductor") -> nn.Module:
     """What the training steps call: `model` under DDP (torchrun) and torch.compile (--compile), sharing its
-    parameters; evaluation and checkpoints use `model` itself. Every batch has one shape: one compile."""
+    parameters; evaluation and checkpoints use `model` itself. Every batch has one shape: one compile. CUDA
+    graphs on one GPU, where launch overhead dominates a small model."""
     step_model = distributed.wrap(model, device, cfg.sync_bn)
     if cfg.compile:
-        mode = compile_mode(device) if backend == "inductor" else None
+        graphs = backend == "inductor" and device.type == "cuda" and not distributed.active()
+        mode = "reduce-overhead" if graphs else None
         step_model = torch.compile(step_model, backend=backend, mode=mode)
     return step_model
 
@@ -220,10 +211,10 @@ class StopFlag:
         self.signum: int | None = None
 
     def __enter__(self) -> "StopFlag":
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
-    def _handle(self, signum, frame) -> None:
+    def handle(self, signum: int, frame) -> None:
         self.signum = signum
 
     def __exit__(self, *exc) -> None:
@@ -260,7 +251,7 @@ def train_epoch(training: Training, data: DeviceData, cfg: Config, epoch: int, s
             first_bad = torch.where(loss.isfinite() | (first_bad < step), first_bad, float(step))
             hard = F.binary_cross_entropy_with_logits(logits, yb)
             sums += torch.stack([loss * len(idx), hard * len(idx), ((logits > 0).float() == yb).sum()])
-    sums, first_bad = distributed.sum_over_ranks(sums), distributed.min_over_ranks(first_bad)
+    sums, first_bad = distributed.all_reduce(sums), distributed.all_reduce(first_bad, "min")
     tensors = [t.detach().flatten() for t in (*training.model.parameters(), *training.model.buffers())
                if t.is_floating_point()]  # a non-finite last gradient leaves no bad loss, only bad weights
     finite = torch.cat(tensors).isfinite().all().to(sums.dtype)

@@ -13,7 +13,7 @@ import train
 from conftest import benchmark_plan
 from symmetry import SymmetryPlan
 from train import (TrainState, build_model, build_optimizer, build_scheduler, build_training, epoch_views, fit,
-                   parameter_groups, predict_proba, resolve_precision, training_loss)
+                   predict_proba, resolve_precision, training_loss)
 
 
 def small_cfg(**kw) -> Config:
@@ -72,8 +72,8 @@ def test_adamw_warmup_then_cosine_shape():
 
 
 def test_weight_decay_spares_biases_norms_and_embeddings():
-    model = build_model(small_cfg(), 1, 28)
-    decay, keep = parameter_groups(model, 0.1)
+    model = build_model(small_cfg(weight_decay=0.1), 1, 28)
+    decay, keep = build_optimizer(small_cfg(weight_decay=0.1), model, torch.device("cpu")).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     kept = {names[id(p)] for p in keep["params"]}
     assert {"embed.cls_token", "embed.pos_embedding", "embed.norm.weight", "head.bias"} <= kept

@@ -78,7 +78,6 @@ def test_the_compiled_step_model_keeps_the_shift_unit_of_its_patches():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_cuda_graphs_keep_batchnorm_statistics_like_eager(monkeypatch):
     """The GPU configuration of --compile: inductor with mode="reduce-overhead" (CUDA graphs)."""
-    assert train.compile_mode(torch.device("cuda")) == "reduce-overhead"
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # compare like with like
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
