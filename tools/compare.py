@@ -58,8 +58,8 @@ SWITCH_KEYS = {"auto": True, "off": False}
 
 
 def job_key(cfg: Config) -> str:
-    """Identity of a run: every setting that changes its result, not how it is computed, how its random numbers
-    are drawn or where it is written (config.py's EXECUTION, SAMPLING and OUTPUT roles)."""
+    """Identity of a run: every setting that changes its result, not how it is computed or where it is written
+    (config.py's EXECUTION and OUTPUT roles)."""
     ignored = fields_with(EXECUTION, OUTPUT)
     fields = {k: SWITCH_KEYS.get(v, v) if k in ("augment", "tta") else v
               for k, v in dataclasses.asdict(cfg).items() if k not in ignored}

@@ -309,7 +309,7 @@ def test_quick_grid_answers_the_question_on_the_users_data_without_an_answer_key
 
 
 def test_a_run_is_identified_by_every_setting_except_how_and_where_it_is_computed():
-    """job_key follows config.py's roles: EXECUTION, SAMPLING and OUTPUT fields leave a run's identity alone (a
+    """job_key follows config.py's roles: EXECUTION and OUTPUT fields leave a run's identity alone (a
     stored result stands for any of their values), every other field makes it another run."""
     from test_checkpoints import another_value
     base = Config()
