@@ -51,18 +51,17 @@ def channel_spec(text: str) -> bool:
 
 @dataclass
 class Config:
-    data_dir: str = _opt(EXPERIMENT, "data", "folder with train.hdf5, valid.hdf5, test_no_labels.hdf5; without "
-                         "train.hdf5 the synthetic benchmark is generated into DATA_DIR/synthetic")
-    channels: str = _opt(EXPERIMENT, "auto", "input channels, comma separated from {density, recording_date}; auto "
-                         "drops channels the shortcut guard flags", check=channel_spec)
+    data_dir: str = _opt(EXPERIMENT, "data", "folder of train.hdf5, valid.hdf5, test_no_labels.hdf5; without "
+                         "train.hdf5 the synthetic benchmark is generated in DATA_DIR/synthetic")
+    channels: str = _opt(EXPERIMENT, "auto", "input channels, comma separated; auto drops those the shortcut guard "
+                         "flags", check=channel_spec)
     whiten: bool = _opt(MODEL, True, "feed log-density whitened by the training set's mean power spectrum")
-    augment: str = _opt(EXPERIMENT, "auto", "train on random symmetries of each image: auto (those the training "
-                        "data show), off, or a list such as flip0,flip1,transpose=swap,shift", negation="off")
-    tta: str = _opt(EXPERIMENT, "auto", "predict with the mean logit over symmetric views of each image: auto, off "
-                    "or a list as for --augment", negation="off")
-    tta_shifts: int = _opt(EXPERIMENT, 4, "test-time views' periodic shifts per axis within a patch", check=positive)
-    epoch_views: str = _opt(EXPERIMENT, "pair", "views of the validation after every epoch: pair (the image and its "
-                            "partner) or all", choices=("pair", "all"))
+    augment: str = _opt(EXPERIMENT, "auto", "train on random symmetries: auto (those the training data show), off, "
+                        "or a list such as flip0,flip1,transpose=swap,shift", negation="off")
+    tta: str = _opt(EXPERIMENT, "auto", "predict the mean logit over symmetric views: auto, off or a list as for "
+                    "--augment", negation="off")
+    tta_shifts: int = _opt(EXPERIMENT, 4, "views' periodic shifts per axis within a patch", check=positive)
+    epoch_views: str = _opt(EXPERIMENT, "pair", "views of the validation after each epoch", choices=("pair", "all"))
     synthetic_seed: int = _opt(EXPERIMENT, 0, "seed of the synthetic benchmark generator")
     model: str = _opt(MODEL, "vit", "the BatchNorm Vision Transformer or the reference CNN", choices=("vit", "cnn"))
     patch_size: int = _opt(MODEL, 4, "side of the square patches (must divide the image size)", check=positive)
@@ -74,25 +73,25 @@ class Config:
     emb_dropout: float = _opt(EXPERIMENT, 0.2, "dropout after the patch embedding", check=probability)
     patch_norm: str = _opt(MODEL, "batch", "normalisation after the patch convolution", choices=("batch", "none"))
     block_norm: str = _opt(MODEL, "layer", "normalisation in the transformer blocks", choices=("layer", "batch"))
-    init: str = _opt(EXPERIMENT, "torch", "initialisation of the ViT's Linear weights: torch (fan-in uniform), "
-                     "xavier or trunc02 (truncated normal std 0.02)", choices=("torch", "xavier", "trunc02"))
+    init: str = _opt(EXPERIMENT, "torch", "init of the ViT's Linear weights: fan-in uniform, Xavier or N(0, 0.02)",
+                     choices=("torch", "xavier", "trunc02"))
     pool: str = _opt(MODEL, "mean", "the ViT head reads the mean patch token or the CLS token", choices=("cls", "mean"))
-    optimizer: str = _opt(OPTIMIZER, "sgd", "sgd: SGD with momentum and LinearLR 1.0 -> 0.1; adamw: AdamW with "
-                          "linear warmup, then cosine decay", choices=("sgd", "adamw"))
+    optimizer: str = _opt(OPTIMIZER, "sgd", "SGD with momentum and LinearLR 1 -> 0.1, or AdamW with warmup and "
+                          "cosine decay", choices=("sgd", "adamw"))
     lr: float = _opt(OPTIMIZER, 0.05, "peak learning rate", check=positive)
     momentum: float = _opt(OPTIMIZER, 0.9, "SGD momentum", check=probability)
     weight_decay: float = _opt(OPTIMIZER, 5e-4, "weight decay (L2 for SGD, decoupled for AdamW)", check=non_negative)
     warmup_epochs: float = _opt(OPTIMIZER, 2.0, "AdamW: epochs of linear warmup", check=non_negative)
-    loss: str = _opt(EXPERIMENT, "bce", "bce: BCE with logits; mse: MSE on sigmoid(logits); smooth: BCE on "
-                     "label-smoothed targets", choices=("bce", "mse", "smooth"))
+    loss: str = _opt(EXPERIMENT, "bce", "BCE with logits, MSE on sigmoid(logits), or BCE on label-smoothed targets",
+                     choices=("bce", "mse", "smooth"))
     smoothing: float = _opt(EXPERIMENT, 0.1, "--loss smooth: targets y*(1-eps) + 0.5*eps", check=probability)
     epochs: int = _opt(OPTIMIZER, 6, "maximum number of epochs (LinearLR spans all of them)", check=positive)
     batch_size: int = _opt(OPTIMIZER, 128, "training batch size", check=positive)
     patience: int = _opt(CONTROL, 6, "stop after this many epochs without a better validation loss", check=positive)
     seed: int = _opt(EXPERIMENT, 0, "seed for initialisation, shuffling and dropout")
     device: str = _opt(EXECUTION, "auto", "auto picks cuda when available", choices=("auto", "cpu", "cuda"))
-    precision: str = _opt(EXPERIMENT, "auto", "bf16 autocast or fp32; auto: bf16 where the device computes it "
-                          "natively, else fp32", choices=("auto", "fp32", "bf16"))
+    precision: str = _opt(EXPERIMENT, "auto", "bf16 autocast or fp32; auto: bf16 where the device has it natively",
+                          choices=("auto", "fp32", "bf16"))
     compile: bool = _opt(EXECUTION, False, "torch.compile the training steps")
     sync_bn: bool = _opt(CONTROL, False, "under torchrun: synchronise BatchNorm statistics across processes")
     out_dir: str = _opt(OUTPUT, "runs", "each run gets a fresh sub-folder here")
