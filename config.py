@@ -53,15 +53,16 @@ def channel_spec(text: str) -> bool:
 class Config:
     data_dir: str = _opt(EXPERIMENT, "data", "folder of train.hdf5, valid.hdf5, test_no_labels.hdf5; without "
                          "train.hdf5 the synthetic benchmark is generated in DATA_DIR/synthetic")
-    channels: str = _opt(EXPERIMENT, "auto", "input channels, comma separated; auto drops those the shortcut guard "
-                         "flags", check=channel_spec)
+    channels: str = _opt(EXPERIMENT, "auto", "input channels, comma separated from density, recording_date; auto "
+                         "drops those the shortcut guard flags", check=channel_spec)
     whiten: bool = _opt(MODEL, True, "feed log-density whitened by the training set's mean power spectrum")
     augment: str = _opt(EXPERIMENT, "auto", "train on random symmetries: auto (those the training data show), off, "
                         "or a list such as flip0,flip1,transpose=swap,shift", negation="off")
     tta: str = _opt(EXPERIMENT, "auto", "predict the mean logit over symmetric views: auto, off or a list as for "
                     "--augment", negation="off")
     tta_shifts: int = _opt(EXPERIMENT, 4, "views' periodic shifts per axis within a patch", check=positive)
-    epoch_views: str = _opt(EXPERIMENT, "pair", "views of the validation after each epoch", choices=("pair", "all"))
+    epoch_views: str = _opt(EXPERIMENT, "pair", "views of the validation after each epoch: the image and its partner, "
+                            "or all", choices=("pair", "all"))
     synthetic_seed: int = _opt(EXPERIMENT, 0, "seed of the synthetic benchmark generator")
     model: str = _opt(MODEL, "vit", "the BatchNorm Vision Transformer or the reference CNN", choices=("vit", "cnn"))
     patch_size: int = _opt(MODEL, 4, "side of the square patches (must divide the image size)", check=positive)

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from cnn import ReferenceCNN
+from config import Config
+from train import build_training, resolve_precision
 import torch.nn.functional as F
 from vision_transformer import Attention, PatchEmbedding, VisionTransformer
 
@@ -91,6 +93,13 @@ def test_dropout_layers_are_nn_dropout_and_cpu_training_spells_attention_out(mon
     calls.clear()
     model.eval()(torch.randn(4, 1, 28, 28))
     assert sdpa == [] and not any(c[0] == (50, 50) for c in calls)
+    # the default recipe's CPU step (block dropout 0, autocast as resolved for this CPU): no weight dropout
+    cfg = resolve_precision(Config(), torch.device("cpu"))
+    training = build_training(cfg, 1, 28, 256, torch.device("cpu"))
+    calls.clear()
+    with training.autocast:
+        training.step_model(torch.randn(4, 1, 28, 28)).sum().backward()
+    assert sdpa == [] and not any(c[0] == (50, 50) for c in calls) and [c[1] for c in calls if c[1]] == [0.2]
 
 
 def test_cpu_attention_equals_sdpa_in_fp32():
