@@ -118,7 +118,8 @@ def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]
     stats = payload["stats"]
     split = read_split(path, "held-out", tuple(stats["channels"]))
     model = trained_model(payload, device)
-    logits = predict_logits(model, to_tensor(split, stats, device), SymmetryPlan.from_dict(payload["symmetry"]).views).cpu()
+    views = SymmetryPlan.from_dict(payload["symmetry"]).views
+    logits = predict_logits(model, to_tensor(split, stats, device), views).cpu()
     labels = torch.from_numpy(split.labels).float()
     result = scores(torch.sigmoid(logits), labels)  # log loss and AUC of the raw logits
     correct = ((logits + payload.get("calibration", {}).get("offset", 0.0) > 0).float() == labels).numpy()
