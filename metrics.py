@@ -54,9 +54,7 @@ def prior_weights(labels: np.ndarray, prior: float) -> np.ndarray:
     """Per-sample weights (mean 1) that turn the split's mix of states into `prior` (ones if a state is missing)."""
     y = np.asarray(labels, np.float64)
     share = y.mean()
-    if share in (0.0, 1.0):
-        return np.ones_like(y)
-    return np.where(y == 1, prior / share, (1 - prior) / (1 - share))
+    return np.ones_like(y) if share in (0.0, 1.0) else np.where(y == 1, prior / share, (1 - prior) / (1 - share))
 
 
 def fit_calibration(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None,
