@@ -1,8 +1,5 @@
-"""The scientist's HDF5 files, checked, read in chunks and turned into normalised device tensors.
-
-Each split file holds `density` and `recording_date` (N, S, S) and `labels` (N, 1) (-1 in the test file).
-A run streams the files CHUNK samples at a time and keeps only the float32 tensors the model reads.
-"""
+"""The scientist's HDF5 files (density, recording_date (N, S, S), labels (N, 1)), checked and streamed in chunks
+into the normalised float32 tensors the model reads."""
 from __future__ import annotations
 
 import json
@@ -46,7 +43,6 @@ class RawSplit:
         return len(self.labels)
 
     def close(self) -> None:
-        """Close the file of a streamed split."""
         for values in self.channels.values():
             if isinstance(values, h5py.Dataset) and values.id.valid:
                 values.file.close()
@@ -54,17 +50,16 @@ class RawSplit:
     def chunks(self, keys: list[str] | tuple[str, ...]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """(start, channel -> float32 values) for CHUNK samples at a time; NaN or inf is refused."""
         for start in range(0, len(self), CHUNK):
-            block = {}
-            for key in keys:
-                try:
-                    with np.errstate(over="ignore"):  # values beyond float32 become inf and are counted below
-                        block[key] = np.asarray(self.channels[key][start:start + CHUNK], np.float32)
-                except Exception as e:
-                    raise UserError(f"{self.path} is damaged ({_one_line(e)}); copy it again")
-                nan, inf = int(np.isnan(block[key]).sum()), int(np.isinf(block[key]).sum())
+            try:
+                with np.errstate(over="ignore"):  # values beyond float32 become inf and are counted below
+                    block = {key: np.asarray(self.channels[key][start:start + CHUNK], np.float32) for key in keys}
+            except Exception as e:
+                raise UserError(f"{self.path} is damaged ({_one_line(e)}); copy it again")
+            for key, values in block.items():
+                nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
                 if nan or inf:
                     raise UserError(f"{self.path}: {key} in the {self.name} split has {nan} NaN and {inf} infinite "
-                                    f"values (of {block[key].size}); clean the data or drop those samples")
+                                    f"values (of {values.size}); clean the data or drop those samples")
             yield start, block
 
 
@@ -132,18 +127,14 @@ def open_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_
                             f"({', '.join(f'{k} {ds.shape}' for k, ds in datasets.items())})")
         n = datasets[channels[0]].shape[0]
         labels = np.asarray(datasets.pop("labels")[()]).reshape(-1) if "labels" in datasets else np.full(n, -1)
-    except UserError:
-        h5.close()
-        raise
+        valid = np.isin(labels, (0, 1))  # checked before any cast, so 0.5 or NaN cannot pass as 0
+        if labelled and not valid.all():
+            odd = np.unique(labels[~valid])
+            raise UserError(f"{path}: {name} labels must be 0 or 1, found {len(odd)} other values "
+                            f"({', '.join(f'{v:g}' for v in odd[:5].tolist())}) in {int((~valid).sum())} samples")
     except Exception as e:
         h5.close()
-        raise UserError(f"{path} is damaged ({_one_line(e)}); copy it again")
-    valid = np.isin(labels, (0, 1))  # checked before any cast, so 0.5 or NaN cannot pass as 0
-    if labelled and not valid.all():
-        odd = np.unique(labels[~valid])
-        h5.close()
-        raise UserError(f"{path}: {name} labels must be 0 or 1, found {len(odd)} other values "
-                        f"({', '.join(f'{v:g}' for v in odd[:5].tolist())}) in {int((~valid).sum())} samples")
+        raise e if isinstance(e, UserError) else UserError(f"{path} is damaged ({_one_line(e)}); copy it again")
     return RawSplit(datasets, np.where(valid, labels, -1).astype(np.int64), path, name)
 
 
@@ -151,12 +142,9 @@ def read_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_
                labelled: bool = True) -> RawSplit:
     """open_split read into float32 arrays: for small files."""
     split = open_split(path, name, channels, labelled)
-    whole = {key: np.empty(split.channels[key].shape, np.float32) for key in channels}
-    for start, block in split.chunks(channels):
-        for key, values in block.items():
-            whole[key][start:start + len(values)] = values
+    blocks = [block for _, block in split.chunks(channels)]
     split.close()
-    return RawSplit(whole, split.labels, split.path, name)
+    return RawSplit({key: np.concatenate([b[key] for b in blocks]) for key in channels}, split.labels, split.path, name)
 
 
 def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
@@ -168,10 +156,9 @@ def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
     try:
         with h5:
             labels = np.asarray(_dataset(h5, "labels", path, "the answer key needs labels")[()]).reshape(-1)
-    except UserError:
-        raise
     except Exception as e:
-        raise UserError(f"{path} (the test answer key) is damaged ({_one_line(e)}); delete or replace it")
+        raise e if isinstance(e, UserError) else UserError(f"{path} (the test answer key) is damaged "
+                                                           f"({_one_line(e)}); delete or replace it")
     if len(labels) != n or not np.isin(labels, (0, 1)).all():
         return None
     return labels.astype(np.int64)
@@ -199,11 +186,9 @@ def load_splits(data_dir: str | Path, stream: bool = False) -> dict[str, RawSpli
 
 def find_confounders(splits: dict[str, RawSplit], keep: np.ndarray | None = None
                      ) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """Channels that give the labels away in training but not elsewhere (name -> evidence), and each channel's
-    training images at the indices `keep`, from the same stream.
-
-    A confounder is constant within every training sample with that constant alone separating the training
-    labels, or has training values outside those of valid or test (their labels are never used)."""
+    """Channels that give the labels away in training (name -> evidence): constant within each sample with that
+    constant alone separating the labels, or values outside those of valid or test (whose labels are never used).
+    Also each channel's training images at the indices `keep`, from the same stream."""
     train, found, kept = splits["train"], {}, {}
     for name in train.channels:
         ranges, first, constant, parts = {}, [], True, []
@@ -225,8 +210,8 @@ def find_confounders(splits: dict[str, RawSplit], keep: np.ndarray | None = None
             found[name] = (f"constant within every training sample and alone separates the training labels "
                            f"(label 0: {v0.min():g}..{v0.max():g}, label 1: {v1.min():g}..{v1.max():g})")
             continue
-        (lo, hi), outside = ranges["train"], [o for o in ("valid", "test") if ranges[o][1] < ranges["train"][0]
-                                              or ranges[o][0] > ranges["train"][1]]
+        lo, hi = ranges["train"]
+        outside = [other for other in ("valid", "test") if ranges[other][1] < lo or ranges[other][0] > hi]
         if outside:
             olo, ohi = ranges[outside[0]]
             found[name] = f"training values {lo:g}..{hi:g} do not overlap {outside[0]} values {olo:g}..{ohi:g}"
