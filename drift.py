@@ -1,10 +1,8 @@
 """Is a file like the training data? A description of the training set, and per-sample flags against it.
 
-Each sample is summarised by features that a change of instrument, resolution or regime moves but the state
-does not: mean and std of log-density, its radially averaged power in bands of |k|, and the mean and std of
-every other channel the model reads. A sample is flagged when its most extreme robust score exceeds what only
-FALSE_FLAG_RATE of the training samples reach (docs explain the choice of the rate).
-"""
+Features that a change of instrument, resolution or regime moves but the state does not (log-density's mean,
+std and radially averaged power in |k| bands; the other channels' mean and std); a sample is flagged when its
+most extreme robust score exceeds what only FALSE_FLAG_RATE of the training samples reach."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,15 +20,14 @@ FEATURES = ["mean of log-density", "std of log-density",
 
 
 def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
-    """Per sample of `channels` ('density' and the `others`, (n, S, S) each): FEATURES, the other channels' mean
-    and std, then the log-power of each ring |k| in [r - 0.5, r + 0.5), r = 1, 2, ... (the figure). A sample
-    whose density is not positive gets NaN (and is flagged)."""
+    """Per sample of `channels` ('density' and the `others`, (n, S, S)): FEATURES, the others' mean and std, then
+    the log-power of each ring |k| in [r - 0.5, r + 0.5), r = 1, 2, ... (the figure); NaN where density <= 0."""
     density = channels["density"]
     positive = (density.reshape(len(density), -1) > 0).all(axis=1)
     log_rho = np.log(np.where(positive[:, None, None], density, 1.0).astype(np.float64))
     grid = log_rho.shape[-1]
-    centred = torch.from_numpy(log_rho - log_rho.mean(axis=(1, 2), keepdims=True))
-    power = torch.fft.fft2(centred).abs().square().numpy() / grid**2
+    power = torch.fft.fft2(torch.from_numpy(log_rho - log_rho.mean(axis=(1, 2), keepdims=True))).abs().square()
+    power = power.numpy() / grid**2
     k = np.fft.fftfreq(grid, d=1.0 / grid)
     kk = np.hypot(*np.meshgrid(k, k, indexing="ij"))
     ring = np.rint(kk).astype(int)
@@ -48,8 +45,8 @@ def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
 
 
 def describe(values: np.ndarray, others: list[str] = ()) -> dict:
-    """What the training set looks like, from its `table`: per-feature median, scale and 0.1/99.9 % range, the
-    flag threshold, and the ring spectrum's percentiles (the figure). Plain lists: saved in the checkpoint."""
+    """The training set's `table` described: per-feature median, scale, 0.1/99.9 % range, flag threshold and ring
+    percentiles (the figure), as plain lists (saved in the checkpoint)."""
     names = FEATURES + [f"{stat} of {name}" for name in others for stat in ("mean", "std")]
     values, rings = values[:, :len(names)], values[:, len(names):]
     q16, median, q84 = np.percentile(values, [15.87, 50, 84.13], axis=0)
@@ -82,7 +79,7 @@ class DriftCheck:
     def warn(self) -> bool:
         return self.share > WARN_SHARE
 
-    def summary(self) -> dict:
+    def summary(self) -> dict:  # for summary.json and the report
         return {"n": len(self.flags), "share_flagged": self.share, "warning": self.warn,
                 "flagged_by": self.culprits, "outside_training_range": self.outside}
 
