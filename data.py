@@ -240,8 +240,8 @@ def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[s
 
 def read_prepared(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnChunk | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C, S, S) float32, density as its logarithm when `log_density`, and the mean power spectrum of that
-    log-density (float64). A density <= 0 is refused, not clamped: log(1e-12) would be a -27.6 outlier."""
+    """(N, C, S, S) float32 with density as its logarithm when `log_density` (<= 0 refused: a clamp would make
+    outliers), and the mean power spectrum of that log-density."""
     grid = split.channels[channels[0] if channels else "density"].shape[-1]
     x, power = np.empty((len(split), len(channels), grid, grid), np.float32), np.zeros((grid, grid))
     for start, block in split.chunks(list(dict.fromkeys([*channels, *(["density"] if on_chunk else [])]))):
@@ -360,9 +360,8 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, device: torch.
 # ---- the run's data ------------------------------------------------------------------------------------
 
 def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
-    """The user's files when --data-dir has train.hdf5 (source "files"), else the built-in benchmark, generated
-    on first use into a sub-folder of the default folder or of an empty one (source "synthetic"). A folder that
-    holds anything else is the user's: it is refused, and nothing is written there."""
+    """The user's files when --data-dir has train.hdf5 ("files"), else the built-in benchmark generated into a
+    sub-folder of the default or an empty folder ("synthetic"); any other folder is the user's: refused."""
     data_dir = Path(cfg.data_dir)
     if (data_dir / SPLIT_FILES["train"]).exists():
         return data_dir, "files"
@@ -403,8 +402,8 @@ def what_to_rename(names: list[str]) -> str:
 
 
 def load_data(cfg: Config, device: torch.device, log: Log, saved: dict | None = None):
-    """Read, check and move the data in one stream; returns (DeviceData, info for config.json and the summary).
-    `saved`: the checkpoint of a resumed run, whose input preparation and symmetries are kept."""
+    """Read, check and move the data; returns (DeviceData, info for config.json and the summary). `saved`: a
+    resumed run's checkpoint, whose input preparation and symmetries are kept."""
     data_dir, source = resolve_data_dir(cfg, log)
     splits = load_splits(data_dir, stream=True)
     labels, grid = splits["train"].labels, splits["train"].channels["density"].shape[-1]
@@ -450,8 +449,7 @@ def check_symmetries(cfg: Config, labels: np.ndarray, keep: np.ndarray, kept: di
 
 
 def data_files(data_dir: Path, answers: bool) -> dict[str, dict[str, Any]]:
-    """Size and SHA-256 of each split file, and of the answer key when the test metrics use it: data the run
-    used, too."""
+    """Size and SHA-256 of each split file, and of the answer key when the test metrics use it."""
     files = {name: fingerprint(data_dir / f) for name, f in SPLIT_FILES.items()}
     if answers:
         files["test_answers"] = fingerprint(data_dir / ANSWER_FILE)
