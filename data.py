@@ -1,20 +1,18 @@
-"""Loading the scientist's HDF5 files into device tensors, with checks and the shortcut guard.
-
-Layout of each split file: `density` (N, S, S) and `recording_date` (N, S, S) float16, `labels` (N, 1) int8
-(-1 in the test file). Whole splits become float32 tensors (N, C, S, S) normalised with training statistics.
-"""
+"""The scientist's HDF5 files (density, recording_date (N, S, S), labels (N, 1)), checked and streamed in chunks
+into the normalised float32 tensors the model reads."""
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
 import torch
 
+import drift
 import symmetry
 import synthetic
 from config import CHANNEL_NAMES, Config, UserError
@@ -22,36 +20,51 @@ from fileio import changed_files, fingerprint, unreadable
 from symmetry import SymmetryPlan, spectrum_view
 
 Log = Callable[[str], None]
+OnChunk = Callable[[dict[str, np.ndarray]], None]  # sees each chunk's raw float32 channels
 
 SPLIT_FILES = {"train": "train.hdf5", "valid": "valid.hdf5", "test": "test_no_labels.hdf5"}
 ANSWER_FILE = "test_labels.hdf5"  # optional answer key beside the test file (the built-in benchmark has one)
-
-
-@dataclass
-class RawSplit:
-    """One split as numpy arrays: channel name -> (N, S, S) float32, and labels (N,) int64."""
-    channels: dict[str, np.ndarray]
-    labels: np.ndarray
-    path: Path
-
-    def __len__(self) -> int:
-        return len(self.labels)
+CHUNK = 8192  # samples read and transformed at a time
 
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
+@dataclass
+class RawSplit:
+    """One checked split: labels (N,) int64, and channels (N, S, S) as arrays or as open HDF5 datasets."""
+    channels: dict[str, Any]
+    labels: np.ndarray
+    path: Path
+    name: str = "input"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def close(self) -> None:
+        for values in self.channels.values():
+            if isinstance(values, h5py.Dataset) and values.id.valid:
+                values.file.close()
+
+    def chunks(self, keys: list[str] | tuple[str, ...]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(start, channel -> float32 values) for CHUNK samples at a time; NaN or inf is refused."""
+        for start in range(0, len(self), CHUNK):
+            try:
+                with np.errstate(over="ignore"):  # values beyond float32 become inf and are counted below
+                    block = {key: np.asarray(self.channels[key][start:start + CHUNK], np.float32) for key in keys}
+            except Exception as e:
+                raise UserError(f"{self.path} is damaged ({_one_line(e)}); copy it again")
+            for key, values in block.items():
+                nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+                if nan or inf:
+                    raise UserError(f"{self.path}: {key} in the {self.name} split has {nan} NaN and {inf} infinite "
+                                    f"values (of {values.size}); clean the data or drop those samples")
+            yield start, block
 
 
 def _dataset(h5: h5py.File, key: str, path: Path, needs: str) -> h5py.Dataset:
-    """Dataset `key` of `path`; missing, one line that lists what is there and says what the caller `needs`,
-    and points out a key that differs only in case."""
+    """Dataset `key` of `path`, or one line that lists what is there and points out a key differing in case."""
     if key not in h5 or not isinstance(h5[key], h5py.Dataset):
         found = ", ".join(sorted(h5.keys())) or "none"
         near = [k for k in sorted(h5.keys()) if k.lower() == key.lower()]
@@ -64,8 +77,7 @@ def _dataset(h5: h5py.File, key: str, path: Path, needs: str) -> h5py.Dataset:
 
 
 def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Channels (N, S, S) of one shape, labels (N,) or (N, 1) when present, N > 0: checked before any data is
-    read."""
+    """Channels (N, S, S) of one shape, labels (N,) or (N, 1) when present, N > 0."""
     channels = {k: v for k, v in shapes.items() if k != "labels"}
     for key, shape in channels.items():
         if len(shape) != 3 or shape[1] != shape[2] or shape[1] == 0:
@@ -85,63 +97,54 @@ def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> 
 
 
 def open_hdf5(path: Path, damaged: str) -> h5py.File:
-    """`path` opened for reading. A failure is one UserError line: the file is in use or not readable
-    (fileio.unreadable), else `damaged`, the caller's words for a file that HDF5 cannot parse."""
+    """`path` opened for reading; in use or unreadable (fileio.unreadable), else `damaged`: one UserError line."""
     try:
         return h5py.File(path, "r")
     except Exception as e:
         raise unreadable(path, e) or UserError(damaged) from None
 
 
-def _read_arrays(path: Path, name: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()
-                 ) -> dict[str, np.ndarray]:
-    """The named datasets of one HDF5 file (`optional` ones only if present), shapes checked first. h5py
-    reports damage with many exception types (OSError, KeyError, RuntimeError, ValueError, ...): every one of
-    them becomes one UserError line."""
-    h5 = open_hdf5(path, f"{path} is not a readable HDF5 file (truncated or another format); copy it again")
-    try:
-        with h5:
-            needs = f"the {name} file needs {', '.join(k for k in keys if k not in optional)}"
-            datasets = {key: _dataset(h5, key, path, needs) for key in keys if key not in optional or key in h5}
-            _check_shapes(path, name, {key: ds.shape for key, ds in datasets.items()})
-            # A damaged header can declare an enormous dataset: refuse it rather than swap or be killed.
-            if sum(ds.size * 4 for ds in datasets.values()) > _memory_bytes():
-                raise UserError(f"{path} declares more data than this machine's memory "
-                                f"({', '.join(f'{k} {ds.shape}' for k, ds in datasets.items())})")
-            return {key: np.asarray(ds[()]) for key, ds in datasets.items()}
-    except UserError:
-        raise
-    except Exception as e:
-        raise UserError(f"{path} is damaged ({_one_line(e)}); copy it again")
-
-
-def read_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_NAMES,
+def open_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_NAMES,
                labelled: bool = True) -> RawSplit:
-    """Read and check one split file; every problem becomes one UserError line. An unlabelled split (the test
-    file, new measurements) may lack the `labels` dataset: its labels are then all -1."""
+    """One split file, checked and left open for streaming; an unlabelled one may lack labels (then all -1).
+    h5py reports damage with many exception types: each becomes one UserError line."""
     path = Path(path)
     if not path.is_file():
         where = f"put {SPLIT_FILES[name]} in --data-dir" if name in SPLIT_FILES else "check the path"
         raise UserError(f"{name} file {path} not found; {where}")
-    arrays = _read_arrays(path, name, (*channels, "labels"), optional=() if labelled else ("labels",))
-    n = len(next(iter(arrays.values())))
-    labels = arrays.pop("labels").reshape(-1) if "labels" in arrays else np.full(n, -1, np.int64)
-    out = {}
-    for key, value in arrays.items():
-        with np.errstate(over="ignore"):  # values beyond float32 become inf and are counted below
-            value = value.astype(np.float32)
-        nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
-        if nan or inf:
-            raise UserError(f"{path}: {key} in the {name} split has {nan} NaN and {inf} infinite values "
-                            f"(of {value.size}); clean the data or drop those samples")
-        out[key] = value
-    valid = np.isin(labels, (0, 1))  # checked before any cast, so 0.5 or NaN cannot pass as 0
-    if labelled and not valid.all():
-        odd = np.unique(labels[~valid])
-        raise UserError(f"{path}: {name} labels must be 0 or 1, found {len(odd)} other values "
-                        f"({', '.join(f'{v:g}' for v in odd[:5].tolist())}) in {int((~valid).sum())} samples")
-    # Unlabelled files carry placeholders (-1 in the test file): keep 0/1, mark anything else -1.
-    return RawSplit(out, np.where(valid, labels, -1).astype(np.int64), path)
+    h5 = open_hdf5(path, f"{path} is not a readable HDF5 file (truncated or another format); copy it again")
+    try:
+        needs = f"the {name} file needs {', '.join(channels)}{', labels' if labelled else ''}"
+        keys = (*channels, "labels") if labelled or "labels" in h5 else channels
+        datasets = {key: _dataset(h5, key, path, needs) for key in keys}
+        _check_shapes(path, name, {key: ds.shape for key, ds in datasets.items()})
+        try:  # a damaged header can declare an enormous dataset: refuse it rather than swap or be killed
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            memory = 1 << 62
+        if sum(ds.size * 4 for ds in datasets.values()) > memory:
+            raise UserError(f"{path} declares more data than this machine's memory "
+                            f"({', '.join(f'{k} {ds.shape}' for k, ds in datasets.items())})")
+        n = datasets[channels[0]].shape[0]
+        labels = np.asarray(datasets.pop("labels")[()]).reshape(-1) if "labels" in datasets else np.full(n, -1)
+        valid = np.isin(labels, (0, 1))  # checked before any cast, so 0.5 or NaN cannot pass as 0
+        if labelled and not valid.all():
+            odd = np.unique(labels[~valid])
+            raise UserError(f"{path}: {name} labels must be 0 or 1, found {len(odd)} other values "
+                            f"({', '.join(f'{v:g}' for v in odd[:5].tolist())}) in {int((~valid).sum())} samples")
+    except Exception as e:
+        h5.close()
+        raise e if isinstance(e, UserError) else UserError(f"{path} is damaged ({_one_line(e)}); copy it again")
+    return RawSplit(datasets, np.where(valid, labels, -1).astype(np.int64), path, name)
+
+
+def read_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_NAMES,
+               labelled: bool = True) -> RawSplit:
+    """open_split read into float32 arrays: for small files."""
+    split = open_split(path, name, channels, labelled)
+    blocks = [block for _, block in split.chunks(channels)]
+    split.close()
+    return RawSplit({key: np.concatenate([b[key] for b in blocks]) for key in channels}, split.labels, split.path, name)
 
 
 def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
@@ -153,23 +156,25 @@ def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
     try:
         with h5:
             labels = np.asarray(_dataset(h5, "labels", path, "the answer key needs labels")[()]).reshape(-1)
-    except UserError:
-        raise
     except Exception as e:
-        raise UserError(f"{path} (the test answer key) is damaged ({_one_line(e)}); delete or replace it")
+        raise e if isinstance(e, UserError) else UserError(f"{path} (the test answer key) is damaged "
+                                                           f"({_one_line(e)}); delete or replace it")
     if len(labels) != n or not np.isin(labels, (0, 1)).all():
         return None
     return labels.astype(np.int64)
 
 
-def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
-    """Read train, valid and test from `data_dir` and check that they share one grid size."""
+def load_splits(data_dir: str | Path, stream: bool = False) -> dict[str, RawSplit]:
+    """Train, valid and test of `data_dir` (open for streaming, or read), checked to share one grid size."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data folder {data_dir} does not exist; pass --data-dir with the HDF5 files")
-    splits = {name: read_split(data_dir / file, name, labelled=name != "test")
+    splits = {name: (open_split if stream else read_split)(data_dir / file, name, labelled=name != "test")
               for name, file in SPLIT_FILES.items()}
-    check_both_labels(splits["train"])
+    present = np.unique(splits["train"].labels)
+    if len(present) < 2:  # one label only teaches a constant
+        raise UserError(f"{splits['train'].path}: every training label is {present[0]} ({len(splits['train'])} "
+                        f"samples); a classifier needs examples of both states (0 and 1) in the training split")
     sizes = {name: s.channels["density"].shape[1] for name, s in splits.items()}
     if len(set(sizes.values())) > 1:
         grids = ", ".join(f"{name} {s}x{s}" for name, s in sizes.items())
@@ -177,44 +182,40 @@ def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
     return splits
 
 
-def check_both_labels(train: RawSplit) -> None:
-    """A training split with one label only teaches a constant: refuse it."""
-    present = np.unique(train.labels)
-    if len(present) < 2:
-        raise UserError(f"{train.path}: every training label is {present[0]} ({len(train)} samples); a classifier "
-                        f"needs examples of both states (0 and 1) in the training split")
-
-
 # ---- the shortcut guard --------------------------------------------------------------------------------
 
-def find_confounders(splits: dict[str, RawSplit]) -> dict[str, str]:
-    """Channels that give the labels away in training but not elsewhere: name -> evidence.
-
-    Uses training labels and the value ranges of the (unlabelled) validation and test inputs, never their labels.
-
-    A channel is a confounder when it is constant within every training sample and that constant alone
-    separates the training labels, or when its training values do not overlap those of valid or test.
-    """
-    train = splits["train"]
-    found = {}
-    for name, values in train.channels.items():
-        flat = values.reshape(len(values), -1)
-        constant = bool((flat.min(axis=1) == flat.max(axis=1)).all())
-        per_sample = flat[:, 0]
+def find_confounders(splits: dict[str, RawSplit], keep: np.ndarray | None = None
+                     ) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """Channels that give the labels away in training (name -> evidence): constant within each sample with that
+    constant alone separating the labels, or values outside those of valid or test (whose labels are never used).
+    Also each channel's training images at the indices `keep`, from the same stream."""
+    train, found, kept = splits["train"], {}, {}
+    for name in train.channels:
+        ranges, first, constant, parts = {}, [], True, []
+        for split_name, split in splits.items():
+            lo, hi = np.inf, -np.inf
+            for start, block in split.chunks((name,)):
+                flat = block[name].reshape(len(block[name]), -1)
+                lo, hi = min(lo, float(flat.min())), max(hi, float(flat.max()))
+                if split_name == "train":
+                    constant = constant and bool((flat.min(axis=1) == flat.max(axis=1)).all())
+                    first.append(flat[:, 0])
+                    if keep is not None:
+                        parts.append(block[name][keep[(keep >= start) & (keep < start + CHUNK)] - start])
+            ranges[split_name] = lo, hi
+        kept[name] = np.concatenate(parts) if parts else None
+        per_sample = np.concatenate(first)
         v0, v1 = per_sample[train.labels == 0], per_sample[train.labels == 1]
-        separates = len(v0) and len(v1) and (v0.max() < v1.min() or v1.max() < v0.min())
-        if constant and separates:
+        if constant and (v0.max() < v1.min() or v1.max() < v0.min()):
             found[name] = (f"constant within every training sample and alone separates the training labels "
                            f"(label 0: {v0.min():g}..{v0.max():g}, label 1: {v1.min():g}..{v1.max():g})")
             continue
-        lo, hi = float(values.min()), float(values.max())
-        for other in ("valid", "test"):
-            ov = splits[other].channels[name]
-            olo, ohi = float(ov.min()), float(ov.max())
-            if ohi < lo or olo > hi:
-                found[name] = (f"training values {lo:g}..{hi:g} do not overlap {other} values {olo:g}..{ohi:g}")
-                break
-    return found
+        lo, hi = ranges["train"]
+        outside = [other for other in ("valid", "test") if ranges[other][1] < lo or ranges[other][0] > hi]
+        if outside:
+            olo, ohi = ranges[outside[0]]
+            found[name] = f"training values {lo:g}..{hi:g} do not overlap {outside[0]} values {olo:g}..{ohi:g}"
+    return found, kept
 
 
 def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[str]:
@@ -237,36 +238,33 @@ def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[s
 
 # ---- tensors on the device -----------------------------------------------------------------------------
 
-def log_density(split: RawSplit) -> np.ndarray:
-    """log(density) in float64; a density <= 0 (or one that float16 stored as 0) is refused, not clamped: a
-    clamp to 1e-12 would turn a sample into a -27.6 outlier in a field whose std is 0.13."""
-    density = split.channels["density"]
-    bad = int((density <= 0).sum())
-    if bad:
-        samples = int((density.reshape(len(density), -1) <= 0).any(axis=1).sum())
-        raise UserError(f"{split.path}: density has {bad} non-positive values (in {samples} of {len(density)} "
-                        f"samples; float16 stores values below 6e-8 as 0) and whitening takes its logarithm; "
-                        f"drop or fix those samples, or use --no-whiten (raw density)")
-    return np.log(density.astype(np.float64))
+def read_prepared(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnChunk | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, S, S) float32 with density as its logarithm when `log_density` (<= 0 refused: a clamp would make
+    outliers), and the mean power spectrum of that log-density."""
+    grid = split.channels[channels[0] if channels else "density"].shape[-1]
+    x, power = np.empty((len(split), len(channels), grid, grid), np.float32), np.zeros((grid, grid))
+    for start, block in split.chunks(list(dict.fromkeys([*channels, *(["density"] if on_chunk else [])]))):
+        if on_chunk:
+            on_chunk(block)
+        for c, name in enumerate(channels):
+            values = block[name]
+            if name == "density" and log_density:
+                bad = values <= 0
+                if bad.any():
+                    raise UserError(f"{split.path}: density has {int(bad.sum())} non-positive values (in "
+                                    f"{int(bad.any(axis=(1, 2)).sum())} of {len(split)} samples; float16 stores "
+                                    f"values below 6e-8 as 0) and whitening takes its logarithm; drop or fix "
+                                    f"those samples, or use --no-whiten (raw density)")
+                values = np.log(values)
+                power += torch.fft.fft2(torch.from_numpy(values)).abs().square().sum(0).double().numpy()
+            x[start:start + len(values), c] = values
+    return x, power / len(split)
 
 
-def log_density_modes(split: RawSplit) -> torch.Tensor:
-    """The 2-D Fourier modes of each sample's log-density, (N, S, S) complex128 (torch's FFT: several times
-    faster than numpy's on these small grids, and threaded)."""
-    return torch.fft.fft2(torch.from_numpy(log_density(split)))
-
-
-def whitening_filter(train_modes: torch.Tensor, group: tuple[str, ...] = ()) -> np.ndarray:
-    """1/sqrt(mean power spectrum) of the training log-density, k = 0 removed (label-free, like a mean/std);
-    `train_modes` from log_density_modes.
-
-    Where two states differ only at small scales, whose modes are far weaker than the large ones, dividing
-    every Fourier mode by its typical amplitude gives each scale equal weight in the input.
-    group: symmetries of the grid (symmetry.ELEMENTS names) that augmentation and test-time views apply; the
-    power is averaged over them, so that whitening commutes with them and transformed images are whitened
-    like real ones.
-    """
-    power = (train_modes.abs() ** 2).mean(dim=0).numpy()
+def whitening_filter(power: np.ndarray, group: tuple[str, ...] = ()) -> np.ndarray:
+    """1/sqrt(mean power spectrum of training log-density), k = 0 removed: every scale gets equal weight.
+    Averaged over `group` (symmetry.ELEMENTS names), so that whitening commutes with augmentation and views."""
     if group:
         power = group_mean(power, group)
     gain = np.zeros_like(power)
@@ -280,87 +278,78 @@ def group_mean(spectrum: np.ndarray, group: tuple[str, ...]) -> np.ndarray:
     return np.mean([spectrum_view(spectrum, name) for name in group], axis=0)
 
 
-def whitened(modes: torch.Tensor, gain: np.ndarray) -> np.ndarray:
-    """Log-density with every Fourier mode scaled by `gain`, (N, S, S) float32."""
-    return torch.fft.ifft2(modes * torch.from_numpy(gain)).real.float().numpy()
+def _in_chunks(x: np.ndarray, c: int, transform: Callable[[np.ndarray], Any]) -> list[Any]:
+    return [transform(x[start:start + CHUNK, c]) for start in range(0, len(x), CHUNK)]
 
 
-def prepare_channel(name: str, split: RawSplit, gain: np.ndarray | None,
-                    modes: torch.Tensor | None = None) -> np.ndarray:
-    """The model's view of one raw channel: whitened log-density when a gain is given, else as stored.
-    `modes`: the split's log_density_modes, when the caller has them already."""
-    if name != "density" or gain is None:
-        return split.channels[name]
-    return whitened(log_density_modes(split) if modes is None else modes, gain)
-
-
-def prepared_train(train: RawSplit, channels: list[str], whiten: bool = False, symmetric: tuple[str, ...] = ()
-                   ) -> tuple[dict, np.ndarray]:
-    """The training split as the model sees it, (N, C, S, S) before normalisation, and its statistics: per-channel
-    mean and std and the whitening gain (from the training split only; saved in checkpoints). The log-density
-    is transformed once, for the filter and the whitened images both."""
-    modes = log_density_modes(train) if whiten and "density" in channels else None
-    gain = None if modes is None else whitening_filter(modes, symmetric)
-    x = np.stack([prepare_channel(c, train, gain, modes) for c in channels], axis=1)
-    mean = [float(x[:, i].mean(dtype=np.float64)) for i in range(len(channels))]
-    std = [max(float(x[:, i].std(dtype=np.float64)), 1e-6) for i in range(len(channels))]
-    stats = {"channels": channels, "mean": mean, "std": std, "whiten": None if gain is None else gain.tolist()}
-    return stats, x
-
-
-def channel_stats(train: RawSplit, channels: list[str], whiten: bool = False, symmetric: tuple[str, ...] = ()
-                  ) -> dict:
-    """Per-channel mean and std (and the whitening gain) from the training split only (saved in checkpoints)."""
-    return prepared_train(train, channels, whiten, symmetric)[0]
+def _whiten(x: np.ndarray, channels: list[str], gain: np.ndarray | None) -> np.ndarray:
+    """Every Fourier mode of log-density (channel 'density' of `x`) scaled by `gain`, in place."""
+    if gain is not None:
+        g = torch.from_numpy(gain.astype(np.float32))
+        _in_chunks(x, channels.index("density"), lambda part: np.copyto(
+            part, torch.fft.ifft2(torch.fft.fft2(torch.from_numpy(part)) * g).real.numpy()))
+    return x
 
 
 def normalised(x: np.ndarray, stats: dict, device: torch.device | str) -> torch.Tensor:
-    """Prepared channels (N, C, S, S) minus the training mean, over the training std, as float32 on `device`."""
-    mean = np.asarray(stats["mean"], np.float32)[None, :, None, None]
-    std = np.asarray(stats["std"], np.float32)[None, :, None, None]
-    return torch.from_numpy((x - mean) / std).to(device)
+    """Prepared channels minus the training mean, over the training std (in place), as float32 on `device`."""
+    for c, (mean, std) in enumerate(zip(stats["mean"], stats["std"])):
+        _in_chunks(x, c, lambda part: np.divide(np.subtract(part, np.float32(mean), out=part), np.float32(std),
+                                                out=part))
+    return torch.from_numpy(x).to(device)
 
 
-def to_tensor(split: RawSplit, stats: dict, device: torch.device | str) -> torch.Tensor:
+def to_tensor(split: RawSplit, stats: dict, device: torch.device | str, on_chunk: OnChunk | None = None
+              ) -> torch.Tensor:
     """(N, C, S, S) float32 on `device`, channels in `stats` order, prepared and normalised with training stats."""
     gain = None if stats.get("whiten") is None else np.asarray(stats["whiten"])
-    return normalised(np.stack([prepare_channel(c, split, gain) for c in stats["channels"]], axis=1), stats, device)
+    x, _ = read_prepared(split, stats["channels"], gain is not None, on_chunk)
+    return normalised(_whiten(x, stats["channels"], gain), stats, device)
 
 
 @dataclass
 class DeviceData:
-    """Everything training needs, resident on one device."""
+    """Everything training needs, resident on one device, and what the end of the run derives from the files."""
     x: dict[str, torch.Tensor]
     y: dict[str, torch.Tensor | None]
-    stats: dict  # channels, per-channel mean and std, whitening gain or None (see channel_stats)
+    stats: dict  # channels, per-channel mean and std, whitening gain or None
     image_size: int
     symmetry: SymmetryPlan = SymmetryPlan()  # what augmentation and test-time views use
+    drift: dict | None = None  # drift.describe of the training set; None where its density is not positive
+    test_drift: drift.DriftCheck | None = None  # the test split against it
+    bayes_llr: dict[str, np.ndarray] = field(default_factory=dict)  # valid/test exact LLR, built-in benchmark
 
 
 def to_device(splits: dict[str, RawSplit], channels: list[str], device: torch.device | str,
-              test_labels: np.ndarray | None = None, whiten: bool = False,
-              stats: dict | None = None, symmetry: SymmetryPlan = SymmetryPlan()) -> DeviceData:
-    """Normalise with training statistics (or the saved `stats` of a checkpoint) and move every split to
-    `device`; a new whitening filter is averaged over the symmetries that `symmetry` applies. Test y is the
-    answer key or None."""
-    if stats is None:  # a new run: the training split's statistics, from the images they normalise
-        stats, train = prepared_train(splits["train"], channels, whiten, symmetry.whitening_group())
-        x = {"train": normalised(train, stats, device)}
+              test_labels: np.ndarray | None = None, whiten: bool = False, stats: dict | None = None,
+              symmetry: SymmetryPlan = SymmetryPlan(), on_chunk: dict[str, OnChunk] | None = None) -> DeviceData:
+    """Every split normalised with training statistics (or a checkpoint's `stats`) on `device`; a new whitening
+    filter is averaged over the symmetries `symmetry` applies. Test y is the answer key or None."""
+    on_chunk = on_chunk or {}
+    if stats is None:  # a new run: statistics of the training images they normalise
+        whiten = whiten and "density" in channels
+        x, power = read_prepared(splits["train"], channels, whiten, on_chunk.get("train"))
+        gain = whitening_filter(power, symmetry.whitening_group()) if whiten else None
+        _whiten(x, channels, gain)
+        mean = [sum(_in_chunks(x, c, lambda p: p.sum(dtype=np.float64))) / x[:, c].size for c in range(len(channels))]
+        std = [max(float(np.sqrt(sum(_in_chunks(x, c, lambda p: np.square(p - m, dtype=np.float64).sum()))
+                                 / x[:, c].size)), 1e-6) for c, m in enumerate(mean)]
+        stats = {"channels": channels, "mean": [float(m) for m in mean], "std": std,
+                 "whiten": None if gain is None else gain.tolist()}
+        xs = {"train": normalised(x, stats, device)}
     else:
-        x = {"train": to_tensor(splits["train"], stats, device)}
-    x.update({name: to_tensor(split, stats, device) for name, split in splits.items() if name != "train"})
+        xs = {"train": to_tensor(splits["train"], stats, device, on_chunk.get("train"))}
+    xs.update({name: to_tensor(s, stats, device, on_chunk.get(name)) for name, s in splits.items() if name != "train"})
     y = {name: torch.from_numpy(split.labels).float().to(device) for name, split in splits.items()}
     y["test"] = None if test_labels is None else torch.from_numpy(test_labels).float().to(device)
-    return DeviceData(x, y, stats, image_size=x["train"].shape[-1], symmetry=symmetry)
+    return DeviceData(xs, y, stats, image_size=xs["train"].shape[-1], symmetry=symmetry)
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, device: torch.device | str,
                   rank: int = 0, world: int = 1) -> list[torch.Tensor]:
     """Index batches for one epoch: one permutation drawn on the device from (seed, epoch), full batches only.
-
-    Every process draws the same permutation and takes a disjoint slice of it, so all ranks run the same
-    number of steps. The permutation depends only on (seed, epoch): a resumed run shuffles identically.
-    """
+    Every process takes a disjoint slice of it, so all ranks run the same number of steps; a resumed run
+    shuffles identically."""
     generator = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(n, generator=generator, device=device)
     steps = max(n // (batch_size * world), 1)
@@ -371,9 +360,8 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, device: torch.
 # ---- the run's data ------------------------------------------------------------------------------------
 
 def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
-    """The user's files when --data-dir has train.hdf5 (source "files"), else the built-in benchmark, generated
-    on first use into a sub-folder of the default folder or of an empty one (source "synthetic"). A folder that
-    holds anything else is the user's: it is refused, and nothing is written there."""
+    """The user's files when --data-dir has train.hdf5 ("files"), else the built-in benchmark generated into a
+    sub-folder of the default or an empty folder ("synthetic"); any other folder is the user's: refused."""
     data_dir = Path(cfg.data_dir)
     if (data_dir / SPLIT_FILES["train"]).exists():
         return data_dir, "files"
@@ -414,33 +402,54 @@ def what_to_rename(names: list[str]) -> str:
 
 
 def load_data(cfg: Config, device: torch.device, log: Log, saved: dict | None = None):
-    """Read, check and move the data; returns (DeviceData, info for config.json and the summary). `saved`: the
-    checkpoint of a resumed run, whose input preparation and symmetries are kept."""
+    """Read, check and move the data; returns (DeviceData, info for config.json and the summary). `saved`: a
+    resumed run's checkpoint, whose input preparation and symmetries are kept."""
     data_dir, source = resolve_data_dir(cfg, log)
-    splits = load_splits(data_dir)
-    confounders = find_confounders(splits)
+    splits = load_splits(data_dir, stream=True)
+    labels, grid = splits["train"].labels, splits["train"].channels["density"].shape[-1]
+    keep = symmetry.check_sample(labels, 1, grid)  # the most images check_symmetries may read
+    confounders, kept = find_confounders(splits, keep)
     channels = saved["stats"]["channels"] if saved else choose_channels(cfg.channels, confounders, log)
-    plan = SymmetryPlan.from_dict(saved["symmetry"]) if saved else check_symmetries(cfg, splits["train"], channels, log)
+    plan = (SymmetryPlan.from_dict(saved["symmetry"]) if saved
+            else check_symmetries(cfg, labels, keep, kept, channels, log))
     test_labels = read_answer_key(data_dir, len(splits["test"]))
-    data = to_device(splits, channels, device, test_labels, cfg.whiten, saved and saved["stats"], plan)
+    others = [c for c in channels if c != "density"]
+    derived: dict[str, list] = {name: [] for name in splits}  # per chunk: drift features, Bayes LLR, positive
+
+    def derive(name: str) -> OnChunk:
+        return lambda block: derived[name].append((
+            drift.table(block, others), synthetic.bayes_log_likelihood_ratio(block["density"]) if source == "synthetic"
+            else None, bool((block["density"] > 0).all())))
+    data = to_device(splits, channels, device, test_labels, cfg.whiten, saved and saved["stats"], plan,
+                     {name: derive(name) for name in splits})
+    for split in splits.values():
+        split.close()
+    table = {name: np.concatenate([t for t, _, _ in parts]) for name, parts in derived.items()}
+    if all(ok for _, _, ok in derived["train"]):  # --no-whiten accepts density <= 0, which has no log to describe
+        data.drift = drift.describe(table["train"], others)
+        data.test_drift = drift.check(data.drift, table["test"])
     info = {"data_dir": str(data_dir), "source": source, "channels": channels, "confounders": confounders,
             "files": data_files(data_dir, answers=test_labels is not None),
             "sizes": {name: len(s) for name, s in splits.items()}, "symmetry": plan.to_dict()}
     if source == "synthetic":
-        info["bayes_accuracy"] = synthetic.bayes_accuracy(splits, test_labels)
+        llr = {name: np.concatenate([v for _, v, _ in parts]) for name, parts in derived.items()}
+        data.bayes_llr = {name: llr[name] for name in ("valid", "test")}
+        truth = {"train": labels, "valid": splits["valid"].labels, "test": test_labels}
+        info["bayes_accuracy"] = {name: float(((llr[name] > 0) == y).mean()) for name, y in truth.items()
+                                  if y is not None}
     return data, info
 
 
-def check_symmetries(cfg: Config, train: RawSplit, channels: list[str], log: Log) -> SymmetryPlan:
-    """symmetry.plan on a sample of the training images (the channels the model reads, as stored)."""
-    idx = symmetry.check_sample(train.labels, len(channels), train.channels[channels[0]].shape[-1])
-    images = torch.from_numpy(np.stack([train.channels[c][idx] for c in channels], axis=1))
-    return symmetry.plan(cfg.augment, cfg.tta, cfg.tta_shifts, images, torch.from_numpy(train.labels[idx]), log)
+def check_symmetries(cfg: Config, labels: np.ndarray, keep: np.ndarray, kept: dict[str, np.ndarray],
+                     channels: list[str], log: Log) -> SymmetryPlan:
+    """symmetry.plan on its sample of the training images (`kept`: each channel at the indices `keep`)."""
+    rows = np.searchsorted(keep, symmetry.check_sample(labels, len(channels), kept[channels[0]].shape[-1]))
+    images = torch.from_numpy(np.stack([kept[c][rows] for c in channels], axis=1))
+    return symmetry.plan(cfg.augment, cfg.tta, cfg.tta_shifts, images, torch.from_numpy(labels[keep][rows]), log)
 
 
 def data_files(data_dir: Path, answers: bool) -> dict[str, dict[str, Any]]:
-    """Size and SHA-256 of each split file, and of the answer key when the test metrics use it: data the run
-    used, too."""
+    """Size and SHA-256 of each split file, and of the answer key when the test metrics use it."""
     files = {name: fingerprint(data_dir / f) for name, f in SPLIT_FILES.items()}
     if answers:
         files["test_answers"] = fingerprint(data_dir / ANSWER_FILE)

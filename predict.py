@@ -9,14 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 import drift
 from metrics import calibrated
 from checkpoints import load_checkpoint, trained_model
 from config import UserError, config_from_dict
-from data import read_split, to_tensor
+from data import open_split, to_tensor
 from symmetry import SymmetryPlan
 from report import write_predictions, write_probabilities
-from run_report import drift_check
 from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_logits
 
 Log = Callable[[str], None]
@@ -39,21 +40,30 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
     for target in (path, csv_path):
         if target.exists():
             raise UserError(f"{target} already exists; choose another --output (nothing was overwritten)")
-    split = read_split(source, "input", tuple(stats["channels"]), labelled=False)
-    if split.channels[stats["channels"][0]].shape[-1] != payload["image_size"]:
-        raise UserError(f"{source} has {split.channels[stats['channels'][0]].shape[-1]}-pixel grids but the "
-                        f"model was trained on {payload['image_size']}")
+    split = open_split(source, "input", tuple(stats["channels"]), labelled=False)
+    grid = split.channels[stats["channels"][0]].shape[-1]
+    if grid != payload["image_size"]:
+        split.close()
+        raise UserError(f"{source} has {grid}-pixel grids but the model was trained on {payload['image_size']}")
     device = pick_device(device_name)
     model = trained_model(payload, device)
+    # the drift check reads the same chunks (runs that do not read density have no description to check against)
+    described = "drift" in payload and "density" in stats["channels"]
+    rows: list = []
     try:
-        logits = predict_logits(model, to_tensor(split, stats, device), views).cpu().numpy()
+        x = to_tensor(split, stats, device, (lambda b: rows.append(drift.table(b, payload["drift"]["channels"])))
+                      if described else None)
+    finally:
+        split.close()
+    try:
+        logits = predict_logits(model, x, views).cpu().numpy()
     except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output
         where = f"the model of {run_dir}/best.pt diverges on {source}"
         raise Diverged(f"{overflow_message(e, where, saved.lr)}; nothing was written") from None
     # a run saved before calibration and drift checks: temperature 1 (its probabilities as they were), no flags
     temperature = payload.get("calibration", {}).get("temperature", 1.0)
     logits = logits + payload.get("calibration", {}).get("offset", 0.0)
-    checked = drift_check(payload, split)
+    checked = drift.check(payload["drift"], np.concatenate(rows)) if described else None
     probs = calibrated(logits, temperature)
     write_predictions(path, probs)
     write_probabilities(csv_path, probs, None if checked is None else checked.flags)

@@ -3,9 +3,8 @@
 After training, `assess` fits the temperature on the validation logits (metrics.py), fits the reference
 classifier (reference.py) as a yardstick, describes the training set and checks the test split against it
 (drift.py), maps what the model reads over Fourier modes (sensitivity.py), and draws the figures (report.py).
-`write_page` puts the summary numbers and every figure of the run folder into report.md. The raw channels are
-read again from the run's data files: the description needs them, and on the built-in benchmark so do the
-exact posteriors.
+`write_page` puts the summary numbers and every figure of the run folder into report.md. The training
+description, the test split's drift flags and the exact likelihood ratios come with the data (data.load_data).
 """
 from __future__ import annotations
 
@@ -20,9 +19,8 @@ from torch import nn
 import drift
 import metrics
 import reference
-import synthetic
 from config import Config
-from data import SPLIT_FILES, DeviceData, RawSplit, read_split
+from data import SPLIT_FILES, DeviceData
 from fileio import rounded, write_text
 from report import plot_drift, plot_reliability, plot_roc_and_confusion, plot_sensitivity
 from sensitivity import (SENSITIVITY_IMAGES, bayes_sensitivity, channel_importance, map_correlation,
@@ -46,17 +44,6 @@ class Assessment:
     logits: dict[str, np.ndarray] = field(default_factory=dict)  # shifted by the fitted offset: what is predicted
 
 
-def read_raw(info: dict[str, Any], name: str) -> dict[str, np.ndarray]:
-    """One split of the run's data as stored (float32): density, and the other channels the model reads."""
-    path = Path(info["data_dir"]) / SPLIT_FILES[name]
-    channels = ("density", *(c for c in info["channels"] if c != "density"))
-    return read_split(path, name, channels, labelled=False).channels
-
-
-def other_channels(channels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {name: value for name, value in channels.items() if name != "density"}
-
-
 def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
            logits: dict[str, np.ndarray]) -> Assessment:
     """Calibration, drift check of the test split, sensitivity map and their figures, for the restored best model;
@@ -70,9 +57,7 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
         offset=not data.symmetry.swaps))
     raw_logits, logits = logits, {name: z + offset for name, z in logits.items()}  # shifted: what is predicted
     yardstick, yard_summary, yard_note = compare_with_reference(data, logits, cfg.seed, info["data_dir"])
-    raw = {name: read_raw(info, name) for name in ("train", "valid", "test")}
-    llr = ({name: synthetic.bayes_log_likelihood_ratio(raw[name]["density"]) for name in ("valid", "test")}
-           if info["source"] == "synthetic" else {})
+    llr = data.bayes_llr
     probabilities = {name: metrics.calibrated(z, temperature) for name, z in logits.items()}
     plot_reliability(run_dir / "reliability.png", reliability_panels(raw_logits, labels, temperature, offset, prior))
     plot_roc_and_confusion(run_dir / "roc_confusion.png", {
@@ -95,7 +80,7 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
         result.bayes_curves = {"val_loss": metrics.log_loss(metrics.bayes_posterior(llr["valid"], prior),
                                                                 labels["valid"]),
                                "val_acc": info["bayes_accuracy"]["valid"]}
-    check_test_split(run_dir, raw, result)
+    check_test_split(run_dir, data, result)
     if "density" in info["channels"]:
         result.summary["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature, yardstick)
     return result
@@ -127,14 +112,13 @@ def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed
     return model, out, note
 
 
-def check_test_split(run_dir: Path, raw: dict[str, dict[str, np.ndarray]], result: Assessment) -> None:
-    """Describe the training set, flag the test split against it (drift.png), and fill in `result`."""
-    if not (raw["train"]["density"] > 0).all():  # possible with --no-whiten only
+def check_test_split(run_dir: Path, data: DeviceData, result: Assessment) -> None:
+    """The test split against the training description (both from load_data): drift.png and `result`."""
+    if data.drift is None:  # possible with --no-whiten only
         result.notes.append("note: the training density has values <= 0, so it has no log-density to describe: "
                             "no drift check")
         return
-    reference = drift.describe(raw["train"]["density"], other_channels(raw["train"]))
-    checked = drift.check(reference, raw["test"]["density"], other_channels(raw["test"]))
+    reference, checked = data.drift, data.test_drift
     plot_drift(run_dir / "drift.png", reference, {"test split": checked.rings}, checked.outside)
     result.test_flags, result.checkpoint["drift"] = checked.flags, reference
     result.summary["drift"] = {"test": checked.summary()}
@@ -229,14 +213,6 @@ def trust_line(summary: dict[str, Any]) -> str:
         parts.append(f"sensitivity vs {'Bayes' if sens['compared_with'] == 'exact likelihood ratio' else 'reference'}"
                      f" r {sens['correlation']:.3f}")
     return ", ".join(parts)
-
-
-def drift_check(payload: dict[str, Any], split: RawSplit) -> drift.DriftCheck | None:
-    """--predict's input against the training description in the checkpoint (density and the other channels the
-    model reads); None for runs saved before drift checks, and for models that do not read density."""
-    if "drift" not in payload or "density" not in split.channels:
-        return None
-    return drift.check(payload["drift"], split.channels["density"], other_channels(split.channels))
 
 
 # ---- the page --------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import symmetry
 import torch
 
 from conftest import benchmark_plan
-from data import (channel_stats, choose_channels, epoch_batches, find_confounders, group_mean, load_splits,
+from data import (choose_channels, epoch_batches, find_confounders, group_mean, load_splits,
                   read_split, to_device)
 
 
@@ -16,7 +16,7 @@ def test_real_test_file_loads_in_the_scientists_layout(real_test_file):
     assert split.channels["density"].dtype == np.float32
     assert set(np.unique(split.labels)) == {-1}
     assert 6.99 <= split.channels["recording_date"].min() and split.channels["recording_date"].max() <= 9.01
-    stats = channel_stats(split, ["density", "recording_date"])
+    stats = to_device({"train": split, "valid": split, "test": split}, ["density", "recording_date"], "cpu").stats
     x = to_device({"train": split, "valid": split, "test": split}, ["density"], "cpu").x["test"]
     assert x.shape == (1000, 1, 28, 28) and x.dtype == torch.float32
     assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3
@@ -37,14 +37,14 @@ def test_normalisation_uses_training_statistics_only(tiny_benchmark):
     splits = load_splits(tiny_benchmark)
     data = to_device(splits, ["density"], "cpu")
     mean, std = data.stats["mean"][0], data.stats["std"][0]
-    assert mean == np.float64(splits["train"].channels["density"].mean(dtype=np.float64))
+    assert np.isclose(mean, splits["train"].channels["density"].mean(dtype=np.float64), rtol=1e-12, atol=0)
     expected_valid = (splits["valid"].channels["density"] - np.float32(mean)) / np.float32(std)
     assert np.allclose(data.x["valid"][:, 0].numpy(), expected_valid, atol=1e-5)
     assert data.y["test"] is None  # no answer key passed
 
 
 def test_shortcut_guard_flags_recording_date_and_not_density(tiny_benchmark):
-    found = find_confounders(load_splits(tiny_benchmark))
+    found = find_confounders(load_splits(tiny_benchmark))[0]
     assert set(found) == {"recording_date"}
     assert "separates the training labels" in found["recording_date"]
 
@@ -61,7 +61,7 @@ def test_auto_channels_drop_confounders_and_explicit_lists_keep_them():
 def test_non_overlapping_ranges_are_a_confounder(tiny_benchmark):
     splits = load_splits(tiny_benchmark)
     splits["train"].channels["density"] = splits["train"].channels["density"] + 100.0
-    assert "density" in find_confounders(splits)
+    assert "density" in find_confounders(splits)[0]
 
 
 def test_batches_shuffle_every_epoch_cover_disjoint_full_batches():
@@ -101,10 +101,42 @@ def test_whitening_with_torch_ffts_matches_a_numpy_reference(tiny_benchmark):
     gain = np.asarray(data.stats["whiten"])
     kept = np.ones_like(gain, dtype=bool)
     kept[0, 0] = False
-    assert gain[0, 0] == 0 and np.allclose(gain[kept] ** -2, group_mean(power, symmetry.NAMES)[kept], rtol=1e-9)
+    assert gain[0, 0] == 0 and np.allclose(gain[kept] ** -2, group_mean(power, symmetry.NAMES)[kept], rtol=1e-5)
     for name, split in splits.items():
         white = np.fft.ifft2(np.fft.fft2(np.log(split.channels["density"].astype(np.float64))) * gain).real
         expected = (white - data.stats["mean"][0]) / data.stats["std"][0]
         assert np.allclose(data.x[name][:, 0].numpy(), expected, atol=1e-5)
     restored = to_device(splits, ["density"], "cpu", whiten=True, stats=data.stats)
     assert all(torch.equal(restored.x[name], data.x[name]) for name in splits)
+
+
+def test_a_chunked_stream_prepares_what_whole_arrays_give(tmp_path, monkeypatch):
+    """Several chunks of another physics' files: whitening filter, statistics and tensors equal a direct float64
+    computation on whole arrays (within float32 rounding), the guard sees what whole arrays show."""
+    import data
+    from synthetic import write_hdf5
+    from tools import other_physics
+    rng = np.random.default_rng(0)
+    raw = {}
+    for name, n in (("train", 700), ("valid", 300), ("test", 200)):
+        labels = np.arange(n) % 2
+        density = np.exp(other_physics.fields(labels, "isotropic", 16, rng)).astype(np.float16)
+        raw[name] = density.astype(np.float64)
+        write_hdf5(tmp_path / data.SPLIT_FILES[name], {"density": density, "labels": labels.astype(np.int8)[:, None],
+                                                        "recording_date": np.full_like(density, 3 + labels[0])})
+    monkeypatch.setattr(data, "CHUNK", 128)
+    splits = load_splits(tmp_path, stream=True)
+    keep = np.array([3, 130, 600])
+    found, kept = find_confounders(splits, keep)
+    assert found == {} and np.array_equal(kept["density"], raw["train"][keep].astype(np.float32))
+    got = to_device(splits, ["density"], "cpu", whiten=True, symmetry=benchmark_plan())
+    power = (np.abs(np.fft.fft2(np.log(raw["train"]))) ** 2).mean(axis=0)
+    gain = np.asarray(got.stats["whiten"])
+    kept_modes = gain > 0
+    assert np.allclose(gain[kept_modes] ** -2, group_mean(power, symmetry.NAMES)[kept_modes], rtol=1e-5)
+    white = {name: np.fft.ifft2(np.fft.fft2(np.log(d)) * gain).real for name, d in raw.items()}
+    assert np.isclose(got.stats["mean"][0], white["train"].mean(), atol=1e-6)
+    assert np.isclose(got.stats["std"][0], white["train"].std(), rtol=1e-5)
+    for name, w in white.items():
+        expected = (w - got.stats["mean"][0]) / got.stats["std"][0]
+        assert np.allclose(got.x[name][:, 0].numpy(), expected, atol=1e-4)

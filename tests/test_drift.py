@@ -22,14 +22,19 @@ def benchmark_density(n0: int, n1: int, seed: int, decay: float = synthetic.SPEC
         synthetic.SPECTRAL_DECAY = old
 
 
+def rows(density: np.ndarray, others: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """drift.table of `density` and the `others` channels."""
+    return drift.table({"density": density, **(others or {})}, list(others or {}))
+
+
 @pytest.fixture(scope="module")
 def reference() -> dict:
     """The description of a 6,000-sample training set with the benchmark's 9/14 mix of states."""
-    return drift.describe(benchmark_density(2143, 3857, seed=1))
+    return drift.describe(rows(benchmark_density(2143, 3857, seed=1)))
 
 
 def test_a_fresh_sample_of_the_training_distribution_is_rarely_flagged(reference):
-    fresh = drift.check(reference, benchmark_density(1000, 1000, seed=2))
+    fresh = drift.check(reference, rows(benchmark_density(1000, 1000, seed=2)))
     assert fresh.share < drift.WARN_SHARE / 2 and not fresh.warn
     # per-feature 0.1-99.9 % ranges alone would flag several times more: the multiple-testing problem
     anywhere = 1 - np.prod([1 - sum(side.values()) for side in fresh.outside.values()])
@@ -37,15 +42,15 @@ def test_a_fresh_sample_of_the_training_distribution_is_rarely_flagged(reference
 
 
 def test_the_benchmarks_own_test_split_and_one_state_only_raise_no_warning(reference, tiny_benchmark):
-    test = drift.check(reference, benchmark_density(500, 500, seed=3))  # the default test split's size and mix
+    test = drift.check(reference, rows(benchmark_density(500, 500, seed=3)))  # the default test split's size and mix
     assert not test.warn and test.summary()["n"] == 1000
-    assert not drift.check(reference, benchmark_density(0, 600, seed=4)).warn  # the features ignore the state
+    assert not drift.check(reference, rows(benchmark_density(0, 600, seed=4))).warn  # the features ignore the state
 
 
 def test_the_real_test_file_raises_no_warning(reference, real_test_file):
     with h5py.File(real_test_file, "r") as h5:
         density = h5["density"][()]
-    result = drift.check(reference, density)
+    result = drift.check(reference, rows(density))
     assert not result.warn, drift.warning_line(result, "the real test file")
 
 
@@ -65,7 +70,7 @@ def test_a_shifted_file_is_flagged_and_the_warning_says_what_differs(reference, 
         density = density * 1.5
     else:
         density = density + 0.5
-    result = drift.check(reference, density.astype(np.float16))
+    result = drift.check(reference, rows(density.astype(np.float16)))
     assert result.warn and result.share > 0.9, change
     line = drift.warning_line(result, "shifted.hdf5")
     assert line.startswith("WARNING: drift check: ") and "shifted.hdf5" in line and "\n" not in line
@@ -75,7 +80,7 @@ def test_a_shifted_file_is_flagged_and_the_warning_says_what_differs(reference, 
 def test_non_positive_density_is_flagged_not_fatal(reference):
     density = benchmark_density(5, 5, seed=7).astype(np.float32)
     density[3, 0, 0] = 0.0
-    result = drift.check(reference, density)
+    result = drift.check(reference, rows(density))
     assert result.flags.tolist() == [i == 3 for i in range(10)]
     assert result.culprits == {"density not positive, or constant": 0.1}
 
@@ -92,16 +97,16 @@ def test_the_description_is_plain_data_a_checkpoint_can_hold(reference):
 def test_other_channels_the_model_reads_are_described_too():
     """The benchmark's recording_date: constant (= label) in training, random 7..9 per pixel in the test file."""
     train = synthetic.make_split(300, 500, "label", np.random.default_rng(8))
-    reference = drift.describe(train["density"], {"recording_date": train["recording_date"]})
+    reference = drift.describe(rows(train["density"], {"recording_date": train["recording_date"]}), ["recording_date"])
     assert reference["channels"] == ["recording_date"] and "std of recording_date" in reference["features"]
     like_training = synthetic.make_split(100, 100, "label", np.random.default_rng(9))
-    same = drift.check(reference, like_training["density"], {"recording_date": like_training["recording_date"]})
+    same = drift.check(reference, rows(like_training["density"], {"recording_date": like_training["recording_date"]}))
     assert not same.warn
     test = synthetic.make_split(100, 100, "test", np.random.default_rng(10))
-    result = drift.check(reference, test["density"], {"recording_date": test["recording_date"]})
+    result = drift.check(reference, rows(test["density"], {"recording_date": test["recording_date"]}))
     assert result.share == 1.0 and "recording_date higher" in next(iter(result.culprits))
     with pytest.raises(AssertionError, match="recording_date"):
-        drift.check(reference, test["density"])
+        drift.check(reference, rows(test["density"]))
 
 
 def test_a_smaller_grid_is_described_without_flagging_its_own_kind():
@@ -111,6 +116,6 @@ def test_a_smaller_grid_is_described_without_flagging_its_own_kind():
     rng = np.random.default_rng(0)
     labels = np.arange(2000) % 2
     density = np.exp(other_physics.fields(labels, "isotropic", 16, rng))
-    reference = drift.describe(density[:1500])
-    checked = drift.check(reference, density[1500:])
+    reference = drift.describe(rows(density[:1500]))
+    checked = drift.check(reference, rows(density[1500:]))
     assert np.isfinite(reference["median"]).all() and checked.share < 0.01 and not checked.warn

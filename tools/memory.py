@@ -1,0 +1,60 @@
+"""Peak memory of a 1-epoch run against the size of the training split.
+
+    python -m tools.memory 1 4 10      # the benchmark with 1x, 4x and 10x its training images
+
+Each scale generates the benchmark with train0/train1 multiplied (valid and test unchanged) into a scratch
+folder, runs `run_transformer.py --loss smooth --epochs 1` on it as a subprocess, and appends the command,
+commit, training images and the child's peak resident memory to results/speed/memory.txt.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository root: runs from any folder
+
+import synthetic  # noqa: E402
+from provenance import provenance  # noqa: E402
+
+
+def peak_gb(scale: float, scratch: Path) -> tuple[list[str], int, float]:
+    """(command, training images, peak RSS in GB) of one 1-epoch run on the scaled benchmark."""
+    base = synthetic.Sizes()
+    sizes = synthetic.Sizes(**{**asdict(base), "train0": round(base.train0 * scale),
+                               "train1": round(base.train1 * scale)})
+    data_dir = synthetic.generate_benchmark(scratch / f"data-x{scale:g}", sizes=sizes)
+    command = [sys.executable, "run_transformer.py", "--loss", "smooth", "--epochs", "1", "--data-dir",
+               str(data_dir), "--out-dir", str(scratch / f"runs-x{scale:g}"),
+               "--predictions", str(scratch / f"predictions-x{scale:g}.txt")]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux; the largest child so far
+    if peak <= before:
+        print(f"warning: x{scale:g} peaked below an earlier run ({before} KiB); run scales in rising order")
+    return command, sizes.train0 + sizes.train1, peak / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scales", type=float, nargs="+", help="training-split multipliers, in rising order")
+    parser.add_argument("--out", default=str(ROOT / "results" / "speed" / "memory.txt"))
+    args = parser.parse_args()
+    record = provenance()
+    commit = record["commit"] + (" (uncommitted changes)" if record["dirty"] else "")
+    with tempfile.TemporaryDirectory() as scratch:
+        for scale in args.scales:
+            command, images, gb = peak_gb(scale, Path(scratch))
+            line = f"{' '.join(command[1:])}  commit {commit}  train images {images}  peak {gb:.2f} GB"
+            print(line)
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
