@@ -15,7 +15,7 @@ from checkpoints import load_checkpoint, saved_plan, trained_model
 from config import UserError, config_from_dict
 from data import read_split, to_tensor
 from report import write_predictions, write_probabilities
-from run_report import drift_check
+from report import drift_check
 from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_logits
 
 Log = Callable[[str], None]

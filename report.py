@@ -189,8 +189,9 @@ def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceDa
 
 
 def drift_check(payload: dict[str, Any], split: RawSplit) -> drift.DriftCheck | None:
-    """--predict's input against the checkpoint's training description (None for a model without density)."""
-    if "density" not in split.channels:
+    """--predict's input against the checkpoint's training description; None without one (a run not finished,
+    density not positive) or for a model without density."""
+    if "drift" not in payload or "density" not in split.channels:
         return None
     return drift.check(payload["drift"], split.channels["density"], other_channels(split.channels))
 
