@@ -1,5 +1,5 @@
 """Checkpoints (best.pt, last.pt): all that resuming exactly or predicting without the training data needs; at
-the end of a run best.pt also gets `calibration` and `drift` (run_report.assess). And the rules of --resume."""
+the end of a run best.pt also gets `calibration` and `drift` (report.assess). And the rules of --resume."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""Writing files so that a kill at any moment leaves either the old complete file or the new one."""
+"""Files: atomic writes (a kill leaves the old complete file or the new one), fingerprints, provenance."""
 from __future__ import annotations
 
 import errno
@@ -6,6 +6,9 @@ import hashlib
 import io
 import json
 import os
+import shlex
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -25,9 +28,8 @@ def _reason(path: Path, e: OSError) -> str:
 
 
 def unreadable(path: str | Path, e: BaseException) -> UserError | None:
-    """The one line for a file that could not be opened for reading because of something around it, not in it:
-    a lock that another program holds (HDF5 reports it), or no read permission; None for any other failure,
-    which the caller words (a damaged file)."""
+    """The one line for a file that cannot be read because of something around it (another program's HDF5
+    lock, no permission); None for other failures, which the caller words."""
     if "unable to lock file" in str(e) or (isinstance(e, OSError) and e.errno == errno.EAGAIN):
         return UserError(f"{path} is in use by another program (HDF5 could not lock it: a program such as a "
                          f"notebook holds it open for writing); close it there, then run again")
@@ -41,13 +43,8 @@ class WriteFailed(UserError):
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write through `write(buffer)` into memory, then into a temporary file beside `path`, fsync, and rename it
-    over `path`.
-
-    Serialising into memory first keeps the disk out of the libraries' hands: torch.save, h5py and PIL turn a
-    failed write (a full disk) into their own RuntimeError or SystemError, which cannot be told from a bug; a
-    failed write of our own is an OSError, and becomes one WriteFailed line.
-    """
+    """Serialise through `write(buffer)` in memory (so a full disk is our OSError, not a library's odd error),
+    then write a temporary file beside `path`, fsync, and rename it over `path`."""
     path = Path(path)
     buffer = io.BytesIO()
     write(buffer)
@@ -72,13 +69,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
-SIGNIFICANT_DIGITS = 6  # of every score written, JSON or CSV: a float32 score has about 7, the rest is noise
+SIGNIFICANT_DIGITS = 6  # of every score written: a float32 score has about 7, the rest is noise
 
 
 def rounded(obj: Any) -> Any:
-    """`obj` (dicts, lists, numbers, strings) with every float rounded to SIGNIFICANT_DIGITS significant digits,
-    so that a float32 accuracy is written as 0.986, not 0.9860000014305115. For scores only: settings and
-    timestamps are written as they are."""
+    """`obj` with every float rounded to SIGNIFICANT_DIGITS (0.986, not 0.9860000014305115); for scores."""
     if isinstance(obj, float):
         return float(f"{obj:.{SIGNIFICANT_DIGITS}g}")
     if isinstance(obj, dict):
@@ -101,9 +96,7 @@ def save_torch(path: str | Path, obj: Any) -> Path:
 
 
 def append_text(path: str | Path, text: str) -> Path:
-    """Append `text` to `path` and fsync, so that a record is on disk before the next is written. A failed write
-    (a full disk) is one WriteFailed line, and the part of `text` that was written is cut off again: no torn
-    record is left for the next one to be glued to."""
+    """Append `text` to `path` and fsync; a failed write is one WriteFailed line and leaves no torn record."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +116,7 @@ def append_text(path: str | Path, text: str) -> Path:
 
 
 def fingerprint(path: str | Path) -> dict[str, Any]:
-    """Size and SHA-256 of a file: recorded in config.json so a run names exactly the data it saw."""
+    """Size and SHA-256 of a file: a run records exactly the data it saw."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -132,9 +125,7 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
 
 
 def changed_files(recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:
-    """Paths of the files, matched by key, whose size or SHA-256 differ between two sets of fingerprint()s, or
-    that the recorded set has and the current one lacks (a file the run did not record, such as an answer key
-    added later, is not a change of the run's data)."""
+    """Paths of the recorded files (by key) that differ from, or are missing in, `current`."""
     def same(a: dict | None, b: dict | None) -> bool:
         return a is not None and b is not None and (a["bytes"], a["sha256"]) == (b["bytes"], b["sha256"])
     return [(current.get(key) or recorded[key])["path"] for key in sorted(recorded)
@@ -175,3 +166,44 @@ def check_writable(path: str | Path) -> Path:
     except OSError as e:
         raise UserError(f"cannot write {path}: {_reason(path, e)}; choose another path")
     return path
+
+
+# ---- provenance: which code and command made a result ----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent
+NOT_CODE = (":(exclude)results", ":(exclude)docs", ":(exclude)*.md")  # changes there do not change the code
+
+
+def git(*args: str) -> str | None:
+    """The output of a git command in this repository, or None without git or a repository."""
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as typed in the repository root: `python -m tools.compare --quick`, `python run_transformer.py`."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0]) if argv else Path()
+    if script.is_absolute() and script.is_relative_to(ROOT):
+        script = script.relative_to(ROOT)
+        argv[0] = str(script)
+        if (ROOT / script.parent / "__init__.py").exists():  # a module of a package runs as python -m
+            argv[:1] = ["-m", ".".join(script.with_suffix("").parts)]
+    return "python " + shlex.join(argv)
+
+
+def provenance(argv: list[str] | None = None) -> dict[str, Any]:
+    """{"commit": sha or "unknown", "dirty": uncommitted code changes (None: unknown), "command": ...}."""
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE) if commit else None
+    return {"commit": commit or "unknown", "dirty": None if changes is None else bool(changes),
+            "command": command_line(argv)}
+
+
+def provenance_line(record: dict[str, Any]) -> str:
+    """`code a1b2c3d4e5f6 (uncommitted changes), command: python ...`."""
+    state = {True: " (uncommitted changes)", False: "", None: " (unknown whether changed)"}[record["dirty"]]
+    return f"code {record['commit'][:12]}{state}, command: {record['command']}"

@@ -1,12 +1,6 @@
-"""A yardstick on every data set: a logistic regression on the model's own inputs, fitted in seconds.
-
-On the built-in benchmark a run is measured against the exact Bayes limit; on other data there is none. The
-reference classifier gives a floor that a trained network should reach: a linear model on the pixels of each
-input channel, on the power of each Fourier mode and on its logarithm. A difference of mean levels between
-the states shows in the pixels, a difference of correlations (length, anisotropy) in the mode powers; for
-Gaussian fields that differ in their spectra the exact log-likelihood ratio is linear in the mode powers, so
-on the benchmark the reference approaches the Bayes limit. Its L2 strength is chosen on a stratified fifth of
-the training split, never on validation. It is an nn.Module, so sensitivity.py maps it like the model.
+"""The yardstick on any data set: logistic regression on the model's inputs' pixels, Fourier mode powers and
+log powers (linear in the mode powers, as the exact log-likelihood ratio of Gaussian fields), L2 chosen on a
+stratified fifth of the training split. An nn.Module, so sensitivity.py maps it like the model.
 """
 from __future__ import annotations
 
@@ -23,8 +17,7 @@ Z_SHORT = 1.96  # the model is "clearly short" of the reference when it trails b
 
 
 def mode_features(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, S, S) -> (N, F): pixels, power of each Fourier mode (half plane: the other half repeats it) and
-    its logarithm, per channel."""
+    """(N, C, S, S) -> (N, F): pixels, power of each Fourier mode (half plane) and its logarithm."""
     n, _, s, _ = x.shape
     power = torch.fft.rfft2(x.float()).abs().square() / s
     return torch.cat([x.reshape(n, -1).float(), power.reshape(n, -1), torch.log(power + 1e-6).reshape(n, -1)], 1)
@@ -69,11 +62,9 @@ def fit_reference(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> tuple[Refe
     with torch.no_grad():
         f = mode_features(x)
         mean, std = f.mean(0), f.std(0)
-        # a feature that barely varies in training (the power of k = 0 when every image has the same mean) says
-        # nothing about the state; standardising it would blow up any small change elsewhere: it is left out
+        # a feature that barely varies in training says nothing and would blow up when standardised: left out
         std = torch.where(std > 1e-4 * std.median(), std, torch.full_like(std, torch.inf))
         f = (f - mean) / std
-    # a stratified fifth of the training images chooses the L2 strength
     held = torch.zeros(len(y), dtype=torch.bool, device=x.device)
     for c in (0, 1):
         idx = torch.nonzero(y == c).flatten()

@@ -1,75 +1,206 @@
-"""What a run leaves behind for a person: metrics table, learning curves, predictions."""
+"""The end of a run: calibration, the yardstick, the drift check and the sensitivity map of the best model, and
+what they leave for a person: metrics.csv, predictions, figures and report.md."""
 from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
+import drift
+import metrics
+import reference
+from config import Config
+from data import SPLIT_FILES, DeviceData
 from fileio import atomic_write, rounded, write_text
+from sensitivity import SENSITIVITY_IMAGES, bayes_sensitivity, channel_importance, map_correlation, mode_sensitivity
 
+SPLIT_NAMES = {"valid": "validation", "test": "test"}
 METRIC_COLUMNS = ("epoch", "lr", "train_objective", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc",
                   "val_views", "gap_acc", "gap_loss")
 
 
+@dataclass
+class Assessment:
+    """Calibrated test probabilities and drift flags, entries for best.pt and summary.json, and log lines."""
+    test_probabilities: np.ndarray
+    test_flags: np.ndarray | None
+    checkpoint: dict[str, Any]
+    summary: dict[str, Any]
+    bayes_curves: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    logits: dict[str, np.ndarray] = field(default_factory=dict)  # shifted by the fitted offset: what is predicted
+
+
+def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
+           logits: dict[str, np.ndarray]) -> Assessment:
+    """Calibrate the best model's view-averaged validation/test `logits`, compare with the yardstick, check the
+    test split for drift, map the model's sensitivity, and draw the figures."""
+    labels = {name: None if data.y[name] is None else data.y[name].cpu().numpy() for name in ("train", "valid", "test")}
+    prior = metrics.reference_prior(data.symmetry.swaps, labels["train"])
+    # an antisymmetric view average (a swapping partner) has no offset to fit; rounded as every written score
+    temperature, offset = rounded(metrics.fit_calibration(logits["valid"], labels["valid"],
+                                                          metrics.prior_weights(labels["valid"], prior),
+                                                          offset=not data.symmetry.swaps))
+    raw_logits, logits = logits, {name: z + offset for name, z in logits.items()}
+    yardstick, yard_summary, yard_note = compare_with_reference(data, logits, cfg.seed, info["data_dir"])
+    llr = data.bayes_llr
+    probabilities = {name: metrics.calibrated(z, temperature) for name, z in logits.items()}
+    plot_reliability(run_dir / "reliability.png", reliability_panels(raw_logits, labels, temperature, offset, prior))
+    plot_roc_and_confusion(run_dir / "roc_confusion.png", {
+        SPLIT_NAMES[n]: (probabilities[n], labels[n]) for n in ("valid", "test") if labels[n] is not None})
+    result = Assessment(probabilities["test"], None,
+                        {"calibration": {"temperature": temperature, "offset": offset, "prior_state_1": prior,
+                                         "fitted_on": "valid"}},
+                        {"calibration": calibrate_summary(raw_logits, labels, temperature, offset, prior, llr),
+                         "reference": yard_summary}, logits=logits)
+    bound = metrics.at_bound(temperature)
+    if bound:
+        result.summary["calibration"]["not_calibrated"] = bound
+        result.notes.append(f"WARNING: the calibration temperature {temperature:g} is at the end of its search "
+                            f"range: {bound}")
+    if yard_note:
+        result.notes.append(yard_note)
+    if llr:  # the Bayes lines of the learning curves
+        result.bayes_curves = {"val_loss": metrics.log_loss(metrics.bayes_posterior(llr["valid"], prior),
+                                                            labels["valid"]),
+                               "val_acc": info["bayes_accuracy"]["valid"]}
+    check_test_split(run_dir, data, result)
+    if "density" in info["channels"]:
+        result.summary["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature, yardstick)
+    return result
+
+
+def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed: int, data_dir: str = "DIR"
+                           ) -> tuple[reference.Reference, dict[str, Any], str]:
+    """The reference classifier's accuracies, its paired validation gap to the model, and a WARNING line when
+    the model trails it by more than reference.Z_SHORT standard errors."""
+    model, l2 = reference.fit_reference(data.x["train"], data.y["train"], seed)
+    out: dict[str, Any] = {"classifier": "logistic regression on pixels, mode power and log mode power", "l2": l2}
+    for name in ("valid", "test"):
+        if data.y[name] is not None:
+            y = data.y[name].cpu()
+            right = (reference.logits(model, data.x[name]).cpu() > 0).float() == y
+            out[f"{name}_acc"] = float(right.float().mean())
+            if name == "valid":
+                out["valid_gap"], out["valid_gap_se"] = reference.paired_gap(
+                    right, (torch.from_numpy(logits["valid"]) > 0).float() == y)
+    note = ""
+    if "valid_gap" in out and out["valid_gap"] > reference.Z_SHORT * out["valid_gap_se"]:
+        note = (f"WARNING: the model's validation accuracy is {100 * out['valid_gap']:.1f} ± "
+                f"{100 * out['valid_gap_se']:.1f} points below the reference classifier's ({out['valid_acc']:.4f}, a "
+                f"logistic regression on the same inputs); try python -m tools.compare --data-dir {data_dir} to see "
+                f"which settings help, --model cnn, or another --optimizer or --lr")
+    return model, out, note
+
+
+def check_test_split(run_dir: Path, data: DeviceData, result: Assessment) -> None:
+    """The test split against the training description (both from load_data): drift.png and `result`."""
+    if data.drift is None:  # possible with --no-whiten only
+        result.notes.append("note: the training density has values <= 0, so it has no log-density to describe: "
+                            "no drift check")
+        return
+    described, checked = data.drift, data.test_drift
+    plot_drift(run_dir / "drift.png", described, {"test split": checked.rings}, checked.outside)
+    result.test_flags, result.checkpoint["drift"] = checked.flags, described
+    result.summary["drift"] = {"test": checked.summary()}
+    if checked.warn:
+        result.notes.append(drift.warning_line(checked, f"the test split ({SPLIT_FILES['test']})"))
+
+
+def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
+                      offset: float, prior: float, llr: dict[str, np.ndarray]) -> dict[str, Any]:
+    """T and c, and per split before/after calibration: ECE and log loss (reweighted to the reference prior),
+    mean |p - p_Bayes| on the benchmark."""
+    out: dict[str, Any] = {"temperature": temperature, "offset": offset, "prior_state_1": prior,
+                           "ece_bins": metrics.ECE_BINS}
+    for name, z in logits.items():
+        before, after = metrics.calibrated(z), metrics.calibrated(z + offset, temperature)
+        row: dict[str, Any] = {}
+        if labels[name] is not None:
+            w = metrics.prior_weights(labels[name], prior)
+            row["ece"] = {"before": metrics.expected_calibration_error(before, labels[name], w),
+                          "after": metrics.expected_calibration_error(after, labels[name], w)}
+            row["log_loss"] = {"before": metrics.log_loss(before, labels[name], w),
+                               "after": metrics.log_loss(after, labels[name], w)}
+        if name in llr:
+            exact = metrics.bayes_posterior(llr[name], prior)
+            row["mean_abs_diff_bayes"] = {"before": float(np.mean(np.abs(before - exact))),
+                                          "after": float(np.mean(np.abs(after - exact)))}
+        out[name] = row
+    return out
+
+
+def reliability_panels(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
+                       offset: float, prior: float) -> dict[str, dict[str, dict]]:
+    """Reliability tables before and after calibration, per labelled split, each labelled with its ECE."""
+    panels: dict[str, dict[str, dict]] = {}
+    after = f"after calibration (T = {temperature:.3g}" + (f", c = {offset:.3g})" if offset else ")")
+    for title, t, c in (("before calibration", 1.0, 0.0), (after, temperature, offset)):
+        panels[title] = {}
+        for name in ("valid", "test"):
+            if labels[name] is not None:
+                p, w = metrics.calibrated(logits[name] + c, t), metrics.prior_weights(labels[name], prior)
+                ece = metrics.expected_calibration_error(p, labels[name], w)
+                panels[title][f"{SPLIT_NAMES[name]} (ECE {ece:.2%})"] = metrics.reliability(p, labels[name], w)
+    return panels
+
+
+def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
+                    temperature: float, yardstick: nn.Module) -> dict[str, Any]:
+    """sensitivity.png and its numbers: the model's map in calibrated log-odds beside the exact likelihood
+    ratio's (benchmark) or the reference classifier's (elsewhere)."""
+    channel, views, synthetic = info["channels"].index("density"), data.symmetry.views, info["source"] == "synthetic"
+    model_map = mode_sensitivity(model, data.x["valid"], channel, views) / temperature
+    if synthetic:
+        other, compared_with = bayes_sensitivity(model_map.shape[-1]), "exact likelihood ratio"
+    else:
+        other, compared_with = mode_sensitivity(yardstick, data.x["valid"], channel), "reference classifier"
+    r = map_correlation(model_map, other)
+    slope = float((model_map * other).sum() / max((other**2).sum(), 1e-30))
+    effect = {name: change / temperature
+              for name, change in zip(info["channels"], channel_importance(model, data.x["valid"], views))}
+    title = (f"{cfg.model}, channels {','.join(info['channels'])}: correlation with the {compared_with} {r:.3f}"
+             + (f", scale {slope:.2f}" if synthetic else "")
+             + ("\nmean change of the log-odds when a channel is swapped between images: "
+                + ", ".join(f"{k} {v:.3g}" for k, v in effect.items()) if len(effect) > 1 else ""))
+    plot_sensitivity(run_dir / "sensitivity.png", {compared_with: other, "model": model_map}, title)
+    out = {"correlation": r, "channel_effect": effect, "images": min(SENSITIVITY_IMAGES, len(data.x["valid"])),
+           "compared_with": compared_with}
+    return {**out, "scale_vs_bayes": slope} if synthetic else out
+
+
+# ---- files -----------------------------------------------------------------------------------------------
+
 def write_metrics_csv(path: str | Path, history: list[dict[str, float]]) -> Path:
-    """One row per epoch; rewritten whole (atomically) so a resumed run continues the same table."""
+    """One row per epoch, rewritten whole, so a resumed run continues the same table."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for row in history:
-        writer.writerow(rounded(row))
+    writer.writerows(rounded(row) for row in history)
     return write_text(path, buffer.getvalue())
 
 
-def plot_curves(path: str | Path, history: list[dict[str, float]], title: str = "",
-                bayes: dict[str, float] | None = None) -> Path:
-    """Train vs validation loss and accuracy per epoch: a widening gap is the picture of memorisation.
-    bayes: the exact likelihood-ratio classifier's validation log loss and accuracy (the built-in benchmark)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], ".-", label="train (log loss)")
-    views = int(history[-1].get("val_views", 1)) if history else 1
-    each = f" ({views} view{'s' * (views > 1)} per image)"
-    ax_loss.plot(epochs, [r["val_loss"] for r in history], ".-", label="validation (log loss)" + each)
-    ax_acc.plot(epochs, [r["train_acc"] for r in history], ".-", label="train")
-    ax_acc.plot(epochs, [r["val_acc"] for r in history], ".-", label="validation" + each)
-    for ax, key in ((ax_loss, "val_loss"), (ax_acc, "val_acc")):
-        if bayes and key in bayes:
-            ax.axhline(bayes[key], color="k", linestyle=":", label="Bayes limit (validation)")
-    ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("BCE"), ax_loss.legend()
-    ax_acc.set_xlabel("epoch"), ax_acc.set_ylabel("accuracy"), ax_acc.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
-    return Path(path)
-
-
 def write_predictions(path: str | Path, probabilities: np.ndarray) -> Path:
-    """The scientist's contract: one 0 or 1 per line, in the order of the input file."""
-    labels = (np.asarray(probabilities) > 0.5).astype(int)
-    return write_text(path, "".join(f"{v}\n" for v in labels))
+    """One 0 or 1 per line, in the order of the input file."""
+    return write_text(path, "".join(f"{v}\n" for v in (np.asarray(probabilities) > 0.5).astype(int)))
 
 
 def write_probabilities(path: str | Path, probabilities: np.ndarray, drift_flags: np.ndarray | None = None) -> Path:
-    """CSV: sample index, probability of the new state (label 1), predicted label, and with drift_flags a 1
-    where the sample lies outside the training data's range (drift.py)."""
+    """CSV of index, probability of state 1, predicted label and (with flags) the drift flag."""
     p = np.asarray(probabilities)
-    if drift_flags is None:
-        lines = ["index,probability,predicted_label"] + [f"{i},{v:.6f},{int(v > 0.5)}" for i, v in enumerate(p)]
-    else:
-        lines = ["index,probability,predicted_label,drift_flag"]
-        lines += [f"{i},{v:.6f},{int(v > 0.5)},{int(f)}" for i, (v, f) in enumerate(zip(p, drift_flags))]
-    return write_text(path, "\n".join(lines) + "\n")
+    flags = [] if drift_flags is None else [f",{int(f)}" for f in drift_flags]
+    header = "index,probability,predicted_label" + (",drift_flag" if flags else "")
+    rows = [f"{i},{v:.6f},{int(v > 0.5)}{flags[i] if flags else ''}" for i, v in enumerate(p)]
+    return write_text(path, "\n".join([header, *rows]) + "\n")
 
 
-# ---- figure helpers --------------------------------------------------------------------------------------
+# ---- figures ---------------------------------------------------------------------------------------------
 
 def pyplot():
     """matplotlib with the file-only backend (no display needed)."""
@@ -80,50 +211,56 @@ def pyplot():
 
 
 def save_figure(fig, path: str | Path) -> Path:
+    fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     pyplot().close(fig)
     return Path(path)
 
 
-# ---- figures of one run's report (run_report.py) ---------------------------------------------------------
+def plot_curves(path: str | Path, history: list[dict[str, float]], title: str = "",
+                bayes: dict[str, float] | None = None) -> Path:
+    """Train vs validation loss and accuracy per epoch (a widening gap is memorisation), with the Bayes lines."""
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
+    views = int(history[-1].get("val_views", 1)) if history else 1
+    each = f" ({views} view{'s' * (views > 1)} per image)"
+    for ax, key, name in ((axes[0], "loss", "BCE"), (axes[1], "acc", "accuracy")):
+        epochs = [r["epoch"] for r in history]
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], ".-", label="train")
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], ".-", label="validation" + each)
+        if bayes and f"val_{key}" in bayes:
+            ax.axhline(bayes[f"val_{key}"], color="k", linestyle=":", label="Bayes limit (validation)")
+        ax.set_xlabel("epoch"), ax.set_ylabel(name), ax.legend()
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
 
 def plot_reliability(path: str | Path, panels: dict[str, dict[str, dict]]) -> Path:
-    """Reliability diagrams: per panel (e.g. before / after calibration), per split, the frequency of state 1
-    against the mean probability in each bin (metrics.reliability); on the diagonal when calibrated."""
+    """Per panel and split, the frequency of state 1 against the mean probability per bin (marker area: share)."""
     fig, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels.items()):
         ax.plot([0, 1], [0, 1], "k:", label="calibrated")
         for label, table in curves.items():
             filled = table["share"] > 0
             line, = ax.plot(table["probability"][filled], table["frequency"][filled], "-", alpha=0.5)
-            # marker area follows the bin's share of samples: the middle bins of a good model hold few
             ax.scatter(table["probability"][filled], table["frequency"][filled], s=10 + 300 * table["share"][filled],
                        color=line.get_color(), label=label)
         ax.set_xlabel("predicted probability of state 1 (marker area: share of samples)")
         ax.set_ylabel("observed frequency of state 1")
         ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_title(title), ax.legend(fontsize=8)
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
-def roc_points(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False and true positive rates at every threshold, from (0, 0) to (1, 1)."""
-    order = np.argsort(-np.asarray(p), kind="mergesort")
-    y = np.asarray(y)[order]
-    tpr = np.concatenate([[0], np.cumsum(y) / max(y.sum(), 1)])
-    fpr = np.concatenate([[0], np.cumsum(1 - y) / max((1 - y).sum(), 1)])
-    return fpr, tpr
-
-
-def plot_roc_and_confusion(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> Path:
-    """ROC curves (label: AUC) and, per split, the confusion matrix at 0.5; splits: name -> (p, y, auc)."""
+def plot_roc_and_confusion(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """ROC curves with their AUC and, per split, the confusion matrix at 0.5; splits: name -> (p, y)."""
     fig, axes = pyplot().subplots(1, 1 + len(splits), figsize=(4.5 * (1 + len(splits)), 4), squeeze=False)
     roc = axes[0][0]
     roc.plot([0, 1], [0, 1], "k:")
-    for ax, (name, (p, y, auc)) in zip(axes[0][1:], splits.items()):
-        roc.plot(*roc_points(p, y), label=f"{name} (AUC {auc:.4f})")
-        predicted = (np.asarray(p) > 0.5).astype(int)
-        matrix = np.array([[np.sum((y == t) & (predicted == q)) for q in (0, 1)] for t in (0, 1)])
+    for ax, (name, (p, y)) in zip(axes[0][1:], splits.items()):
+        order = np.argsort(-p, kind="mergesort")
+        tpr = np.concatenate([[0], np.cumsum(y[order]) / max(y.sum(), 1)])
+        fpr = np.concatenate([[0], np.cumsum(1 - y[order]) / max((1 - y).sum(), 1)])
+        roc.plot(fpr, tpr, label=f"{name} (AUC {metrics.roc_auc(torch.from_numpy(p), torch.from_numpy(y)):.4f})")
+        matrix = np.array([[np.sum((y == t) & ((p > 0.5) == q)) for q in (0, 1)] for t in (0, 1)])
         ax.imshow(matrix, cmap="Blues")
         for (t, q), n in np.ndenumerate(matrix):
             ax.text(q, t, str(n), ha="center", va="center", color="k" if n < matrix.max() / 2 else "w")
@@ -131,15 +268,14 @@ def plot_roc_and_confusion(path: str | Path, splits: dict[str, tuple[np.ndarray,
         ax.set_xlabel("predicted state (p > 0.5)"), ax.set_ylabel("true state"), ax.set_title(f"{name} at 0.5")
     roc.set_xlabel("false positive rate"), roc.set_ylabel("true positive rate"), roc.set_title("ROC")
     roc.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
-def plot_drift(path: str | Path, reference: dict, files: dict[str, list[float]], outside: dict[str, dict]) -> Path:
-    """Left: radially averaged log-power per ring |k|, the training 0.1-99.9 % band and median, and each
-    file's median. Right: the share of a file's samples outside each feature's training range (drift.py)."""
+def plot_drift(path: str | Path, described: dict, files: dict[str, list[float]], outside: dict[str, dict]) -> Path:
+    """Left: radially averaged log-power, the training 0.1-99.9 % band and each file's median. Right: the share of
+    a file's samples outside each feature's training range."""
     fig, (ax, bars) = pyplot().subplots(1, 2, figsize=(12, 4.5))
-    rings = reference["rings"]
+    rings = described["rings"]
     k = np.arange(1, len(rings["median"]) + 1)
     ax.fill_between(k, rings["low"], rings["high"], color="0.85", label="training 0.1-99.9 %")
     ax.plot(k, rings["median"], "k-", label="training median")
@@ -147,20 +283,17 @@ def plot_drift(path: str | Path, reference: dict, files: dict[str, list[float]],
         ax.plot(k, medians, "--", label=f"{name} median")
     ax.set_xlabel("|k| (grid units)"), ax.set_ylabel("log power of log-density"), ax.legend(fontsize=8)
     ax.set_title("radially averaged power spectrum")
-    names = list(outside)
-    y = np.arange(len(names))
-    bars.barh(y - 0.2, [outside[n]["below"] for n in names], 0.4, label="below the training range")
-    bars.barh(y + 0.2, [outside[n]["above"] for n in names], 0.4, label="above the training range")
+    y = np.arange(len(outside))
+    bars.barh(y - 0.2, [v["below"] for v in outside.values()], 0.4, label="below the training range")
+    bars.barh(y + 0.2, [v["above"] for v in outside.values()], 0.4, label="above the training range")
     bars.axvline(0.001, color="k", linestyle=":", label="expected: 0.1 % each side")
-    bars.set_yticks(y, names, fontsize=8), bars.invert_yaxis(), bars.set_xlabel("share of samples")
+    bars.set_yticks(y, list(outside), fontsize=8), bars.invert_yaxis(), bars.set_xlabel("share of samples")
     bars.set_title("outside the training 0.1-99.9 % range"), bars.legend(fontsize=8)
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
 def plot_sensitivity(path: str | Path, maps: dict[str, np.ndarray], title: str) -> Path:
-    """Sensitivity maps to the power of each Fourier mode (sensitivity.py), side by side, each on its own
-    symmetric colour scale (log-odds per unit log-amplitude), k = 0 in the centre."""
+    """Sensitivity maps side by side, each on its own symmetric colour scale, k = 0 in the centre."""
     fig, axes = pyplot().subplots(1, len(maps), figsize=(5.2 * len(maps), 4.6), squeeze=False)
     grid = next(iter(maps.values())).shape[-1]
     extent = (-(grid // 2) - 0.5, grid - grid // 2 - 0.5, grid - grid // 2 - 0.5, -(grid // 2) - 0.5)
@@ -170,5 +303,144 @@ def plot_sensitivity(path: str | Path, maps: dict[str, np.ndarray], title: str) 
         ax.set_xlabel("k (second axis)"), ax.set_ylabel("k (first axis)"), ax.set_title(name)
         fig.colorbar(image, ax=ax, fraction=0.046, label="d log-odds / d log amplitude")
     fig.suptitle(title)
-    fig.tight_layout()
     return save_figure(fig, path)
+
+
+# ---- the console line and the page -----------------------------------------------------------------------
+
+def trust_line(summary: dict[str, Any]) -> str:
+    """The end-of-run line's part on calibration, the yardstick, drift flags and the sensitivity map."""
+    cal, ref = summary["calibration"], summary["reference"]
+    parts = [f"calibration T {cal['temperature']:.3g}"]
+    parts += [f"{s} ECE {cal[s]['ece']['before']:.2%} -> {cal[s]['ece']['after']:.2%}" for s in ("valid", "test")
+              if "ece" in cal[s]]
+    if "mean_abs_diff_bayes" in cal["test"]:
+        diff = cal["test"]["mean_abs_diff_bayes"]
+        parts.append(f"test |p - p_Bayes| {diff['before']:.4f} -> {diff['after']:.4f}")
+    parts.append("reference classifier " + " ".join(f"{n} acc {ref[f'{n}_acc']:.4f}" for n in ("valid", "test")
+                                                    if f"{n}_acc" in ref))
+    if "drift" in summary:
+        parts.append(f"test drift flags {summary['drift']['test']['share_flagged']:.1%}")
+    if "sensitivity" in summary:
+        sens = summary["sensitivity"]
+        parts.append(f"sensitivity vs {'Bayes' if 'scale_vs_bayes' in sens else 'reference'} r "
+                     f"{sens['correlation']:.3f}")
+    return ", ".join(parts)
+
+
+def percent(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2%}"
+
+
+def number(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def before_after(row: dict[str, Any], key: str, show=percent) -> str:
+    return f"{show(row[key]['before'])} → {show(row[key]['after'])}" if key in row else "–"
+
+
+def wall_time_text(summary: dict[str, Any]) -> str:
+    """`85.2 s`, or after a resume `651.0 s over 2 attempts (612.0 s, 39.0 s)`."""
+    attempts = summary["attempt_seconds"]
+    if len(attempts) < 2:
+        return f"{summary['wall_time_s']} s"
+    return f"{summary['wall_time_s']} s over {len(attempts)} attempts ({', '.join(f'{t} s' for t in attempts)})"
+
+
+def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
+    """report.md: the summary numbers and every figure of the run."""
+    cal, bayes, ref = summary["calibration"], summary.get("bayes_accuracy", {}), summary["reference"]
+    valid, test = cal.get("valid", {}), cal.get("test", {})
+    source = "the built-in benchmark" if summary["data_source"] == "synthetic" else "the files"
+    views = summary["views"]
+    lines = [f"# Run {Path(run_dir).name}", "",
+             f"Data: {source} in {summary['data_dir']} (channels {', '.join(summary['channels'])}); best epoch "
+             f"{summary['best_epoch']} of {summary['epochs_run']} run; {wall_time_text(summary)}."
+             + (f" Training diverged: {summary['diverged']}." if summary.get("diverged") else ""), "",
+             f"Scores of the best epoch's model with all {views} test-time view{'s' * (views > 1)} per image (the "
+             f"learning curves' validation uses the views of --epoch-views).", "",
+             "| | validation | test |", "|---|---|---|",
+             f"| accuracy | {percent(summary['val_acc'])} | {percent(summary.get('test_acc'))} |",
+             f"| reference classifier (logistic regression on the same inputs) | {percent(ref.get('valid_acc'))} | "
+             f"{percent(ref.get('test_acc'))} |"]
+    if bayes:
+        lines.append(f"| Bayes limit (exact likelihood ratio) | {percent(bayes.get('valid'))} | "
+                     f"{percent(bayes.get('test'))} |")
+    lines += [f"| ROC AUC | {number(summary['val_auc'])} | {number(summary.get('test_auc'))} |",
+              f"| log loss, before → after calibration | {before_after(valid, 'log_loss', number)} | "
+              f"{before_after(test, 'log_loss', number)} |",
+              f"| ECE ({cal['ece_bins']} bins), before → after | {before_after(valid, 'ece')} | "
+              f"{before_after(test, 'ece')} |"]
+    if "mean_abs_diff_bayes" in test:
+        lines.append(f"| mean abs(p − p_Bayes), before → after | {before_after(valid, 'mean_abs_diff_bayes', number)}"
+                     f" | {before_after(test, 'mean_abs_diff_bayes', number)} |")
+    lines += ["", f"Written probabilities are sigmoid((logit + c) / T) with T = {cal['temperature']:.4g} and c = "
+              f"{cal['offset']:.4g}, fitted on validation; they refer to a share of state 1 of "
+              f"{cal['prior_state_1']:.3g} (validation is reweighted to it). The 0/1 predictions do not depend on T; "
+              f"c (fitted only where no symmetry swaps the state) moves their threshold. Accuracies are those of the "
+              f"written 0/1 predictions; log losses and AUC are of the raw logits."
+              + (f" **Not calibrated:** T is at the end of its search range: {cal['not_calibrated']}."
+                 if cal.get("not_calibrated") else ""), ""]
+    if "valid_gap" in ref:
+        lines += [f"The reference classifier's validation accuracy minus the model's: {100 * ref['valid_gap']:+.1f} "
+                  f"± {100 * ref['valid_gap_se']:.1f} points (paired, one standard error).", ""]
+    lines += symmetry_section(summary["symmetry"])
+    lines += ["## Learning curves", "", "![learning curves](curves.png)", "",
+              "## Calibration", "", "![reliability diagram](reliability.png)", "",
+              "## ROC curve and confusion matrix at 0.5", "", "![ROC and confusion](roc_confusion.png)", ""]
+    lines += drift_section(summary.get("drift")) + sensitivity_section(summary.get("sensitivity"))
+    return write_text(Path(run_dir) / "report.md", "\n".join(lines) + "\n")
+
+
+def symmetry_section(plan: dict[str, Any]) -> list[str]:
+    """What augmentation and the views used, and the z of each rule the check tested."""
+    found, used, views = plan.get("found") or {}, plan["augment"], plan["views"]
+    lines = ["## Symmetries of the training data", "",
+             "Augmentation used: " + (", ".join(used["keep"][1:] + [f"{n} (swaps the state)" for n in used["swap"]]
+                                                + ["periodic shifts"] * used["shifts"]) or "none")
+             + "; test-time views: " + ("none" if views is None else ", ".join(
+                 f"{n}{' (negated)' if s else ''}" for n, s in views["rules"]) + f" at {views['shifts'] ** 2} "
+                 f"shift(s) each") + "."]
+    if not found:
+        return lines + ["", "The check did not run (too few training images of a state), so no symmetry was "
+                        "assumed unless forced.", ""]
+    lines += ["", f"Each rule was tested on {sum(found['images'].values()):,} training images: z is how many standard "
+              f"errors the class-mean statistics move under the symmetry (one-sided, normal under the rule); a rule "
+              f"holds while z < {found['z_threshold']:.2f}, so a true symmetry is rejected with probability at most "
+              f"{found['false_alarm']:.0%} over all {found['tests']} tests.", "",
+              "| symmetry | z if it keeps the state | z if it swaps the state | verdict |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['keep_z']:.1f} | {r['swap_z']:.1f} | {r['verdict']} |"
+              for name, r in found["elements"].items()]
+    return lines + [f"| periodic shifts | {found['shifts']['keep_z']:.1f} | – | {found['shifts']['verdict']} |", ""]
+
+
+def drift_section(result: dict[str, Any] | None) -> list[str]:
+    lines = ["## Drift check (test split against the training set)", ""]
+    if result is None:
+        return lines + ["Not run: the training density has values ≤ 0.", ""]
+    test = result["test"]
+    verdict = "WARNING: more than 1 % flagged" if test["warning"] else "no warning"
+    lines += [f"{percent(test['share_flagged'])} of {test['n']} test samples lie outside the training data's range "
+              f"({verdict}; a fresh training-like sample is flagged with probability {drift.FALSE_FLAG_RATE:.2%})."
+              + ("" if not test["flagged_by"] else " Flagged mainly by: " + ", ".join(
+                  f"{k} ({percent(v)})" for k, v in test["flagged_by"].items()) + "."), "",
+              "| feature | below the training 0.1 % | above the training 99.9 % |", "|---|---|---|"]
+    lines += [f"| {name.replace('|', '&#124;')} | {percent(side['below'])} | {percent(side['above'])} |"
+              for name, side in test["outside_training_range"].items()]
+    return lines + ["", "![drift check](drift.png)", ""]
+
+
+def sensitivity_section(result: dict[str, Any] | None) -> list[str]:
+    lines = ["## What the model learned", ""]
+    if result is None:
+        return lines + ["No density channel: no map over its Fourier modes.", ""]
+    lines.append(f"Sensitivity of the calibrated log-odds to the amplitude of each Fourier mode of density, "
+                 f"averaged over {result['images']} validation images, beside that of the "
+                 f"{result['compared_with']} (each on its own colour scale): correlation {result['correlation']:.3f}"
+                 + (f", scale {result['scale_vs_bayes']:.2f} (1 = the same strength)" if "scale_vs_bayes" in result
+                    else "") + ".")
+    if len(result["channel_effect"]) > 1:
+        lines.append("Mean change of the calibrated log-odds when one channel is swapped between images: " + ", ".join(
+            f"{k} {v:.3g}" for k, v in result["channel_effect"].items()) + ".")
+    return lines + ["", "![sensitivity map](sensitivity.png)", ""]

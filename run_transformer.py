@@ -12,66 +12,38 @@ import json
 import platform
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import h5py
 import numpy as np
 import torch
 
 import distributed
-from checkpoints import (Resumed, checkpoint, earlier_attempts, load_checkpoint, restore_training,
-                         resume_config)
-from cli import exit_code
-from config import (CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, fields_with, flag)
 import symmetry
-from data import DeviceData, check_same_data, load_data
-from fileio import (WriteFailed, check_writable, fresh_directory, rounded,
-                    save_torch, write_json)
+from checkpoints import Resumed, checkpoint, load_checkpoint, restore_training, resume_config
+from cli import exit_code
+from config import CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, fields_with, flag
+from data import check_same_data, load_data
+from fileio import WriteFailed, check_writable, fresh_directory, provenance, rounded, save_torch, write_json
 from metrics import scores
 from predict import predict_file
-from provenance import provenance
-from report import plot_curves, write_metrics_csv, write_predictions, write_probabilities
-from run_report import assess, trust_line, write_page
-from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, build_training, fit,
-                   overflow_message, pick_device, predict_logits, resolve_precision)
-
-Log = Callable[[str], None]
-
-
-# ---- data ------------------------------------------------------------------------------------------------
-
-def environment(device: torch.device) -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "h5py": h5py.__version__, "device": str(device), "platform": platform.platform(),
-            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
-            "world_size": str(distributed.world())}
-
-
-# ---- training --------------------------------------------------------------------------------------------
-
-def check_predictions_path(path: Path) -> None:
-    """--predictions is rewritten at the end of every run: before training, refuse a path that cannot be
-    written or that holds anything but an earlier predictions file (0/1 lines), such as a data file."""
-    check_writable(path)
-    if path.exists() and (path.stat().st_size > 1 << 26 or not set(path.read_bytes()) <= set(b"01\n")):
-        raise UserError(f"--predictions {path} exists and is not a predictions file (0/1 lines); it would be "
-                        f"overwritten, so choose another path")
+from report import assess, plot_curves, trust_line, write_metrics_csv, write_page, write_predictions, \
+    write_probabilities
+from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, build_training, fit, overflow_message,
+                   pick_device, predict_logits, resolve_precision)
 
 
 class ResumableInterrupt(Interrupted):
     """An interruption after the run folder and its last.pt exist: the message says how to resume."""
 
 
-def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from: Resumed | None = None
-        ) -> dict[str, Any]:
-    """Train one configuration end to end and write its run folder; returns the summary.
-
-    Under torchrun every process runs this; rank 0 alone prints and writes."""
+def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None = None,
+        resume_from: Resumed | None = None) -> dict[str, Any]:
+    """Train one configuration end to end and write its run folder; returns the summary. Under torchrun every
+    process runs this; rank 0 alone prints and writes."""
     start = time.time()
-    device = distributed.setup(pick_device(cfg.device), cfg.sync_bn)  # cuda:LOCAL_RANK under torchrun on GPUs
+    device = distributed.setup(pick_device(cfg.device), cfg.sync_bn)
     cfg = resolve_precision(cfg, device)
     main_rank = distributed.is_main()
     progress = sys.stderr.isatty() if progress is None else progress
@@ -79,10 +51,11 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
         check_predictions_path(Path(cfg.predictions))
     else:
         log, progress = (lambda message: None), False
-
     for spec, name in ((cfg.augment, "--augment"), (cfg.tta, "--tta")):
         if spec != "auto":
             symmetry.parse_spec(spec, name)  # a typo ends here, before the data are read
+
+    # data -> model -> run folder
     torch.manual_seed(cfg.seed)
     with distributed.main_first():  # rank 0 generates the built-in benchmark before the others read it
         data, info = load_data(cfg, device, log, resume_from.payload if resume_from else None)
@@ -90,8 +63,7 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
         raise UserError(f"{len(data.x['train'])} training samples cannot be split over {distributed.world()} "
                         f"processes; use fewer processes")
     training = build_training(cfg, len(info["channels"]), data.image_size, len(data.x["train"]), device)
-
-    earlier = earlier_attempts(resume_from)
+    earlier = list(resume_from.payload["attempt_seconds"]) if resume_from else []
 
     def saved(state: TrainState) -> dict[str, Any]:  # with the time of every attempt so far, this one's too
         return checkpoint(training, state, cfg, data, [*earlier, round(time.time() - start, 1)])
@@ -102,7 +74,7 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
         state = restore_training(training, resume_from, device)
         log(f"resuming {run_dir} after epoch {state.epoch}")
     else:
-        run_dir, state = new_run_folder(cfg, info, device, main_rank), TrainState()
+        run_dir, state = new_run_folder(cfg, info, device) if main_rank else Path(cfg.out_dir), TrainState()
         if main_rank:  # resumable from the first step on
             save_torch(run_dir / "last.pt", saved(state))
     if distributed.world() > 1:  # identical weights on every rank, but each rank its own dropout masks
@@ -111,94 +83,70 @@ def run(cfg: Config, log: Log = print, progress: bool | None = None, resume_from
     log(f"run folder: {run_dir}  ({sum(p.numel() for p in training.model.parameters()):,} parameters, "
         f"{device}, {training.steps_per_epoch} steps/epoch{ranks})")
 
+    # the training loop: last.pt after every epoch, best.pt when validation improves
     def on_epoch(state: TrainState, improved: bool) -> None:
         if main_rank:
-            save_epoch(run_dir, saved(state), state, improved)
+            payload = saved(state)
+            if improved:
+                save_torch(run_dir / "best.pt", payload)
+            save_torch(run_dir / "last.pt", payload)
+            write_metrics_csv(run_dir / "metrics.csv", state.history)
 
-    outputs = Outputs(run_dir, cfg, data, info, log, start, earlier)
-    with resumable(run_dir, state, cfg):
+    def end(diverged: str = "") -> dict[str, Any]:
+        return finish(run_dir, cfg, data, info, training.model, state, log, [*earlier, time.time() - start], diverged)
+
+    try:
         try:
             fit(training, data, cfg, state, on_epoch, log, progress)
-        except Diverged as e:
-            if main_rank:
-                predict_after_divergence(e, outputs, training.model, state)
-            raise
-        if not main_rank:
-            return {"rank": distributed.rank(), "epochs_run": state.epoch}
-        return finish(outputs, training.model, state)
-
-
-def new_run_folder(cfg: Config, info: dict[str, Any], device: torch.device, main_rank: bool) -> Path:
-    """A fresh, time-stamped run folder with config.json (rank 0); other ranks get cfg.out_dir, never written."""
-    if not main_rank:
-        return Path(cfg.out_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = fresh_directory(cfg.out_dir, f"{stamp}-{cfg.model}-{cfg.optimizer}-{cfg.loss}")
-    write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": info,
-                                         "environment": environment(device), "provenance": provenance()})
-    return run_dir
-
-
-def save_epoch(run_dir: Path, payload: dict[str, Any], state: TrainState, improved: bool) -> None:
-    """After every epoch: last.pt (to resume), best.pt when validation improved, and metrics.csv."""
-    if improved:
-        save_torch(run_dir / "best.pt", payload)
-    save_torch(run_dir / "last.pt", payload)
-    write_metrics_csv(run_dir / "metrics.csv", state.history)
-
-
-@contextmanager
-def resumable(run_dir: Path, state: TrainState, cfg: Config) -> Iterator[None]:
-    """Faults after the run folder exists become one line that says what is kept and what to do next."""
-    try:
-        yield
-    except Interrupted as e:  # also while finish writes: last.pt is complete, so the run can be resumed
+        except Diverged as e:  # predict from the best epoch when there is one
+            if main_rank and (run_dir / "best.pt").exists():
+                end(diverged=str(e))
+                raise Diverged(f"{e}. Kept {run_dir}/best.pt (epoch {state.best_epoch}) and wrote the predictions "
+                               f"from it") from None
+            raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
+        return end() if main_rank else {"rank": distributed.rank(), "epochs_run": state.epoch}
+    except Interrupted as e:  # also while the end of the run writes: last.pt is complete
         raise ResumableInterrupt(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
                                  f"python run_transformer.py --resume {run_dir}", e.signum) from None
-    except NonFinitePredictions as e:  # in finish: the best epoch's model overflows on all views or on test
-        where = (f"the model of {run_dir}/best.pt (epoch {state.best_epoch}) diverges on the validation "
-                 f"split's test-time views or on the test split")
+    except NonFinitePredictions as e:  # the best epoch's model overflows on all views or on test
+        where = (f"the model of {run_dir}/best.pt (epoch {state.best_epoch}) diverges on the validation split's "
+                 f"test-time views or on the test split")
         raise Diverged(f"{overflow_message(e, where, cfg.lr)}. Kept best.pt and last.pt; no predictions were "
                        f"written") from None
     except WriteFailed as e:  # a full disk: the files being replaced, last.pt among them, are still complete
         raise WriteFailed(f"{e}, then resume with: python run_transformer.py --resume {run_dir}") from None
 
 
-def predict_after_divergence(e: Diverged, outputs: Outputs, model: torch.nn.Module, state: TrainState) -> None:
-    """A run that diverged still predicts from its best epoch when there is one; raises Diverged either way."""
-    if not (outputs.run_dir / "best.pt").exists():
-        raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
-    finish(outputs, model, state, diverged=str(e))
-    raise Diverged(f"{e}. Kept {outputs.run_dir}/best.pt (epoch {state.best_epoch}) and wrote the predictions "
-                   f"from it") from None
+def check_predictions_path(path: Path) -> None:
+    """--predictions is rewritten by every run: refuse a path that cannot be written or holds anything but 0/1
+    lines (a data file, say), before training."""
+    check_writable(path)
+    if path.exists() and (path.stat().st_size > 1 << 26 or not set(path.read_bytes()) <= set(b"01\n")):
+        raise UserError(f"--predictions {path} exists and is not a predictions file (0/1 lines); it would be "
+                        f"overwritten, so choose another path")
 
 
-@dataclass(frozen=True)
-class Outputs:
-    """Where and for what finish writes: the run folder, the config and data it ran on, its log, the start of
-    this attempt and the time of the earlier ones (checkpoints.earlier_attempts)."""
-    run_dir: Path
-    cfg: Config
-    data: DeviceData
-    info: dict[str, Any]
-    log: Log
-    start: float
-    earlier: list[float | None]
+def new_run_folder(cfg: Config, info: dict[str, Any], device: torch.device) -> Path:
+    """A fresh, time-stamped run folder with config.json: the config, the data read, the environment, the code."""
+    run_dir = fresh_directory(cfg.out_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}-{cfg.optimizer}-{cfg.loss}")
+    environment = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                   "h5py": h5py.__version__, "device": str(device), "platform": platform.platform(),
+                   "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+                   "world_size": str(distributed.world())}
+    write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": info,
+                                         "environment": environment, "provenance": provenance()})
+    return run_dir
 
 
-def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged: str = "") -> dict[str, Any]:
-    """Restore the best checkpoint, calibrate it and check the test split (run_report.assess), predict the test
-    set, and write the curves, summary and report; best.pt gets the temperature and the training description."""
-    run_dir, cfg, data, info = outputs.run_dir, outputs.cfg, outputs.data, outputs.info
+def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.nn.Module, state: TrainState,
+           log: Callable[[str], None], attempts: list[float], diverged: str = "") -> dict[str, Any]:
+    """The end of the run: restore best.pt, score it with all views, calibrate and assess it (report.assess),
+    write the predictions, curves, summary.json and report.md."""
     best = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
-    final = state.history[-1] if state.history else {}
-    # the best epoch was picked by --epoch-views; its validation and test scores use all the test-time views
-    views = data.symmetry.views
-    logits = {name: predict_logits(model, data.x[name], views).cpu() for name in ("valid", "test")}
-    logits = {name: v.numpy() for name, v in logits.items()}
+    views = data.symmetry.views  # the best epoch was picked with --epoch-views; the final scores use all views
+    logits = {name: predict_logits(model, data.x[name], views).cpu().numpy() for name in ("valid", "test")}
     trust = assess(run_dir, model, cfg, data, info, logits)
-    val = split_scores(logits["valid"], trust.logits["valid"], data.y["valid"])
     save_torch(run_dir / "best.pt", {**best, **trust.checkpoint})
     probs = trust.test_probabilities
     write_predictions(run_dir / "predictions.txt", probs)
@@ -206,50 +154,45 @@ def finish(outputs: Outputs, model: torch.nn.Module, state: TrainState, diverged
     write_predictions(cfg.predictions, probs)
     plot_curves(run_dir / "curves.png", state.history, f"{cfg.model} {cfg.optimizer} {cfg.loss} "
                 f"channels={','.join(info['channels'])}", trust.bayes_curves)
-    summary = {"run_dir": str(run_dir), "data_source": info["source"], "channels": info["channels"],
-               "epochs_run": state.epoch, "best_epoch": state.best_epoch, "best_val_loss": state.best_loss,
-               "val_acc": val["acc"], "val_auc": val["auc"], "val_loss": val["loss"],
-               "final_train_loss": final.get("train_loss"), "final_train_acc": final.get("train_acc"),
-               "final_gap_acc": final.get("gap_acc"), "diverged": diverged, "views": views.count() if views else 1,
-               "data_dir": info["data_dir"], "symmetry": info["symmetry"]}
-    summary.update(wall_time(outputs.earlier, time.time() - outputs.start))
-    if data.y["test"] is not None:  # uncalibrated, as val_loss: comparable across runs and with metrics.csv
-        test = split_scores(logits["test"], trust.logits["test"], data.y["test"])
-        summary.update({"test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"]})
+    final = state.history[-1] if state.history else {}
+    attempts = [round(t, 1) for t in attempts]
+    summary = {"run_dir": str(run_dir), "data_source": info["source"], "data_dir": info["data_dir"],
+               "channels": info["channels"], "symmetry": info["symmetry"], "epochs_run": state.epoch,
+               "best_epoch": state.best_epoch, "best_val_loss": state.best_loss, "diverged": diverged,
+               "views": views.count() if views else 1, "final_train_loss": final.get("train_loss"),
+               "final_train_acc": final.get("train_acc"), "final_gap_acc": final.get("gap_acc"),
+               "wall_time_s": round(sum(attempts), 1), "attempt_seconds": attempts}
+    for name, prefix in (("valid", "val"), ("test", "test")):
+        if data.y[name] is not None:  # loss and AUC of the raw logits; accuracy of the written predictions
+            y = data.y[name].cpu()
+            split = scores(torch.sigmoid(torch.from_numpy(logits[name])), y)
+            split["acc"] = float(((torch.from_numpy(trust.logits[name]) > 0).float() == y).float().mean())
+            summary.update({f"{prefix}_{k}": v for k, v in split.items()})
     if "bayes_accuracy" in info:
         summary["bayes_accuracy"] = info["bayes_accuracy"]
     summary = rounded({**summary, **trust.summary})
     write_page(run_dir, summary)
     write_json(run_dir / "summary.json", summary)  # last: a run folder with it holds all the run's results
-    outputs.log(f"best epoch {state.best_epoch}, scored with all {summary['views']} view(s) per image: val acc "
-            f"{summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
-            + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
-            + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
-            + f" | {trust_line(summary)} | predictions: {run_dir}/predictions.txt and {cfg.predictions}, "
-            f"report: {run_dir}/report.md")
+    log(f"best epoch {state.best_epoch}, scored with all {summary['views']} view(s) per image: val acc "
+        f"{summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
+        + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
+        + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
+        + f" | {trust_line(summary)} | predictions: {run_dir}/predictions.txt and {cfg.predictions}, "
+        f"report: {run_dir}/report.md")
     for note in trust.notes:
-        outputs.log(note)
+        log(note)
     if learned_nothing(summary, data.y["valid"]):
-        outputs.log(nothing_learned_hint(cfg))
+        log(nothing_learned_hint(cfg))
     return summary
 
 
-def wall_time(earlier: list[float | None], this_attempt: float) -> dict[str, Any]:
-    """Summary keys: the run's wall time over all its attempts, and each attempt's (None: not recorded)."""
-    attempts = [*earlier, round(this_attempt, 1)]
-    return {"wall_time_s": round(sum(t for t in attempts if t is not None), 1), "attempt_seconds": attempts}
-
-
-def split_scores(raw: np.ndarray, shifted: np.ndarray, y: torch.Tensor) -> dict[str, float]:
-    """Log loss and AUC of the raw logits (as in metrics.csv: comparable across runs), and the accuracy of the
-    written 0/1 predictions (the logits shifted by the calibration's offset)."""
-    out = scores(torch.sigmoid(torch.from_numpy(raw)), y.cpu())
-    out["acc"] = float(((torch.from_numpy(shifted) > 0).float() == y.cpu()).float().mean())
-    return out
+def learned_nothing(summary: dict[str, Any], y_valid: torch.Tensor) -> bool:
+    """The best model matches the constant predictor: majority-rate accuracy and chance-level AUC."""
+    majority = max(float(y_valid.mean()), 1 - float(y_valid.mean()))
+    return summary["val_acc"] <= majority + 1e-6 and abs(summary["val_auc"] - 0.5) < 0.1
 
 
 def nothing_learned_hint(cfg: Config) -> str:
-    """What to try when a run ends at the constant predictor, from the measurements in the README (results)."""
     tips = []
     if cfg.model == "vit" and cfg.init == "trunc02" and cfg.optimizer == "sgd":
         tips.append("--init torch (with --init trunc02, SGD kept this ViT at the constant predictor in every "
@@ -260,17 +203,11 @@ def nothing_learned_hint(cfg: Config) -> str:
     return "note: the model did no better than always predicting the majority label; try " + "; ".join(tips)
 
 
-def learned_nothing(summary: dict[str, Any], y_valid: torch.Tensor) -> bool:
-    """True when the best model matches the constant predictor: majority-rate accuracy and chance-level AUC."""
-    majority = max(float(y_valid.mean()), 1 - float(y_valid.mean()))
-    return summary["val_acc"] <= majority + 1e-6 and abs(summary["val_auc"] - 0.5) < 0.1
-
-
 # ---- command line ----------------------------------------------------------------------------------------
 
-@dataclass
+@dataclasses.dataclass
 class Command:
-    """What to do instead of training a new run; kept apart from the experiment's settings (Config)."""
+    """What to do instead of training a new run."""
     resume: str = ""
     predict: str = ""
     input: str = ""
@@ -298,11 +235,8 @@ UNSET = object()  # the value of every Config flag the user did not type
 
 
 def parse_command(argv: list[str]) -> tuple[dict[str, Any], Command]:
-    """The Config flags the user typed (defaults left out: --resume applies only those) and the command.
-
-    argparse fills in a default only where the namespace has no value yet, so a namespace that starts with
-    UNSET for every Config field comes back with UNSET exactly where a flag was not typed (--help still shows
-    the defaults)."""
+    """The Config flags the user typed (--resume applies only those) and the command. argparse fills in a
+    default only where the namespace has no value yet, so flags not typed stay UNSET."""
     untyped = argparse.Namespace(**{f.name: UNSET for f in dataclasses.fields(Config)})
     parsed = vars(build_command_parser().parse_args(argv, namespace=untyped))
     command = Command(**{name: parsed.pop(name) for name in vars(Command())})
@@ -311,8 +245,20 @@ def parse_command(argv: list[str]) -> tuple[dict[str, Any], Command]:
     return {name: value for name, value in parsed.items() if value is not UNSET}, command
 
 
+def finished_line(run_dir: Path, cfg: Config, state: TrainState, summary: dict[str, Any] | None) -> str:
+    """What --resume prints for a run with no epoch left to train whose results were written, else ""."""
+    if state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
+        return ""
+    if summary is None or summary.get("epochs_run") != state.epoch:
+        return ""
+    how = (f"{state.epoch} of {cfg.epochs} epochs" if state.epoch >= cfg.epochs else
+           f"stopped early after epoch {state.epoch} of {cfg.epochs}, {state.bad_epochs} without a better "
+           f"validation loss; a larger --patience trains on")
+    return (f"nothing to resume: {run_dir} finished ({how}; best epoch {state.best_epoch}); its results are "
+            f"{run_dir}/report.md, summary.json and predictions.txt")
+
+
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """run_dir/summary.json, or None when it is missing or damaged (the run's results are then incomplete)."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
         return summary if isinstance(summary, dict) else None
@@ -320,32 +266,10 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def finished_line(run_dir: Path, cfg: Config, state: TrainState, summary: dict[str, Any] | None) -> str:
-    """The line --resume prints for a run with nothing to resume, else "": with `cfg` the loop would run no
-    epoch after `state`, and the results of that state were written (`summary`, from summary.json)."""
-    if state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
-        return ""
-    if summary is None or summary.get("epochs_run") != state.epoch:
-        return ""
-    if state.epoch >= cfg.epochs:
-        how = f"{state.epoch} of {cfg.epochs} epochs"
-    else:
-        how = (f"stopped early after epoch {state.epoch} of {cfg.epochs}, {state.bad_epochs} without a better "
-               f"validation loss; a larger --patience trains on")
-    return (f"nothing to resume: {run_dir} finished ({how}; best epoch {state.best_epoch}); its results are "
-            f"{run_dir}/report.md, summary.json and predictions.txt")
-
-
-def resume_hint(e: Interrupted) -> str:
-    return "" if isinstance(e, ResumableInterrupt) else "nothing to resume yet: run the same command again"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Train, resume or predict; exit codes as in cli.exit_code."""
-    argv = sys.argv[1:] if argv is None else argv
-
     def body() -> None:
-        typed, command = parse_command(argv)
+        typed, command = parse_command(sys.argv[1:] if argv is None else argv)
         if command.predict:
             predict_file(Path(command.predict), command.input, command.output, typed.get("device", Config.device))
         elif command.resume:
@@ -358,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(done)
         else:
             run(Config(**typed))
-    return exit_code(body, resume_hint)
+    return exit_code(body, lambda e: "" if isinstance(e, ResumableInterrupt) else
+                     "nothing to resume yet: run the same command again")
 
 
 if __name__ == "__main__":

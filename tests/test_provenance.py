@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-import provenance
+import fileio as provenance
 from conftest import ROOT
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 import reference
-from run_report import compare_with_reference
+from report import compare_with_reference
 from data import DeviceData
 from tools import other_physics
 

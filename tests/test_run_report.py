@@ -1,4 +1,4 @@
-"""run_report.py through the command line: calibrated probabilities, drift flags, sensitivity map, one page per run."""
+"""report.py through the command line: calibrated probabilities, drift flags, sensitivity map, one page per run."""
 from __future__ import annotations
 
 import json

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 import data as data_io
-from provenance import provenance, provenance_line
+from fileio import provenance, provenance_line
 from cli import exit_code
 from config import Config, HelpFormatter, Parser, UserError, add_config_flags, checked, non_negative, parse_config
 from data import SPLIT_FILES, DeviceData

@@ -44,7 +44,7 @@ from config import (EXECUTION, OUTPUT, Config, HelpFormatter, Parser, UserError,
                     add_config_flags, checked, config_from_dict, fields_with, non_negative, positive)
 from data import load_splits, read_answer_key
 from fileio import append_text, changed_files, write_json, write_text
-from provenance import provenance
+from fileio import provenance
 from train import Diverged, Interrupted, pick_device, resolve_precision
 from tools import heldout
 from tools.compare_report import METRICS, mean_std, write_report
