@@ -1,7 +1,6 @@
 """The ablation report of compare.py: tables (markdown, CSV) and figures from finished runs.
 
-Every final run is also scored on labelled images that no run used for any choice (heldout.py): on the built-in
-benchmark its 20,000-image held-out set, on the user's data the validation file. A row's held-out accuracy is the
+Every final run is scored on labelled images that no run used for any choice. A row's held-out accuracy is the
 mean over its seeds with a 95% interval that adds, in quadrature, the seed spread (Student t with seeds - 1 degrees
 of freedom on the seed means) and the sampling error of the images (the standard error of the per-image correctness
 averaged over seeds). The difference to the row's reference (`after` on the same input and channels) is paired: the
@@ -10,6 +9,7 @@ have in common cancels.
 """
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import math
@@ -18,10 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from tools import heldout
 from fileio import rounded, write_text
-from tools.grid import EFFECTS
-from tools.plots import plot_intervals, plot_loss_curves
+from report import pyplot, save_figure
 
 GOAL = 0.83  # the scientist's target test accuracy, shown on the built-in benchmark that stands in for their data
 
@@ -48,9 +46,18 @@ def t975(df: int) -> float:
     return T975[df] if df < len(T975) else Z95
 
 
+def pack(correct: np.ndarray) -> str:
+    """Per-image correctness as base64 of packed bits: 20,000 images in 3.4 kB of results.jsonl."""
+    return base64.b64encode(np.packbits(correct.astype(bool))).decode()
+
+
+def unpack(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8))[:n].astype(bool)
+
+
 def correctness(runs: list[dict[str, Any]]) -> np.ndarray:
     """(seeds, images) bools: which held-out images each run classified right."""
-    return np.stack([heldout.unpack(r["heldout"]["correct"], r["heldout"]["n"]) for r in runs])
+    return np.stack([unpack(r["heldout"]["correct"], r["heldout"]["n"]) for r in runs])
 
 
 def interval(per_image: np.ndarray) -> tuple[float, float]:
@@ -120,7 +127,7 @@ def add_heldout(lines: list[dict[str, Any]]) -> None:
 
 
 def write_report(lines: list[dict[str, Any]], bayes: dict[str, float] | None, out: Path, header: str,
-                 seeds: int, probe_seed: int, yardstick: dict[str, float] | None = None) -> str:
+                 seeds: int, probe_seed: int, effects: dict[str, Any], yardstick: dict[str, float] | None = None) -> str:
     """report.md, report.csv and the figures; returns the markdown. bayes: the exact Bayes accuracies (the
     built-in benchmark only); yardstick: the reference classifier's accuracy on the evaluation set (the user's
     data, where no Bayes limit is known)."""
@@ -150,7 +157,7 @@ def write_report(lines: list[dict[str, Any]], bayes: dict[str, float] | None, ou
     heads = ["configuration", "channels", "init", "lr", "seeds", f"{evaluated} acc", "Δ vs after"]
     heads += ["test acc", "test AUC"] if tested else []
     heads += ["train−val gap", "epochs to best", "wall s/run"] + ([f"≥ {100 * GOAL:.0f}%?"] if goal else [])
-    md += effects_table(lines, evaluated)
+    md += effects_table(lines, effects, evaluated)
     md += ["All rows:", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for l in lines:
         diverged = sum(bool(r["summary"].get("diverged")) for r in l["runs"])
@@ -185,7 +192,7 @@ def write_report(lines: list[dict[str, Any]], bayes: dict[str, float] | None, ou
     return markdown
 
 
-def effects_table(lines: list[dict[str, Any]], evaluated: str = "held-out") -> list[str]:
+def effects_table(lines: list[dict[str, Any]], effects: dict[str, Any], evaluated: str = "held-out") -> list[str]:
     """Markdown: each requested change's paired held-out effect (with it minus without it, same seeds), added to
     `before` and taken from `after`, on raw and whitened density without the date channel; [] without data."""
     runs = {l["variant"]: l["runs"] for l in lines}
@@ -198,7 +205,7 @@ def effects_table(lines: list[dict[str, Any]], evaluated: str = "held-out") -> l
         return f"**{text}**" if math.isfinite(half) and abs(mean) > half else text
 
     rows = [[change] + [cell(pair, suffix) for suffix in inputs.values() for pair in both]
-            for change, both in EFFECTS.items()]
+            for change, both in effects.items()]
     if all(c == "–" for row in rows for c in row[1:]):
         return []
     heads = ["requested change"] + [f"{where}, {name}" for name in inputs for where in ("on before", "in after")]
@@ -248,3 +255,37 @@ def plot_figures(lines: list[dict[str, Any]], accuracy_lines: dict[str, float], 
         panels["Δ vs after, points (paired, 95%)"] = percent([l["diff"] for l in lines])
         references["Δ vs after, points (paired, 95%)"] = {"no difference": 0.0}
     plot_intervals(out / "figures" / "accuracy.png", [l["variant"] for l in lines], panels, references)
+
+
+def plot_loss_curves(path: str | Path, runs: dict[str, list[dict[str, float]]], title: str = "") -> Path:
+    """Train (solid) vs validation (dashed) log loss per epoch, one colour per run (e.g. per seed)."""
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    for i, (label, history) in enumerate(runs.items()):
+        epochs = [r["epoch"] for r in history]
+        ax.plot(epochs, [r["train_loss"] for r in history], color=f"C{i}", label=f"{label} train")
+        ax.plot(epochs, [r["val_loss"] for r in history], "--", color=f"C{i}", label=f"{label} validation")
+    ax.set_xlabel("epoch"), ax.set_ylabel("log loss (BCE)"), ax.set_title(title)
+    if runs:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_intervals(path: str | Path, labels: list[str], panels: dict[str, list[tuple[float, float]]],
+                   references: dict[str, dict[str, float]]) -> Path:
+    """A forest plot: per panel (title -> one (value, 95% half-width) per label), a dot and its interval per
+    row, with labelled vertical reference lines per panel (e.g. the Bayes limit, or 0 for differences)."""
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels) + 2, 0.28 * len(labels) + 1.5),
+                                  sharey=True, squeeze=False)
+    y = np.arange(len(labels))[::-1]
+    for ax, (title, pairs) in zip(axes[0], panels.items()):
+        values, halves = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        ax.errorbar(values, y, xerr=np.nan_to_num(halves), fmt="o", markersize=3, capsize=2)
+        for (label, x), style in zip(references.get(title, {}).items(), ("r--", "k:")):
+            ax.axvline(x, color=style[0], linestyle=style[1:], label=label)
+        ax.set_title(title, fontsize=9), ax.grid(axis="x", alpha=0.3)
+        if references.get(title):
+            ax.legend(fontsize=7, loc="lower left")
+    axes[0][0].set_yticks(y, labels, fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
