@@ -270,9 +270,9 @@ def reference_accuracy(data_dir: Path, path: Path, device: torch.device) -> dict
 RUNNING: set[subprocess.Popen] = set()
 
 
-def command_line(cfg: Config) -> list[str]:
-    """`python run_transformer.py` with every setting of cfg as a flag."""
-    argv = [sys.executable, str(ENTRY)]
+def config_flags(cfg: Config) -> list[str]:
+    """Every setting of cfg as run_transformer.py's flag."""
+    argv = []
     for name, value in dataclasses.asdict(cfg).items():
         argv += [flag(name) if value else "--no-" + flag(name)[2:]] if isinstance(value, bool) \
             else [flag(name), str(value)]
@@ -287,7 +287,7 @@ def train_one(cfg: Config, threads: int = 0) -> dict[str, Any]:
     earlier = set(folder.glob("*/summary.json"))  # an earlier, killed or diverged attempt's folder may be here
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with open(folder / "log.txt", "a") as log:
-        proc = subprocess.Popen(command_line(cfg), stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([sys.executable, str(ENTRY), *config_flags(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env)
         RUNNING.add(proc)
         try:
             code = proc.wait()
@@ -409,7 +409,10 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
                 if deadline and queue and time.time() >= deadline:
                     log(f"--max-minutes reached: {len(queue)} queued runs not started; waiting for the running ones")
                     queue.clear()
-                while queue and len(running) < jobs:
+                if jobs == 1 and queue:  # in this thread
+                    job = queue.pop(0)
+                    record(job, run_job(job, threads))
+                while queue and len(running) < jobs > 1:
                     job = queue.pop(0)
                     running[pool.submit(run_job, job, threads)] = job
                 if running:

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT
 
-TOOLS = ("bench", "compare", "epoch_curve", "other_physics", "real_check")
+TOOLS = ("bench", "compare", "other_physics", "real_check")
 
 
 def help_text(argv: list[str], cwd) -> subprocess.CompletedProcess:
