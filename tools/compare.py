@@ -6,11 +6,10 @@
     python -m tools.compare --out-dir results/evaluation --report-only   # the report again, nothing trained
 
 Rows: `before` (the pre-change ViT), each requested change on it, `after` (all of them), `after` with one taken
-back, the reference CNN; all on raw and on whitened density, the scientist's rows also with the date channel;
-then the init axis and ViT levers. Per row, when an optimizer has several rates: one short probe per rate (seed
-100), the lowest validation log loss wins; then --seeds runs at that rate, each scored on labelled images that
-no run used for any choice. Every run is `python run_transformer.py` in its own folder; each finished run is one
-line of results.jsonl, so a rerun of the same command skips it.
+back, the reference CNN, all on raw and on whitened density; the init axis and ViT levers. An optimizer given
+several rates is probed first (seed 100; the lowest validation log loss wins). Each reported run is scored on
+labelled images that no run used for any choice. Every run is `python run_transformer.py` in its own folder and
+one line of results.jsonl when it finishes, so a rerun of the same command skips it.
 """
 from __future__ import annotations
 
@@ -50,8 +49,6 @@ from train import Interrupted, pick_device, predict_logits, resolve_precision, s
 from tools.compare_report import METRICS, mean_std, pack, write_report
 
 ENTRY = Path(__file__).resolve().parents[1] / "run_transformer.py"
-
-# ---- the grid ----------------------------------------------------------------------------------------------
 
 # The pre-change ViT: raw density, CLS token, 4 heads, torch's fan-in init, AdamW + warmup-cosine, BCE.
 ADAMW = {"optimizer": "adamw", "weight_decay": 0.05}
@@ -148,16 +145,15 @@ def make_job(variant: Variant, stage: str, lr: float, seed: int, epochs: int, ba
 def probe_jobs(variant: Variant, settings: Settings, base: Config, out: Path) -> list[dict[str, Any]]:
     """One short run per rate of the variant's optimizer; none when there is one rate."""
     grid = settings.lr_grid[CONFIGS[variant.config]["optimizer"]]
-    return [make_job(variant, "probe", lr, PROBE_SEED, settings.probe_epochs, base, out) for lr in grid] \
-        if len(grid) > 1 else []
+    if len(grid) == 1:
+        return []
+    return [make_job(variant, "probe", lr, PROBE_SEED, settings.probe_epochs, base, out) for lr in grid]
 
 
 def chosen_lr(variant: Variant, settings: Settings, done: list[dict[str, Any]]) -> float | None:
     """The variant's rate once all its probes finished (the only rate when there were none), else None."""
     grid = settings.lr_grid[CONFIGS[variant.config]["optimizer"]]
-    if len(grid) == 1:
-        return grid[0]
-    return choose_lr(done) if len(done) == len(grid) else None
+    return grid[0] if len(grid) == 1 else choose_lr(done) if len(done) == len(grid) else None
 
 
 def final_jobs(variant: Variant, lr: float, settings: Settings, base: Config, out: Path) -> list[dict[str, Any]]:
@@ -172,8 +168,6 @@ def choose_lr(probes: list[dict[str, Any]]) -> float:
         return math.inf if loss is None or not math.isfinite(loss) else loss
     return min(probes, key=lambda row: (score(row), row["lr"]))["lr"]
 
-
-# ---- the evaluation set ------------------------------------------------------------------------------------
 
 HELDOUT_FILE, HELDOUT_MANIFEST, CARVE_MANIFEST = "heldout.hdf5", "heldout.json", "carve.json"
 PER_CLASS = 10_000  # accuracy near 98% to ±0.1 point
@@ -265,8 +259,6 @@ def reference_accuracy(data_dir: Path, path: Path, device: torch.device) -> dict
     return rounded({"acc": acc, "half_width": 1.96 * float(np.sqrt(acc * (1 - acc) / len(right))), "n": len(right)})
 
 
-# ---- one run -----------------------------------------------------------------------------------------------
-
 RUNNING: set[subprocess.Popen] = set()
 
 
@@ -322,8 +314,6 @@ def read_history(path: Path) -> list[dict[str, float]]:
         return [{k: float(row[k]) for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc")}
                 for row in csv.DictReader(f)]
 
-
-# ---- bookkeeping -------------------------------------------------------------------------------------------
 
 def load_results(path: Path) -> dict[str, dict[str, Any]]:
     """Finished runs by key. A line torn by a kill is dropped and the file rewritten without it."""
@@ -454,19 +444,10 @@ def commits(rows: list[dict[str, Any]]) -> str:
     return "runs by code version: " + ", ".join(f"{name} ({n} runs)" for name, n in count.items())
 
 
-def grid_bayes_accuracy(data_dir: Path, rows: list[dict[str, Any]]) -> dict[str, float] | None:
-    """The exact Bayes accuracy per split when the data are the built-in benchmark."""
-    for row in rows:  # every run on the benchmark records it
-        if "bayes_accuracy" in row["summary"]:
-            return row["summary"]["bayes_accuracy"]
-    data_dir = next((d for d in (data_dir, data_dir / "synthetic") if (d / synthetic.MANIFEST).exists()), None)
-    if data_dir is None:
-        return None
-    splits = load_splits(data_dir)
-    return synthetic.bayes_accuracy(splits, data.read_answer_key(data_dir, len(splits["test"])))
+def grid_bayes_accuracy(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The exact Bayes accuracy per split, which every run on the built-in benchmark records."""
+    return next((row["summary"]["bayes_accuracy"] for row in rows if "bayes_accuracy" in row["summary"]), None)
 
-
-# ---- command line ------------------------------------------------------------------------------------------
 
 def rate_grids(text: str) -> dict[str, tuple[float, ...]]:
     """--lrs 'sgd=0.05,adamw=0.001+0.003' -> {"sgd": (0.05,), "adamw": (0.001, 0.003)}."""
@@ -580,7 +561,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
               f"{commits(reported)}.")
     reference_file = out / "reference.json"
     yardstick = json.loads(reference_file.read_text()) if user_data and reference_file.exists() else None
-    bayes = grid_bayes_accuracy(resolved, reported)
+    bayes = grid_bayes_accuracy(reported)
     print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED, EFFECTS, yardstick))
     print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
     if interrupted is not None:
