@@ -46,7 +46,7 @@ from fileio import append_text, changed_files, fingerprint, rounded, write_json,
 from metrics import scores
 from provenance import provenance
 from train import Interrupted, pick_device, predict_logits, resolve_precision, signal_name
-from tools.compare_report import METRICS, mean_std, pack, write_report
+from tools.compare_report import metrics, pack, write_report
 
 ENTRY = Path(__file__).resolve().parents[1] / "run_transformer.py"
 
@@ -279,7 +279,8 @@ def train_one(cfg: Config, threads: int = 0) -> dict[str, Any]:
     earlier = set(folder.glob("*/summary.json"))  # an earlier, killed or diverged attempt's folder may be here
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with open(folder / "log.txt", "a") as log:
-        proc = subprocess.Popen([sys.executable, str(ENTRY), *config_flags(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([sys.executable, str(ENTRY), *config_flags(cfg)], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
         RUNNING.add(proc)
         try:
             code = proc.wait()
@@ -429,7 +430,7 @@ def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path
         line = {"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels], "init": cfg.init,
                 "whiten": cfg.whiten, "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
                 "probes": probes, "lr": lr, "runs": runs}
-        line.update({m: mean_std([read(r) for r in runs]) for m, (_, read) in METRICS.items()})
+        line.update(metrics(runs))
         lines.append(line)
     return lines
 
@@ -439,7 +440,8 @@ def commits(rows: list[dict[str, Any]]) -> str:
     count: dict[str, int] = {}
     for row in rows:
         record = row.get("provenance")
-        name = "not recorded" if record is None else record["commit"][:12] + (" with changes" if record["dirty"] else "")
+        name = "not recorded" if record is None else \
+            record["commit"][:12] + (" with changes" if record["dirty"] else "")
         count[name] = count.get(name, 0) + 1
     return "runs by code version: " + ", ".join(f"{name} ({n} runs)" for name, n in count.items())
 
