@@ -284,6 +284,10 @@ def train_one(cfg: Config, threads: int = 0) -> dict[str, Any]:
         RUNNING.add(proc)
         try:
             code = proc.wait()
+        except BaseException:  # interrupted here: the run stops too (it keeps last.pt)
+            proc.terminate()
+            proc.wait()
+            raise
         finally:
             RUNNING.discard(proc)
     last = ([""] + (folder / "log.txt").read_text().strip().splitlines())[-1].removeprefix("error: ")
@@ -411,8 +415,7 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
                     for f in ready:
                         record(running.pop(f), f.result())  # an error or an interruption in a run ends the grid
         except BaseException:
-            queue.clear()
-            for proc in list(RUNNING):  # stop the running runs too (they keep last.pt)
+            for proc in list(RUNNING):  # stop the runs of the other threads too
                 proc.terminate()
             raise
     return rows
