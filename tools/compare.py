@@ -360,6 +360,11 @@ def check_same_data(results: Path, data_dir: Path) -> None:
                             f"pass another --out-dir to start a grid on this data (or restore the file)")
 
 
+def append_result(path: Path, row: dict[str, Any]) -> None:
+    """One whole line per finished run, on disk before the next run is recorded."""
+    append_text(path, json.dumps(row, sort_keys=True) + "\n")
+
+
 def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path, jobs: int, threads: int,
              deadline: float, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Probe, choose, then run the seeds, at most `jobs` runs at a time; skips what results.jsonl holds.
@@ -387,7 +392,7 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
     def record(job: dict[str, Any], row: dict[str, Any]) -> None:
         nonlocal finished
         row["finished_at"] = time.time()
-        append_text(path, json.dumps(row, sort_keys=True) + "\n")
+        append_result(path, row)
         rows[row["key"]], finished, s = row, finished + 1, row["summary"]
         scored = [f"val acc {s['val_acc']:.4f}"] if "val_acc" in s else []
         scored += [f"test acc {s['test_acc']:.4f}"] if "test_acc" in s else []
