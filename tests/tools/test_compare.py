@@ -227,7 +227,7 @@ def test_quick_grid_answers_the_question_on_the_users_data_without_an_answer_key
     (data / "test_labels.hdf5").unlink()
     before = {p.name: p.stat().st_mtime_ns for p in data.iterdir()}
     out = tmp_path / "grid"
-    argv = ["--quick", "--only", "before,+smooth,after", "--data-dir", str(data), "--out-dir", str(out),
+    argv = ["--quick", "--only", "before,after", "--data-dir", str(data), "--out-dir", str(out),
             "--epochs", "1", "--seeds", "2", "--device", "cpu", "--jobs", "1"]
     assert compare.main(argv) == 0
     assert {p.name: p.stat().st_mtime_ns for p in data.iterdir()} == before
@@ -235,7 +235,7 @@ def test_quick_grid_answers_the_question_on_the_users_data_without_an_answer_key
         assert len(train_part["labels"]) == 300 and len(choice["labels"]) == 60
         assert choice["labels"][()].mean() == pytest.approx(0.5)  # stratified
     report = {r["variant"]: r for r in csv.DictReader(open(out / "report.csv"))}
-    assert set(report) == {"before/no-date", "+smooth/no-date", "after/no-date"}
+    assert set(report) == {"before/no-date", "after/no-date"}
     for name, line in report.items():
         assert line["eval_n"] == "120" and 0 <= float(line["heldout_acc"]) <= 1
         assert 0 < float(line["heldout_acc_ci95"]) < 0.5
