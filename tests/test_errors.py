@@ -456,7 +456,7 @@ WRITERS = textwrap.dedent(r'''
     import numpy as np, torch
     import fileio, report, synthetic
     from tools import compare
-    from tools.plots import plot_loss_curves
+    from tools.compare_report import plot_loss_curves
     from config import UserError
     from test_errors import files_up_to
 

@@ -1,4 +1,3 @@
-"""The lab around the product: the evaluation grid (compare, grid, compare_report, heldout, plots), speed
-(bench, epoch_curve, gpu_bench.sh) and the real-file check (real_check). Run from the repository root as
-`python -m tools.compare`, `python -m tools.bench`, ..., or from any folder as `python PATH/tools/compare.py`
-(each tool puts the repository root on sys.path); the core modules at the top never import these."""
+"""The lab around the product: the evaluation grid (compare, compare_report), speed (bench, gpu_bench.sh), the
+real-file check (real_check) and data of other physics (other_physics). Run as `python -m tools.NAME` from the
+repository root or `python PATH/tools/NAME.py` from any folder; the core modules never import these."""

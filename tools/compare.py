@@ -1,20 +1,15 @@
-"""Ablation harness: which of the requested changes make the ViT generalise, measured fairly.
+"""Ablation grid: which of the requested changes make the ViT generalise, measured fairly.
 
     python -m tools.compare --quick                              # small grid, a few minutes on a CPU
-    python -m tools.compare --device cuda --jobs 12              # the full grid (README: results)
+    python -m tools.compare --device cuda --jobs 12              # the full grid
     python -m tools.compare --only before,after --seeds 5        # a subset; rerun the same command to resume
+    python -m tools.compare --out-dir results/evaluation --report-only   # the report again, nothing trained
 
-Grid: `before` (the pre-change ViT: no BatchNorm in the patch embedding, AdamW + warmup-cosine, BCE), each
-requested change alone on top of it, `after` (all requested changes), and the reference CNN (trained like
-`before`), each with the confounded date channel kept (`with-date`) and removed (`no-date`); beyond the
-request, density-only rows for whitening, the init axis and the ViT levers. The grid lives in tools/grid.py.
-
-Protocol, the same for every configuration: optimizers differ in their useful learning rate, so first one
-short probe run (seed 100, --probe-epochs) per rate in that optimizer's grid (LR_GRID); the rate with the
-lowest validation log loss (the early-stopping criterion) wins; then --seeds full runs (seeds 0, 1, ...) at
-that rate. The report gives mean ± std over those seeds, never the best seed. Every run is one call of
-`run_transformer.run` in its own folder; each finished run is appended to results.jsonl, so a rerun of the
-same command skips it and an interrupted grid continues where it stopped.
+Rows: `before` (the pre-change ViT), each requested change on it, `after` (all of them), `after` with one taken
+back, the reference CNN, all on raw and on whitened density; the init axis and ViT levers. An optimizer given
+several rates is probed first (seed 100; the lowest validation log loss wins). Each reported run is scored on
+labelled images that no run used for any choice. Every run is `python run_transformer.py` in its own folder and
+one line of results.jsonl when it finishes, so a rerun of the same command skips it.
 """
 from __future__ import annotations
 
@@ -24,131 +19,309 @@ import dataclasses
 import hashlib
 import json
 import math
-import multiprocessing
 import os
+import shutil
+import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: runs from any folder
 
+import h5py
+import numpy as np
 import torch
 
 import data
-import run_transformer
+import reference
 import synthetic
+from checkpoints import load_checkpoint, trained_model
 from cli import exit_code
-from config import (EXECUTION, OUTPUT, Config, HelpFormatter, Parser, UserError,
-                    add_config_flags, checked, config_from_dict, fields_with, non_negative, positive)
-from data import load_splits, read_answer_key
-from fileio import append_text, changed_files, write_json, write_text
-from fileio import provenance
-from train import Diverged, Interrupted, pick_device, resolve_precision
-from tools import heldout
-from tools.compare_report import METRICS, mean_std, write_report
-from tools.grid import (CHANNEL_SETS, CONFIGS, FULL, LR_GRID, PROBE_SEED, QUICK, QUICK_HELDOUT_PER_CLASS, QUICK_SIZES,
-                         Settings, Variant, variants)
+from config import (EXECUTION, OUTPUT, Config, HelpFormatter, Parser, UserError, add_config_flags,
+                    checked, fields_with, flag, non_negative, positive)
+from data import ANSWER_FILE, SPLIT_FILES, load_splits, read_split, to_device, to_tensor
+from fileio import append_text, changed_files, fingerprint, provenance, rounded, write_json, write_text
+from metrics import scores
+from symmetry import SymmetryPlan
+from train import Interrupted, pick_device, predict_logits, resolve_precision, signal_name
+from tools.compare_report import metrics, pack, write_report
+
+ENTRY = Path(__file__).resolve().parents[1] / "run_transformer.py"
+
+# The pre-change ViT: raw density, CLS token, 4 heads, torch's fan-in init, AdamW + warmup-cosine, BCE.
+ADAMW = {"optimizer": "adamw", "weight_decay": 0.05}
+BEFORE = {"model": "vit", "heads": 4, "patch_norm": "none", "block_norm": "layer", **ADAMW, "loss": "bce",
+          "whiten": False, "pool": "cls", "augment": "off", "tta": "off", "tta_shifts": 2}
+SGD_LINEAR = {"optimizer": "sgd", "weight_decay": Config().weight_decay}
+CHANGES = {"+patch-bn": {"patch_norm": "batch"}, "+sgd-linear": SGD_LINEAR, "+mse": {"loss": "mse"},
+           "+smooth": {"loss": "smooth"}, "+block-bn": {"block_norm": "batch"}}
+AFTER = {**BEFORE, "patch_norm": "batch", **SGD_LINEAR, "loss": "smooth"}
+REMOVALS = {"after-patch-bn": {"patch_norm": "none"}, "after-sgd-linear": ADAMW,
+            "after-smooth+bce": {"loss": "bce"}, "after-smooth+mse": {"loss": "mse"},
+            "after+block-bn": {"block_norm": "batch"}}
+RAW: dict[str, dict[str, Any]] = {"before": BEFORE, **{n: {**BEFORE, **c} for n, c in CHANGES.items()},
+                                  "after": AFTER, **{n: {**AFTER, **c} for n, c in REMOVALS.items()},
+                                  "cnn": {**BEFORE, "model": "cnn"}}
+CONFIGS: dict[str, dict[str, Any]] = {**RAW, **{f"{n}+whiten": {**c, "whiten": True} for n, c in RAW.items()}}
+AUG_TTA = {"augment": "auto", "tta": "auto", "tta_shifts": 4}
+CONFIGS.update({
+    "after+whiten+mean-pool": {**CONFIGS["after+whiten"], "pool": "mean"},
+    "after+whiten+mean-pool+aug-tta": {**CONFIGS["after+whiten"], "pool": "mean", **AUG_TTA},
+    "after+whiten+aug-tta": {**CONFIGS["after+whiten"], **AUG_TTA},
+    # the README's command as it ships, on its own schedule (the one row that keeps its epochs)
+    "default": {"optimizer": Config().optimizer, "loss": "smooth", "epochs": Config().epochs},
+    **{f"{n}@trunc02": {**CONFIGS[n], "init": "trunc02"}
+       for n in ("before", "after", "before+whiten", "after+whiten")}})
+# Each requested change as (with it, without it): on `before`, and in the company of the others (`after`).
+EFFECTS = {
+    "BatchNorm after the patch convolution": (("+patch-bn", "before"), ("after", "after-patch-bn")),
+    "SGD + LinearLR instead of AdamW + warmup-cosine": (("+sgd-linear", "before"), ("after", "after-sgd-linear")),
+    "label-smoothed BCE instead of BCE": (("+smooth", "before"), ("after", "after-smooth+bce")),
+    "MSE on sigmoid instead of BCE": (("+mse", "before"), ("after-smooth+mse", "after-smooth+bce")),
+    "BatchNorm inside the blocks (optional)": (("+block-bn", "before"), ("after+block-bn", "after")),
+}
+WITH_DATE = ("before", *CHANGES, "after", "cnn")  # the rows also run with the confounded date channel
+CHANNEL_SETS = {"with-date": "density,recording_date", "no-date": "density"}
+LR_GRID = {"adamw": (1e-3, 2e-3, 4e-3), "sgd": (0.025, 0.05, 0.1)}  # for --lrs; docs/evaluation.md
+FIXED_LR = {"adamw": (4e-3,), "sgd": (Config().lr,)}
+PROBE_SEED = 100  # no reported run uses it: selection and evaluation stay apart
 
 
-# --augment/--tta as the keys of stored rows name them: on/off switches before runs checked their symmetries
-# (on the built-in benchmark, where those rows ran, the check finds exactly the symmetries the switch applied).
-SWITCH_KEYS = {"auto": True, "off": False}
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How big a grid: the full defaults, or --quick."""
+    configs: tuple[str, ...]
+    epochs: int
+    probe_epochs: int
+    seeds: int
+    lr_grid: dict[str, tuple[float, ...]]
+    channel_sets: tuple[str, ...] = tuple(CHANNEL_SETS)
+    heldout: str = ""  # the labelled file every final run is scored on
+
+
+FULL = Settings(tuple(CONFIGS), epochs=8, probe_epochs=3, seeds=3, lr_grid=FIXED_LR)
+QUICK = Settings(("before", *(c for c in CHANGES if c != "+block-bn"), "after", "cnn"), epochs=4, probe_epochs=2,
+                 seeds=2, lr_grid=FIXED_LR, channel_sets=("no-date",))
+QUICK_SIZES = synthetic.Sizes(1000, 1800, 250, 450, 250, 250)  # 1/10 of the benchmark
+QUICK_HELDOUT_PER_CLASS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One configuration with one channel set."""
+    config: str
+    channels: str  # a key of CHANNEL_SETS
+
+    @property
+    def name(self) -> str:
+        return f"{self.config}/{self.channels}"
+
+    def build(self, base: Config, **changes: Any) -> Config:
+        return dataclasses.replace(base, **{**CONFIGS[self.config], **changes}, channels=CHANNEL_SETS[self.channels])
+
+
+def variants(configs: tuple[str, ...], channel_sets: tuple[str, ...] = tuple(CHANNEL_SETS)) -> list[Variant]:
+    return [Variant(c, ch) for c in configs for ch in channel_sets if ch == "no-date" or c in WITH_DATE]
 
 
 def job_key(cfg: Config) -> str:
-    """Identity of a run: every setting that changes its result, not how it is computed or where it is written
-    (config.py's EXECUTION and OUTPUT roles)."""
+    """A run's identity: every setting but how it is computed, how random numbers are drawn and where it is written."""
     ignored = fields_with(EXECUTION, OUTPUT)
-    fields = {k: SWITCH_KEYS.get(v, v) if k in ("augment", "tta") else v
-              for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_job(variant: Variant, stage: str, lr: float, seed: int, epochs: int, base: Config, out: Path
-             ) -> dict[str, Any]:
+def make_job(variant: Variant, stage: str, lr: float, seed: int, epochs: int, base: Config, out: Path,
+             heldout: str = "") -> dict[str, Any]:
     folder = out / "runs" / variant.config / variant.channels / f"{stage}-lr{lr:g}-seed{seed}"
     cfg = variant.build(base, lr=lr, seed=seed, epochs=epochs, out_dir=str(folder),
                         predictions=str(folder / "predictions.txt"))
     return {"key": job_key(cfg), "variant": variant.name, "stage": stage, "lr": lr, "seed": seed,
-            "config": dataclasses.asdict(cfg)}
-
-
-def rate_grid(variant: Variant, settings: Settings) -> tuple[float, ...]:
-    return settings.lr_grid[CONFIGS[variant.config]["optimizer"]]
+            "config": dataclasses.asdict(cfg), "heldout": heldout}
 
 
 def probe_jobs(variant: Variant, settings: Settings, base: Config, out: Path) -> list[dict[str, Any]]:
-    """One short run per rate of the variant's optimizer; none when there is only one rate to choose from."""
-    grid = rate_grid(variant, settings)
-    return [make_job(variant, "probe", lr, PROBE_SEED, settings.probe_epochs, base, out) for lr in grid] \
-        if len(grid) > 1 else []
+    """One short run per rate of the variant's optimizer; none when there is one rate."""
+    grid = settings.lr_grid[CONFIGS[variant.config]["optimizer"]]
+    if len(grid) == 1:
+        return []
+    return [make_job(variant, "probe", lr, PROBE_SEED, settings.probe_epochs, base, out) for lr in grid]
 
 
 def chosen_lr(variant: Variant, settings: Settings, done: list[dict[str, Any]]) -> float | None:
     """The variant's rate once all its probes finished (the only rate when there were none), else None."""
-    grid = rate_grid(variant, settings)
-    if len(grid) == 1:
-        return grid[0]
-    return choose_lr(done) if len(done) == len(grid) else None
+    grid = settings.lr_grid[CONFIGS[variant.config]["optimizer"]]
+    return grid[0] if len(grid) == 1 else choose_lr(done) if len(done) == len(grid) else None
 
 
 def final_jobs(variant: Variant, lr: float, settings: Settings, base: Config, out: Path) -> list[dict[str, Any]]:
-    epochs = variant.final_epochs(settings.epochs)
-    return [{**make_job(variant, "final", lr, seed, epochs, base, out), "heldout": settings.heldout}
-            for seed in range(settings.seeds)]
+    epochs = CONFIGS[variant.config].get("epochs", settings.epochs)
+    return [make_job(variant, "final", lr, seed, epochs, base, out, settings.heldout) for seed in range(settings.seeds)]
 
 
 def choose_lr(probes: list[dict[str, Any]]) -> float:
-    """The probed rate with the lowest best validation log loss (a diverged probe without a checkpoint loses)."""
+    """The probed rate with the lowest best validation log loss (a diverged probe loses)."""
     def score(row: dict[str, Any]) -> float:
         loss = row["summary"].get("best_val_loss")
         return math.inf if loss is None or not math.isfinite(loss) else loss
     return min(probes, key=lambda row: (score(row), row["lr"]))["lr"]
 
 
-# ---- one run (in a worker process or inline) ----------------------------------------------------------
+HELDOUT_FILE, HELDOUT_MANIFEST, CARVE_MANIFEST = "heldout.hdf5", "heldout.json", "carve.json"
+PER_CLASS = 10_000  # accuracy near 98% to ±0.1 point
+STREAM = 1000  # the benchmark draws split i from the stream (seed, i), i < 3
+CHOICE_SHARE = 6  # on the user's data, 1 in 6 training images of each state is kept for choices
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one (configuration, lr, seed) with run_transformer.run; returns the row for results.jsonl."""
-    cfg = config_from_dict(job["config"])
-    folder = Path(cfg.out_dir)
 
-    def log(message: str) -> None:
-        append_text(folder / "log.txt", message + "\n")
-
-    earlier = set(folder.glob("*/summary.json"))  # an earlier, killed or diverged attempt's folder may be here
+def ensure_heldout(directory: Path, seed: int = 0, per_class: int = PER_CLASS) -> Path:
+    """directory/heldout.hdf5 from the benchmark's generator on a stream of its own, with its exact Bayes
+    accuracy in the manifest; generated once and reused while the manifest matches."""
+    path, manifest = directory / HELDOUT_FILE, directory / HELDOUT_MANIFEST
+    wanted = {"generator": "fictitious-gas benchmark, held-out set", "seed": seed, "stream": STREAM,
+              "per_class": per_class}
     try:
-        summary = run_transformer.run(cfg, log=log, progress=False)
-    except Diverged as e:  # run() wrote summary.json if an epoch finished before the NaN; else nothing to read
-        written = [p for p in folder.glob("*/summary.json") if p not in earlier]  # this attempt's, if any
-        summary = {**(json.loads(written[0].read_text()) if written else {}), "diverged": str(e)}
+        saved = json.loads(manifest.read_text()) if manifest.exists() else {}
+    except (OSError, ValueError):
+        saved = {}
+    if path.exists() and {k: saved.get(k) for k in wanted} == wanted:
+        return path
+    if path.exists() and not saved:
+        raise UserError(f"{path} was not written by the held-out generator; move it away")
+    directory.mkdir(parents=True, exist_ok=True)
+    split = synthetic.make_split(per_class, per_class, "test", np.random.default_rng([seed, STREAM]))
+    synthetic.write_hdf5(path, {"density": split["density"], "recording_date": split["recording_date"],
+                                "labels": split["labels"].astype(np.int8)[:, None]})
+    bayes = float((synthetic.bayes_predict(split["density"]) == split["labels"]).mean())
+    write_json(manifest, {**wanted, "bayes_accuracy": bayes})
+    return path
+
+
+def carve(data_dir: Path, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """The grid's data on the user's files: folder/train.hdf5 and folder/valid.hdf5 split the user's training
+    file by state (1 in CHOICE_SHARE for choices), the test file beside them. Returns (folder, the user's
+    validation file: the evaluation set). Rewritten only when the user's files changed."""
+    sources = {name: data_dir / f for name, f in SPLIT_FILES.items()}
+    answers = data_dir / ANSWER_FILE
+    wanted = {"choice_share": CHOICE_SHARE, "seed": seed,
+              "sources": {str(p): fingerprint(p) for p in [*sources.values(), answers] if p.exists()}}
+    try:
+        if json.loads((folder / CARVE_MANIFEST).read_text()) == wanted:
+            return folder, sources["valid"]
+    except (OSError, ValueError):
+        pass
+    read_split(sources["train"], "train", ("density",))  # refuses a damaged or ill-shaped file in one line
+    with h5py.File(sources["train"], "r") as h5:
+        arrays = {key: h5[key][()] for key in h5.keys() if isinstance(h5[key], h5py.Dataset)}
+    labels, rng = arrays["labels"].reshape(-1), np.random.default_rng(seed)
+    choice = np.zeros(len(labels), bool)
+    for state in (0, 1):
+        idx = rng.permutation(np.flatnonzero(labels == state))
+        choice[idx[: len(idx) // CHOICE_SHARE]] = True
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, keep in (("train", ~choice), ("valid", choice)):
+        synthetic.write_hdf5(folder / SPLIT_FILES[name], {k: v[keep] for k, v in arrays.items()})
+    for source in (sources["test"], answers):
+        if source.exists():
+            shutil.copyfile(source, folder / source.name)
+    write_json(folder / CARVE_MANIFEST, wanted)
+    return folder, sources["valid"]
+
+
+def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]:
+    """The run's best checkpoint on the labelled file `path`, as the run predicts: accuracy, log loss, AUC, n,
+    Bayes accuracy (benchmark only) and which images it got right (for paired differences)."""
+    payload = load_checkpoint(run_dir / "best.pt")
+    split = read_split(path, "held-out", tuple(payload["stats"]["channels"]))
+    x = to_tensor(split, payload["stats"], device)
+    logits = predict_logits(trained_model(payload, device), x, SymmetryPlan.from_dict(payload["symmetry"]).views).cpu()
+    labels = torch.from_numpy(split.labels).float()
+    result = scores(torch.sigmoid(logits), labels)
+    correct = ((logits + payload.get("calibration", {}).get("offset", 0.0) > 0).float() == labels).numpy()
+    result["acc"] = float(correct.mean())  # of the 0/1 predictions the run writes
+    manifest = path.parent / HELDOUT_MANIFEST
+    bayes = float(json.loads(manifest.read_text())["bayes_accuracy"]) if manifest.exists() else None
+    return {**rounded(result), "n": len(labels), "bayes_acc": bayes, "correct": pack(correct)}
+
+
+def reference_accuracy(data_dir: Path, path: Path, device: torch.device) -> dict[str, Any]:
+    """reference.py's classifier fitted on data_dir's training split, scored on `path`: accuracy, 95% half-width."""
+    splits = load_splits(data_dir)
+    try:
+        prepared = to_device(splits, ["density"], device, whiten=True)
+    except UserError:  # density <= 0 somewhere: raw density
+        prepared = to_device(splits, ["density"], device)
+    model, _ = reference.fit_reference(prepared.x["train"], prepared.y["train"])
+    split = read_split(path, "held-out", ("density",))
+    right = (reference.logits(model, to_tensor(split, prepared.stats, device)).cpu().numpy() > 0) == split.labels
+    acc = float(right.mean())
+    return rounded({"acc": acc, "half_width": 1.96 * float(np.sqrt(acc * (1 - acc) / len(right))), "n": len(right)})
+
+
+RUNNING: set[subprocess.Popen] = set()
+
+
+def config_flags(cfg: Config) -> list[str]:
+    """Every setting of cfg as run_transformer.py's flag."""
+    argv = []
+    for name, value in dataclasses.asdict(cfg).items():
+        argv += [flag(name) if value else "--no-" + flag(name)[2:]] if isinstance(value, bool) \
+            else [flag(name), str(value)]
+    return argv
+
+
+def train_one(cfg: Config, threads: int = 0) -> dict[str, Any]:
+    """Train cfg as a user would, in a process of its own; its summary.json (with "diverged" on exit code 3).
+    The run's output goes to cfg.out_dir/log.txt."""
+    folder = Path(cfg.out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    earlier = set(folder.glob("*/summary.json"))  # an earlier, killed or diverged attempt's folder may be here
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    with open(folder / "log.txt", "a") as log:
+        proc = subprocess.Popen([sys.executable, str(ENTRY), *config_flags(cfg)], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+        RUNNING.add(proc)
+        try:
+            code = proc.wait()
+        except BaseException:  # interrupted here: the run stops too (it keeps last.pt)
+            proc.terminate()
+            proc.wait()
+            raise
+        finally:
+            RUNNING.discard(proc)
+    last = ([""] + (folder / "log.txt").read_text().strip().splitlines())[-1].removeprefix("error: ")
+    if code > 128:
+        raise Interrupted(signal_name(code - 128), code - 128)
+    if code not in (0, 3):
+        raise UserError(f"{folder}: run_transformer.py exited with code {code}: {last}")
+    written = [p for p in folder.glob("*/summary.json") if p not in earlier]  # this attempt's, if any
+    summary = json.loads(written[0].read_text()) if written else {}
+    return {**summary, "diverged": last} if code == 3 else summary
+
+
+def run_job(job: dict[str, Any], threads: int = 0) -> dict[str, Any]:
+    """Train one (configuration, rate, seed); its row for results.jsonl."""
+    cfg = Config(**job["config"])
+    summary = train_one(cfg, threads)
     run_dir = Path(summary["run_dir"]) if "run_dir" in summary else None
-    history = read_history(run_dir / "metrics.csv") if run_dir else []
+    history = read_history(run_dir / "metrics.csv") if run_dir and (run_dir / "metrics.csv").exists() else []
     device = torch.cuda.get_device_name(0) if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
     row = {**{k: job[k] for k in ("key", "variant", "stage", "lr", "seed")}, "summary": summary,
            "history": history, "device": f"{device} ({os.cpu_count()} cores)", "provenance": provenance()}
-    if job.get("heldout") and job["stage"] == "final" and run_dir and (run_dir / "best.pt").exists():
-        row["heldout"] = heldout.score_run(run_dir, Path(job["heldout"]), pick_device(cfg.device))
+    if job["heldout"] and job["stage"] == "final" and run_dir and (run_dir / "best.pt").exists():
+        row["heldout"] = score_run(run_dir, Path(job["heldout"]), pick_device(cfg.device))
     return row
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
-    """Per-epoch train/validation loss and accuracy from a run's metrics.csv."""
     with open(path, newline="") as f:
         return [{k: float(row[k]) for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc")}
                 for row in csv.DictReader(f)]
 
 
-def init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)  # N runs share the cores; oversubscribed OpenMP threads crawl
-
-
-# ---- bookkeeping ---------------------------------------------------------------------------------------
-
 def load_results(path: Path) -> dict[str, dict[str, Any]]:
-    """Finished runs by key. A line torn by a kill is dropped and the file rewritten (atomically) without it."""
+    """Finished runs by key. A line torn by a kill is dropped and the file rewritten without it."""
     if not path.exists():
         return {}
     text, rows, good = path.read_text(), {}, []
@@ -165,19 +338,19 @@ def load_results(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def check_same_data(results: Path, data_dir: Path) -> None:
-    """Refuse to continue a grid whose finished runs read other contents of data_dir: they would be skipped, and
-    the report would mix two data sets. Each run's config.json records the files it read."""
-    current: dict[bool, dict[str, Any]] = {}  # by whether the runs used the answer key: each hashed once
+    """Refuse to continue a grid whose finished runs read other contents of data_dir: the report would mix two
+    data sets. Each run's config.json records the files it read."""
+    current: dict[bool, dict[str, Any]] = {}  # by whether the runs used the answer key
     for row in load_results(results).values():
-        if "run_dir" not in row["summary"]:  # a divergence before the first epoch: no run folder to read
+        if "run_dir" not in row["summary"]:
             continue
         run_dir = Path(row["summary"]["run_dir"])
         try:
             seen = data.recorded_data(run_dir)
-        except UserError:  # no record to compare with: the run folder was moved away
+        except UserError:  # the run folder was moved away
             continue
         if seen.get("data_dir") != str(data_dir):
-            continue  # another --data-dir: other run keys, never mixed in
+            continue
         answers = "test_answers" in seen["files"]
         if answers not in current:
             current[answers] = data.data_files(data_dir, answers)
@@ -194,29 +367,25 @@ def append_result(path: Path, row: dict[str, Any]) -> None:
 
 def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path, jobs: int, threads: int,
              deadline: float, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Probe, choose, then run the seeds; skips what results.jsonl already holds. Returns all finished rows.
-
-    --jobs 1 trains in this process; more use spawned worker processes (CUDA-safe), at most `jobs` at a time.
-    The density-only variants (the ones that matter) go first, so a grid cut short by --max-minutes has them.
-    """
+    """Probe, choose, then run the seeds, at most `jobs` runs at a time; skips what results.jsonl holds.
+    The density-only variants go first, so a grid cut short by --max-minutes has them."""
     path = out / "results.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     rows = load_results(path)
     probes = {v.name: probe_jobs(v, settings, base, out) for v in chosen}
     by_name = {v.name: v for v in chosen}
-    queue = [job for p in probes.values() for job in p if job["key"] not in rows]
+    queue: list[dict[str, Any]] = [job for p in probes.values() for job in p if job["key"] not in rows]
 
     def unlock(name: str) -> None:
         """Once every probe of a variant is done, queue its seeds at the chosen rate."""
         lr = chosen_lr(by_name[name], settings, [rows[j["key"]] for j in probes[name] if j["key"] in rows])
         if lr is not None:
             queue.extend(j for j in final_jobs(by_name[name], lr, settings, base, out) if j["key"] not in rows)
-            queue.sort(key=lambda j: j["variant"].endswith("/with-date"))  # stable: keeps the order within
+            queue.sort(key=lambda j: j["variant"].endswith("/with-date"))  # stable
 
     for name in probes:
         unlock(name)
-    queue.sort(key=lambda j: j["variant"].endswith("/with-date"))
-    waiting = [n for n, p in probes.items() if not all(j["key"] in rows for j in p)]  # seeds not queued yet
+    waiting = [n for n, p in probes.items() if not all(j["key"] in rows for j in p)]
     todo, finished = len(queue) + settings.seeds * len(waiting), 0
     log(f"{todo} runs to do" + (f"; {len(rows)} finished runs in {path} are not rerun" if rows else ""))
 
@@ -225,63 +394,51 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
         row["finished_at"] = time.time()
         append_result(path, row)
         rows[row["key"]], finished, s = row, finished + 1, row["summary"]
-        scored = [f"val acc {s['val_acc']:.4f}" if "val_acc" in s else ""]
+        scored = [f"val acc {s['val_acc']:.4f}"] if "val_acc" in s else []
         scored += [f"test acc {s['test_acc']:.4f}"] if "test_acc" in s else []
         scored += [f"held-out acc {row['heldout']['acc']:.4f}"] if "heldout" in row else []
         log(f"[{finished}/{todo}] {row['stage']} {row['variant']} lr {row['lr']:g} seed {row['seed']}: "
-            f"{' '.join(filter(None, scored))} ({s.get('wall_time_s', 0):.0f} s)"
-            + ("  DIVERGED" if s.get("diverged") else ""))
+            f"{' '.join(scored)} ({s.get('wall_time_s', 0):.0f} s)" + ("  DIVERGED" if s.get("diverged") else ""))
         if job["stage"] == "probe":
             unlock(job["variant"])
 
-    pool = None if jobs == 1 else ProcessPoolExecutor(
-        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker, initargs=(threads,))
-    running: dict[Future, dict[str, Any]] = {}
-    try:
-        while queue or running:
-            if deadline and queue and time.time() >= deadline:
-                log(f"--max-minutes reached: {len(queue)} queued runs not started; waiting for the running ones")
-                queue.clear()
-            if pool is None:
-                if queue:
+    with ThreadPoolExecutor(jobs) as pool:
+        running: dict[Any, dict[str, Any]] = {}
+        try:
+            while queue or running:
+                if deadline and queue and time.time() >= deadline:
+                    log(f"--max-minutes reached: {len(queue)} queued runs not started; waiting for the running ones")
+                    queue.clear()
+                if jobs == 1 and queue:  # in this thread
                     job = queue.pop(0)
-                    record(job, run_job(job))
-                continue
-            while queue and len(running) < jobs:
-                job = queue.pop(0)
-                running[pool.submit(run_job, job)] = job
-            timeout = max(deadline - time.time(), 0.1) if deadline and queue else None
-            ready, _ = wait(list(running), timeout=timeout, return_when=FIRST_COMPLETED)
-            for f in ready:
-                record(running.pop(f), f.result())  # a UserError or an interruption in a run ends the grid
-    except BaseException:
-        for worker in multiprocessing.active_children():  # stop the running runs too (they keep last.pt)
-            worker.terminate()
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+                    record(job, run_job(job, threads))
+                while queue and len(running) < jobs > 1:
+                    job = queue.pop(0)
+                    running[pool.submit(run_job, job, threads)] = job
+                if running:
+                    ready, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for f in ready:
+                        record(running.pop(f), f.result())  # an error or an interruption in a run ends the grid
+        except BaseException:
+            for proc in list(RUNNING):  # stop the runs of the other threads too
+                proc.terminate()
+            raise
     return rows
 
 
-# ---- the report ----------------------------------------------------------------------------------------
-
 def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path, rows: dict[str, Any]
               ) -> list[dict[str, Any]]:
-    """One line per variant: chosen rate, probes, and mean ± std of every metric over the finished seeds."""
+    """One line per variant: chosen rate, probes, finished runs and mean ± std of every metric over seeds."""
     lines = []
     for v in chosen:
         probes = [rows[j["key"]] for j in probe_jobs(v, settings, base, out) if j["key"] in rows]
-        cfg = v.build(base)
-        line: dict[str, Any] = {"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels],
-                                "init": cfg.init, "whiten": cfg.whiten,
-                                "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
-                                "probes": probes, "lr": None, "runs": []}
-        line["lr"] = chosen_lr(v, settings, probes)
-        if line["lr"] is not None:
-            line["runs"] = [rows[j["key"]] for j in final_jobs(v, line["lr"], settings, base, out)
-                            if j["key"] in rows]
-        line.update({m: mean_std([read(r) for r in line["runs"]]) for m, (_, read) in METRICS.items()})
+        cfg, lr = v.build(base), chosen_lr(v, settings, probes)
+        runs = [] if lr is None else [rows[j["key"]] for j in final_jobs(v, lr, settings, base, out)
+                                      if j["key"] in rows]
+        line = {"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels], "init": cfg.init,
+                "whiten": cfg.whiten, "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
+                "probes": probes, "lr": lr, "runs": runs}
+        line.update(metrics(runs))
         lines.append(line)
     return lines
 
@@ -291,24 +448,22 @@ def commits(rows: list[dict[str, Any]]) -> str:
     count: dict[str, int] = {}
     for row in rows:
         record = row.get("provenance")
-        name = "not recorded" if record is None else record["commit"][:12] + (" with changes" if record["dirty"] else "")
+        name = "not recorded" if record is None else \
+            record["commit"][:12] + (" with changes" if record["dirty"] else "")
         count[name] = count.get(name, 0) + 1
     return "runs by code version: " + ", ".join(f"{name} ({n} runs)" for name, n in count.items())
 
 
 def grid_bayes_accuracy(data_dir: Path, rows: list[dict[str, Any]]) -> dict[str, float] | None:
-    """Accuracy of the exact likelihood-ratio test per split when the data are the built-in benchmark."""
-    for row in rows:  # run_transformer records it in every summary on the benchmark
+    """The exact Bayes accuracy per split when the data are the built-in benchmark."""
+    for row in rows:  # a run on the benchmark records it
         if "bayes_accuracy" in row["summary"]:
             return row["summary"]["bayes_accuracy"]
-    data_dir = next((d for d in (data_dir, data_dir / "synthetic") if (d / synthetic.MANIFEST).exists()), None)
-    if data_dir is None:
+    if not (data_dir / synthetic.MANIFEST).exists():
         return None
     splits = load_splits(data_dir)
-    return synthetic.bayes_accuracy(splits, read_answer_key(data_dir, len(splits["test"])))
+    return synthetic.bayes_accuracy(splits, data.read_answer_key(data_dir, len(splits["test"])))
 
-
-# ---- command line --------------------------------------------------------------------------------------
 
 def rate_grids(text: str) -> dict[str, tuple[float, ...]]:
     """--lrs 'sgd=0.05,adamw=0.001+0.003' -> {"sgd": (0.05,), "adamw": (0.001, 0.003)}."""
@@ -340,8 +495,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"epochs of each learning-rate probe (full: {FULL.probe_epochs})")
     p.add_argument("--seeds", type=checked(int, "seeds", positive), help=f"seeds per configuration (full: "
                    f"{FULL.seeds})")
-    p.add_argument("--lrs", type=rate_grids, default={}, help="learning rates per optimizer instead of LR_GRID, "
-                   "e.g. 'sgd=0.05,adamw=0.003'; an optimizer given one rate runs no probes")
+    p.add_argument("--lrs", type=rate_grids, default={}, help="learning rates per optimizer, e.g. "
+                   "'sgd=0.05,adamw=0.001+0.003'; an optimizer given one rate runs no probes")
     p.add_argument("--only", default="", help="comma-separated configurations: " + ", ".join(CONFIGS))
     p.add_argument("--jobs", type=checked(int, "jobs", non_negative), default=0, help="parallel runs (0: 1 on "
                    "CPU, min(12, cores) on CUDA, where they share the GPU)")
@@ -358,6 +513,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     return exit_code(lambda: grid_command(argv, parse_args(argv)),
                      lambda e: "finished runs are kept: rerun the same command to continue")
+
+
+def evaluation_data(base: Config, out: Path, quick: bool, device: torch.device) -> tuple[Config, Path, Path]:
+    """(base, the runs' data folder, the evaluation file): the benchmark's held-out set beside it, or on the
+    user's files a carved training file and their validation file (with the reference classifier's score)."""
+    resolved, _ = data.resolve_data_dir(base, log=lambda m: None)  # generates the benchmark once, here
+    if (resolved / synthetic.MANIFEST).exists():
+        seed = json.loads((resolved / synthetic.MANIFEST).read_text()).get("seed", 0)
+        folder = resolved.parent / f"{resolved.name}-heldout"
+        return base, resolved, ensure_heldout(folder, seed, QUICK_HELDOUT_PER_CLASS if quick else PER_CLASS)
+    resolved, evaluation_file = carve(resolved, out / "data")
+    write_json(out / "reference.json", reference_accuracy(resolved, evaluation_file, device))
+    return dataclasses.replace(base, data_dir=str(resolved)), resolved, evaluation_file
 
 
 def grid_command(argv: list[str], args: argparse.Namespace) -> None:
@@ -378,26 +546,16 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     if args.quick and not args.data_dir:
         data_dir = str(synthetic.ensure_benchmark(Path("data") / "synthetic-quick", 0, QUICK_SIZES))
     # precision resolved here: a run's key names what ran (bf16 or fp32), not "auto"
-    base = resolve_precision(Config(data_dir=data_dir, device=args.device, compile=args.compile),
-                             pick_device(args.device))
+    base = resolve_precision(Config(data_dir=data_dir, device=args.device, compile=args.compile), device)
     chosen = variants(configs, settings.channel_sets)
     if args.report_only:
         resolved = Path(data_dir)
-        if (out / "data" / heldout.CARVE_MANIFEST).exists():  # a grid on the user's data: its runs' data
+        if (out / "data" / CARVE_MANIFEST).exists():  # a grid on the user's data: its runs' data
             resolved = out / "data"
             base = dataclasses.replace(base, data_dir=str(resolved))
         rows = load_results(out / "results.jsonl")
-    else:  # generates the built-in benchmark once, here, rather than in racing workers
-        resolved, _ = data.resolve_data_dir(base, log=lambda m: None)
-        if (resolved / synthetic.MANIFEST).exists():  # the built-in benchmark: score on its held-out set too
-            per_class = QUICK_HELDOUT_PER_CLASS if args.quick else heldout.PER_CLASS
-            seed = json.loads((resolved / synthetic.MANIFEST).read_text()).get("seed", 0)
-            folder = resolved.parent / f"{resolved.name}-heldout"  # beside the benchmark, which stays as generated
-            evaluation_file = heldout.ensure_heldout(folder, seed, per_class)
-        else:  # the user's files: choices on a carved part of the training file, scores on the validation file
-            resolved, evaluation_file = heldout.carve(resolved, out / "data")
-            base = dataclasses.replace(base, data_dir=str(resolved))
-            write_json(out / "reference.json", heldout.reference_accuracy(resolved, evaluation_file, device))
+    else:
+        base, resolved, evaluation_file = evaluation_data(base, out, args.quick, device)
         settings = dataclasses.replace(settings, heldout=str(evaluation_file))
         check_same_data(out / "results.jsonl", resolved)
         print(f"{len(chosen)} variants (configuration x channel set) on {resolved}, scored on {evaluation_file}, "
@@ -409,7 +567,6 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
             interrupted, rows = e, load_results(out / "results.jsonl")
     lines = summarise(chosen, settings, base, out, rows)
     reported = [r for line in lines for r in line["runs"] + line["probes"]]
-    bayes = grid_bayes_accuracy(resolved, reported)
     user_data = resolved == out / "data"
     header = (f"Command: `python -m tools.compare {' '.join(argv)}`; data {args.data_dir or resolved}"
               + (" (runs train on a stratified 5/6 of its training file and make every choice, early stopping, "
@@ -418,9 +575,10 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
               + f"; {settings.epochs} epochs (a row that names its own keeps them; probes {settings.probe_epochs}), "
               f"{settings.seeds} seeds, {jobs} parallel run(s); this invocation took {time.time() - start:.0f} s; "
               f"{commits(reported)}.")
-    reference = out / "reference.json"
-    yardstick = json.loads(reference.read_text()) if user_data and reference.exists() else None
-    print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED, yardstick))
+    reference_file = out / "reference.json"
+    yardstick = json.loads(reference_file.read_text()) if user_data and reference_file.exists() else None
+    bayes = grid_bayes_accuracy(resolved, reported)
+    print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED, EFFECTS, yardstick))
     print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
     if interrupted is not None:
         raise interrupted

@@ -1,7 +1,6 @@
 """The ablation report of compare.py: tables (markdown, CSV) and figures from finished runs.
 
-Every final run is also scored on labelled images that no run used for any choice (heldout.py): on the built-in
-benchmark its 20,000-image held-out set, on the user's data the validation file. A row's held-out accuracy is the
+Every final run is scored on labelled images that no run used for any choice. A row's held-out accuracy is the
 mean over its seeds with a 95% interval that adds, in quadrature, the seed spread (Student t with seeds - 1 degrees
 of freedom on the seed means) and the sampling error of the images (the standard error of the per-image correctness
 averaged over seeds). The difference to the row's reference (`after` on the same input and channels) is paired: the
@@ -10,6 +9,7 @@ have in common cancels.
 """
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import math
@@ -18,24 +18,24 @@ from typing import Any
 
 import numpy as np
 
-from tools import heldout
 from fileio import rounded, write_text
-from tools.grid import EFFECTS
-from tools.plots import plot_intervals, plot_loss_curves
+from report import pyplot, save_figure
 
 GOAL = 0.83  # the scientist's target test accuracy, shown on the built-in benchmark that stands in for their data
 
-METRICS = {  # column -> (heading, how to read it from a row)
-    "best_val_acc": ("best val acc", lambda r: max((h["val_acc"] for h in r["history"]), default=None)),
-    "val_acc": ("val acc (ckpt)", lambda r: r["summary"].get("val_acc")),
-    "test_acc": ("test acc", lambda r: r["summary"].get("test_acc")),
-    "test_auc": ("test AUC", lambda r: r["summary"].get("test_auc")),
-    "val_auc": ("val AUC", lambda r: r["summary"].get("val_auc")),
-    "gap_acc": ("train−val acc gap (end)", lambda r: r["summary"].get("final_gap_acc")),
-    "train_loss": ("train loss (end)", lambda r: r["summary"].get("final_train_loss")),
-    "best_epoch": ("epochs to best", lambda r: r["summary"].get("best_epoch")),
-    "wall_s": ("wall s/run", lambda r: r["summary"].get("wall_time_s")),
-}
+SUMMARY_METRICS = {"val_acc": "val_acc", "test_acc": "test_acc", "test_auc": "test_auc", "val_auc": "val_auc",
+                   "gap_acc": "final_gap_acc", "train_loss": "final_train_loss", "best_epoch": "best_epoch",
+                   "wall_s": "wall_time_s"}  # report column -> summary.json key
+
+
+def metrics(runs: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Mean and std over seeds of each column of report.csv."""
+    best = mean_std([max((h["val_acc"] for h in r["history"]), default=None) for r in runs])
+    return {"best_val_acc": best, **{column: mean_std([r["summary"].get(key) for r in runs])
+                                     for column, key in SUMMARY_METRICS.items()}}
+
+
+COLUMNS = ("best_val_acc", *SUMMARY_METRICS)
 PERCENT = ("best_val_acc", "val_acc", "test_acc", "gap_acc")
 
 
@@ -48,9 +48,18 @@ def t975(df: int) -> float:
     return T975[df] if df < len(T975) else Z95
 
 
+def pack(correct: np.ndarray) -> str:
+    """Per-image correctness as base64 of packed bits: 20,000 images in 3.4 kB."""
+    return base64.b64encode(np.packbits(correct.astype(bool))).decode()
+
+
+def unpack(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8))[:n].astype(bool)
+
+
 def correctness(runs: list[dict[str, Any]]) -> np.ndarray:
     """(seeds, images) bools: which held-out images each run classified right."""
-    return np.stack([heldout.unpack(r["heldout"]["correct"], r["heldout"]["n"]) for r in runs])
+    return np.stack([unpack(r["heldout"]["correct"], r["heldout"]["n"]) for r in runs])
 
 
 def interval(per_image: np.ndarray) -> tuple[float, float]:
@@ -120,7 +129,8 @@ def add_heldout(lines: list[dict[str, Any]]) -> None:
 
 
 def write_report(lines: list[dict[str, Any]], bayes: dict[str, float] | None, out: Path, header: str,
-                 seeds: int, probe_seed: int, yardstick: dict[str, float] | None = None) -> str:
+                 seeds: int, probe_seed: int, effects: dict[str, Any], yardstick: dict[str, float] | None = None
+                 ) -> str:
     """report.md, report.csv and the figures; returns the markdown. bayes: the exact Bayes accuracies (the
     built-in benchmark only); yardstick: the reference classifier's accuracy on the evaluation set (the user's
     data, where no Bayes limit is known)."""
@@ -150,7 +160,7 @@ def write_report(lines: list[dict[str, Any]], bayes: dict[str, float] | None, ou
     heads = ["configuration", "channels", "init", "lr", "seeds", f"{evaluated} acc", "Δ vs after"]
     heads += ["test acc", "test AUC"] if tested else []
     heads += ["train−val gap", "epochs to best", "wall s/run"] + ([f"≥ {100 * GOAL:.0f}%?"] if goal else [])
-    md += effects_table(lines, evaluated)
+    md += effects_table(lines, effects, evaluated)
     md += ["All rows:", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for l in lines:
         diverged = sum(bool(r["summary"].get("diverged")) for r in l["runs"])
@@ -178,14 +188,13 @@ def write_report(lines: list[dict[str, Any]], bayes: dict[str, float] | None, ou
     markdown = "\n".join(md)
     write_text(out / "report.md", markdown)
     write_csv(lines, out / "report.csv")
-    lines_at = {**(bayes or {}), **held}
-    plot_figures(lines, {f"Bayes limit {100 * v:.2f}%": v for k, v in lines_at.items() if k == "held-out"}
-                 if held else {f"reference classifier {100 * yardstick['acc']:.1f}%": yardstick["acc"]}
-                 if yardstick else {}, out, evaluated)
+    marks = {f"Bayes limit {100 * held['held-out']:.2f}%": held["held-out"]} if held else \
+        {f"reference classifier {100 * yardstick['acc']:.1f}%": yardstick["acc"]} if yardstick else {}
+    plot_figures(lines, marks, out, evaluated)
     return markdown
 
 
-def effects_table(lines: list[dict[str, Any]], evaluated: str = "held-out") -> list[str]:
+def effects_table(lines: list[dict[str, Any]], effects: dict[str, Any], evaluated: str = "held-out") -> list[str]:
     """Markdown: each requested change's paired held-out effect (with it minus without it, same seeds), added to
     `before` and taken from `after`, on raw and whitened density without the date channel; [] without data."""
     runs = {l["variant"]: l["runs"] for l in lines}
@@ -198,7 +207,7 @@ def effects_table(lines: list[dict[str, Any]], evaluated: str = "held-out") -> l
         return f"**{text}**" if math.isfinite(half) and abs(mean) > half else text
 
     rows = [[change] + [cell(pair, suffix) for suffix in inputs.values() for pair in both]
-            for change, both in EFFECTS.items()]
+            for change, both in effects.items()]
     if all(c == "–" for row in rows for c in row[1:]):
         return []
     heads = ["requested change"] + [f"{where}, {name}" for name in inputs for where in ("on before", "in after")]
@@ -209,10 +218,9 @@ def effects_table(lines: list[dict[str, Any]], evaluated: str = "held-out") -> l
 
 
 def heldout_bayes(lines: list[dict[str, Any]]) -> dict[str, float]:
-    """{"held-out": Bayes accuracy} when some run was scored on the held-out set."""
-    for r in (r for l in lines for r in scored(l["runs"])):
-        return {} if r["heldout"].get("bayes_acc") is None else {"held-out": r["heldout"]["bayes_acc"]}
-    return {}
+    """{"held-out": Bayes accuracy} when the runs were scored on the benchmark's held-out set."""
+    bayes = next((r["heldout"].get("bayes_acc") for l in lines for r in scored(l["runs"])), None)
+    return {} if bayes is None else {"held-out": bayes}
 
 
 def write_csv(lines: list[dict[str, Any]], path: Path) -> None:
@@ -221,30 +229,52 @@ def write_csv(lines: list[dict[str, Any]], path: Path) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["variant", "config", "channels", "init", "whiten", "lr", "seeds", "eval_set", "eval_n",
                      "heldout_acc", "heldout_acc_ci95", "reference", "diff_vs_reference", "diff_ci95"]
-                    + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
+                    + [f"{m}_{s}" for m in COLUMNS for s in ("mean", "std")])
     for l in lines:
         writer.writerow([l["variant"], l["config"], l["channels"], l["init"], l["whiten"],
                          "" if l["lr"] is None else l["lr"], len(l["runs"]),
                          "held-out" if l["eval_n"] else "", l["eval_n"] or ""]
-                        + rounded([*l["heldout_acc"], l["reference"], *l["diff"], *(x for m in METRICS for x in l[m])]))
+                        + rounded([*l["heldout_acc"], l["reference"], *l["diff"], *(x for m in COLUMNS for x in l[m])]))
     write_text(path, buffer.getvalue())
 
 
-def plot_figures(lines: list[dict[str, Any]], accuracy_lines: dict[str, float], out: Path,
-                 evaluated: str = "held-out") -> None:
-    """Learning curves per variant (all seeds); accuracy on the evaluation set and the paired difference to
-    `after` with their 95% intervals (the test file's mean ± std where no run was scored on it), with
-    `accuracy_lines` (label -> accuracy: the Bayes limit or the reference classifier) drawn across."""
+def plot_figures(lines: list[dict[str, Any]], marks: dict[str, float], out: Path, evaluated: str = "held-out"
+                 ) -> None:
+    """Learning curves per variant; a forest plot of the accuracy on the evaluation set and the paired difference
+    to `after` (95% intervals; the test file's mean ± std where no run was scored), `marks` drawn across."""
     for l in lines:
         plot_loss_curves(out / "figures" / f"curves_{l['variant'].replace('/', '_')}.png",
                          {f"seed {r['seed']}": r["history"] for r in l["runs"]}, f"{l['variant']}  lr {l['lr']}")
     held = any(l["eval_n"] for l in lines)
-    split = evaluated if held else "test"
-    percent = lambda pairs: [(100 * a, 100 * b) for a, b in pairs]  # noqa: E731  (points read better)
-    title = f"{split} accuracy, %" + (" (95% interval)" if held else " (mean ± std)")
-    panels = {title: percent([l["heldout_acc"] if held else l["test_acc"] for l in lines])}
-    references = {title: {label: 100 * v for label, v in accuracy_lines.items()} if held else {}}
+    title = f"{evaluated if held else 'test'} accuracy, %" + (" (95% interval)" if held else " (mean ± std)")
+    panels = {title: ([l["heldout_acc"] if held else l["test_acc"] for l in lines], marks if held else {})}
     if held:
-        panels["Δ vs after, points (paired, 95%)"] = percent([l["diff"] for l in lines])
-        references["Δ vs after, points (paired, 95%)"] = {"no difference": 0.0}
-    plot_intervals(out / "figures" / "accuracy.png", [l["variant"] for l in lines], panels, references)
+        panels["Δ vs after, points (paired, 95%)"] = ([l["diff"] for l in lines], {"no difference": 0.0})
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels) + 2, 0.28 * len(lines) + 1.5),
+                                  sharey=True, squeeze=False)
+    y = np.arange(len(lines))[::-1]
+    for ax, (title, (pairs, references)) in zip(axes[0], panels.items()):
+        values, halves = (100 * np.array(column, float) for column in zip(*pairs))
+        ax.errorbar(values, y, xerr=np.nan_to_num(halves), fmt="o", markersize=3, capsize=2)
+        for (label, x), style in zip(references.items(), ("r--", "k:")):
+            ax.axvline(100 * x, color=style[0], linestyle=style[1:], label=label)
+        ax.set_title(title, fontsize=9), ax.grid(axis="x", alpha=0.3)
+        if references:
+            ax.legend(fontsize=7, loc="lower left")
+    axes[0][0].set_yticks(y, [l["variant"] for l in lines], fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, out / "figures" / "accuracy.png")
+
+
+def plot_loss_curves(path: str | Path, runs: dict[str, list[dict[str, float]]], title: str = "") -> Path:
+    """Train (solid) vs validation (dashed) log loss per epoch, one colour per run (e.g. per seed)."""
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    for i, (label, history) in enumerate(runs.items()):
+        epochs = [r["epoch"] for r in history]
+        ax.plot(epochs, [r["train_loss"] for r in history], color=f"C{i}", label=f"{label} train")
+        ax.plot(epochs, [r["val_loss"] for r in history], "--", color=f"C{i}", label=f"{label} validation")
+    ax.set_xlabel("epoch"), ax.set_ylabel("log loss (BCE)"), ax.set_title(title)
+    if runs:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)

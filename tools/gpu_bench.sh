@@ -22,7 +22,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOG/NAM
   python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
   nproc; date -u; } 2>&1 | tee "$LOG/machine.txt"
 
-# 1. the table: original style vs our loop at batch 4096, bf16 autocast, torch.compile with CUDA graphs
+# 1. the table: the naive loop vs ours at batch 4096, bf16 autocast, torch.compile with CUDA graphs
 step bench_4096 120 python -m tools.bench --device cuda --batch-size 4096 --precision bf16 --compile
 # 2. wall time to 83% and 96% validation accuracy: the default recipe, then AdamW on whitened log-density
 #    (the scientist's optimizer)

@@ -1,10 +1,9 @@
-"""Is a trained run as good on the real test file as on the benchmark's? The real file has no labels, so compare
-what can be compared: agreement with the exact likelihood-ratio classifier of the benchmark's physics model
-(synthetic.bayes_predict, calibrated on the real test file), the share predicted as the new state, and the
-model's confidence, on both files. A random sample of the benchmark's training images, predicted the same
-way (eval mode, the run's test-time views), gives the train - test gap without augmentation or dropout.
+"""Is a trained run as good on the real test file as on the benchmark's? The real file has no labels, so this
+compares, on both files: agreement with the exact likelihood-ratio test of the benchmark's physics
+(synthetic.bayes_predict), the share predicted as state 1 and the mean confidence. A sample of the benchmark's
+training images, predicted the same way, gives the train - test gap without augmentation or dropout.
 
-    python -m tools.real_check runs/RUN                                   # real file: ../shared/gasdata/test_no_labels.hdf5
+    python -m tools.real_check runs/RUN                  # real file: ../shared/gasdata/test_no_labels.hdf5
     python -m tools.real_check runs/RUN --real PATH --benchmark data/synthetic
 """
 from __future__ import annotations

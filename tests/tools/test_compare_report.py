@@ -6,15 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from tools import heldout
-from tools.compare_report import effects_table, heldout_accuracy, paired_difference
-from tools.grid import EFFECTS
+from tools.compare import EFFECTS
+from tools.compare_report import effects_table, heldout_accuracy, pack, paired_difference
 
 
 def rows(correct: np.ndarray, seeds=None) -> list[dict]:
     """Result rows whose held-out scores are the given (seeds, images) correctness."""
     seeds = range(len(correct)) if seeds is None else seeds
-    return [{"seed": s, "heldout": {"n": c.size, "acc": c.mean(), "correct": heldout.pack(c)}}
+    return [{"seed": s, "heldout": {"n": c.size, "acc": c.mean(), "correct": pack(c)}}
             for s, c in zip(seeds, correct)]
 
 
@@ -56,11 +55,11 @@ def test_effects_table_pairs_each_change_with_and_without_it():
     helped[:, :400] = True  # about 0.8 points better on the same images
     lines = [{"variant": "+patch-bn+whiten/no-date", "runs": rows(helped)},
              {"variant": "before+whiten/no-date", "runs": rows(base)}]
-    table = effects_table(lines)
+    table = effects_table(lines, EFFECTS)
     row = next(r for r in table if r.startswith("| BatchNorm after the patch convolution"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     gain, half = paired_difference(rows(helped), rows(base))
     assert cells[3] == f"**{100 * gain:+.2f} ± {100 * half:.2f}**", "resolved: bold"
     assert cells[1] == cells[2] == cells[4] == "–", "rows that did not run"
     assert len(table) == 4 + len(EFFECTS) + 1
-    assert effects_table([{"variant": "before/no-date", "runs": rows(base)}]) == []
+    assert effects_table([{"variant": "before/no-date", "runs": rows(base)}], EFFECTS) == []
