@@ -23,26 +23,11 @@ import torch
 import run_transformer
 import synthetic
 from config import UserError
+from conftest import SMALL_VIT
 from fileio import fingerprint, fresh_directory, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--device", "cpu", "--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32",
-        "--batch-size", "64", "--epochs", "1"]
-
-
-@pytest.fixture(scope="module")
-def pristine(tiny_benchmark) -> Path:
-    """conftest's tiny benchmark (400 train, 100 valid, 80 test samples); cases spoil private copies only."""
-    return tiny_benchmark
-
-
-@pytest.fixture(scope="module")
-def trained_run(pristine, tmp_path_factory) -> Path:
-    """One finished tiny run (emb 16) to resume and predict from."""
-    tmp = tmp_path_factory.mktemp("trained")
-    argv = ["--data-dir", str(pristine), "--out-dir", str(tmp / "runs"), "--predictions", str(tmp / "p.txt"), *TINY]
-    assert run_transformer.main(argv) == 0
-    return next((tmp / "runs").iterdir())
+TINY = [*SMALL_VIT, "--epochs", "1"]
 
 
 def main_result(argv: list[str], capsys) -> tuple[int, str]:
@@ -175,12 +160,12 @@ CASES: dict[str, tuple[Setup, list[str]]] = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_gives_one_clear_line_and_exit_2(case, pristine, trained_run, tmp_path, capsys):
+def test_bad_input_gives_one_clear_line_and_exit_2(case, tiny_benchmark, finished_run, tmp_path, capsys):
     setup, words = CASES[case]
-    data = Path(shutil.copytree(pristine, tmp_path / "data"))
-    extra = setup(data, tmp_path, trained_run)
+    data = Path(shutil.copytree(tiny_benchmark, tmp_path / "data"))
+    extra = setup(data, tmp_path, finished_run.dir)
     user_files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    run_files = {p: p.read_bytes() for p in trained_run.iterdir()}
+    run_files = {p: p.read_bytes() for p in finished_run.dir.iterdir()}
     argv = ["--data-dir", str(data), "--out-dir", str(tmp_path / "runs"), "--predictions",
             str(tmp_path / "pred.txt"), *TINY, *extra]
     rc, err = main_result(argv, capsys)
@@ -191,12 +176,12 @@ def test_bad_input_gives_one_clear_line_and_exit_2(case, pristine, trained_run, 
         assert word in lines[0], f"{word!r} not in {lines[0]!r}"
     # Nothing that existed was changed, nothing was half-written, and no run folder was started.
     assert {p: p.read_bytes() for p in user_files} == user_files
-    assert {p: p.read_bytes() for p in trained_run.iterdir()} == run_files
+    assert {p: p.read_bytes() for p in finished_run.dir.iterdir()} == run_files
     assert not list(tmp_path.rglob("*.tmp")) and not (tmp_path / "runs").exists()
 
 
-def test_the_command_line_prints_exactly_one_line_and_no_traceback(pristine, tmp_path):
-    data = Path(shutil.copytree(pristine, tmp_path / "data"))
+def test_the_command_line_prints_exactly_one_line_and_no_traceback(tiny_benchmark, tmp_path):
+    data = Path(shutil.copytree(tiny_benchmark, tmp_path / "data"))
     with_nan(data / "valid.hdf5", "density", 7, np.nan)
     proc = subprocess.run([sys.executable, "run_transformer.py", "--data-dir", str(data), "--out-dir",
                            str(tmp_path / "runs"), "--predictions", str(tmp_path / "p.txt"), *TINY], cwd=ROOT,
@@ -206,15 +191,15 @@ def test_the_command_line_prints_exactly_one_line_and_no_traceback(pristine, tmp
                           f"values (of 78400); clean the data or drop those samples\n"
 
 
-def test_predict_names_what_the_model_reads_and_a_key_that_differs_only_in_case(pristine, trained_run, tmp_path,
-                                                                               capsys):
+def test_predict_names_what_the_model_reads_and_a_key_that_differs_only_in_case(tiny_benchmark, finished_run,
+                                                                               tmp_path, capsys):
     """A file for --predict needs only the model's channels (no labels, no channel the model leaves out); a key
     spelled with other capitals is pointed out."""
-    new = Path(shutil.copy(pristine / "valid.hdf5", tmp_path / "new.hdf5"))
+    new = Path(shutil.copy(tiny_benchmark / "valid.hdf5", tmp_path / "new.hdf5"))
     with h5py.File(new, "a") as h5:
         h5.move("density", "Density")
-    rc, err = main_result(["--predict", str(trained_run), "--input", str(new), "--output", str(tmp_path / "p.txt")],
-                          capsys)
+    argv = ["--predict", str(finished_run.dir), "--input", str(new), "--output", str(tmp_path / "p.txt")]
+    rc, err = main_result(argv, capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert err.strip() == (f"error: {new} has no dataset 'density' (found: Density, labels, recording_date); the "
                            f"input file needs density; its 'Density' differs only in case: rename it to 'density'")
@@ -239,18 +224,18 @@ def held_open_for_writing(path: Path) -> Iterator[None]:
         holder.wait(timeout=60)
 
 
-@pytest.mark.parametrize("name", ["train.hdf5", "valid.hdf5", "test_no_labels.hdf5", "test_labels.hdf5",
-                                  "predict-input"])
-def test_a_file_in_use_by_another_program_is_named_as_such(name, pristine, trained_run, tmp_path, capsys):
+@pytest.mark.parametrize("name", ["train.hdf5", "test_labels.hdf5", "predict-input"])
+def test_a_file_in_use_by_another_program_is_named_as_such(name, tiny_benchmark, finished_run, tmp_path, capsys):
     """HDF5 reports the lock of a file another program holds open for writing: the line says so and how to
-    free it, not that the file is damaged; exit 2 and nothing written."""
-    data = Path(shutil.copytree(pristine, tmp_path / "data"))
+    free it, not that the file is damaged; exit 2 and nothing written. The splits are read by one function
+    (train stands for valid and test), the answer key and --predict's input by others."""
+    data = Path(shutil.copytree(tiny_benchmark, tmp_path / "data"))
     argv = ["--data-dir", str(data), "--out-dir", str(tmp_path / "runs"), "--predictions",
             str(tmp_path / "pred.txt"), *TINY]
     held = data / name
     if name == "predict-input":
         held = data / "valid.hdf5"
-        argv = ["--predict", str(trained_run), "--input", str(held), "--output", str(tmp_path / "new.txt")]
+        argv = ["--predict", str(finished_run.dir), "--input", str(held), "--output", str(tmp_path / "new.txt")]
     with held_open_for_writing(held):
         rc, err = main_result(argv, capsys)
     lines = err.strip().splitlines()
@@ -260,7 +245,7 @@ def test_a_file_in_use_by_another_program_is_named_as_such(name, pristine, train
     assert not (tmp_path / "runs").exists() and not (tmp_path / "new.txt").exists()
 
 
-def test_a_file_without_read_permission_is_named_as_such(pristine, trained_run, tmp_path, monkeypatch):
+def test_a_file_without_read_permission_is_named_as_such(tiny_benchmark, finished_run, tmp_path, monkeypatch):
     """Permission denied is no damage either, for data files and checkpoints alike (simulated: tests may run as
     root, whom no permission stops)."""
     import checkpoints
@@ -270,10 +255,10 @@ def test_a_file_without_read_permission_is_named_as_such(pristine, trained_run, 
         raise PermissionError(13, "Permission denied", str(path))
     monkeypatch.setattr(data.h5py, "File", denied)
     with pytest.raises(UserError, match="valid.hdf5 cannot be read: permission denied"):
-        data.read_split(pristine / "valid.hdf5", "valid")
+        data.read_split(tiny_benchmark / "valid.hdf5", "valid")
     monkeypatch.setattr(checkpoints.torch, "load", denied)
     with pytest.raises(UserError, match="best.pt cannot be read: permission denied"):
-        checkpoints.load_checkpoint(trained_run / "best.pt")
+        checkpoints.load_checkpoint(finished_run.dir / "best.pt")
 
 
 # ---- fuzz: a damaged file ends in success or one UserError line ------------------------------------------
@@ -338,10 +323,10 @@ FUZZ = textwrap.dedent(r'''
 ''')
 
 
-def test_fuzzed_hdf5_ends_in_success_or_a_clear_error(pristine, tmp_path):
+def test_fuzzed_hdf5_ends_in_success_or_a_clear_error(tiny_benchmark, tmp_path):
     """Bytes flipped (anywhere, or in the metadata), truncation, datasets deleted, resized, retyped or replaced
     by groups. Run in a subprocess so a crash or a hang in the HDF5 library fails the test, not the suite."""
-    source = shutil.copy(pristine / "valid.hdf5", tmp_path / "valid.hdf5")
+    source = shutil.copy(tiny_benchmark / "valid.hdf5", tmp_path / "valid.hdf5")
     proc = subprocess.run([sys.executable, "-c", FUZZ, str(source), str(tmp_path), "5", "200"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -375,17 +360,18 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path):
     assert target.read_text() == "complete old checkpoint" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
-def test_training_leaves_the_data_files_untouched(pristine, trained_run):
-    config = json.loads((trained_run / "config.json").read_text())
-    for record in config["data"]["files"].values():
+def test_training_leaves_the_data_files_untouched(finished_run):
+    files = json.loads((finished_run.dir / "config.json").read_text())["data"]["files"]
+    assert set(files) == {"train", "valid", "test", "test_answers"}  # the benchmark's answer key is used too
+    for record in files.values():
         assert fingerprint(record["path"]) == record
-    assert "test_labels.hdf5" in {p.name for p in pristine.iterdir()}
 
 
-def test_predict_refuses_to_overwrite_and_writes_when_the_output_is_new(pristine, trained_run, tmp_path, capsys):
+def test_predict_refuses_to_overwrite_and_writes_when_the_output_is_new(finished_run, tmp_path, capsys):
     taken = tmp_path / "taken.txt"
     taken.write_text("0\n1\n")
-    argv = ["--predict", str(trained_run), "--input", str(pristine / "test_no_labels.hdf5"), "--device", "cpu"]
+    argv = ["--predict", str(finished_run.dir), "--input", str(finished_run.data / "test_no_labels.hdf5"),
+            "--device", "cpu"]
     rc, err = main_result([*argv, "--output", str(taken)], capsys)
     assert rc == 2 and "already exists" in err and taken.read_text() == "0\n1\n"
     (tmp_path / "new.csv").write_text("mine")  # the probability CSV beside a new output is protected too
@@ -431,12 +417,13 @@ def files_up_to(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
 
-def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes_once_space_is_freed(pristine, tmp_path):
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes_once_space_is_freed(tiny_benchmark, tmp_path,
+                                                                                           unrendered_figures):
     """The first last.pt (weights only, about 30 KB) fits, the checkpoints of epoch 1 (weights and momentum,
     about 56 KB) do not: the write fails inside torch.save. One line naming the file, exit 2, no temporary file,
     and the last complete last.pt is kept, so that --resume finishes the run once there is space."""
-    argv = ["--data-dir", str(pristine), "--out-dir", str(tmp_path / "runs"), "--predictions",
-            str(tmp_path / "p.txt"), *TINY]
+    argv = ["--data-dir", str(tiny_benchmark), "--out-dir", str(tmp_path / "runs"), "--predictions",
+            str(tmp_path / "p.txt"), *TINY, "--tta-shifts", "1"]
     proc = subprocess.run([sys.executable, "run_transformer.py", *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, preexec_fn=lambda: files_up_to(45_000))
     [run_dir] = list((tmp_path / "runs").iterdir())
@@ -462,7 +449,7 @@ WRITERS = textwrap.dedent(r'''
 
     work = Path(sys.argv[1])
     history = [{"epoch": e, "lr": 0.1, "train_objective": 0.5, "train_loss": 0.5, "train_acc": 0.7, "val_loss": 0.6,
-                "val_acc": 0.6, "val_auc": 0.6, "gap_acc": 0.1, "gap_loss": 0.1} for e in range(1, 2001)]
+                "val_acc": 0.6, "val_auc": 0.6, "gap_acc": 0.1, "gap_loss": 0.1} for e in range(1, 301)]
     writers = {
         "last.pt": lambda p: fileio.save_torch(p, {"model": torch.zeros(50_000)}),
         "summary.json": lambda p: fileio.write_json(p, {"values": list(range(20_000))}),

@@ -28,20 +28,15 @@ import synthetic
 import train
 from config import CHANNEL_NAMES
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--device", "cpu", "--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32",
-        "--batch-size", "64"]
+from conftest import ROOT, SMALL_VIT
 
-
-@pytest.fixture
-def tiny_data(tiny_benchmark) -> Path:
-    """conftest's tiny benchmark: 400 train (6 batches of 64), 100 valid, 80 test samples."""
-    return tiny_benchmark
+# what these tests check is not drawn: figures are built but not rendered (conftest.unrendered_figures)
+pytestmark = pytest.mark.usefixtures("unrendered_figures")
 
 
 def cli(data: Path, tmp: Path, *extra: str) -> list[str]:
     return ["--data-dir", str(data), "--out-dir", str(tmp / "runs"), "--predictions", str(tmp / "pred.txt"),
-            *TINY, *extra]
+            *SMALL_VIT, *extra]
 
 
 def only_run(tmp: Path) -> Path:
@@ -58,7 +53,8 @@ def rows(run_dir: Path) -> list[dict[str, str]]:
 # ---- SIGTERM, then --resume: identical to an uninterrupted run ----------------------------------------------
 
 def start(argv: list[str], log: Path) -> subprocess.Popen:
-    """The CLI in a subprocess with one intra-op thread, so both runs do the same float operations."""
+    """The CLI in a subprocess with one intra-op thread, as this process has (conftest), so that both do the same
+    float operations."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "run_transformer.py", *argv], cwd=ROOT, env=env,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -82,12 +78,13 @@ def wait_for_rows(run_parent: Path, k: int, proc: subprocess.Popen, timeout: flo
     raise AssertionError(f"no metrics.csv with {k} rows within {timeout} s")
 
 
-def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
-    # 50 steps of 32 per epoch: the signal lands inside epoch 2, whose partial work is abandoned and replayed.
-    data = synthetic.generate_benchmark(tmp_path / "data", 0, synthetic.Sizes(800, 800, 50, 50, 40, 40))
-    args = ["--data-dir", str(data), *TINY, "--batch-size", "32", "--epochs", "4", "--seed", "3"]
-    ref = start([*args, "--out-dir", str(tmp_path / "ref" / "runs"), "--predictions", str(tmp_path / "ref.txt")],
-                tmp_path / "ref.log")
+def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
+    """A real SIGTERM to a training process; --resume of its run folder ends bit for bit where an uninterrupted
+    run with the same seed ends (both of these in this process)."""
+    # 31 steps of 32 per epoch: the signal lands in epoch 2, whose partial work is abandoned and replayed.
+    data = synthetic.generate_benchmark(tmp_path / "data", 0, synthetic.Sizes(500, 500, 50, 50, 40, 40))
+    args = ["--data-dir", str(data), *SMALL_VIT, "--batch-size", "32", "--epochs", "4", "--seed", "3",
+            "--tta-shifts", "1"]
     cut = start([*args, "--out-dir", str(tmp_path / "cut" / "runs"), "--predictions", str(tmp_path / "cut.txt")],
                 tmp_path / "cut.log")
     run_dir = wait_for_rows(tmp_path / "cut" / "runs", 1, cut)
@@ -103,12 +100,10 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert not (run_dir / "summary.json").exists()  # the interrupted run did not pretend to finish
     assert not list(run_dir.glob(".*.tmp")), "a temporary file was left behind"
 
-    resumed = start(["--resume", str(run_dir)], tmp_path / "resumed.log")
-    rc, out = finished(resumed, tmp_path / "resumed.log")
-    assert rc == 0, out
-    assert f"resuming {run_dir} after epoch {saved_epoch}" in out
-    rc, out = finished(ref, tmp_path / "ref.log")
-    assert rc == 0, out
+    assert run_transformer.main(["--resume", str(run_dir)]) == 0
+    assert f"resuming {run_dir} after epoch {saved_epoch}" in capsys.readouterr().out
+    ref = [*args, "--out-dir", str(tmp_path / "ref" / "runs"), "--predictions", str(tmp_path / "ref.txt")]
+    assert run_transformer.main(ref) == 0
     ref_dir = only_run(tmp_path / "ref")
 
     assert (run_dir / "metrics.csv").read_text() == (ref_dir / "metrics.csv").read_text()
@@ -125,7 +120,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert (tmp_path / "cut.txt").read_text() == (tmp_path / "ref.txt").read_text()
 
 
-def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(tiny_data, tmp_path, monkeypatch, capsys):
+def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(tiny_benchmark, tmp_path, monkeypatch, capsys):
     """A signal while epoch 1 is evaluated: the epoch completes, is saved, and the run stops with exit 130."""
     evaluate = train.evaluate
 
@@ -136,7 +131,7 @@ def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(tiny_data, 
         return evaluate(*args, **kwargs)
     monkeypatch.setattr(train, "evaluate", evaluate_then_ctrl_c)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    rc = run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "3"))
+    rc = run_transformer.main(cli(tiny_benchmark, tmp_path, "--epochs", "3"))
     err = capsys.readouterr().err
     run_dir = only_run(tmp_path)
     assert rc == 130
@@ -147,7 +142,7 @@ def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(tiny_data, 
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
 
 
-def test_a_signal_while_results_are_written_still_says_how_to_resume(tiny_data, tmp_path, monkeypatch, capsys):
+def test_a_signal_while_results_are_written_still_says_how_to_resume(tiny_benchmark, tmp_path, monkeypatch, capsys):
     """After the last epoch, last.pt is complete: a SIGTERM while the test predictions are written must point
     to --resume (which then finishes the run), not to starting over."""
     predict = run_transformer.predict_logits
@@ -156,14 +151,14 @@ def test_a_signal_while_results_are_written_still_says_how_to_resume(tiny_data, 
         os.kill(os.getpid(), signal.SIGTERM)  # signals_interrupt: raises Interrupted right here
         return predict(*args, **kwargs)
     monkeypatch.setattr(run_transformer, "predict_logits", predict_then_sigterm)
-    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1")) == 128 + signal.SIGTERM
+    assert run_transformer.main(cli(tiny_benchmark, tmp_path, "--epochs", "1")) == 128 + signal.SIGTERM
     run_dir = only_run(tmp_path)
     assert capsys.readouterr().err.strip().endswith(f"Resume with: python run_transformer.py --resume {run_dir}")
     monkeypatch.setattr(run_transformer, "predict_logits", predict)
     assert run_transformer.main(["--resume", str(run_dir)]) == 0 and (run_dir / "summary.json").is_file()
 
 
-def test_sigterm_before_training_exits_cleanly(tiny_data, tmp_path, monkeypatch, capsys):
+def test_sigterm_before_training_exits_cleanly(tiny_benchmark, tmp_path, monkeypatch, capsys):
     """A signal while the data is loaded: no traceback, exit 143, no run folder, nothing half-written."""
     load = data.load_data
 
@@ -173,7 +168,7 @@ def test_sigterm_before_training_exits_cleanly(tiny_data, tmp_path, monkeypatch,
         return load(*args, **kwargs)
     monkeypatch.setattr(run_transformer, "load_data", load_then_sigterm)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    rc = run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1"))
+    rc = run_transformer.main(cli(tiny_benchmark, tmp_path, "--epochs", "1"))
     err = capsys.readouterr().err
     assert rc == 128 + signal.SIGTERM
     assert err.startswith("interrupted: SIGTERM") and "run the same command again" in err and len(
@@ -182,36 +177,27 @@ def test_sigterm_before_training_exits_cleanly(tiny_data, tmp_path, monkeypatch,
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
-def test_last_pt_holds_all_state_and_resuming_a_finished_run_appends_nothing(tiny_data, tmp_path, capsys):
-    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "2")) == 0
-    run_dir = only_run(tmp_path)
+def test_last_pt_holds_all_state_and_resuming_a_finished_run_changes_nothing(finished_run, capsys):
+    """A run that finished has nothing to resume: one line (epochs, best epoch, where the results are), exit 0,
+    and no file of the run folder, nor --predictions, is written again; no new run folder either."""
+    run_dir = finished_run.dir
     payload = torch.load(run_dir / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "train_state", "rng", "config", "stats"} <= payload.keys()
     state = payload["train_state"]
     assert state["epoch"] == 2 and len(state["history"]) == 2 and math.isfinite(state["best_loss"])
     assert {"bad_epochs", "best_epoch"} <= state.keys()
     assert payload["scheduler"]["last_epoch"] == 2 * (400 // 64)
-    before = (run_dir / "metrics.csv").read_text()
-    assert run_transformer.main(["--resume", str(run_dir)]) == 0
-    assert (run_dir / "metrics.csv").read_text() == before
-    assert len(list((tmp_path / "runs").iterdir())) == 1  # resume writes into the same folder, no new one
-
-
-def test_resuming_a_finished_run_says_so_and_changes_nothing(tiny_data, tmp_path, capsys):
-    """A run that finished has nothing to resume: one line (epochs, best epoch, where the results are), exit 0,
-    and no file of the run folder, nor --predictions, is written again."""
-    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1")) == 0
-    run_dir = only_run(tmp_path)
-    owned = [*run_dir.iterdir(), tmp_path / "pred.txt"]
+    owned = [*run_dir.iterdir(), finished_run.predictions]
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in owned}
     capsys.readouterr()
     assert run_transformer.main(["--resume", str(run_dir)]) == 0
     out, err = capsys.readouterr()
     assert err == "" and len(out.strip().splitlines()) == 1, out
-    assert out.startswith(f"nothing to resume: {run_dir} finished (1 of 1 epochs; best epoch 1)"), out
+    assert out.startswith(f"nothing to resume: {run_dir} finished (2 of 2 epochs; best epoch "), out
     assert f"{run_dir}/report.md" in out, out
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in owned} == before
     assert sorted(run_dir.iterdir()) == sorted(p for p in owned if p.parent == run_dir)
+    assert list(run_dir.parent.iterdir()) == [run_dir]
 
 
 def test_a_run_that_stopped_early_resumes_when_the_patience_is_raised():
@@ -240,12 +226,19 @@ def interrupted_after_epoch_1(data: Path, tmp_path: Path, monkeypatch) -> Path:
     return only_run(tmp_path)
 
 
-def test_resume_refuses_a_run_whose_data_changed(tiny_data, tmp_path, monkeypatch, capsys):
+def test_resume_refuses_changed_data_and_reports_the_wall_time_of_all_attempts(tiny_benchmark, tmp_path,
+                                                                             monkeypatch, capsys):
     """Interrupted after epoch 1, then one sample of train.hdf5 changed: the resumed epochs would train on other
     data than the run's whitening filter, statistics and history. One line naming the file, exit 2, the run
-    folder untouched; with the file restored, the run resumes."""
-    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    folder untouched; with the file restored, the run resumes. Each checkpoint records how long every attempt
+    has worked on the run; the summary and report.md give the total and the attempts, not the last one's."""
+    data = Path(shutil.copytree(tiny_benchmark, tmp_path / "data"))
     run_dir = interrupted_after_epoch_1(data, tmp_path, monkeypatch)
+    payload = torch.load(run_dir / "last.pt", weights_only=True)
+    [first] = payload["attempt_seconds"]
+    assert 0 < first < 600
+    payload["attempt_seconds"] = [600.0]  # as if the first attempt had trained for ten minutes
+    torch.save(payload, run_dir / "last.pt")
     original = (data / "train.hdf5").read_bytes()
     with h5py.File(data / "train.hdf5", "a") as h5:
         h5["density"][0] = h5["density"][1]
@@ -258,34 +251,22 @@ def test_resume_refuses_a_run_whose_data_changed(tiny_data, tmp_path, monkeypatc
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == saved
     (data / "train.hdf5").write_bytes(original)
     assert run_transformer.main(["--resume", str(run_dir)]) == 0 and len(rows(run_dir)) == 2
-
-
-def test_a_resumed_run_reports_the_wall_time_of_all_its_attempts(tiny_data, tmp_path, monkeypatch, capsys):
-    """Each checkpoint records how long every attempt has worked on the run; the summary and report.md give the
-    total and the attempts, not the last attempt's time alone."""
-    run_dir = interrupted_after_epoch_1(tiny_data, tmp_path, monkeypatch)
-    payload = torch.load(run_dir / "last.pt", weights_only=True)
-    [first] = payload["attempt_seconds"]
-    assert 0 < first < 600
-    payload["attempt_seconds"] = [600.0]  # as if the first attempt had trained for ten minutes
-    torch.save(payload, run_dir / "last.pt")
-    assert run_transformer.main(["--resume", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     [earlier, last] = summary["attempt_seconds"]
     assert earlier == 600.0 and 0 < last < 600 and summary["wall_time_s"] == pytest.approx(600.0 + last, abs=0.11)
     assert f"{summary['wall_time_s']} s over 2 attempts (600.0 s, {last} s)" in (run_dir / "report.md").read_text()
 
 
-def test_a_run_written_by_another_version_is_one_clear_error(tiny_data, tmp_path, capsys):
+def test_a_run_written_by_another_version_is_one_clear_error(finished_run, tmp_path, capsys):
     """A checkpoint whose settings differ from this version's Config: --predict and --resume say so and stop."""
-    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1")) == 0
-    run_dir = only_run(tmp_path)
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run.dir, run_dir)
     for name in ("best.pt", "last.pt"):  # drop a setting, as another version may have written them
         payload = torch.load(run_dir / name, weights_only=True)
         del payload["config"]["pool"]
         torch.save(payload, run_dir / name)
     capsys.readouterr()
-    assert run_transformer.main(["--predict", str(run_dir), "--input", str(tiny_data / "test_no_labels.hdf5"),
+    assert run_transformer.main(["--predict", str(run_dir), "--input", str(finished_run.data / "test_no_labels.hdf5"),
                                  "--output", str(tmp_path / "again.txt")]) == 2
     assert run_transformer.main(["--resume", str(run_dir)]) == 2
     err = capsys.readouterr().err.splitlines()
@@ -294,8 +275,8 @@ def test_a_run_written_by_another_version_is_one_clear_error(tiny_data, tmp_path
 
 # ---- divergence -----------------------------------------------------------------------------------------
 
-def test_huge_learning_rate_stops_with_epoch_step_and_lr(tiny_data, tmp_path, capsys):
-    rc = run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "3", "--lr", "1e6"))
+def test_huge_learning_rate_stops_with_epoch_step_and_lr(tiny_benchmark, tmp_path, capsys):
+    rc = run_transformer.main(cli(tiny_benchmark, tmp_path, "--epochs", "3", "--lr", "1e6"))
     err = capsys.readouterr().err.strip()
     assert rc == 3
     assert len(err.splitlines()) == 1 and err.startswith("error: training diverged at epoch 1, step "), err
@@ -323,11 +304,11 @@ def bad_from_call(make_loss, first_bad_call: int, poison_weights_only: bool):
 
 
 @pytest.mark.parametrize("poison_weights_only", [False, True], ids=["nan-loss", "nan-gradient-last-step"])
-def test_divergence_keeps_best_checkpoint_and_writes_its_predictions(tiny_data, tmp_path, monkeypatch, capsys,
+def test_divergence_keeps_best_checkpoint_and_writes_its_predictions(tiny_benchmark, tmp_path, monkeypatch, capsys,
                                                                      poison_weights_only):
     steps = 400 // 64  # 6 full batches per epoch; the bad step is the last one of epoch 2
     monkeypatch.setattr(train, "training_loss", bad_from_call(train.training_loss, 2 * steps, poison_weights_only))
-    rc = run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "4"))
+    rc = run_transformer.main(cli(tiny_benchmark, tmp_path, "--epochs", "2", "--tta-shifts", "1"))
     err = capsys.readouterr().err.strip()
     run_dir = only_run(tmp_path)
     assert rc == 3
@@ -351,7 +332,7 @@ def overflowing(model: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
     return model.register_forward_hook(lambda module, args, out: torch.full_like(out, float("nan")))
 
 
-def test_predictions_that_overflow_in_validation_are_a_divergence(tiny_data, tmp_path, monkeypatch, capsys):
+def test_predictions_that_overflow_in_validation_are_a_divergence(tiny_benchmark, tmp_path, monkeypatch, capsys):
     """Finite weights, NaN validation predictions in epoch 2 (--lr 1e6 on small data did that): exit 3 with the
     advice of a divergence in training, best.pt of epoch 1 kept and its predictions written, not a traceback."""
     evaluate, calls = train.evaluate, []
@@ -364,7 +345,7 @@ def test_predictions_that_overflow_in_validation_are_a_divergence(tiny_data, tmp
         finally:
             hook and hook.remove()
     monkeypatch.setattr(train, "evaluate", overflowing_in_epoch_2)
-    rc = run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "3"))
+    rc = run_transformer.main(cli(tiny_benchmark, tmp_path, "--epochs", "2", "--tta-shifts", "1"))
     err = capsys.readouterr().err.strip()
     run_dir = only_run(tmp_path)
     assert rc == 3
@@ -377,7 +358,7 @@ def test_predictions_that_overflow_in_validation_are_a_divergence(tiny_data, tmp
     assert "diverged at epoch 2" in json.loads((run_dir / "summary.json").read_text())["diverged"]
 
 
-def test_test_predictions_that_overflow_are_a_divergence_and_keep_the_checkpoints(tiny_data, tmp_path,
+def test_test_predictions_that_overflow_are_a_divergence_and_keep_the_checkpoints(tiny_benchmark, tmp_path,
                                                                                    monkeypatch, capsys):
     """The best epoch's own model overflows on the test split: exit 3 with the advice, no predictions written
     (a NaN would be a silent 0), best.pt and last.pt kept."""
@@ -392,7 +373,7 @@ def test_test_predictions_that_overflow_are_a_divergence_and_keep_the_checkpoint
         finally:
             hook.remove()
     monkeypatch.setattr(run_transformer, "predict_logits", overflowing_on_test)
-    rc = run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1"))
+    rc = run_transformer.main(cli(tiny_benchmark, tmp_path, "--epochs", "1"))
     err = capsys.readouterr().err.strip()
     run_dir = only_run(tmp_path)
     assert rc == 3 and len(err.splitlines()) == 1, err
@@ -403,12 +384,11 @@ def test_test_predictions_that_overflow_are_a_divergence_and_keep_the_checkpoint
     assert torch.load(run_dir / "best.pt", weights_only=True)["train_state"]["epoch"] == 1
 
 
-def test_predict_with_a_model_that_overflows_is_a_divergence_and_writes_nothing(tiny_data, tmp_path, monkeypatch,
+def test_predict_with_a_model_that_overflows_is_a_divergence_and_writes_nothing(finished_run, tmp_path, monkeypatch,
                                                                                 capsys):
     """--predict on new measurements where the forward pass overflows: NaN probabilities would have become a
     silent 0 in every line of the output. Exit 3, one line with the advice, no output file."""
-    assert run_transformer.main(cli(tiny_data, tmp_path, "--epochs", "1")) == 0
-    run_dir = only_run(tmp_path)
+    run_dir, test_file = finished_run.dir, finished_run.data / "test_no_labels.hdf5"
     build_model = checkpoints.build_model  # checkpoints.trained_model builds the saved network
 
     def build_overflowing(*args, **kwargs):
@@ -418,11 +398,11 @@ def test_predict_with_a_model_that_overflows_is_a_divergence_and_writes_nothing(
     monkeypatch.setattr(checkpoints, "build_model", build_overflowing)
     capsys.readouterr()
     output = tmp_path / "new.txt"
-    rc = run_transformer.main(["--predict", str(run_dir), "--input", str(tiny_data / "test_no_labels.hdf5"),
-                               "--output", str(output), "--device", "cpu"])
+    rc = run_transformer.main(["--predict", str(run_dir), "--input", str(test_file), "--output", str(output),
+                               "--device", "cpu"])
     err = capsys.readouterr().err.strip()
     assert rc == 3 and len(err.splitlines()) == 1, err
-    assert err.startswith(f"error: the model of {run_dir}/best.pt diverges on {tiny_data / 'test_no_labels.hdf5'}: "
+    assert err.startswith(f"error: the model of {run_dir}/best.pt diverges on {test_file}: "
                           f"80 of 80 predictions are NaN or infinite"), err
     assert "try --lr 0.005" in err
     assert not output.exists() and not output.with_suffix(".csv").exists()
@@ -430,32 +410,35 @@ def test_predict_with_a_model_that_overflows_is_a_divergence_and_writes_nothing(
 
 # ---- reproducibility ------------------------------------------------------------------------------------
 
-def test_same_seed_gives_identical_metrics_and_config_records_provenance(tiny_data, tmp_path, capsys):
-    for name in ("a", "b"):
-        assert run_transformer.main(cli(tiny_data, tmp_path / name, "--epochs", "2", "--seed", "7")) == 0
-    a, b = only_run(tmp_path / "a"), only_run(tmp_path / "b")
-    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
-    assert len(rows(a)) == 2
-    assert run_transformer.main(cli(tiny_data, tmp_path / "c", "--epochs", "2", "--seed", "8")) == 0
-    assert (only_run(tmp_path / "c") / "metrics.csv").read_text() != (a / "metrics.csv").read_text()
-
-    config = json.loads((a / "config.json").read_text())
-    assert config["config"]["seed"] == 7
-    env = config["environment"]
-    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
-    assert {"python", "numpy", "h5py"} <= env.keys()
+def test_same_seed_gives_identical_metrics_and_config_records_provenance(finished_run, tiny_benchmark, tmp_path):
+    """The shared run again, on a byte-identical copy of its data, with its seed typed: the same metrics.csv;
+    another seed: other metrics. config.json names the seed, the environment and the exact bytes of the data."""
+    config = json.loads((finished_run.dir / "config.json").read_text())
+    seed = config["config"]["seed"]
     files = config["data"]["files"]
     assert set(files) == {"train", "valid", "test", "test_answers"}  # the benchmark's answer key is used too
     for record in files.values():  # the fingerprint names the exact bytes the run saw (and did not change)
         content = Path(record["path"]).read_bytes()
         assert record["bytes"] == len(content) and record["sha256"] == hashlib.sha256(content).hexdigest()
+        assert hashlib.sha256((tiny_benchmark / Path(record["path"]).name).read_bytes()).hexdigest() == \
+            record["sha256"]
+    env = config["environment"]
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert {"python", "numpy", "h5py"} <= env.keys()
     assert config["data"]["channels"] == [c for c in CHANNEL_NAMES if c != "recording_date"]
-
+    expected = (finished_run.dir / "metrics.csv").read_text()
+    assert len(rows(finished_run.dir)) == 2
+    for name, run_seed in (("same", seed), ("other", seed + 1)):
+        argv = cli(tiny_benchmark, tmp_path / name, "--epochs", "2", "--loss", "smooth", "--seed", str(run_seed))
+        assert run_transformer.main(argv) == 0
+        run_dir = only_run(tmp_path / name)
+        assert json.loads((run_dir / "config.json").read_text())["config"]["seed"] == run_seed
+        assert ((run_dir / "metrics.csv").read_text() == expected) == (run_seed == seed), name
 
 
 def test_a_file_the_run_did_not_record_is_not_a_change_of_its_data(tmp_path):
-    """A run saved before answer keys were fingerprinted records no test_answers: an answer key present now must
-    not block its --resume; a recorded file that changed or went missing does."""
+    """A run trained without an answer key records no test_answers: an answer key added later must not block
+    its --resume; a recorded file that changed or went missing does."""
     from fileio import changed_files, fingerprint
     for name in ("train.hdf5", "test_labels.hdf5"):
         (tmp_path / name).write_bytes(name.encode())

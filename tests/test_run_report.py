@@ -8,32 +8,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 import torch
 
 import run_transformer
-import synthetic
 from metrics import calibrated
-from config import Config, config_from_dict
-from conftest import TINY
+from config import config_from_dict
 from symmetry import SymmetryPlan
 from train import build_model, predict_logits
-
-SMALL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--batch-size", "64", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def benchmark_run(tmp_path_factory) -> tuple[Path, str]:
-    """One finished run on a tiny built-in benchmark (an empty --data-dir), with what it printed."""
-    tmp = tmp_path_factory.mktemp("bench_run")
-    (tmp / "empty").mkdir()
-    lines: list[str] = []
-    argv = ["--data-dir", str(tmp / "empty"), "--out-dir", str(tmp / "runs"), "--predictions", str(tmp / "p.txt"),
-            "--epochs", "2", "--loss", "smooth", *SMALL]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(synthetic.ensure_benchmark, "__defaults__", (0, TINY))  # keep the benchmark tiny
-        run_transformer.run(Config(**run_transformer.parse_command(argv)[0]), log=lines.append, progress=False)
-    return next((tmp / "runs").iterdir()), "\n".join(lines)
 
 
 def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
@@ -53,8 +34,8 @@ def saved_logits(run_dir: Path, file: Path) -> np.ndarray:
     return predict_logits(model, to_tensor(split, payload["stats"], "cpu"), views).numpy()
 
 
-def test_the_run_writes_one_page_with_every_figure(benchmark_run):
-    run_dir, _ = benchmark_run
+def test_the_run_writes_one_page_with_every_figure(finished_run):
+    run_dir = finished_run.dir
     page = (run_dir / "report.md").read_text()
     figures = re.findall(r"\]\(([^)]+)\)", page)
     assert set(figures) == {"curves.png", "reliability.png", "roc_confusion.png", "drift.png", "sensitivity.png"}
@@ -64,8 +45,8 @@ def test_the_run_writes_one_page_with_every_figure(benchmark_run):
         assert words in page
 
 
-def test_summary_and_the_end_of_run_line_report_calibration_drift_and_sensitivity(benchmark_run):
-    run_dir, out = benchmark_run
+def test_summary_and_the_end_of_run_line_report_calibration_drift_and_sensitivity(finished_run):
+    run_dir, out = finished_run.dir, finished_run.out
     summary = json.loads((run_dir / "summary.json").read_text())
     cal = summary["calibration"]
     assert cal["temperature"] > 0 and cal["prior_state_1"] == 0.5 and cal["ece_bins"] == 15
@@ -81,8 +62,8 @@ def test_summary_and_the_end_of_run_line_report_calibration_drift_and_sensitivit
     assert "WARNING: drift check" not in out  # the benchmark's own test split looks like its training set
 
 
-def test_written_probabilities_are_calibrated_and_predictions_unchanged(benchmark_run):
-    run_dir, _ = benchmark_run
+def test_written_probabilities_are_calibrated_and_predictions_unchanged(finished_run):
+    run_dir = finished_run.dir
     payload = torch.load(run_dir / "best.pt", weights_only=True)
     temperature = payload["calibration"]["temperature"]
     assert temperature == json.loads((run_dir / "summary.json").read_text())["calibration"]["temperature"]
@@ -97,8 +78,8 @@ def test_written_probabilities_are_calibrated_and_predictions_unchanged(benchmar
     assert set(table[:, 3]) <= {0, 1}
 
 
-def test_predict_applies_the_temperature_and_flags_a_shifted_file(benchmark_run, tmp_path, capsys):
-    run_dir, _ = benchmark_run
+def test_predict_applies_the_temperature_and_flags_a_shifted_file(finished_run, tmp_path, capsys):
+    run_dir = finished_run.dir
     data_dir = Path(json.loads((run_dir / "config.json").read_text())["data"]["data_dir"])
     same = tmp_path / "same.txt"
     assert run_transformer.main(["--predict", str(run_dir), "--input", str(data_dir / "test_no_labels.hdf5"),
@@ -114,20 +95,3 @@ def test_predict_applies_the_temperature_and_flags_a_shifted_file(benchmark_run,
     assert len(warnings) == 1 and "100.0% of 80 samples" in warnings[0] and "mean of log-density higher" in warnings[0]
     _, table = read_csv(output.with_suffix(".csv"))
     assert table[:, 3].all() and len(output.read_text().split()) == 80
-
-
-def test_a_run_saved_before_calibration_predicts_with_temperature_one(benchmark_run, tmp_path, capsys):
-    run_dir = Path(shutil.copytree(benchmark_run[0], tmp_path / "old"))
-    payload = torch.load(run_dir / "best.pt", weights_only=True)
-    del payload["calibration"], payload["drift"]
-    torch.save(payload, run_dir / "best.pt")
-    data_dir = Path(json.loads((run_dir / "config.json").read_text())["data"]["data_dir"])
-    output = tmp_path / "old.txt"
-    assert run_transformer.main(["--predict", str(run_dir), "--input", str(data_dir / "test_no_labels.hdf5"),
-                                 "--output", str(output)]) == 0
-    header, table = read_csv(output.with_suffix(".csv"))
-    assert header == ["index", "probability", "predicted_label"]  # no flag column: nothing to flag against
-    logits = saved_logits(run_dir, data_dir / "test_no_labels.hdf5")
-    assert np.allclose(table[:, 1], calibrated(logits), atol=1e-6)
-    assert output.read_text() == (run_dir / "predictions.txt").read_text()
-    assert "temperature 1; no drift check" in capsys.readouterr().out

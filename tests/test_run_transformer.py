@@ -1,7 +1,5 @@
 """End to end through the command line, as the scientist uses it."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,46 +9,50 @@ import torch
 import run_transformer
 from cnn import ReferenceCNN
 from config import Config
-from conftest import ROOT
+from conftest import SMALL_VIT
 from data import read_answer_key
 
-SMALL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--batch-size", "64"]
-
-
 def train(tmp_path: Path, data: Path, *extra: str) -> Path:
+    """A 1-epoch run of the small ViT on `data`; returns its run folder."""
     out = tmp_path / "runs"
     argv = ["--data-dir", str(data), "--out-dir", str(out), "--predictions", str(tmp_path / "outputs" / "p.txt"),
-            "--epochs", "2", *SMALL, *extra]
+            "--epochs", "1", *SMALL_VIT, *extra]
     assert run_transformer.main(argv) == 0
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     return run_dir
 
 
-def test_cli_run_writes_every_output(tmp_path, tiny_benchmark, capsys):
-    run_dir = train(tmp_path, tiny_benchmark, "--loss", "smooth")
+def test_a_run_writes_every_output(finished_run):
+    run_dir, out = finished_run.dir, finished_run.out
     for name in ("config.json", "metrics.csv", "best.pt", "last.pt", "curves.png", "summary.json",
                  "predictions.txt", "test_probabilities.csv"):
         assert (run_dir / name).is_file(), name
     lines = (run_dir / "predictions.txt").read_text().splitlines()
     assert len(lines) == 80 and set(lines) <= {"0", "1"}
-    assert (tmp_path / "outputs" / "p.txt").read_text() == (run_dir / "predictions.txt").read_text()
+    assert finished_run.predictions.read_text() == (run_dir / "predictions.txt").read_text()
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 2
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["config"]["loss"] == "smooth" and saved["data"]["channels"] == ["density"]
-    assert saved["data"]["source"] == "files"  # a folder with train.hdf5 is the user's data
     found = saved["data"]["symmetry"]["found"]  # the check's findings, with their z
     assert found["elements"]["transpose"]["verdict"] == "swaps" and found["shifts"]["verdict"] == "keeps"
     summary = json.loads((run_dir / "summary.json").read_text())
-    # the tiny benchmark carries its answer key: test accuracy is that of the written predictions
-    answers = read_answer_key(tiny_benchmark, 80)
+    # the benchmark carries its answer key: test accuracy is that of the written predictions
+    answers = read_answer_key(finished_run.data, 80)
     assert summary["test_acc"] == pytest.approx(np.mean(np.array(lines, dtype=int) == answers))
     checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
     assert checkpoint["config"]["loss"] == "smooth" and checkpoint["stats"]["channels"] == ["density"]
-    out = capsys.readouterr().out
     assert "recording_date" in out and "WARNING" in out  # the shortcut guard spoke
     assert "epoch   1" in out and "val (2 views) loss" in out and "scored with all 32 view(s)" in out
     assert "symmetry check on 400 training images" in out and "swap it: transpose" in out
     assert "transpose" in (run_dir / "report.md").read_text().split("## Symmetries")[1]
+
+
+def test_an_empty_data_dir_gets_the_built_in_benchmark(finished_run):
+    saved = json.loads((finished_run.dir / "config.json").read_text())
+    assert saved["data"]["source"] == "synthetic" and (finished_run.data / "train.hdf5").is_file()
+    assert finished_run.data.parent.name == "empty"  # generated inside the folder the user passed
+    summary = json.loads((finished_run.dir / "summary.json").read_text())
+    assert summary["bayes_accuracy"]["test"] > summary["test_acc"]
 
 
 def floats(obj):
@@ -61,16 +63,24 @@ def floats(obj):
     return [x for v in values for x in floats(v)]
 
 
-def test_summary_json_carries_no_float32_noise(tmp_path, tiny_benchmark):
+def test_summary_json_carries_no_float32_noise(finished_run):
     """Scores computed in float32 are written with the digits they have (six significant ones), not as
     0.9860000014305115."""
-    summary = json.loads((train(tmp_path, tiny_benchmark) / "summary.json").read_text())
+    summary = json.loads((finished_run.dir / "summary.json").read_text())
     noisy = [x for x in floats(summary) if float(f"{x:.6g}") != x]
     assert not noisy and len(floats(summary)) > 20, noisy
 
 
+def test_config_json_records_the_code_and_the_command(finished_run):
+    record = json.loads((finished_run.dir / "config.json").read_text())["provenance"]
+    assert set(record) == {"commit", "dirty", "command"} and record["command"].startswith("python ")
+
+
 def test_explicit_channels_keep_the_confounder_and_the_model_follows(tmp_path, tiny_benchmark):
-    run_dir = train(tmp_path, tiny_benchmark, "--channels", "density,recording_date", "--model", "cnn")
+    run_dir = train(tmp_path, tiny_benchmark, "--channels", "density,recording_date", "--model", "cnn",
+                    "--tta-shifts", "1")
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["data"]["source"] == "files"  # a folder with train.hdf5 is the user's data
     checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
     assert checkpoint["model"]["features.0.0.weight"].shape[1] == 2
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -80,21 +90,25 @@ def test_explicit_channels_keep_the_confounder_and_the_model_follows(tmp_path, t
     assert test_drift["warning"] and "recording_date" in next(iter(test_drift["flagged_by"]))
 
 
-def test_two_runs_never_share_a_folder(tmp_path, tiny_benchmark):
-    first = train(tmp_path / "a", tiny_benchmark)
-    argv = ["--data-dir", str(tiny_benchmark), "--out-dir", str(first.parent), "--predictions",
-            str(tmp_path / "p2.txt"), "--epochs", "1", *SMALL]
+def test_two_runs_never_share_a_folder(tmp_path, tiny_benchmark, monkeypatch, unrendered_figures):
+    """A run started in the same second as another, with the same settings, gets a folder of its own."""
+    monkeypatch.setattr(run_transformer.time, "strftime", lambda *args: "20250101-120000")
+    cfg = Config()
+    taken = tmp_path / "runs" / f"20250101-120000-{cfg.model}-{cfg.optimizer}-{cfg.loss}"
+    taken.mkdir(parents=True)
+    (taken / "metrics.csv").write_text("mine\n")
+    argv = ["--data-dir", str(tiny_benchmark), "--out-dir", str(tmp_path / "runs"), "--predictions",
+            str(tmp_path / "p.txt"), "--epochs", "1", "--tta-shifts", "1", *SMALL_VIT]
     assert run_transformer.main(argv) == 0
-    assert len([p for p in first.parent.iterdir() if p.is_dir()]) == 2
+    assert (tmp_path / "runs" / f"{taken.name}-2" / "summary.json").is_file()
+    assert [p.name for p in taken.iterdir()] == ["metrics.csv"] and (taken / "metrics.csv").read_text() == "mine\n"
 
 
-@pytest.mark.parametrize("flags", [[], ["--no-whiten"], ["--pool", "mean", "--augment", "flip0,transpose=swap",
-                                                         "--tta", "transpose=swap,shift", "--tta-shifts", "4"]])
-def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, flags, capsys):
-    """--predict rebuilds what the run trained with: input whitening, pooling and test-time views."""
-    run_dir = train(tmp_path, tiny_benchmark, *flags)
+def check_predict(run_dir: Path, data: Path, tmp_path: Path, capsys) -> None:
+    """--predict on the validation file writes one 0/1 line per image and a CSV whose probabilities give those
+    labels; on the test file it gives the run's own predictions; it never overwrites its earlier output."""
     output = tmp_path / "new" / "pred.txt"
-    argv = ["--predict", str(run_dir), "--input", str(tiny_benchmark / "valid.hdf5"), "--output", str(output)]
+    argv = ["--predict", str(run_dir), "--input", str(data / "valid.hdf5"), "--output", str(output)]
     capsys.readouterr()
     assert run_transformer.main(argv) == 0
     lines = output.read_text().splitlines()
@@ -110,32 +124,33 @@ def test_predict_new_measurements_with_a_trained_run(tmp_path, tiny_benchmark, f
     assert ((probs > 0.5).astype(int).astype(str) == labels)[clear].all()
     expected = (run_dir / "predictions.txt").read_text()  # the same model on the test file: same answers
     test_out = tmp_path / "new" / "test.txt"
-    assert run_transformer.main(["--predict", str(run_dir), "--input", str(tiny_benchmark / "test_no_labels.hdf5"),
+    assert run_transformer.main(["--predict", str(run_dir), "--input", str(data / "test_no_labels.hdf5"),
                                  "--output", str(test_out)]) == 0
     assert test_out.read_text() == expected
     assert run_transformer.main(argv) == 2  # refuses to overwrite its own earlier output
-    gain = torch.load(run_dir / "best.pt", weights_only=True)["stats"]["whiten"]
-    assert (gain is None) == ("--no-whiten" in flags)
-    if "--tta" in flags:  # views and augmentation need whitening that commutes with the transpose
-        assert np.allclose(np.asarray(gain), np.asarray(gain).T)
 
 
-def test_empty_data_dir_uses_the_built_in_benchmark(tmp_path, monkeypatch):
-    import synthetic
-    from conftest import TINY
-    monkeypatch.setattr(synthetic.ensure_benchmark, "__defaults__", (0, TINY))  # keep the benchmark tiny
-    (tmp_path / "empty").mkdir()
-    run_dir = train(tmp_path, tmp_path / "empty")
-    saved = json.loads((run_dir / "config.json").read_text())
-    assert saved["data"]["source"] == "synthetic"
-    assert (tmp_path / "empty" / "synthetic" / "train.hdf5").is_file()
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["bayes_accuracy"]["test"] > summary["test_acc"]
+def test_predict_new_measurements_with_a_trained_run(finished_run, tmp_path, capsys):
+    """--predict rebuilds what the run trained with: the whitening filter, which commutes with the transpose
+    the check found, and the 32 views."""
+    check_predict(finished_run.dir, finished_run.data, tmp_path, capsys)
+    gain = np.asarray(torch.load(finished_run.dir / "best.pt", weights_only=True)["stats"]["whiten"])
+    assert gain.shape == (28, 28) and np.allclose(gain, gain.T)
 
 
-def test_help_lists_the_flags():
-    out = subprocess.run([sys.executable, str(ROOT / "run_transformer.py"), "--help"], capture_output=True,
-                         text=True, check=True).stdout
+def test_predict_rebuilds_forced_views_and_mean_pooling(tmp_path, tiny_benchmark, capsys, unrendered_figures):
+    """Forced augmentation and test-time views and the mean pool come back from best.pt; whitening is averaged
+    over the forced group, so it commutes with the transpose as well."""
+    run_dir = train(tmp_path, tiny_benchmark, "--pool", "mean", "--augment", "flip0,transpose=swap",
+                    "--tta", "transpose=swap,shift", "--tta-shifts", "2")
+    check_predict(run_dir, tiny_benchmark, tmp_path, capsys)
+    gain = np.asarray(torch.load(run_dir / "best.pt", weights_only=True)["stats"]["whiten"])
+    assert np.allclose(gain, gain.T)
+
+
+def test_help_lists_the_flags(capsys):
+    assert run_transformer.main(["--help"]) == 0
+    out = capsys.readouterr().out
     for flag in ("--optimizer", "--loss", "--smoothing", "--channels", "--patch-norm", "--block-norm", "--predict"):
         assert flag in out
 
@@ -147,12 +162,12 @@ def test_a_model_stuck_at_the_constant_predictor_is_called_out():
     assert not run_transformer.learned_nothing({"val_acc": 9 / 14, "val_auc": 0.8}, y)  # ranks, badly calibrated
 
 
-def test_resume_refuses_a_different_experiment_and_predict_refuses_a_csv_output(tmp_path, tiny_benchmark, capsys):
-    run_dir = train(tmp_path, tiny_benchmark)
+def test_resume_refuses_a_different_experiment_and_predict_refuses_a_csv_output(tmp_path, finished_run, capsys):
+    run_dir = finished_run.dir
     for flags, name in ((["--loss", "mse"], "--loss"), (["--seed", "5"], "--seed"), (["--epochs", "4"], "--epochs")):
         assert run_transformer.main(["--resume", str(run_dir), *flags]) == 2
         assert f"{name}: checkpoint" in capsys.readouterr().err
-    assert run_transformer.main(["--predict", str(run_dir), "--input", str(tiny_benchmark / "valid.hdf5"),
+    assert run_transformer.main(["--predict", str(run_dir), "--input", str(finished_run.data / "valid.hdf5"),
                                  "--output", str(tmp_path / "p.csv")]) == 2
     assert "new text file" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
 
@@ -167,23 +182,24 @@ def test_cnn_needs_a_grid_divisible_by_four():
     assert isinstance(cnn, ReferenceCNN) and cnn(torch.randn(2, 1, 28, 28)).shape == (2, 1)
 
 
-def test_predict_classifies_the_real_test_file(tmp_path, tiny_benchmark, real_test_file):
-    run_dir = train(tmp_path, tiny_benchmark)
+def test_predict_classifies_the_real_test_file(tmp_path, finished_run, real_test_file):
     output = tmp_path / "real" / "predictions.txt"
-    assert run_transformer.main(["--predict", str(run_dir), "--input", str(real_test_file),
+    assert run_transformer.main(["--predict", str(finished_run.dir), "--input", str(real_test_file),
                                  "--output", str(output)]) == 0
     lines = output.read_text().splitlines()
     assert len(lines) == 1000 and set(lines) <= {"0", "1"}
 
 
 def test_unlabelled_files_need_no_labels_dataset(tmp_path, tiny_benchmark):
-    """New measurements have no labels: neither --predict --input nor the test split may require them."""
+    """New measurements have no labels: neither --predict --input nor the test split may require them. The run
+    trains without whitening, which --predict must rebuild too to give the run's own answers."""
     import shutil
     import h5py
     data = Path(shutil.copytree(tiny_benchmark, tmp_path / "data"))
     with h5py.File(data / "test_no_labels.hdf5", "a") as h5:
         del h5["labels"]
-    run_dir = train(tmp_path, data)
+    run_dir = train(tmp_path, data, "--no-whiten", "--tta-shifts", "1")
+    assert torch.load(run_dir / "best.pt", weights_only=True)["stats"]["whiten"] is None
     assert len((run_dir / "predictions.txt").read_text().splitlines()) == 80
     output = tmp_path / "new.txt"
     assert run_transformer.main(["--predict", str(run_dir), "--input", str(data / "test_no_labels.hdf5"),
@@ -197,12 +213,6 @@ def test_the_end_of_run_note_names_what_the_measurements_support():
     assert "--init torch" in trunc_sgd and "whitened" not in trunc_sgd
     raw = run_transformer.nothing_learned_hint(dataclasses.replace(Config(), whiten=False))
     assert "drop --no-whiten" in raw and "--init" not in raw
-
-
-def test_config_json_records_the_code_and_the_command(tmp_path, tiny_benchmark):
-    run_dir = train(tmp_path, tiny_benchmark)
-    record = json.loads((run_dir / "config.json").read_text())["provenance"]
-    assert set(record) == {"commit", "dirty", "command"} and record["command"].startswith("python ")
 
 
 def test_parse_command_returns_only_the_flags_that_were_typed():

@@ -133,8 +133,8 @@ def test_forcing_what_the_data_contradict_warns_and_auto_uses_what_holds():
 
 def test_augment_draws_group_elements_with_their_rules_and_shifts_only_where_they_hold():
     torch.manual_seed(0)
-    x = torch.randn(256, 1, 8, 8)
-    y = torch.randint(0, 2, (256,)).float()
+    x = torch.randn(128, 1, 8, 8)
+    y = torch.randint(0, 2, (128,)).float()
     for spec in (BENCHMARK, "transpose,flip0=swap", "flip0"):
         group = symmetry.parse_spec(spec, "")
         torch.manual_seed(1)

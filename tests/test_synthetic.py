@@ -8,9 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-import run_transformer
 import synthetic
-from config import Config, UserError
+from config import UserError
 
 TINY = synthetic.Sizes(30, 50, 20, 25, 15, 15)
 
@@ -110,15 +109,11 @@ def test_bayes_limit_matches_theory_on_a_large_sample():
     assert abs(empirical - theory) < 0.015, f"empirical {empirical:.4f} vs theoretical {theory:.4f}"
 
 
-def test_bayes_beats_a_trained_model(tmp_path: Path):
-    """A short real ViT run (AdamW, density only) on a small benchmark; Bayes must beat it on valid and test."""
-    data = synthetic.generate_benchmark(tmp_path / "data", 0, synthetic.Sizes(200, 200, 150, 150, 150, 150))
-    cfg = Config(data_dir=str(data), channels="density", epochs=2, optimizer="adamw", lr=1e-3,
-                 weight_decay=0.05, device="cpu", out_dir=str(tmp_path / "runs"),
-                 predictions=str(tmp_path / "p.txt"))
-    summary = run_transformer.run(cfg, log=lambda m: None, progress=False)
-    valid = read(data / "valid.hdf5")
-    test, key = read(data / "test_no_labels.hdf5"), read(data / "test_labels.hdf5")
+def test_bayes_beats_a_trained_model(finished_run):
+    """A short real ViT run (conftest's shared run) on a small benchmark; Bayes must beat it on valid and test."""
+    summary = json.loads((finished_run.dir / "summary.json").read_text())
+    valid = read(finished_run.data / "valid.hdf5")
+    test, key = read(finished_run.data / "test_no_labels.hdf5"), read(finished_run.data / "test_labels.hdf5")
     bayes_valid = (synthetic.bayes_predict(valid["density"]) == valid["labels"][:, 0]).mean()
     bayes_test = (synthetic.bayes_predict(test["density"]) == key["labels"][:, 0]).mean()
     assert bayes_valid > summary["val_acc"], f"Bayes {bayes_valid:.3f} vs model {summary['val_acc']:.3f}"
