@@ -33,19 +33,19 @@ def _one_line(e: BaseException) -> str:
 
 @dataclass
 class RawSplit:
-    """One checked split: labels (N,) int64, and channels (N, S, S) as arrays or as open HDF5 datasets."""
+    """One checked split: labels (N,) int64, and channels (N, S, S) as arrays or as datasets of the open `file`."""
     channels: dict[str, Any]
     labels: np.ndarray
     path: Path
     name: str = "input"
+    file: h5py.File | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def close(self) -> None:
-        for values in self.channels.values():
-            if isinstance(values, h5py.Dataset) and values.id.valid:
-                values.file.close()
+        if self.file is not None:
+            self.file.close()
 
     def chunks(self, keys: list[str] | tuple[str, ...]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """(start, channel -> float32 values) for CHUNK samples at a time; NaN or inf is refused."""
@@ -135,7 +135,7 @@ def open_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_
     except Exception as e:
         h5.close()
         raise e if isinstance(e, UserError) else UserError(f"{path} is damaged ({_one_line(e)}); copy it again")
-    return RawSplit(datasets, np.where(valid, labels, -1).astype(np.int64), path, name)
+    return RawSplit(datasets, np.where(valid, labels, -1).astype(np.int64), path, name, h5)
 
 
 def read_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_NAMES,
@@ -238,12 +238,11 @@ def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[s
 
 # ---- tensors on the device -----------------------------------------------------------------------------
 
-def read_prepared(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnChunk | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C, S, S) float32 with density as its logarithm when `log_density` (<= 0 refused: a clamp would make
-    outliers), and the mean power spectrum of that log-density."""
-    grid = split.channels[channels[0] if channels else "density"].shape[-1]
-    x, power = np.empty((len(split), len(channels), grid, grid), np.float32), np.zeros((grid, grid))
+def _read(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnChunk | None = None) -> np.ndarray:
+    """(N, C, S, S) float32 in `channels` order, density as its logarithm when `log_density` (<= 0 refused: a clamp
+    would make outliers). `on_chunk` sees every chunk's raw channels, density included."""
+    grid = next(iter(split.channels.values())).shape[-1]
+    x = np.empty((len(split), len(channels), grid, grid), np.float32)
     for start, block in split.chunks(list(dict.fromkeys([*channels, *(["density"] if on_chunk else [])]))):
         if on_chunk:
             on_chunk(block)
@@ -257,20 +256,26 @@ def read_prepared(split: RawSplit, channels: list[str], log_density: bool, on_ch
                                     f"values below 6e-8 as 0) and whitening takes its logarithm; drop or fix "
                                     f"those samples, or use --no-whiten (raw density)")
                 values = np.log(values)
-                power += torch.fft.fft2(torch.from_numpy(values)).abs().square().sum(0).double().numpy()
             x[start:start + len(values), c] = values
-    return x, power / len(split)
+    return x
 
 
-def whitening_filter(power: np.ndarray, group: tuple[str, ...] = ()) -> np.ndarray:
-    """1/sqrt(mean power spectrum of training log-density), k = 0 removed: every scale gets equal weight.
-    Averaged over `group` (symmetry.ELEMENTS names), so that whitening commutes with augmentation and views."""
-    if group:
-        power = group_mean(power, group)
-    gain = np.zeros_like(power)
-    gain[power > 0] = 1 / np.sqrt(power[power > 0])
-    gain[0, 0] = 0.0  # the per-sample offset carries no class information
-    return gain
+def _transform(x: np.ndarray, channels: list[str], gain: np.ndarray | None, stats: dict | None = None) -> None:
+    """In place, chunk by chunk: every Fourier mode of log-density scaled by `gain`, then each channel minus its
+    `stats` mean over its std."""
+    g = None if gain is None else torch.from_numpy(np.asarray(gain, np.float32))
+    for start in range(0, len(x), CHUNK):
+        part = x[start:start + CHUNK]
+        if g is not None:
+            d = channels.index("density")
+            part[:, d] = torch.fft.ifft2(torch.fft.fft2(torch.from_numpy(part[:, d])) * g).real.numpy()
+        if stats is not None:
+            part -= np.asarray(stats["mean"], np.float32)[:, None, None]
+            part /= np.asarray(stats["std"], np.float32)[:, None, None]
+
+
+def _chunk_sum(x: np.ndarray, c: int, term: Callable[[np.ndarray], Any]) -> Any:
+    return sum(term(x[start:start + CHUNK, c]) for start in range(0, len(x), CHUNK))
 
 
 def group_mean(spectrum: np.ndarray, group: tuple[str, ...]) -> np.ndarray:
@@ -278,33 +283,12 @@ def group_mean(spectrum: np.ndarray, group: tuple[str, ...]) -> np.ndarray:
     return np.mean([spectrum_view(spectrum, name) for name in group], axis=0)
 
 
-def _in_chunks(x: np.ndarray, c: int, transform: Callable[[np.ndarray], Any]) -> list[Any]:
-    return [transform(x[start:start + CHUNK, c]) for start in range(0, len(x), CHUNK)]
-
-
-def _whiten(x: np.ndarray, channels: list[str], gain: np.ndarray | None) -> np.ndarray:
-    """Every Fourier mode of log-density (channel 'density' of `x`) scaled by `gain`, in place."""
-    if gain is not None:
-        g = torch.from_numpy(gain.astype(np.float32))
-        _in_chunks(x, channels.index("density"), lambda part: np.copyto(
-            part, torch.fft.ifft2(torch.fft.fft2(torch.from_numpy(part)) * g).real.numpy()))
-    return x
-
-
-def normalised(x: np.ndarray, stats: dict, device: torch.device | str) -> torch.Tensor:
-    """Prepared channels minus the training mean, over the training std (in place), as float32 on `device`."""
-    for c, (mean, std) in enumerate(zip(stats["mean"], stats["std"])):
-        _in_chunks(x, c, lambda part: np.divide(np.subtract(part, np.float32(mean), out=part), np.float32(std),
-                                                out=part))
-    return torch.from_numpy(x).to(device)
-
-
 def to_tensor(split: RawSplit, stats: dict, device: torch.device | str, on_chunk: OnChunk | None = None
               ) -> torch.Tensor:
     """(N, C, S, S) float32 on `device`, channels in `stats` order, prepared and normalised with training stats."""
-    gain = None if stats.get("whiten") is None else np.asarray(stats["whiten"])
-    x, _ = read_prepared(split, stats["channels"], gain is not None, on_chunk)
-    return normalised(_whiten(x, stats["channels"], gain), stats, device)
+    x = _read(split, stats["channels"], stats.get("whiten") is not None, on_chunk)
+    _transform(x, stats["channels"], stats.get("whiten"), stats)
+    return torch.from_numpy(x).to(device)
 
 
 @dataclass
@@ -326,20 +310,27 @@ def to_device(splits: dict[str, RawSplit], channels: list[str], device: torch.de
     """Every split normalised with training statistics (or a checkpoint's `stats`) on `device`; a new whitening
     filter is averaged over the symmetries `symmetry` applies. Test y is the answer key or None."""
     on_chunk = on_chunk or {}
+    xs = {}
     if stats is None:  # a new run: statistics of the training images they normalise
         whiten = whiten and "density" in channels
-        x, power = read_prepared(splits["train"], channels, whiten, on_chunk.get("train"))
-        gain = whitening_filter(power, symmetry.whitening_group()) if whiten else None
-        _whiten(x, channels, gain)
-        mean = [sum(_in_chunks(x, c, lambda p: p.sum(dtype=np.float64))) / x[:, c].size for c in range(len(channels))]
-        std = [max(float(np.sqrt(sum(_in_chunks(x, c, lambda p: np.square(p - m, dtype=np.float64).sum()))
+        x, gain = _read(splits["train"], channels, whiten, on_chunk.get("train")), None
+        if whiten:  # 1/sqrt(mean power spectrum of log-density), k = 0 removed: every scale gets equal weight
+            power = _chunk_sum(x, channels.index("density"), lambda part: torch.fft.fft2(torch.from_numpy(part))
+                               .abs().square().sum(0).double().numpy()) / len(x)
+            group = symmetry.whitening_group()  # averaged so that whitening commutes with augmentation and views
+            power = group_mean(power, group) if group else power
+            gain = np.zeros_like(power)
+            gain[power > 0] = 1 / np.sqrt(power[power > 0])
+            gain[0, 0] = 0.0  # the per-sample offset carries no class information
+            _transform(x, channels, gain)
+        mean = [_chunk_sum(x, c, lambda p: p.sum(dtype=np.float64)) / x[:, c].size for c in range(len(channels))]
+        std = [max(float(np.sqrt(_chunk_sum(x, c, lambda p: np.square(p - m, dtype=np.float64).sum())
                                  / x[:, c].size)), 1e-6) for c, m in enumerate(mean)]
         stats = {"channels": channels, "mean": [float(m) for m in mean], "std": std,
                  "whiten": None if gain is None else gain.tolist()}
-        xs = {"train": normalised(x, stats, device)}
-    else:
-        xs = {"train": to_tensor(splits["train"], stats, device, on_chunk.get("train"))}
-    xs.update({name: to_tensor(s, stats, device, on_chunk.get(name)) for name, s in splits.items() if name != "train"})
+        _transform(x, channels, None, stats)
+        xs["train"] = torch.from_numpy(x).to(device)
+    xs.update({name: to_tensor(s, stats, device, on_chunk.get(name)) for name, s in splits.items() if name not in xs})
     y = {name: torch.from_numpy(split.labels).float().to(device) for name, split in splits.items()}
     y["test"] = None if test_labels is None else torch.from_numpy(test_labels).float().to(device)
     return DeviceData(xs, y, stats, image_size=xs["train"].shape[-1], symmetry=symmetry)
@@ -370,7 +361,9 @@ def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
     if not data_dir.exists() and cfg.data_dir != Config.data_dir:  # a typo must not summon synthetic data
         raise UserError(f"data folder {data_dir} does not exist; pass --data-dir with the HDF5 files (an empty "
                         f"folder gets the built-in synthetic benchmark)")
-    found = sorted(p.name for p in data_dir.iterdir() if not generated_here(p)) if data_dir.is_dir() else []
+    # hidden files and the generator's own folders (synthetic, synthetic-*) are not the user's data
+    found = sorted(p.name for p in data_dir.iterdir() if not p.name.startswith(".")
+                   and not (p.is_dir() and p.name.split("-")[0] == "synthetic")) if data_dir.is_dir() else []
     if found:
         raise UserError(f"{data_dir} has no {SPLIT_FILES['train']} but holds {', '.join(found[:6])}"
                         f"{' ...' if len(found) > 6 else ''}; {what_to_rename(found)}")
@@ -378,11 +371,6 @@ def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
     bench = data_dir / ("synthetic" if cfg.synthetic_seed == 0 else f"synthetic-seed{cfg.synthetic_seed}")
     log(f"no {SPLIT_FILES['train']} in {data_dir}/: using the built-in synthetic benchmark in {bench}/")
     return synthetic.ensure_benchmark(bench, cfg.synthetic_seed), "synthetic"
-
-
-def generated_here(path: Path) -> bool:
-    """Hidden files and the benchmark generator's own folders (synthetic, synthetic-*) are not the user's data."""
-    return path.name.startswith(".") or (path.is_dir() and path.name.split("-")[0] == "synthetic")
 
 
 def what_to_rename(names: list[str]) -> str:
@@ -407,11 +395,15 @@ def load_data(cfg: Config, device: torch.device, log: Log, saved: dict | None = 
     data_dir, source = resolve_data_dir(cfg, log)
     splits = load_splits(data_dir, stream=True)
     labels, grid = splits["train"].labels, splits["train"].channels["density"].shape[-1]
-    keep = symmetry.check_sample(labels, 1, grid)  # the most images check_symmetries may read
+    keep = symmetry.check_sample(labels, 1, grid)  # the most images the symmetry check may read
     confounders, kept = find_confounders(splits, keep)
     channels = saved["stats"]["channels"] if saved else choose_channels(cfg.channels, confounders, log)
-    plan = (SymmetryPlan.from_dict(saved["symmetry"]) if saved
-            else check_symmetries(cfg, labels, keep, kept, channels, log))
+    if saved:
+        plan = SymmetryPlan.from_dict(saved["symmetry"])
+    else:  # symmetry.plan on its sample of the training images, each channel read at the indices `keep`
+        rows = np.searchsorted(keep, symmetry.check_sample(labels, len(channels), grid))
+        images = torch.from_numpy(np.stack([kept[c][rows] for c in channels], axis=1))
+        plan = symmetry.plan(cfg.augment, cfg.tta, cfg.tta_shifts, images, torch.from_numpy(labels[keep][rows]), log)
     test_labels = read_answer_key(data_dir, len(splits["test"]))
     others = [c for c in channels if c != "density"]
     derived: dict[str, list] = {name: [] for name in splits}  # per chunk: drift features, Bayes LLR, positive
@@ -438,14 +430,6 @@ def load_data(cfg: Config, device: torch.device, log: Log, saved: dict | None = 
         info["bayes_accuracy"] = {name: float(((llr[name] > 0) == y).mean()) for name, y in truth.items()
                                   if y is not None}
     return data, info
-
-
-def check_symmetries(cfg: Config, labels: np.ndarray, keep: np.ndarray, kept: dict[str, np.ndarray],
-                     channels: list[str], log: Log) -> SymmetryPlan:
-    """symmetry.plan on its sample of the training images (`kept`: each channel at the indices `keep`)."""
-    rows = np.searchsorted(keep, symmetry.check_sample(labels, len(channels), kept[channels[0]].shape[-1]))
-    images = torch.from_numpy(np.stack([kept[c][rows] for c in channels], axis=1))
-    return symmetry.plan(cfg.augment, cfg.tta, cfg.tta_shifts, images, torch.from_numpy(labels[keep][rows]), log)
 
 
 def data_files(data_dir: Path, answers: bool) -> dict[str, dict[str, Any]]:
