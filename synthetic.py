@@ -45,9 +45,7 @@ def wave_vectors(grid: int = GRID) -> tuple[np.ndarray, np.ndarray]:
     k = np.fft.fftfreq(grid, d=1.0 / grid)
     ki, kj = np.meshgrid(k, k, indexing="ij")
     kk = np.hypot(ki, kj)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos2 = np.where(kk > 0, (ki**2 - kj**2) / np.maximum(kk, 1e-12) ** 2, 0.0)
-    return kk, cos2
+    return kk, np.where(kk > 0, (ki**2 - kj**2) / np.maximum(kk, 1e-12) ** 2, 0.0)
 
 
 def class_spectrum(label: int, grid: int = GRID) -> np.ndarray:
@@ -79,13 +77,10 @@ def make_split(n0: int, n1: int, dates: str, rng: np.random.Generator) -> dict[s
     labels = np.concatenate([np.zeros(n0, np.int64), np.ones(n1, np.int64)])
     density = np.concatenate([np.exp(sample_log_density(labels[i:i + 4096], rng)).astype(np.float16)
                               for i in range(0, len(labels), 4096)])  # the same draws as one call, in less memory
-    shape = density.shape
     if dates == "label":
-        date = np.broadcast_to(labels[:, None, None], shape)
-    elif dates == "valid":
-        date = rng.integers(2, 7, size=shape)
+        date = np.broadcast_to(labels[:, None, None], density.shape)
     else:
-        date = rng.integers(7, 10, size=shape)
+        date = rng.integers(*{"valid": (2, 7), "test": (7, 10)}[dates], size=density.shape)
     return {"density": density, "recording_date": date.astype(np.float16), "labels": labels}
 
 
@@ -154,24 +149,22 @@ def quantisation_variance(grid: int = GRID) -> float:
 
 
 @functools.lru_cache(maxsize=None)  # the quantisation variance draws 64 fields: once per grid size is enough
-def _observed_spectra(grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """lambda_0, lambda_1 plus white quantisation noise, and the mask of informative modes (k != 0)."""
+def _observed_spectra(grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """lambda_0, lambda_1 plus white quantisation noise. At k = 0 (the per-sample offset, the same for both
+    classes) both are the noise alone, so that mode adds exactly 0 to the likelihood ratio."""
     noise = quantisation_variance(grid)
-    lam0, lam1 = class_spectrum(0, grid) + noise, class_spectrum(1, grid) + noise
-    mask = np.ones((grid, grid), bool)
-    mask[0, 0] = False  # the per-sample offset lives in k = 0 and is the same for both classes
-    return lam0, lam1, mask
+    return class_spectrum(0, grid) + noise, class_spectrum(1, grid) + noise
 
 
 def bayes_log_likelihood_ratio(density: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """log p(x | label 1) - log p(x | label 0) for each (N, grid, grid) density sample, exactly Gaussian."""
     grid = density.shape[-1]
-    lam0, lam1, mask = _observed_spectra(grid)
-    weight = torch.from_numpy(np.where(mask, 1 / lam0 - 1 / lam1, 0.0))
+    lam0, lam1 = _observed_spectra(grid)
+    weight = torch.from_numpy(1 / lam0 - 1 / lam1)
     quad = [(torch.fft.fft2(torch.from_numpy(np.log(density[i:i + chunk].astype(np.float64)))).abs().square()
              * weight).sum(dim=(1, 2)).numpy() / grid**2 for i in range(0, len(density), chunk)]
     # |X_k|^2 / N^2 has expectation lambda_k
-    return 0.5 * np.concatenate(quad) - 0.5 * np.log(lam1 / lam0)[mask].sum()
+    return 0.5 * np.concatenate(quad) - 0.5 * np.log(lam1 / lam0).sum()
 
 
 def bayes_predict(density: np.ndarray) -> np.ndarray:
@@ -182,11 +175,11 @@ def bayes_predict(density: np.ndarray) -> np.ndarray:
 def bayes_theoretical_accuracy(grid: int = GRID) -> float:
     """Expected accuracy of `bayes_predict` with equal priors (normal approximation of the LLR: a paired mode's
     |X_k|^2 / (N^2 lambda_k) is a unit exponential, a self-conjugate one's chi^2_1, so Var = sum_k 2 w_k^2)."""
-    lam0, lam1, mask = _observed_spectra(grid)
-    const = -0.5 * np.log(lam1 / lam0)[mask].sum()
+    lam0, lam1 = _observed_spectra(grid)
+    const = -0.5 * np.log(lam1 / lam0).sum()
     accuracy = 0.0
     for lam, correct_sign in ((lam0, -1.0), (lam1, 1.0)):
-        w = (0.5 * lam * (1 / lam0 - 1 / lam1))[mask]
+        w = 0.5 * lam * (1 / lam0 - 1 / lam1)
         mean, std = w.sum() + const, math.sqrt(2 * (w**2).sum())
         accuracy += 0.5 * 0.5 * (1 + math.erf(correct_sign * mean / std / math.sqrt(2)))
     return accuracy
