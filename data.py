@@ -191,29 +191,27 @@ def find_confounders(splits: dict[str, RawSplit], keep: np.ndarray | None = None
     Also each channel's training images at the indices `keep`, from the same stream."""
     train, found, kept = splits["train"], {}, {}
     for name in train.channels:
-        ranges, first, constant, parts = {}, [], True, []
+        ranges, parts = {}, []  # per split: each sample's lowest and highest value
         for split_name, split in splits.items():
-            lo, hi = np.inf, -np.inf
+            low, high = [], []
             for start, block in split.chunks((name,)):
                 flat = block[name].reshape(len(block[name]), -1)
-                lo, hi = min(lo, float(flat.min())), max(hi, float(flat.max()))
-                if split_name == "train":
-                    constant = constant and bool((flat.min(axis=1) == flat.max(axis=1)).all())
-                    first.append(flat[:, 0])
-                    if keep is not None:
-                        parts.append(block[name][keep[(keep >= start) & (keep < start + CHUNK)] - start])
-            ranges[split_name] = lo, hi
+                low.append(flat.min(axis=1))
+                high.append(flat.max(axis=1))
+                if split_name == "train" and keep is not None:
+                    parts.append(block[name][keep[(keep >= start) & (keep < start + CHUNK)] - start])
+            ranges[split_name] = np.concatenate(low), np.concatenate(high)
         kept[name] = np.concatenate(parts) if parts else None
-        per_sample = np.concatenate(first)
-        v0, v1 = per_sample[train.labels == 0], per_sample[train.labels == 1]
-        if constant and (v0.max() < v1.min() or v1.max() < v0.min()):
+        low, high = ranges["train"]
+        v0, v1 = low[train.labels == 0], low[train.labels == 1]
+        if (low == high).all() and (v0.max() < v1.min() or v1.max() < v0.min()):
             found[name] = (f"constant within every training sample and alone separates the training labels "
                            f"(label 0: {v0.min():g}..{v0.max():g}, label 1: {v1.min():g}..{v1.max():g})")
             continue
-        lo, hi = ranges["train"]
-        outside = [other for other in ("valid", "test") if ranges[other][1] < lo or ranges[other][0] > hi]
+        lo, hi = low.min(), high.max()
+        outside = [other for other in ("valid", "test") if ranges[other][1].max() < lo or ranges[other][0].min() > hi]
         if outside:
-            olo, ohi = ranges[outside[0]]
+            olo, ohi = ranges[outside[0]][0].min(), ranges[outside[0]][1].max()
             found[name] = f"training values {lo:g}..{hi:g} do not overlap {outside[0]} values {olo:g}..{ohi:g}"
     return found, kept
 
@@ -406,25 +404,24 @@ def load_data(cfg: Config, device: torch.device, log: Log, saved: dict | None = 
         plan = symmetry.plan(cfg.augment, cfg.tta, cfg.tta_shifts, images, torch.from_numpy(labels[keep][rows]), log)
     test_labels = read_answer_key(data_dir, len(splits["test"]))
     others = [c for c in channels if c != "density"]
-    derived: dict[str, list] = {name: [] for name in splits}  # per chunk: drift features, Bayes LLR, positive
+    derived: dict[str, list] = {name: [] for name in splits}  # per chunk: drift features, exact Bayes LLR
 
     def derive(name: str) -> OnChunk:
-        return lambda block: derived[name].append((
-            drift.table(block, others), synthetic.bayes_log_likelihood_ratio(block["density"]) if source == "synthetic"
-            else None, bool((block["density"] > 0).all())))
+        return lambda block: derived[name].append((drift.table(block, others), synthetic.bayes_log_likelihood_ratio(
+            block["density"]) if source == "synthetic" else None))
     data = to_device(splits, channels, device, test_labels, cfg.whiten, saved and saved["stats"], plan,
                      {name: derive(name) for name in splits})
     for split in splits.values():
         split.close()
-    table = {name: np.concatenate([t for t, _, _ in parts]) for name, parts in derived.items()}
-    if all(ok for _, _, ok in derived["train"]):  # --no-whiten accepts density <= 0, which has no log to describe
+    table = {name: np.concatenate([t for t, _ in parts]) for name, parts in derived.items()}
+    if not np.isnan(table["train"][:, 0]).any():  # --no-whiten accepts density <= 0: no log-density to describe
         data.drift = drift.describe(table["train"], others)
         data.test_drift = drift.check(data.drift, table["test"])
     info = {"data_dir": str(data_dir), "source": source, "channels": channels, "confounders": confounders,
             "files": data_files(data_dir, answers=test_labels is not None),
             "sizes": {name: len(s) for name, s in splits.items()}, "symmetry": plan.to_dict()}
     if source == "synthetic":
-        llr = {name: np.concatenate([v for _, v, _ in parts]) for name, parts in derived.items()}
+        llr = {name: np.concatenate([v for _, v in parts]) for name, parts in derived.items()}
         data.bayes_llr = {name: llr[name] for name in ("valid", "test")}
         truth = {"train": labels, "valid": splits["valid"].labels, "test": test_labels}
         info["bayes_accuracy"] = {name: float(((llr[name] > 0) == y).mean()) for name, y in truth.items()
