@@ -52,18 +52,13 @@ def describe(values: np.ndarray, others: list[str] = ()) -> dict:
     q16, median, q84 = np.percentile(values, [15.87, 50, 84.13], axis=0)
     low, high = np.percentile(values, RANGE_PERCENTILES, axis=0)
     # a feature that never varies in training (a constant channel's std) gets a tiny scale: any change is flagged
-    reference = {"features": names, "channels": list(others), "median": median.tolist(),
-                 "scale": np.maximum((q84 - q16) / 2, 1e-12).tolist(), "low": low.tolist(), "high": high.tolist(),
-                 "n": len(values)}
-    reference["threshold"] = float(np.quantile(np.abs(scores(values, reference)).max(axis=1), 1 - FALSE_FLAG_RATE))
+    scale = np.maximum((q84 - q16) / 2, 1e-12)
+    threshold = np.quantile(np.abs((values - median) / scale).max(axis=1), 1 - FALSE_FLAG_RATE)
+    reference = {"features": names, "channels": list(others), "median": median.tolist(), "scale": scale.tolist(),
+                 "low": low.tolist(), "high": high.tolist(), "n": len(values), "threshold": float(threshold)}
     low, median, high = np.percentile(rings, [RANGE_PERCENTILES[0], 50, RANGE_PERCENTILES[1]], axis=0)
     reference["rings"] = {"low": low.tolist(), "median": median.tolist(), "high": high.tolist()}
     return reference
-
-
-def scores(values: np.ndarray, reference: dict) -> np.ndarray:
-    """Feature values in robust standard scores: (x - training median) / (half the training 16-84 % range)."""
-    return (values - np.asarray(reference["median"])) / np.asarray(reference["scale"])
 
 
 @dataclass
@@ -90,7 +85,7 @@ def check(reference: dict, values: np.ndarray) -> DriftCheck:
     assert values.shape[1] == len(names) + len(reference["rings"]["median"]), \
         f"the training description covers channels {reference['channels']}: pass them"
     values, rings = values[:, :len(names)], values[:, len(names):]
-    z = scores(values, reference)
+    z = (values - np.asarray(reference["median"])) / np.asarray(reference["scale"])  # robust standard scores
     valid = np.isfinite(z).all(axis=1)
     flags = ~valid | (np.abs(np.where(valid[:, None], z, 0)).max(axis=1) > reference["threshold"])
     outside = {name: {"below": float(np.mean(values[:, i] < lo)), "above": float(np.mean(values[:, i] > hi))}
