@@ -284,8 +284,8 @@ def group_mean(spectrum: np.ndarray, group: tuple[str, ...]) -> np.ndarray:
 def to_tensor(split: RawSplit, stats: dict, device: torch.device | str, on_chunk: OnChunk | None = None
               ) -> torch.Tensor:
     """(N, C, S, S) float32 on `device`, channels in `stats` order, prepared and normalised with training stats."""
-    x = _read(split, stats["channels"], stats.get("whiten") is not None, on_chunk)
-    _transform(x, stats["channels"], stats.get("whiten"), stats)
+    x = _read(split, stats["channels"], stats["whiten"] is not None, on_chunk)
+    _transform(x, stats["channels"], stats["whiten"], stats)
     return torch.from_numpy(x).to(device)
 
 
