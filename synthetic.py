@@ -107,8 +107,7 @@ def generate_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Size
         if name.startswith("test"):
             write_hdf5(directory / "test_labels.hdf5", {"labels": labels})
             labels = np.full_like(labels, -1)
-        write_hdf5(directory / name, {"density": split["density"],
-                                       "recording_date": split["recording_date"], "labels": labels})
+        write_hdf5(directory / name, {**split, "labels": labels})
     write_json(directory / MANIFEST, {**manifest, "complete": True})
     return directory
 
