@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import synthetic
+
 FALSE_FLAG_RATE = 2e-4  # share of fresh training-like samples flagged
 WARN_SHARE = 0.01  # warn when more of a file is flagged than this
 RANGE_PERCENTILES = (0.1, 99.9)  # the per-feature training range reported beside the flags
@@ -28,8 +30,7 @@ def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
     grid = log_rho.shape[-1]
     power = torch.fft.fft2(torch.from_numpy(log_rho - log_rho.mean(axis=(1, 2), keepdims=True))).abs().square()
     power = power.numpy() / grid**2
-    k = np.fft.fftfreq(grid, d=1.0 / grid)
-    kk = np.hypot(*np.meshgrid(k, k, indexing="ij"))
+    kk = synthetic.wave_vectors(grid)[0]
     ring = np.rint(kk).astype(int)
     with np.errstate(divide="ignore"):  # a constant field has no power: -inf, flagged by check
         # a band that a small grid does not reach is a constant 0 for every sample: it never flags
