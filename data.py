@@ -76,8 +76,8 @@ def _dataset(h5: h5py.File, key: str, path: Path, needs: str) -> h5py.Dataset:
     return ds
 
 
-def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Channels (N, S, S) of one shape, labels (N,) or (N, 1) when present, N > 0."""
+def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> int:
+    """N, after checking channels (N, S, S) of one shape, labels (N,) or (N, 1) when present, N > 0."""
     channels = {k: v for k, v in shapes.items() if k != "labels"}
     for key, shape in channels.items():
         if len(shape) != 3 or shape[1] != shape[2] or shape[1] == 0:
@@ -94,6 +94,7 @@ def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> 
                             f"{n}; the datasets must have the same length")
     if len(set(channels.values())) > 1:
         raise UserError(f"{path}: channel shapes differ ({', '.join(f'{k} {v}' for k, v in channels.items())})")
+    return n
 
 
 def open_hdf5(path: Path, damaged: str) -> h5py.File:
@@ -117,7 +118,7 @@ def open_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_
         needs = f"the {name} file needs {', '.join(channels)}{', labels' if labelled else ''}"
         keys = (*channels, "labels") if labelled or "labels" in h5 else channels
         datasets = {key: _dataset(h5, key, path, needs) for key in keys}
-        _check_shapes(path, name, {key: ds.shape for key, ds in datasets.items()})
+        n = _check_shapes(path, name, {key: ds.shape for key, ds in datasets.items()})
         try:  # a damaged header can declare an enormous dataset: refuse it rather than swap or be killed
             memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
@@ -125,7 +126,6 @@ def open_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_
         if sum(ds.size * 4 for ds in datasets.values()) > memory:
             raise UserError(f"{path} declares more data than this machine's memory "
                             f"({', '.join(f'{k} {ds.shape}' for k, ds in datasets.items())})")
-        n = datasets[channels[0]].shape[0]
         labels = np.asarray(datasets.pop("labels")[()]).reshape(-1) if "labels" in datasets else np.full(n, -1)
         valid = np.isin(labels, (0, 1))  # checked before any cast, so 0.5 or NaN cannot pass as 0
         if labelled and not valid.all():
@@ -159,9 +159,7 @@ def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
     except Exception as e:
         raise e if isinstance(e, UserError) else UserError(f"{path} (the test answer key) is damaged "
                                                            f"({_one_line(e)}); delete or replace it")
-    if len(labels) != n or not np.isin(labels, (0, 1)).all():
-        return None
-    return labels.astype(np.int64)
+    return labels.astype(np.int64) if len(labels) == n and np.isin(labels, (0, 1)).all() else None
 
 
 def load_splits(data_dir: str | Path, stream: bool = False) -> dict[str, RawSplit]:
