@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -163,19 +162,6 @@ def bayes_log_likelihood_ratio(density: np.ndarray, chunk: int = 4096) -> np.nda
 def bayes_predict(density: np.ndarray) -> np.ndarray:
     """The Bayes-optimal label (equal priors) for each sample."""
     return (bayes_log_likelihood_ratio(density) > 0).astype(np.int64)
-
-
-def bayes_theoretical_accuracy(grid: int = GRID) -> float:
-    """Expected accuracy of `bayes_predict` with equal priors (normal approximation of the LLR: a paired mode's
-    |X_k|^2 / (N^2 lambda_k) is a unit exponential, a self-conjugate one's chi^2_1, so Var = sum_k 2 w_k^2)."""
-    lam0, lam1 = _observed_spectra(grid)
-    const = -0.5 * np.log(lam1 / lam0).sum()
-    accuracy = 0.0
-    for lam, correct_sign in ((lam0, -1.0), (lam1, 1.0)):
-        w = 0.5 * lam * (1 / lam0 - 1 / lam1)
-        mean, std = w.sum() + const, math.sqrt(2 * (w**2).sum())
-        accuracy += 0.5 * 0.5 * (1 + math.erf(correct_sign * mean / std / math.sqrt(2)))
-    return accuracy
 
 
 def bayes_accuracy(splits: dict, test_labels: np.ndarray | None) -> dict[str, float]:
