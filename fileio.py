@@ -69,13 +69,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
-SIGNIFICANT_DIGITS = 6  # of every score written: a float32 score has about 7, the rest is noise
-
-
 def rounded(obj: Any) -> Any:
-    """`obj` with every float rounded to SIGNIFICANT_DIGITS (0.986, not 0.9860000014305115); for scores."""
+    """`obj` with every float rounded to 6 significant digits (0.986, not 0.9860000014305115): a float32 score
+    has about 7, the rest is noise."""
     if isinstance(obj, float):
-        return float(f"{obj:.{SIGNIFICANT_DIGITS}g}")
+        return float(f"{obj:.6g}")
     if isinstance(obj, dict):
         return {key: rounded(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -126,10 +124,10 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
 
 def changed_files(recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:
     """Paths of the recorded files (by key) that differ from, or are missing in, `current`."""
-    def same(a: dict | None, b: dict | None) -> bool:
-        return a is not None and b is not None and (a["bytes"], a["sha256"]) == (b["bytes"], b["sha256"])
+    def content(record: dict | None) -> tuple | None:
+        return record and (record["bytes"], record["sha256"])
     return [(current.get(key) or recorded[key])["path"] for key in sorted(recorded)
-            if not same(recorded.get(key), current.get(key))]
+            if content(current.get(key)) != content(recorded[key])]
 
 
 def fresh_directory(parent: str | Path, name: str) -> Path:

@@ -11,13 +11,9 @@ TEMPERATURE_RANGE = (1e-3, 1e3)  # a model whose logits carry no information end
 OFFSET_RANGE = 50.0  # |c / T| at most: beyond it every probability is 0 or 1 anyway
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    """Logistic function in float64 without overflow warnings."""
-    return np.exp(-np.logaddexp(0.0, -np.asarray(z, np.float64)))
-
-
-def calibrated(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    return sigmoid(np.asarray(logits, np.float64) / temperature)
+def sigmoid(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """sigmoid(z / T) in float64 without overflow warnings: probabilities at temperature T."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(z, np.float64) / temperature))
 
 
 def log_loss(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 import drift
-from metrics import calibrated
+from metrics import sigmoid
 from checkpoints import load_checkpoint, trained_model
 from config import UserError, config_from_dict
 from data import open_split, to_tensor
@@ -20,10 +20,8 @@ from symmetry import SymmetryPlan
 from report import write_predictions, write_probabilities
 from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_logits
 
-Log = Callable[[str], None]
-
-
-def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: str = "auto", log: Log = print) -> Path:
+def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: str = "auto",
+                 log: Callable[[str], None] = print) -> Path:
     """Classify the HDF5 file `input_file` with the best checkpoint of `run_dir`; writes 0/1 lines to `output`
     (default: predictions-<input_file>.txt in the run folder) and the probabilities to a .csv beside them."""
     if not input_file:
@@ -60,11 +58,11 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
     except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output
         where = f"the model of {run_dir}/best.pt diverges on {source}"
         raise Diverged(f"{overflow_message(e, where, saved.lr)}; nothing was written") from None
-    # a run saved before calibration and drift checks: temperature 1 (its probabilities as they were), no flags
-    temperature = payload.get("calibration", {}).get("temperature", 1.0)
-    logits = logits + payload.get("calibration", {}).get("offset", 0.0)
+    # a run stopped before its end has no calibration yet: temperature 1, no offset
+    calibration = payload.get("calibration", {"temperature": 1.0, "offset": 0.0})
+    temperature = calibration["temperature"]
+    probs = sigmoid(logits + calibration["offset"], temperature)
     checked = drift.check(payload["drift"], np.concatenate(rows)) if described else None
-    probs = calibrated(logits, temperature)
     write_predictions(path, probs)
     write_probabilities(csv_path, probs, None if checked is None else checked.flags)
     flagged = "no drift check" if checked is None else f"drift check: {checked.share:.1%} flagged"

@@ -49,7 +49,7 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     calibration, reliability = calibrate_summary(logits, labels, temperature, offset, prior, data.bayes_llr)
     logits = {name: z + offset for name, z in logits.items()}
     yardstick, yard_summary, yard_note = compare_with_reference(data, logits, cfg.seed, info["data_dir"])
-    probabilities = {name: metrics.calibrated(z, temperature) for name, z in logits.items()}
+    probabilities = {name: metrics.sigmoid(z, temperature) for name, z in logits.items()}
     plot_reliability(run_dir / "reliability.png", reliability)
     plot_roc_and_confusion(run_dir / "roc_confusion.png", {
         SPLIT_NAMES[n]: (probabilities[n], labels[n]) for n in ("valid", "test") if labels[n] is not None})
@@ -106,7 +106,7 @@ def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarra
     panels: dict[str, dict[str, dict]] = {"before calibration": {}, f"after calibration (T = {temperature:.3g}"
                                           + (f", c = {offset:.3g})" if offset else ")"): {}}
     for name, z in logits.items():
-        p = {"before": metrics.calibrated(z), "after": metrics.calibrated(z + offset, temperature)}
+        p = {"before": metrics.sigmoid(z), "after": metrics.sigmoid(z + offset, temperature)}
         row: dict[str, Any] = {}
         if labels[name] is not None:
             w = metrics.prior_weights(labels[name], prior)
@@ -347,7 +347,6 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
               "## ROC curve and confusion matrix at 0.5", "", "![ROC and confusion](roc_confusion.png)", ""]
     lines += drift_section(summary.get("drift")) + sensitivity_section(summary.get("sensitivity"))
     return write_text(Path(run_dir) / "report.md", "\n".join(lines) + "\n")
-
 
 
 def symmetry_section(plan: dict[str, Any]) -> list[str]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from metrics import (ECE_BINS, TEMPERATURE_RANGE, at_bound, bayes_posterior, calibrated, expected_calibration_error,
+from metrics import (ECE_BINS, TEMPERATURE_RANGE, at_bound, bayes_posterior, expected_calibration_error,
                      fit_calibration, log_loss, prior_weights, reliability, roc_auc, scores, sigmoid)
 
 
@@ -42,7 +42,7 @@ def test_a_fitted_temperature_recovers_the_true_one(true_t):
 def test_calibration_repairs_squeezed_probabilities_without_moving_a_prediction():
     logits, labels = miscalibrated(0.4)  # squeezed toward 0.5, as label smoothing does
     t = fit_calibration(logits, labels)[0]
-    before, after = calibrated(logits), calibrated(logits, t)
+    before, after = sigmoid(logits), sigmoid(logits, t)
     assert ((before > 0.5) == (after > 0.5)).all()
     assert expected_calibration_error(after, labels) < 0.02 < expected_calibration_error(before, labels)
     assert log_loss(after, labels) < log_loss(before, labels)
