@@ -61,11 +61,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:  # a full disk, or `path` is a folder: the old file (if any) is left as it was
-        Path(tmp).unlink(missing_ok=True)
         raise WriteFailed(f"cannot write {path}: {_reason(path, e)}; free some space or choose another path")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # gone already after the rename
     return path
 
 
