@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import itertools
 import json
 import os
 import shlex
@@ -136,7 +137,7 @@ def fresh_directory(parent: str | Path, name: str) -> Path:
     except OSError as e:
         raise UserError(f"cannot create output folder {parent}: {_reason(parent / 'x', e)}; "
                         f"choose another --out-dir")
-    for i in range(1, 10_000):
+    for i in itertools.count(1):
         candidate = parent / (name if i == 1 else f"{name}-{i}")
         try:
             candidate.mkdir()
@@ -146,7 +147,6 @@ def fresh_directory(parent: str | Path, name: str) -> Path:
         except OSError as e:
             raise UserError(f"cannot create run folder {candidate}: {_reason(candidate, e)}; "
                             f"choose another --out-dir")
-    raise UserError(f"too many runs named {name} in {parent}; choose another --out-dir")
 
 
 def check_writable(path: str | Path) -> Path:
