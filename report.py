@@ -263,7 +263,7 @@ def plot_roc_and_confusion(path: str | Path, splits: dict[str, tuple[np.ndarray,
         order = np.argsort(-p, kind="mergesort")
         tpr = np.concatenate([[0], np.cumsum(y[order]) / max(y.sum(), 1)])
         fpr = np.concatenate([[0], np.cumsum(1 - y[order]) / max((1 - y).sum(), 1)])
-        roc.plot(fpr, tpr, label=f"{name} (AUC {metrics.roc_auc(torch.from_numpy(p), torch.from_numpy(y)):.4f})")
+        roc.plot(fpr, tpr, label=f"{name} (AUC {metrics.roc_auc(p, y):.4f})")
         matrix = np.array([[np.sum((y == t) & ((p > 0.5) == q)) for q in (0, 1)] for t in (0, 1)])
         ax.imshow(matrix, cmap="Blues")
         for (t, q), n in np.ndenumerate(matrix):
