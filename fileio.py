@@ -114,11 +114,9 @@ def append_text(path: str | Path, text: str) -> Path:
 
 def fingerprint(path: str | Path) -> dict[str, Any]:
     """Size and SHA-256 of a file: a run records exactly the data it saw."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": h.hexdigest()}
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": digest}
 
 
 def changed_files(recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:
