@@ -154,9 +154,8 @@ def check_writable(path: str | Path) -> Path:
         raise UserError(f"cannot write {path}: it is a folder; name a file, e.g. {path / 'predictions.txt'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-        os.close(fd)
-        os.unlink(tmp)
+        with tempfile.TemporaryFile(dir=path.parent):  # gone when closed
+            pass
     except OSError as e:
         raise UserError(f"cannot write {path}: {_reason(path, e)}; choose another path")
     return path
