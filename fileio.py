@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import itertools
 import json
 import os
 import shlex
@@ -61,21 +62,17 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:  # a full disk, or `path` is a folder: the old file (if any) is left as it was
-        Path(tmp).unlink(missing_ok=True)
         raise WriteFailed(f"cannot write {path}: {_reason(path, e)}; free some space or choose another path")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # gone already after the rename
     return path
 
 
-SIGNIFICANT_DIGITS = 6  # of every score written: a float32 score has about 7, the rest is noise
-
-
 def rounded(obj: Any) -> Any:
-    """`obj` with every float rounded to SIGNIFICANT_DIGITS (0.986, not 0.9860000014305115); for scores."""
+    """`obj` with every float rounded to 6 significant digits (0.986, not 0.9860000014305115): a float32 score
+    has about 7, the rest is noise."""
     if isinstance(obj, float):
-        return float(f"{obj:.{SIGNIFICANT_DIGITS}g}")
+        return float(f"{obj:.6g}")
     if isinstance(obj, dict):
         return {key: rounded(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -117,19 +114,17 @@ def append_text(path: str | Path, text: str) -> Path:
 
 def fingerprint(path: str | Path) -> dict[str, Any]:
     """Size and SHA-256 of a file: a run records exactly the data it saw."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": h.hexdigest()}
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"path": str(path), "bytes": Path(path).stat().st_size, "sha256": digest}
 
 
 def changed_files(recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:
     """Paths of the recorded files (by key) that differ from, or are missing in, `current`."""
-    def same(a: dict | None, b: dict | None) -> bool:
-        return a is not None and b is not None and (a["bytes"], a["sha256"]) == (b["bytes"], b["sha256"])
+    def content(record: dict | None) -> tuple | None:
+        return None if record is None else (record["bytes"], record["sha256"])
     return [(current.get(key) or recorded[key])["path"] for key in sorted(recorded)
-            if not same(recorded.get(key), current.get(key))]
+            if content(current.get(key)) != content(recorded[key])]
 
 
 def fresh_directory(parent: str | Path, name: str) -> Path:
@@ -140,7 +135,7 @@ def fresh_directory(parent: str | Path, name: str) -> Path:
     except OSError as e:
         raise UserError(f"cannot create output folder {parent}: {_reason(parent / 'x', e)}; "
                         f"choose another --out-dir")
-    for i in range(1, 10_000):
+    for i in itertools.count(1):
         candidate = parent / (name if i == 1 else f"{name}-{i}")
         try:
             candidate.mkdir()
@@ -150,7 +145,6 @@ def fresh_directory(parent: str | Path, name: str) -> Path:
         except OSError as e:
             raise UserError(f"cannot create run folder {candidate}: {_reason(candidate, e)}; "
                             f"choose another --out-dir")
-    raise UserError(f"too many runs named {name} in {parent}; choose another --out-dir")
 
 
 def check_writable(path: str | Path) -> Path:
@@ -160,9 +154,8 @@ def check_writable(path: str | Path) -> Path:
         raise UserError(f"cannot write {path}: it is a folder; name a file, e.g. {path / 'predictions.txt'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-        os.close(fd)
-        os.unlink(tmp)
+        with tempfile.TemporaryFile(dir=path.parent):  # gone when closed
+            pass
     except OSError as e:
         raise UserError(f"cannot write {path}: {_reason(path, e)}; choose another path")
     return path

@@ -11,13 +11,9 @@ TEMPERATURE_RANGE = (1e-3, 1e3)  # a model whose logits carry no information end
 OFFSET_RANGE = 50.0  # |c / T| at most: beyond it every probability is 0 or 1 anyway
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    """Logistic function in float64 without overflow warnings."""
-    return np.exp(-np.logaddexp(0.0, -np.asarray(z, np.float64)))
-
-
-def calibrated(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    return sigmoid(np.asarray(logits, np.float64) / temperature)
+def sigmoid(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """sigmoid(z / T) in float64 without overflow warnings: probabilities at temperature T."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(z, np.float64) / temperature))
 
 
 def log_loss(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:
@@ -43,11 +39,6 @@ def scores(p: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Log loss, accuracy at 0.5 and ROC AUC of probabilities `p` for labels `y`, on any device."""
     p, y = p.double().cpu().numpy(), y.double().cpu().numpy()
     return {"loss": log_loss(p, y), "acc": float(np.mean((p > 0.5) == y)), "auc": roc_auc(p, y)}
-
-
-def reference_prior(swaps: bool, train_labels: np.ndarray) -> float:
-    """The share of state 1 the probabilities refer to: 0.5 under a state-swapping symmetry, else training's."""
-    return 0.5 if swaps else float(np.mean(train_labels))
 
 
 def prior_weights(labels: np.ndarray, prior: float) -> np.ndarray:
@@ -95,22 +86,20 @@ def at_bound(temperature: float) -> str:
     return ""
 
 
-def reliability(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None,
-                bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+def reliability(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per equal-width probability bin: share of samples, mean probability, frequency of state 1 (NaN if empty)."""
     p, y = np.asarray(p, np.float64), np.asarray(y, np.float64)
     w = np.ones_like(p) if weights is None else np.asarray(weights, np.float64)
-    index = np.minimum((p * bins).astype(int), bins - 1)  # p = 1 goes into the last bin
-    mass = np.bincount(index, w, bins)
+    index = np.minimum((p * ECE_BINS).astype(int), ECE_BINS - 1)  # p = 1 goes into the last bin
+    mass = np.bincount(index, w, ECE_BINS)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return {"share": mass / w.sum(), "probability": np.bincount(index, w * p, bins) / mass,
-                "frequency": np.bincount(index, w * y, bins) / mass}
+        return {"share": mass / w.sum(), "probability": np.bincount(index, w * p, ECE_BINS) / mass,
+                "frequency": np.bincount(index, w * y, ECE_BINS) / mass}
 
 
-def expected_calibration_error(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None,
-                               bins: int = ECE_BINS) -> float:
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Sum over the reliability bins of share x |frequency - mean probability|."""
-    table = reliability(p, y, weights, bins)
+    table = reliability(p, y, weights)
     filled = table["share"] > 0
     return float(np.sum(table["share"][filled] * np.abs(table["frequency"] - table["probability"])[filled]))
 

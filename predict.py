@@ -12,25 +12,23 @@ from typing import Callable
 import numpy as np
 
 import drift
-from metrics import calibrated
+from metrics import sigmoid
 from checkpoints import load_checkpoint, trained_model
-from config import UserError, config_from_dict
+from config import UserError
 from data import open_split, to_tensor
 from symmetry import SymmetryPlan
 from report import write_predictions, write_probabilities
 from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_logits
 
-Log = Callable[[str], None]
 
-
-def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: str = "auto", log: Log = print) -> Path:
+def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: str = "auto",
+                 log: Callable[[str], None] = print) -> Path:
     """Classify the HDF5 file `input_file` with the best checkpoint of `run_dir`; writes 0/1 lines to `output`
     (default: predictions-<input_file>.txt in the run folder) and the probabilities to a .csv beside them."""
     if not input_file:
         raise UserError("--predict needs --input FILE.hdf5, the measurements to classify")
     source = Path(input_file)
     payload = load_checkpoint(run_dir / "best.pt")
-    saved = config_from_dict(payload["config"])
     stats, views = payload["stats"], SymmetryPlan.from_dict(payload["symmetry"]).views
     path = Path(output) if output else run_dir / f"predictions-{source.stem}.txt"
     csv_path = path.with_suffix(".csv")
@@ -59,18 +57,17 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
         logits = predict_logits(model, x, views).cpu().numpy()
     except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output
         where = f"the model of {run_dir}/best.pt diverges on {source}"
-        raise Diverged(f"{overflow_message(e, where, saved.lr)}; nothing was written") from None
-    # a run saved before calibration and drift checks: temperature 1 (its probabilities as they were), no flags
-    temperature = payload.get("calibration", {}).get("temperature", 1.0)
-    logits = logits + payload.get("calibration", {}).get("offset", 0.0)
+        raise Diverged(f"{overflow_message(e, where, payload['config']['lr'])}; nothing was written") from None
+    # a run stopped before its end has no calibration yet: temperature 1, no offset
+    calibration = payload.get("calibration", {"temperature": 1.0, "offset": 0.0})
+    probs = sigmoid(logits + calibration["offset"], calibration["temperature"])
     checked = drift.check(payload["drift"], np.concatenate(rows)) if described else None
-    probs = calibrated(logits, temperature)
     write_predictions(path, probs)
     write_probabilities(csv_path, probs, None if checked is None else checked.flags)
     flagged = "no drift check" if checked is None else f"drift check: {checked.share:.1%} flagged"
     ones = int((probs > 0.5).sum())
     log(f"{len(probs)} predictions ({ones} of state 1, {len(probs) - ones} of state 0) -> {path} and {csv_path} "
-        f"(temperature {temperature:.3g}; {flagged})")
+        f"(temperature {calibration['temperature']:.3g}; {flagged})")
     if checked is not None and checked.warn:
         log(drift.warning_line(checked, str(source)))
     return path

@@ -2,8 +2,6 @@
 what they leave for a person: metrics.csv, predictions, figures and report.md."""
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,32 +40,32 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     """Calibrate the best model's view-averaged validation/test `logits`, compare with the yardstick, check the
     test split for drift, map the model's sensitivity, and draw the figures."""
     labels = {name: None if data.y[name] is None else data.y[name].cpu().numpy() for name in ("train", "valid", "test")}
-    prior = metrics.reference_prior(data.symmetry.swaps, labels["train"])
+    # the share of state 1 the probabilities refer to: 50/50 under a state-swapping symmetry, else training's
+    prior = 0.5 if data.symmetry.swaps else float(np.mean(labels["train"]))
     # an antisymmetric view average (a swapping partner) has no offset to fit; rounded as every written score
     temperature, offset = rounded(metrics.fit_calibration(logits["valid"], labels["valid"],
                                                           metrics.prior_weights(labels["valid"], prior),
                                                           offset=not data.symmetry.swaps))
-    raw_logits, logits = logits, {name: z + offset for name, z in logits.items()}
+    calibration, reliability = calibrate_summary(logits, labels, temperature, offset, prior, data.bayes_llr)
+    logits = {name: z + offset for name, z in logits.items()}
     yardstick, yard_summary, yard_note = compare_with_reference(data, logits, cfg.seed, info["data_dir"])
-    llr = data.bayes_llr
-    probabilities = {name: metrics.calibrated(z, temperature) for name, z in logits.items()}
-    plot_reliability(run_dir / "reliability.png", reliability_panels(raw_logits, labels, temperature, offset, prior))
+    probabilities = {name: metrics.sigmoid(z, temperature) for name, z in logits.items()}
+    plot_reliability(run_dir / "reliability.png", reliability)
     plot_roc_and_confusion(run_dir / "roc_confusion.png", {
         SPLIT_NAMES[n]: (probabilities[n], labels[n]) for n in ("valid", "test") if labels[n] is not None})
     result = Assessment(probabilities["test"], None,
                         {"calibration": {"temperature": temperature, "offset": offset, "prior_state_1": prior,
                                          "fitted_on": "valid"}},
-                        {"calibration": calibrate_summary(raw_logits, labels, temperature, offset, prior, llr),
-                         "reference": yard_summary}, logits=logits)
+                        {"calibration": calibration, "reference": yard_summary}, logits=logits)
     bound = metrics.at_bound(temperature)
     if bound:
-        result.summary["calibration"]["not_calibrated"] = bound
+        calibration["not_calibrated"] = bound
         result.notes.append(f"WARNING: the calibration temperature {temperature:g} is at the end of its search "
                             f"range: {bound}")
     if yard_note:
         result.notes.append(yard_note)
-    if llr:  # the Bayes lines of the learning curves
-        result.bayes_curves = {"val_loss": metrics.log_loss(metrics.bayes_posterior(llr["valid"], prior),
+    if data.bayes_llr:  # the Bayes lines of the learning curves
+        result.bayes_curves = {"val_loss": metrics.log_loss(metrics.bayes_posterior(data.bayes_llr["valid"], prior),
                                                             labels["valid"]),
                                "val_acc": info["bayes_accuracy"]["valid"]}
     check_test_split(run_dir, data, result)
@@ -99,62 +97,64 @@ def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed
     return model, out, note
 
 
+def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
+                      offset: float, prior: float, llr: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict]:
+    """T and c, and per split before/after calibration: ECE and log loss (reweighted to the reference prior),
+    mean |p - p_Bayes| on the benchmark; and the reliability tables of the labelled splits, per panel."""
+    out: dict[str, Any] = {"temperature": temperature, "offset": offset, "prior_state_1": prior,
+                           "ece_bins": metrics.ECE_BINS}
+    panels: dict[str, dict[str, dict]] = {"before calibration": {}, f"after calibration (T = {temperature:.3g}"
+                                          + (f", c = {offset:.3g})" if offset else ")"): {}}
+    for name, z in logits.items():
+        p = {"before": metrics.sigmoid(z), "after": metrics.sigmoid(z + offset, temperature)}
+        row: dict[str, Any] = {}
+        if labels[name] is not None:
+            w = metrics.prior_weights(labels[name], prior)
+            row["ece"] = {k: metrics.expected_calibration_error(v, labels[name], w) for k, v in p.items()}
+            row["log_loss"] = {k: metrics.log_loss(v, labels[name], w) for k, v in p.items()}
+            for panel, k in zip(panels.values(), p):
+                panel[f"{SPLIT_NAMES[name]} (ECE {row['ece'][k]:.2%})"] = metrics.reliability(p[k], labels[name], w)
+        if name in llr:
+            exact = metrics.bayes_posterior(llr[name], prior)
+            row["mean_abs_diff_bayes"] = {k: float(np.mean(np.abs(v - exact))) for k, v in p.items()}
+        out[name] = row
+    return out, panels
+
+
 def check_test_split(run_dir: Path, data: DeviceData, result: Assessment) -> None:
-    """The test split against the training description (both from load_data): drift.png and `result`."""
+    """The test split against the training description (both from load_data): drift.png and `result`. Left of
+    the figure: radially averaged log-power, the training 0.1-99.9 % band and the test split's median; right: the
+    share of its samples outside each feature's training range."""
     if data.drift is None:  # possible with --no-whiten only
         result.notes.append("note: the training density has values <= 0, so it has no log-density to describe: "
                             "no drift check")
         return
     described, checked = data.drift, data.test_drift
-    plot_drift(run_dir / "drift.png", described, {"test split": checked.rings}, checked.outside)
+    fig, (ax, bars) = pyplot().subplots(1, 2, figsize=(12, 4.5))
+    rings = described["rings"]
+    k = np.arange(1, len(rings["median"]) + 1)
+    ax.fill_between(k, rings["low"], rings["high"], color="0.85", label="training 0.1-99.9 %")
+    ax.plot(k, rings["median"], "k-", label="training median")
+    ax.plot(k, checked.rings, "--", label="test split median")
+    ax.set_xlabel("|k| (grid units)"), ax.set_ylabel("log power of log-density"), ax.legend(fontsize=8)
+    ax.set_title("radially averaged power spectrum")
+    y, outside = np.arange(len(checked.outside)), checked.outside
+    bars.barh(y - 0.2, [v["below"] for v in outside.values()], 0.4, label="below the training range")
+    bars.barh(y + 0.2, [v["above"] for v in outside.values()], 0.4, label="above the training range")
+    bars.axvline(0.001, color="k", linestyle=":", label="expected: 0.1 % each side")
+    bars.set_yticks(y, list(outside), fontsize=8), bars.invert_yaxis(), bars.set_xlabel("share of samples")
+    bars.set_title("outside the training 0.1-99.9 % range"), bars.legend(fontsize=8)
+    save_figure(fig, run_dir / "drift.png")
     result.test_flags, result.checkpoint["drift"] = checked.flags, described
     result.summary["drift"] = {"test": checked.summary()}
     if checked.warn:
         result.notes.append(drift.warning_line(checked, f"the test split ({SPLIT_FILES['test']})"))
 
 
-def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
-                      offset: float, prior: float, llr: dict[str, np.ndarray]) -> dict[str, Any]:
-    """T and c, and per split before/after calibration: ECE and log loss (reweighted to the reference prior),
-    mean |p - p_Bayes| on the benchmark."""
-    out: dict[str, Any] = {"temperature": temperature, "offset": offset, "prior_state_1": prior,
-                           "ece_bins": metrics.ECE_BINS}
-    for name, z in logits.items():
-        before, after = metrics.calibrated(z), metrics.calibrated(z + offset, temperature)
-        row: dict[str, Any] = {}
-        if labels[name] is not None:
-            w = metrics.prior_weights(labels[name], prior)
-            row["ece"] = {"before": metrics.expected_calibration_error(before, labels[name], w),
-                          "after": metrics.expected_calibration_error(after, labels[name], w)}
-            row["log_loss"] = {"before": metrics.log_loss(before, labels[name], w),
-                               "after": metrics.log_loss(after, labels[name], w)}
-        if name in llr:
-            exact = metrics.bayes_posterior(llr[name], prior)
-            row["mean_abs_diff_bayes"] = {"before": float(np.mean(np.abs(before - exact))),
-                                          "after": float(np.mean(np.abs(after - exact)))}
-        out[name] = row
-    return out
-
-
-def reliability_panels(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
-                       offset: float, prior: float) -> dict[str, dict[str, dict]]:
-    """Reliability tables before and after calibration, per labelled split, each labelled with its ECE."""
-    panels: dict[str, dict[str, dict]] = {}
-    after = f"after calibration (T = {temperature:.3g}" + (f", c = {offset:.3g})" if offset else ")")
-    for title, t, c in (("before calibration", 1.0, 0.0), (after, temperature, offset)):
-        panels[title] = {}
-        for name in ("valid", "test"):
-            if labels[name] is not None:
-                p, w = metrics.calibrated(logits[name] + c, t), metrics.prior_weights(labels[name], prior)
-                ece = metrics.expected_calibration_error(p, labels[name], w)
-                panels[title][f"{SPLIT_NAMES[name]} (ECE {ece:.2%})"] = metrics.reliability(p, labels[name], w)
-    return panels
-
-
 def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
                     temperature: float, yardstick: nn.Module) -> dict[str, Any]:
     """sensitivity.png and its numbers: the model's map in calibrated log-odds beside the exact likelihood
-    ratio's (benchmark) or the reference classifier's (elsewhere)."""
+    ratio's (benchmark) or the reference classifier's (elsewhere), each on its own symmetric colour scale."""
     channel, views, synthetic = info["channels"].index("density"), data.symmetry.views, info["source"] == "synthetic"
     model_map = mode_sensitivity(model, data.x["valid"], channel, views) / temperature
     if synthetic:
@@ -165,11 +165,19 @@ def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceDa
     slope = float((model_map * other).sum() / max((other**2).sum(), 1e-30))
     effect = {name: change / temperature
               for name, change in zip(info["channels"], channel_importance(model, data.x["valid"], views))}
-    title = (f"{cfg.model}, channels {','.join(info['channels'])}: correlation with the {compared_with} {r:.3f}"
-             + (f", scale {slope:.2f}" if synthetic else "")
-             + ("\nmean change of the log-odds when a channel is swapped between images: "
-                + ", ".join(f"{k} {v:.3g}" for k, v in effect.items()) if len(effect) > 1 else ""))
-    plot_sensitivity(run_dir / "sensitivity.png", {compared_with: other, "model": model_map}, title)
+    fig, axes = pyplot().subplots(1, 2, figsize=(10.4, 4.6))
+    grid = model_map.shape[-1]
+    extent = (-(grid // 2) - 0.5, grid - grid // 2 - 0.5, grid - grid // 2 - 0.5, -(grid // 2) - 0.5)
+    for ax, name, values in zip(axes, (compared_with, "model"), (other, model_map)):
+        scale = float(np.abs(values).max()) or 1.0
+        image = ax.imshow(np.fft.fftshift(values), cmap="RdBu_r", vmin=-scale, vmax=scale, extent=extent)
+        ax.set_xlabel("k (second axis)"), ax.set_ylabel("k (first axis)"), ax.set_title(name)
+        fig.colorbar(image, ax=ax, fraction=0.046, label="d log-odds / d log amplitude")
+    fig.suptitle(f"{cfg.model}, channels {','.join(info['channels'])}: correlation with the {compared_with} {r:.3f}"
+                 + (f", scale {slope:.2f}" if synthetic else "")
+                 + ("\nmean change of the log-odds when a channel is swapped between images: "
+                    + ", ".join(f"{k} {v:.3g}" for k, v in effect.items()) if len(effect) > 1 else ""))
+    save_figure(fig, run_dir / "sensitivity.png")
     out = {"correlation": r, "channel_effect": effect, "images": min(SENSITIVITY_IMAGES, len(data.x["valid"])),
            "compared_with": compared_with}
     return {**out, "scale_vs_bayes": slope} if synthetic else out
@@ -179,11 +187,8 @@ def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceDa
 
 def write_metrics_csv(path: str | Path, history: list[dict[str, float]]) -> Path:
     """One row per epoch, rewritten whole, so a resumed run continues the same table."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rounded(row) for row in history)
-    return write_text(path, buffer.getvalue())
+    rows = [",".join(str(row.get(column, "")) for column in METRIC_COLUMNS) for row in rounded(history)]
+    return write_text(path, "\n".join([",".join(METRIC_COLUMNS), *rows]) + "\n")
 
 
 def write_predictions(path: str | Path, probabilities: np.ndarray) -> Path:
@@ -193,10 +198,9 @@ def write_predictions(path: str | Path, probabilities: np.ndarray) -> Path:
 
 def write_probabilities(path: str | Path, probabilities: np.ndarray, drift_flags: np.ndarray | None = None) -> Path:
     """CSV of index, probability of state 1, predicted label and (with flags) the drift flag."""
-    p = np.asarray(probabilities)
     flags = [] if drift_flags is None else [f",{int(f)}" for f in drift_flags]
     header = "index,probability,predicted_label" + (",drift_flag" if flags else "")
-    rows = [f"{i},{v:.6f},{int(v > 0.5)}{flags[i] if flags else ''}" for i, v in enumerate(p)]
+    rows = [f"{i},{v:.6f},{int(v > 0.5)}{flags[i] if flags else ''}" for i, v in enumerate(probabilities)]
     return write_text(path, "\n".join([header, *rows]) + "\n")
 
 
@@ -222,11 +226,11 @@ def plot_curves(path: str | Path, history: list[dict[str, float]], title: str = 
     """Train vs validation loss and accuracy per epoch (a widening gap is memorisation), with the Bayes lines."""
     fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
     views = int(history[-1].get("val_views", 1)) if history else 1
-    each = f" ({views} view{'s' * (views > 1)} per image)"
+    epochs = [r["epoch"] for r in history]
     for ax, key, name in ((axes[0], "loss", "BCE"), (axes[1], "acc", "accuracy")):
-        epochs = [r["epoch"] for r in history]
         ax.plot(epochs, [r[f"train_{key}"] for r in history], ".-", label="train")
-        ax.plot(epochs, [r[f"val_{key}"] for r in history], ".-", label="validation" + each)
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], ".-",
+                label=f"validation ({views} view{'s' * (views > 1)} per image)")
         if bayes and f"val_{key}" in bayes:
             ax.axhline(bayes[f"val_{key}"], color="k", linestyle=":", label="Bayes limit (validation)")
         ax.set_xlabel("epoch"), ax.set_ylabel(name), ax.legend()
@@ -259,7 +263,7 @@ def plot_roc_and_confusion(path: str | Path, splits: dict[str, tuple[np.ndarray,
         order = np.argsort(-p, kind="mergesort")
         tpr = np.concatenate([[0], np.cumsum(y[order]) / max(y.sum(), 1)])
         fpr = np.concatenate([[0], np.cumsum(1 - y[order]) / max((1 - y).sum(), 1)])
-        roc.plot(fpr, tpr, label=f"{name} (AUC {metrics.roc_auc(torch.from_numpy(p), torch.from_numpy(y)):.4f})")
+        roc.plot(fpr, tpr, label=f"{name} (AUC {metrics.roc_auc(p, y):.4f})")
         matrix = np.array([[np.sum((y == t) & ((p > 0.5) == q)) for q in (0, 1)] for t in (0, 1)])
         ax.imshow(matrix, cmap="Blues")
         for (t, q), n in np.ndenumerate(matrix):
@@ -268,41 +272,6 @@ def plot_roc_and_confusion(path: str | Path, splits: dict[str, tuple[np.ndarray,
         ax.set_xlabel("predicted state (p > 0.5)"), ax.set_ylabel("true state"), ax.set_title(f"{name} at 0.5")
     roc.set_xlabel("false positive rate"), roc.set_ylabel("true positive rate"), roc.set_title("ROC")
     roc.legend(fontsize=8, loc="lower right")
-    return save_figure(fig, path)
-
-
-def plot_drift(path: str | Path, described: dict, files: dict[str, list[float]], outside: dict[str, dict]) -> Path:
-    """Left: radially averaged log-power, the training 0.1-99.9 % band and each file's median. Right: the share of
-    a file's samples outside each feature's training range."""
-    fig, (ax, bars) = pyplot().subplots(1, 2, figsize=(12, 4.5))
-    rings = described["rings"]
-    k = np.arange(1, len(rings["median"]) + 1)
-    ax.fill_between(k, rings["low"], rings["high"], color="0.85", label="training 0.1-99.9 %")
-    ax.plot(k, rings["median"], "k-", label="training median")
-    for name, medians in files.items():
-        ax.plot(k, medians, "--", label=f"{name} median")
-    ax.set_xlabel("|k| (grid units)"), ax.set_ylabel("log power of log-density"), ax.legend(fontsize=8)
-    ax.set_title("radially averaged power spectrum")
-    y = np.arange(len(outside))
-    bars.barh(y - 0.2, [v["below"] for v in outside.values()], 0.4, label="below the training range")
-    bars.barh(y + 0.2, [v["above"] for v in outside.values()], 0.4, label="above the training range")
-    bars.axvline(0.001, color="k", linestyle=":", label="expected: 0.1 % each side")
-    bars.set_yticks(y, list(outside), fontsize=8), bars.invert_yaxis(), bars.set_xlabel("share of samples")
-    bars.set_title("outside the training 0.1-99.9 % range"), bars.legend(fontsize=8)
-    return save_figure(fig, path)
-
-
-def plot_sensitivity(path: str | Path, maps: dict[str, np.ndarray], title: str) -> Path:
-    """Sensitivity maps side by side, each on its own symmetric colour scale, k = 0 in the centre."""
-    fig, axes = pyplot().subplots(1, len(maps), figsize=(5.2 * len(maps), 4.6), squeeze=False)
-    grid = next(iter(maps.values())).shape[-1]
-    extent = (-(grid // 2) - 0.5, grid - grid // 2 - 0.5, grid - grid // 2 - 0.5, -(grid // 2) - 0.5)
-    for ax, (name, values) in zip(axes[0], maps.items()):
-        scale = float(np.abs(values).max()) or 1.0
-        image = ax.imshow(np.fft.fftshift(values), cmap="RdBu_r", vmin=-scale, vmax=scale, extent=extent)
-        ax.set_xlabel("k (second axis)"), ax.set_ylabel("k (first axis)"), ax.set_title(name)
-        fig.colorbar(image, ax=ax, fraction=0.046, label="d log-odds / d log amplitude")
-    fig.suptitle(title)
     return save_figure(fig, path)
 
 
@@ -328,60 +297,47 @@ def trust_line(summary: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def percent(x: float | None) -> str:
-    return "–" if x is None else f"{x:.2%}"
-
-
-def number(x: float | None) -> str:
-    return "–" if x is None else f"{x:.4f}"
-
-
-def before_after(row: dict[str, Any], key: str, show=percent) -> str:
-    return f"{show(row[key]['before'])} → {show(row[key]['after'])}" if key in row else "–"
-
-
-def wall_time_text(summary: dict[str, Any]) -> str:
-    """`85.2 s`, or after a resume `651.0 s over 2 attempts (612.0 s, 39.0 s)`."""
-    attempts = summary["attempt_seconds"]
-    if len(attempts) < 2:
-        return f"{summary['wall_time_s']} s"
-    return f"{summary['wall_time_s']} s over {len(attempts)} attempts ({', '.join(f'{t} s' for t in attempts)})"
+def show(x: float | None, spec: str = ".2%") -> str:
+    return "–" if x is None else format(x, spec)
 
 
 def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
     """report.md: the summary numbers and every figure of the run."""
     cal, bayes, ref = summary["calibration"], summary.get("bayes_accuracy", {}), summary["reference"]
     valid, test = cal.get("valid", {}), cal.get("test", {})
+    attempts, views = summary["attempt_seconds"], summary["views"]
+    wall_time = f"{summary['wall_time_s']} s" + (
+        f" over {len(attempts)} attempts ({', '.join(f'{t} s' for t in attempts)})" if len(attempts) > 1 else "")
     source = "the built-in benchmark" if summary["data_source"] == "synthetic" else "the files"
-    views = summary["views"]
+    table = {"accuracy": (summary["val_acc"], summary.get("test_acc")),
+             "reference classifier (logistic regression on the same inputs)": (ref.get("valid_acc"),
+                                                                               ref.get("test_acc"))}
+    if bayes:
+        table["Bayes limit (exact likelihood ratio)"] = (bayes.get("valid"), bayes.get("test"))
+    rows = [f"| {label} | {show(v)} | {show(t)} |" for label, (v, t) in table.items()]
+    rows.append(f"| ROC AUC | {show(summary['val_auc'], '.4f')} | {show(summary.get('test_auc'), '.4f')} |")
+    changes = [("log loss, before → after calibration", "log_loss", ".4f"),
+               (f"ECE ({cal['ece_bins']} bins), before → after", "ece", ".2%")]
+    if "mean_abs_diff_bayes" in test:
+        changes.append(("mean abs(p − p_Bayes), before → after", "mean_abs_diff_bayes", ".4f"))
+    for label, key, spec in changes:
+        cells = [f"{show(split[key]['before'], spec)} → {show(split[key]['after'], spec)}" if key in split else "–"
+                 for split in (valid, test)]
+        rows.append(f"| {label} | {' | '.join(cells)} |")
     lines = [f"# Run {Path(run_dir).name}", "",
              f"Data: {source} in {summary['data_dir']} (channels {', '.join(summary['channels'])}); best epoch "
-             f"{summary['best_epoch']} of {summary['epochs_run']} run; {wall_time_text(summary)}."
+             f"{summary['best_epoch']} of {summary['epochs_run']} run; {wall_time}."
              + (f" Training diverged: {summary['diverged']}." if summary.get("diverged") else ""), "",
              f"Scores of the best epoch's model with all {views} test-time view{'s' * (views > 1)} per image (the "
              f"learning curves' validation uses the views of --epoch-views).", "",
-             "| | validation | test |", "|---|---|---|",
-             f"| accuracy | {percent(summary['val_acc'])} | {percent(summary.get('test_acc'))} |",
-             f"| reference classifier (logistic regression on the same inputs) | {percent(ref.get('valid_acc'))} | "
-             f"{percent(ref.get('test_acc'))} |"]
-    if bayes:
-        lines.append(f"| Bayes limit (exact likelihood ratio) | {percent(bayes.get('valid'))} | "
-                     f"{percent(bayes.get('test'))} |")
-    lines += [f"| ROC AUC | {number(summary['val_auc'])} | {number(summary.get('test_auc'))} |",
-              f"| log loss, before → after calibration | {before_after(valid, 'log_loss', number)} | "
-              f"{before_after(test, 'log_loss', number)} |",
-              f"| ECE ({cal['ece_bins']} bins), before → after | {before_after(valid, 'ece')} | "
-              f"{before_after(test, 'ece')} |"]
-    if "mean_abs_diff_bayes" in test:
-        lines.append(f"| mean abs(p − p_Bayes), before → after | {before_after(valid, 'mean_abs_diff_bayes', number)}"
-                     f" | {before_after(test, 'mean_abs_diff_bayes', number)} |")
-    lines += ["", f"Written probabilities are sigmoid((logit + c) / T) with T = {cal['temperature']:.4g} and c = "
-              f"{cal['offset']:.4g}, fitted on validation; they refer to a share of state 1 of "
-              f"{cal['prior_state_1']:.3g} (validation is reweighted to it). The 0/1 predictions do not depend on T; "
-              f"c (fitted only where no symmetry swaps the state) moves their threshold. Accuracies are those of the "
-              f"written 0/1 predictions; log losses and AUC are of the raw logits."
-              + (f" **Not calibrated:** T is at the end of its search range: {cal['not_calibrated']}."
-                 if cal.get("not_calibrated") else ""), ""]
+             "| | validation | test |", "|---|---|---|", *rows, "",
+             f"Written probabilities are sigmoid((logit + c) / T) with T = {cal['temperature']:.4g} and c = "
+             f"{cal['offset']:.4g}, fitted on validation; they refer to a share of state 1 of "
+             f"{cal['prior_state_1']:.3g} (validation is reweighted to it). The 0/1 predictions do not depend on T; "
+             f"c (fitted only where no symmetry swaps the state) moves their threshold. Accuracies are those of the "
+             f"written 0/1 predictions; log losses and AUC are of the raw logits."
+             + (f" **Not calibrated:** T is at the end of its search range: {cal['not_calibrated']}."
+                if cal.get("not_calibrated") else ""), ""]
     if "valid_gap" in ref:
         lines += [f"The reference classifier's validation accuracy minus the model's: {100 * ref['valid_gap']:+.1f} "
                   f"± {100 * ref['valid_gap_se']:.1f} points (paired, one standard error).", ""]
@@ -421,12 +377,12 @@ def drift_section(result: dict[str, Any] | None) -> list[str]:
         return lines + ["Not run: the training density has values ≤ 0.", ""]
     test = result["test"]
     verdict = "WARNING: more than 1 % flagged" if test["warning"] else "no warning"
-    lines += [f"{percent(test['share_flagged'])} of {test['n']} test samples lie outside the training data's range "
+    lines += [f"{show(test['share_flagged'])} of {test['n']} test samples lie outside the training data's range "
               f"({verdict}; a fresh training-like sample is flagged with probability {drift.FALSE_FLAG_RATE:.2%})."
               + ("" if not test["flagged_by"] else " Flagged mainly by: " + ", ".join(
-                  f"{k} ({percent(v)})" for k, v in test["flagged_by"].items()) + "."), "",
+                  f"{k} ({show(v)})" for k, v in test["flagged_by"].items()) + "."), "",
               "| feature | below the training 0.1 % | above the training 99.9 % |", "|---|---|---|"]
-    lines += [f"| {name.replace('|', '&#124;')} | {percent(side['below'])} | {percent(side['above'])} |"
+    lines += [f"| {name.replace('|', '&#124;')} | {show(side['below'])} | {show(side['above'])} |"
               for name, side in test["outside_training_range"].items()]
     return lines + ["", "![drift check](drift.png)", ""]
 

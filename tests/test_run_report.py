@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 import run_transformer
-from metrics import calibrated
+from metrics import sigmoid
 from config import config_from_dict
 from symmetry import SymmetryPlan
 from train import build_model, predict_logits
@@ -72,7 +72,7 @@ def test_written_probabilities_are_calibrated_and_predictions_unchanged(finished
     logits = saved_logits(run_dir, data_dir / "test_no_labels.hdf5")
     header, table = read_csv(run_dir / "test_probabilities.csv")
     assert header == ["index", "probability", "predicted_label", "drift_flag"]
-    assert np.allclose(table[:, 1], calibrated(logits, temperature), atol=1e-6)
+    assert np.allclose(table[:, 1], sigmoid(logits, temperature), atol=1e-6)
     predictions = np.array((run_dir / "predictions.txt").read_text().split(), dtype=int)
     assert (predictions == (logits > 0)).all() and (table[:, 2] == predictions).all()  # T moves no prediction
     assert set(table[:, 3]) <= {0, 1}
