@@ -91,8 +91,10 @@ class Views:
 
 def parse_spec(text: str, flag: str) -> Symmetries:
     """'off', or a forced list such as 'flip0,flip1,transpose=swap,shift', closed into the group it generates."""
+    if text == "off":
+        return Symmetries()
     rules, shifts = {}, False
-    for item in filter(None, (t.strip() for t in text.split(","))) if text != "off" else ():
+    for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, rule = item.partition("=")
         if name == "shift" and rule in ("", "keep"):
             shifts = True
@@ -230,8 +232,9 @@ def largest_group(found: dict[str, Any]) -> Symmetries:
     """The largest subgroup whose elements all hold with consistent rules (of equal ones, the first in NAMES)."""
     holds = {"identity": False} | {n: r["verdict"] == "swaps" for n, r in found["elements"].items()
                                    if r["verdict"] in ("keeps", "swaps")}
-    groups = [group for size in range(len(holds)) for generators in itertools.combinations(list(holds)[1:], size)
-              if (group := closure({n: holds[n] for n in generators})) and group.items() <= holds.items()]
+    candidates = (closure({n: holds[n] for n in generators})
+                  for size in range(len(holds)) for generators in itertools.combinations(list(holds)[1:], size))
+    groups = [group for group in candidates if group is not None and group.items() <= holds.items()]
     best = min(groups, key=lambda group: (-len(group), [NAMES.index(n) for n in group]))
     return Symmetries(tuple(best.items()), found["shifts"]["verdict"] == "keeps")
 
