@@ -145,7 +145,8 @@ def test_augment_draws_group_elements_with_their_rules_and_shifts_only_where_the
             moved = torch.stack([torch.roll(symmetry.apply(x, name), move, (-2, -1)) for move in moves])
             hit = (moved == xa).flatten(2).all(-1).any(0) & ((ya != y) == swap)
             matched |= hit
-            used |= {name} if hit.any() else set()
+            if hit.any():
+                used.add(name)
         assert matched.all(), spec  # every image is an element of the group, its label swapped by that element's rule
         assert used == {n for n, _ in group.rules}  # every element is drawn
         torch.manual_seed(1)
@@ -166,6 +167,8 @@ def test_views_average_with_the_partners_sign_and_cover_every_shift():
     expected = sum((-1 if t else 1) * model(torch.roll(x.transpose(-1, -2) if t else x, (a, b), (-2, -1)))
                    for t in (False, True) for a in range(4) for b in range(4)) / 32  # every shift within the unit
     assert torch.allclose(averaged, expected, atol=1e-6)
+    spread = sum(model(torch.roll(v, (a, b), (-2, -1))) for v in (x, x.flip(-2)) for a in (0, 2) for b in (0, 2)) / 8
+    assert torch.allclose(symmetry.view_averaged_logits(model, x, 4, keep), spread, atol=1e-6)  # 2 shifts over 4
     assert symmetry.views_of(symmetry.parse_spec("flip0,flip1", ""), 4) == \
         symmetry.Views((("identity", False), ("flip0", False)), 1)  # no shifts where they do not hold
 
