@@ -21,7 +21,9 @@ def prepared(model: nn.Module, x: torch.Tensor, views: Views | None, images: int
     """`images` random images of x, the same ones every time, and the logit to read: the model's, or its mean over
     the unshifted `views` (shifts change no mode's power)."""
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:images].to(x.device)]
-    return x, model if views is None else lambda images: view_averaged_logits(model, images, 1, Views(views.rules))
+    if views is None:
+        return x, model
+    return x, lambda batch: view_averaged_logits(model, batch, 1, Views(views.rules))
 
 
 def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: Views | None = None,
