@@ -56,12 +56,11 @@ def fit_reference(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> tuple[Refe
     """The reference classifier on training images x (N, C, S, S) and labels y (N,) in {0, 1}, and its L2."""
     pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:MAX_TRAIN].to(x.device)
     x, y = x[pick], y[pick].float()
-    with torch.no_grad():
-        f = mode_features(x)
-        mean, std = f.mean(0), f.std(0)
-        # a feature that barely varies in training says nothing and would blow up when standardised: left out
-        std = torch.where(std > 1e-4 * std.median(), std, torch.full_like(std, torch.inf))
-        f = (f - mean) / std
+    f = mode_features(x)
+    mean, std = f.mean(0), f.std(0)
+    # a feature that barely varies in training says nothing and would blow up when standardised: left out
+    std = torch.where(std > 1e-4 * std.median(), std, torch.full_like(std, torch.inf))
+    f = (f - mean) / std
     held = torch.zeros(len(y), dtype=torch.bool, device=x.device)  # the first fifth of each state
     for c in (0, 1):
         idx = torch.nonzero(y == c).flatten()
@@ -69,8 +68,7 @@ def fit_reference(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> tuple[Refe
     losses = []
     for l2 in L2_GRID:
         linear = fit_linear(f[~held], y[~held], l2)
-        with torch.no_grad():
-            losses.append(float(F.binary_cross_entropy_with_logits(linear(f[held]).squeeze(1), y[held])))
+        losses.append(F.binary_cross_entropy_with_logits(linear(f[held]).squeeze(1), y[held]).item())
     l2 = L2_GRID[losses.index(min(losses))]
     return Reference(mean, std, fit_linear(f, y, l2)).eval(), l2
 
