@@ -24,66 +24,62 @@ def mode_features(x: torch.Tensor) -> torch.Tensor:
 
 
 class Reference(nn.Module):
-    """logit = w . standardised mode_features(x) + b."""
+    """logit = linear(standardised mode_features(x))."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, linear: nn.Linear) -> None:
         super().__init__()
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
-        self.linear = nn.Linear(len(mean), 1)
-        nn.init.zeros_(self.linear.weight), nn.init.zeros_(self.linear.bias)
-
-    def standardised(self, x: torch.Tensor) -> torch.Tensor:
-        return (mode_features(x) - self.mean) / self.std
+        self.linear = linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.standardised(x))
+        return self.linear((mode_features(x) - self.mean) / self.std)
 
 
-def _fit(model: Reference, f: torch.Tensor, y: torch.Tensor, l2: float) -> Reference:
-    """Minimise mean BCE + l2 |w|^2 over standardised features f with L-BFGS (a convex problem)."""
-    opt = torch.optim.LBFGS(model.linear.parameters(), lr=1, max_iter=ITERATIONS, line_search_fn="strong_wolfe")
+def fit_linear(f: torch.Tensor, y: torch.Tensor, l2: float) -> nn.Linear:
+    """Minimise mean BCE + l2 |w|^2 over standardised features f with L-BFGS from zero (a convex problem)."""
+    linear = nn.Linear(f.shape[1], 1, device=f.device)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    opt = torch.optim.LBFGS(linear.parameters(), lr=1, max_iter=ITERATIONS, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        fit = F.binary_cross_entropy_with_logits(model.linear(f).squeeze(1), y)
-        loss = fit + l2 * model.linear.weight.square().sum()
+        loss = F.binary_cross_entropy_with_logits(linear(f).squeeze(1), y) + l2 * linear.weight.square().sum()
         loss.backward()
         return loss
     opt.step(closure)
-    return model
+    return linear
 
 
 def fit_reference(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> tuple[Reference, float]:
     """The reference classifier on training images x (N, C, S, S) and labels y (N,) in {0, 1}, and its L2."""
-    gen = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(x), generator=gen)[:MAX_TRAIN].to(x.device)
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:MAX_TRAIN].to(x.device)
     x, y = x[pick], y[pick].float()
-    with torch.no_grad():
-        f = mode_features(x)
-        mean, std = f.mean(0), f.std(0)
-        # a feature that barely varies in training says nothing and would blow up when standardised: left out
-        std = torch.where(std > 1e-4 * std.median(), std, torch.full_like(std, torch.inf))
-        f = (f - mean) / std
-    held = torch.zeros(len(y), dtype=torch.bool, device=x.device)
+    f = mode_features(x)
+    mean, std = f.mean(0), f.std(0)
+    # a feature that barely varies in training says nothing and would blow up when standardised: left out
+    std = torch.where(std > 1e-4 * std.median(), std, torch.full_like(std, torch.inf))
+    f = (f - mean) / std
+    held = torch.zeros(len(y), dtype=torch.bool, device=x.device)  # the first fifth of each state
     for c in (0, 1):
         idx = torch.nonzero(y == c).flatten()
         held[idx[: max(len(idx) // 5, 1)]] = True
     losses = []
     for l2 in L2_GRID:
-        model = _fit(Reference(mean, std), f[~held], y[~held], l2)
-        with torch.no_grad():
-            losses.append(float(F.binary_cross_entropy_with_logits(model.linear(f[held]).squeeze(1), y[held])))
-    l2 = L2_GRID[min(range(len(L2_GRID)), key=losses.__getitem__)]
-    return _fit(Reference(mean, std), f, y, l2).eval(), l2
+        linear = fit_linear(f[~held], y[~held], l2)
+        losses.append(F.binary_cross_entropy_with_logits(linear(f[held]).squeeze(1), y[held]).item())
+    l2 = L2_GRID[losses.index(min(losses))]
+    return Reference(mean, std, fit_linear(f, y, l2)).eval(), l2
 
 
 @torch.no_grad()
 def logits(model: Reference, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
-    return torch.cat([model(x[s:s + batch]).squeeze(1) for s in range(0, len(x), batch)])
+    return torch.cat([model(xb).squeeze(1) for xb in x.split(batch)])
 
 
 def paired_gap(reference_correct: torch.Tensor, model_correct: torch.Tensor) -> tuple[float, float]:
     """Reference accuracy minus the model's on the same images, and the standard error of that difference."""
     d = reference_correct.float() - model_correct.float()
     return float(d.mean()), float(d.std() / math.sqrt(len(d))) if len(d) > 1 else math.inf
+

@@ -17,29 +17,24 @@ SENSITIVITY_IMAGES = 512  # validation images averaged: the map's noise is a few
 BATCH = 64
 
 
-def sample(x: torch.Tensor, images: int, seed: int) -> torch.Tensor:
-    """`images` random images of x, the same ones every time."""
-    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:images].to(x.device)
-    return x[pick]
-
-
-def logit_function(model: nn.Module, views: Views | None):
-    """The model's logit, or its mean over the unshifted `views` (shifts change no mode's power)."""
+def prepared(model: nn.Module, x: torch.Tensor, views: Views | None, images: int, seed: int):
+    """`images` random images of x, the same ones every time, and the logit to read: the model's, or its mean over
+    the unshifted `views` (shifts change no mode's power)."""
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:images].to(x.device)]
     if views is None:
-        return model
-    unshifted = Views(views.rules, 1)  # offset 0 whatever the shift unit, so no model needs one here
-    return lambda images: view_averaged_logits(model, images, 1, unshifted)
+        return x, model
+    return x, lambda batch: view_averaged_logits(model, batch, 1, Views(views.rules))
 
 
 def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: Views | None = None,
                      images: int = SENSITIVITY_IMAGES, seed: int = 0) -> np.ndarray:
     """The (S, S) map s_k of input `channel` (k = 0 at [0, 0]) over `images` random images of x (N, C, S, S)."""
-    x, forward = sample(x, images, seed), logit_function(model, views)
+    x, forward = prepared(model, x, views, images, seed)
     was_training = model.training
     model.eval()
     total = torch.zeros(x.shape[-2:], dtype=torch.float64, device=x.device)
-    for start in range(0, len(x), BATCH):
-        xb = x[start:start + BATCH].detach().clone().requires_grad_(True)
+    for xb in x.split(BATCH):
+        xb = xb.detach().clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(forward(xb).float().sum(), xb)
         g_k, x_k = torch.fft.fft2(grad[:, channel].double()), torch.fft.fft2(xb[:, channel].detach().double())
         total += (g_k.conj() * x_k).real.sum(dim=0)
@@ -52,17 +47,15 @@ def channel_importance(model: nn.Module, x: torch.Tensor, views: Views | None = 
                        seed: int = 0) -> list[float]:
     """Per input channel, the mean |change of the logit| when that channel alone is swapped between images: which
     channels the model reads, in logit units (0 for one it ignores)."""
-    x, forward = sample(x, images, seed), logit_function(model, views)
+    x, forward = prepared(model, x, views, images, seed)
     was_training = model.training
     model.eval()
-    swap = torch.roll(torch.arange(len(x), device=x.device), 1)  # every image gets its neighbour's channel
-    base = torch.cat([forward(x[s:s + BATCH]).float() for s in range(0, len(x), BATCH)])
+    base = torch.cat([forward(xb).float() for xb in x.split(BATCH)])
     change = []
     for channel in range(x.shape[1]):
         swapped = x.clone()
-        swapped[:, channel] = x[swap, channel]
-        after = torch.cat([forward(swapped[s:s + BATCH]).float() for s in range(0, len(x), BATCH)])
-        change.append(float((after - base).abs().mean()))
+        swapped[:, channel] = x[:, channel].roll(1, 0)  # every image gets its neighbour's channel
+        change.append(float((torch.cat([forward(xb).float() for xb in swapped.split(BATCH)]) - base).abs().mean()))
     model.train(was_training)
     return change
 
@@ -70,16 +63,13 @@ def channel_importance(model: nn.Module, x: torch.Tensor, views: Views | None = 
 def bayes_sensitivity(grid: int = synthetic.GRID) -> np.ndarray:
     """The exact log-likelihood ratio's map on the benchmark (50/50 states, float16 noise included)."""
     noise = synthetic.quantisation_variance(grid)
-    lam0, lam1 = synthetic.class_spectrum(0, grid) + noise, synthetic.class_spectrum(1, grid) + noise
+    lam0, lam1 = (synthetic.class_spectrum(c, grid) + noise for c in (0, 1))
     weights = 0.5 * (lam0 + lam1) * (1 / lam0 - 1 / lam1)
     weights[0, 0] = 0.0  # the offset mode is the same for both states
     return weights
 
 
 def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two (S, S) maps over the modes k != 0."""
-    keep = np.ones(a.shape, bool)
-    keep[0, 0] = False
-    if np.ptp(a[keep]) == 0 or np.ptp(b[keep]) == 0:  # a flat map: no correlation
-        return float("nan")
-    return float(np.corrcoef(a[keep], b[keep])[0, 1])
+    """Pearson correlation of two (S, S) maps over the modes k != 0 (nan where one is flat)."""
+    a, b = a.ravel()[1:], b.ravel()[1:]
+    return float("nan") if np.ptp(a) == 0 or np.ptp(b) == 0 else float(np.corrcoef(a, b)[0, 1])

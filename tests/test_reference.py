@@ -25,19 +25,19 @@ def test_the_reference_reads_correlation_lengths_and_mean_levels():
     """Two physics the benchmark does not have: states that differ in correlation length along one axis (mode
     powers carry it) and states that differ only in mean level (the pixels carry it)."""
     for kind, contrast, brighter in (("axis-length", 6.0, 0.0), ("isotropic", 0.0, 0.3)):
-        x, y = images(kind, 1200, 0, contrast, brighter)
-        xt, yt = images(kind, 600, 1, contrast, brighter)
+        x, y = images(kind, 400, 0, contrast, brighter)
+        xt, yt = images(kind, 400, 1, contrast, brighter)
         model, l2 = reference.fit_reference(x, y)
         assert accuracy(model, xt, yt) > 0.9, kind
         assert l2 in reference.L2_GRID
-    x, y = images("isotropic", 1200, 0, 0.0)  # no difference at all: chance, whatever it fits
-    xt, yt = images("isotropic", 600, 1, 0.0)
+    x, y = images("isotropic", 400, 0, 0.0)  # no difference at all: chance, whatever it fits
+    xt, yt = images("isotropic", 400, 1, 0.0)
     assert 0.4 < accuracy(reference.fit_reference(x, y)[0], xt, yt) < 0.6
 
 
 def test_a_model_clearly_short_of_the_reference_gets_a_warning():
-    x, y = images("axis-length", 1200, 0, 6.0)
-    xv, yv = images("axis-length", 600, 1, 6.0)
+    x, y = images("axis-length", 400, 0, 6.0)
+    xv, yv = images("axis-length", 400, 1, 6.0)
     data = DeviceData({"train": x, "valid": xv, "test": xv}, {"train": y, "valid": yv, "test": None}, {}, 16)
     model, _ = reference.fit_reference(x, y)
     good = {"valid": reference.logits(model, xv).numpy()}
