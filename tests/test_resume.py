@@ -200,17 +200,17 @@ def test_last_pt_holds_all_state_and_resuming_a_finished_run_changes_nothing(fin
     assert list(run_dir.parent.iterdir()) == [run_dir]
 
 
-def test_a_run_that_stopped_early_resumes_when_the_patience_is_raised():
+def test_a_run_that_stopped_early_resumes_when_the_patience_is_raised(tmp_path):
     """Finished means: the loop would run no epoch with the resumed config, and the results of that state were
     written. A larger --patience (which a resume may change) lets an early-stopped run train on."""
     state = train.TrainState(epoch=2, best_epoch=1, bad_epochs=1)
-    summary = {"epochs_run": 2, "best_epoch": 1, "diverged": ""}
     cfg = run_transformer.Config(epochs=4, patience=1)
-    assert run_transformer.finished_line(Path("runs/r"), cfg, state, summary)
-    assert run_transformer.finished_line(Path("runs/r"), run_transformer.Config(epochs=4, patience=3), state,
-                                         summary) == ""
-    assert run_transformer.finished_line(Path("runs/r"), cfg, state, None) == ""  # results not written yet
-    assert run_transformer.finished_line(Path("runs/r"), cfg, state, {**summary, "epochs_run": 1}) == ""
+    assert run_transformer.finished_line(tmp_path, cfg, state) == ""  # results not written yet
+    (tmp_path / "summary.json").write_text(json.dumps({"epochs_run": 1}))
+    assert run_transformer.finished_line(tmp_path, cfg, state) == ""  # results of an earlier epoch
+    (tmp_path / "summary.json").write_text(json.dumps({"epochs_run": 2}))
+    assert "stopped early after epoch 2 of 4" in run_transformer.finished_line(tmp_path, cfg, state)
+    assert run_transformer.finished_line(tmp_path, run_transformer.Config(epochs=4, patience=3), state) == ""
 
 
 def interrupted_after_epoch_1(data: Path, tmp_path: Path, monkeypatch) -> Path:
