@@ -180,17 +180,6 @@ def test_bad_input_gives_one_clear_line_and_exit_2(case, tiny_benchmark, finishe
     assert not list(tmp_path.rglob("*.tmp")) and not (tmp_path / "runs").exists()
 
 
-def test_the_command_line_prints_exactly_one_line_and_no_traceback(tiny_benchmark, tmp_path):
-    data = Path(shutil.copytree(tiny_benchmark, tmp_path / "data"))
-    with_nan(data / "valid.hdf5", "density", 7, np.nan)
-    proc = subprocess.run([sys.executable, "run_transformer.py", "--data-dir", str(data), "--out-dir",
-                           str(tmp_path / "runs"), "--predictions", str(tmp_path / "p.txt"), *TINY], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr == f"error: {data / 'valid.hdf5'}: density in the valid split has 7 NaN and 0 infinite " \
-                          f"values (of 78400); clean the data or drop those samples\n"
-
-
 def test_predict_names_what_the_model_reads_and_a_key_that_differs_only_in_case(tiny_benchmark, finished_run,
                                                                                tmp_path, capsys):
     """A file for --predict needs only the model's channels (no labels, no channel the model leaves out); a key
@@ -327,13 +316,13 @@ def test_fuzzed_hdf5_ends_in_success_or_a_clear_error(tiny_benchmark, tmp_path):
     """Bytes flipped (anywhere, or in the metadata), truncation, datasets deleted, resized, retyped or replaced
     by groups. Run in a subprocess so a crash or a hang in the HDF5 library fails the test, not the suite."""
     source = shutil.copy(tiny_benchmark / "valid.hdf5", tmp_path / "valid.hdf5")
-    proc = subprocess.run([sys.executable, "-c", FUZZ, str(source), str(tmp_path), "5", "200"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", FUZZ, str(source), str(tmp_path), "5", "100"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "", proc.stderr  # no warnings either: the user would see them beside the error line
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["bad"] == [], out["bad"]
-    assert out["user"] >= 100 and out["ok"] + out["user"] == 200, out
+    assert out["user"] >= 50 and out["ok"] + out["user"] == 100, out
 
 
 # ---- never lose the user's data -------------------------------------------------------------------------
