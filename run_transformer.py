@@ -151,13 +151,13 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
     write_predictions(cfg.predictions, probs)
     plot_curves(run_dir / "curves.png", state.history, f"{cfg.model} {cfg.optimizer} {cfg.loss} "
                 f"channels={','.join(info['channels'])}", trust.bayes_curves)
-    final = state.history[-1] if state.history else {}
+    final = state.history[-1]  # best.pt exists, so an epoch finished
     attempts = [round(t, 1) for t in attempts]
     summary = {"run_dir": str(run_dir), "data_source": info["source"], "data_dir": info["data_dir"],
                "channels": info["channels"], "symmetry": info["symmetry"], "epochs_run": state.epoch,
                "best_epoch": state.best_epoch, "best_val_loss": state.best_loss, "diverged": diverged,
-               "views": views.count() if views else 1, "final_train_loss": final.get("train_loss"),
-               "final_train_acc": final.get("train_acc"), "final_gap_acc": final.get("gap_acc"),
+               "views": views.count() if views else 1, "final_train_loss": final["train_loss"],
+               "final_train_acc": final["train_acc"], "final_gap_acc": final["gap_acc"],
                "wall_time_s": round(sum(attempts), 1), "attempt_seconds": attempts}
     for name, prefix in (("valid", "val"), ("test", "test")):
         if data.y[name] is not None:  # loss and AUC of the raw logits; accuracy of the written predictions
