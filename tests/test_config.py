@@ -60,7 +60,7 @@ def test_add_config_flags_shares_checks_and_lets_an_entry_point_change_defaults(
         add_config_flags(Parser(), ("emb_dims",))
 
 
-def test_help_shows_a_default_only_where_there_is_one_to_show():
+def test_help_shows_a_default_only_where_there_is_one_to_show(capsys):
     """An empty or unset default ('', None, {}) reads as `(default: )` or `(default: None)`: the help text says
     what happens instead, so nothing is appended; real defaults, 0 and False among them, still show."""
     parser = Parser(formatter_class=HelpFormatter)
@@ -73,6 +73,8 @@ def test_help_shows_a_default_only_where_there_is_one_to_show():
     assert "the zero flag (default: 0)" in text and "the rate flag (default: 0.05)" in text
     assert "a switch (default: False)" in text
     import run_transformer
-    text = " ".join(run_transformer.build_command_parser().format_help().split())
+    assert run_transformer.main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--patch-norm {batch,none}" in text and "--resume RUN_DIR" in text and "--predict RUN_DIR" in text
     assert "(default: )" not in text and "(default: None)" not in text
     assert "the run folder, NAME that of --input)" in text and "--input) (default" not in text

@@ -134,13 +134,6 @@ def test_predict_rebuilds_forced_views_and_mean_pooling(tmp_path, tiny_benchmark
     assert np.allclose(gain, gain.T)
 
 
-def test_help_lists_the_flags(capsys):
-    assert run_transformer.main(["--help"]) == 0
-    out = capsys.readouterr().out
-    for flag in ("--optimizer", "--loss", "--smoothing", "--channels", "--patch-norm", "--block-norm", "--predict"):
-        assert flag in out
-
-
 def test_a_model_stuck_at_the_constant_predictor_is_called_out_with_what_the_measurements_support():
     import dataclasses
     y = torch.tensor([1.0] * 9 + [0.0] * 5)
