@@ -26,11 +26,6 @@ def checkpoint(training: Training, state: TrainState, cfg: Config, data: DeviceD
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def earlier_attempts(resumed: Resumed | None) -> list[float]:
-    """How long each earlier attempt worked on a resumed run ([] for a new run)."""
-    return [] if resumed is None else list(resumed.payload["attempt_seconds"])
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path} not found; pass a run folder written by run_transformer.py")
@@ -61,31 +56,24 @@ class Resumed:
     payload: dict[str, Any]
 
 
-# what a resumed run may not change: the rest (patience, device, compiler, outputs) it may
-FIXED_ON_RESUME = {"model settings": fields_with(MODEL), "optimizer settings": fields_with(OPTIMIZER),
-                   "training settings": fields_with(EXPERIMENT)}
-
-
 def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, Resumed]:
-    """The saved config with the flags typed now; refuses flags that would change the experiment."""
+    """The saved config with the flags typed now; refuses flags that would change the experiment (the model,
+    optimizer and training settings): patience, device, compiler and outputs may change."""
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir} is not a run folder; pass a folder written by run_transformer.py")
     payload = load_checkpoint(run_dir / "last.pt")
     missing = sorted({"optimizer", "scheduler", "train_state", "rng", "cuda_rng"} - payload.keys())
-    try:
-        if missing:
-            raise TypeError(f"no {', '.join(missing)}")
-        saved, _ = config_from_dict(payload["config"]), TrainState(**payload["train_state"])
-    except (TypeError, AttributeError, ValueError) as e:
-        raise UserError(f"{run_dir}/last.pt cannot be resumed ({e}); it is damaged or was not written by "
-                        f"run_transformer.py") from None
+    if missing:
+        raise UserError(f"{run_dir}/last.pt cannot be resumed (no {', '.join(missing)}); it is damaged or was not "
+                        f"written by run_transformer.py")
+    saved = config_from_dict(payload["config"])
     asked = dataclasses.replace(saved, **typed)
-    for kind, names in FIXED_ON_RESUME.items():
+    for kind, role in (("model", MODEL), ("optimizer", OPTIMIZER), ("training", EXPERIMENT)):
         changes = ", ".join(f"{flag(k)}: checkpoint {getattr(saved, k)!r} vs requested {getattr(asked, k)!r}"
-                            for k in names if getattr(asked, k) != getattr(saved, k))
+                            for k in fields_with(role) if getattr(asked, k) != getattr(saved, k))
         if changes:
-            raise UserError(f"cannot resume {run_dir}: the {kind} differ ({changes}); drop those flags, or start "
-                            f"a new run with them")
+            raise UserError(f"cannot resume {run_dir}: the {kind} settings differ ({changes}); drop those flags, or "
+                            f"start a new run with them")
     return asked, Resumed(run_dir, payload)
 
 

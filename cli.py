@@ -24,10 +24,7 @@ def exit_code(body: Callable[[], int | None], hint: Callable[[Interrupted], str]
     try:
         return body() or 0
     except SystemExit as e:  # argparse: --help (0) or a one-line error (2)
-        if e.code is None or isinstance(e.code, int):
-            return e.code or 0
-        print(e.code, file=sys.stderr)  # sys.exit("message"), as Python itself would
-        return 1
+        return e.code or 0
     except UserError as e:
         print(("" if distributed.is_main() else f"[rank {distributed.rank()}] ") + f"error: {e}", file=sys.stderr)
         return 2

@@ -132,7 +132,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Each flag's default after its help, except an empty one; the description kept as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or (isinstance(action.default, (str, dict, list, tuple)) and not action.default):
+        if action.default in (None, "", {}, [], ()):  # not 0 or False: those are values a flag shows
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -159,14 +159,10 @@ def add_config_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | N
                                 default=default, help=f"the same as {flag(name)} {meta['negation']}")
 
 
-def build_parser(description: str = __doc__) -> Parser:
-    parser = Parser(description=description, formatter_class=HelpFormatter)
-    add_config_flags(parser)
-    return parser
-
-
 def parse_config(argv: list[str] | None = None) -> Config:
-    return Config(**vars(build_parser().parse_args(argv)))
+    parser = Parser(formatter_class=HelpFormatter)
+    add_config_flags(parser)
+    return Config(**vars(parser.parse_args(argv)))
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

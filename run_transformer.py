@@ -23,7 +23,8 @@ import distributed
 import symmetry
 from checkpoints import Resumed, checkpoint, load_checkpoint, restore_training, resume_config
 from cli import exit_code
-from config import CONTROL, EXECUTION, OUTPUT, Config, Parser, UserError, build_parser, fields_with, flag
+from config import (CONTROL, EXECUTION, OUTPUT, Config, HelpFormatter, Parser, UserError, add_config_flags, fields_with,
+                    flag)
 from data import check_same_data, load_data
 from fileio import WriteFailed, check_writable, fresh_directory, provenance, rounded, save_torch, write_json
 from metrics import scores
@@ -47,8 +48,13 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
     cfg = resolve_precision(cfg, device)
     main_rank = distributed.is_main()
     progress = sys.stderr.isatty() if progress is None else progress
-    if main_rank:
-        check_predictions_path(Path(cfg.predictions))
+    if main_rank:  # --predictions is rewritten by every run: refuse a data file there before training
+        predictions = Path(cfg.predictions)
+        check_writable(predictions)
+        if predictions.exists() and (predictions.stat().st_size > 1 << 26 or
+                                     not set(predictions.read_bytes()) <= set(b"01\n")):
+            raise UserError(f"--predictions {predictions} exists and is not a predictions file (0/1 lines); it would "
+                            f"be overwritten, so choose another path")
     else:
         log, progress = (lambda message: None), False
     for spec, name in ((cfg.augment, "--augment"), (cfg.tta, "--tta")):
@@ -117,15 +123,6 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
         raise WriteFailed(f"{e}, then resume with: python run_transformer.py --resume {run_dir}") from None
 
 
-def check_predictions_path(path: Path) -> None:
-    """--predictions is rewritten by every run: refuse a path that cannot be written or holds anything but 0/1
-    lines (a data file, say), before training."""
-    check_writable(path)
-    if path.exists() and (path.stat().st_size > 1 << 26 or not set(path.read_bytes()) <= set(b"01\n")):
-        raise UserError(f"--predictions {path} exists and is not a predictions file (0/1 lines); it would be "
-                        f"overwritten, so choose another path")
-
-
 def new_run_folder(cfg: Config, info: dict[str, Any], device: torch.device) -> Path:
     """A fresh, time-stamped run folder with config.json: the config, the data read, the environment, the code."""
     run_dir = fresh_directory(cfg.out_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}-{cfg.optimizer}-{cfg.loss}")
@@ -154,13 +151,13 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
     write_predictions(cfg.predictions, probs)
     plot_curves(run_dir / "curves.png", state.history, f"{cfg.model} {cfg.optimizer} {cfg.loss} "
                 f"channels={','.join(info['channels'])}", trust.bayes_curves)
-    final = state.history[-1] if state.history else {}
+    final = state.history[-1]  # best.pt exists, so an epoch finished
     attempts = [round(t, 1) for t in attempts]
     summary = {"run_dir": str(run_dir), "data_source": info["source"], "data_dir": info["data_dir"],
                "channels": info["channels"], "symmetry": info["symmetry"], "epochs_run": state.epoch,
                "best_epoch": state.best_epoch, "best_val_loss": state.best_loss, "diverged": diverged,
-               "views": views.count() if views else 1, "final_train_loss": final.get("train_loss"),
-               "final_train_acc": final.get("train_acc"), "final_gap_acc": final.get("gap_acc"),
+               "views": views.count() if views else 1, "final_train_loss": final["train_loss"],
+               "final_train_acc": final["train_acc"], "final_gap_acc": final["gap_acc"],
                "wall_time_s": round(sum(attempts), 1), "attempt_seconds": attempts}
     for name, prefix in (("valid", "val"), ("test", "test")):
         if data.y[name] is not None:  # loss and AUC of the raw logits; accuracy of the written predictions
@@ -181,18 +178,17 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
         f"report: {run_dir}/report.md")
     for note in trust.notes:
         log(note)
-    if learned_nothing(summary, data.y["valid"]):
-        log(nothing_learned_hint(cfg))
+    if hint := nothing_learned_note(cfg, summary, data.y["valid"]):
+        log(hint)
     return summary
 
 
-def learned_nothing(summary: dict[str, Any], y_valid: torch.Tensor) -> bool:
-    """The best model matches the constant predictor: majority-rate accuracy and chance-level AUC."""
+def nothing_learned_note(cfg: Config, summary: dict[str, Any], y_valid: torch.Tensor) -> str:
+    """What to try when the best model matches the constant predictor (majority-rate accuracy and chance-level
+    AUC); "" when it learned something."""
     majority = max(float(y_valid.mean()), 1 - float(y_valid.mean()))
-    return summary["val_acc"] <= majority + 1e-6 and abs(summary["val_auc"] - 0.5) < 0.1
-
-
-def nothing_learned_hint(cfg: Config) -> str:
+    if summary["val_acc"] > majority + 1e-6 or abs(summary["val_auc"] - 0.5) >= 0.1:
+        return ""
     tips = []
     if cfg.model == "vit" and cfg.init == "trunc02" and cfg.optimizer == "sgd":
         tips.append("--init torch (with --init trunc02, SGD kept this ViT at the constant predictor in every "
@@ -205,18 +201,10 @@ def nothing_learned_hint(cfg: Config) -> str:
 
 # ---- command line ----------------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class Command:
-    """What to do instead of training a new run."""
-    resume: str = ""
-    predict: str = ""
-    input: str = ""
-    output: str = ""
-
-
 def build_command_parser() -> Parser:
     """Config's flags, then the command modes."""
-    parser = build_parser(__doc__)
+    parser = Parser(description=__doc__, formatter_class=HelpFormatter)
+    add_config_flags(parser)
     modes = parser.add_argument_group("command modes (instead of training a new run)")
     one = modes.add_mutually_exclusive_group()
     one.add_argument("--resume", metavar="RUN_DIR", default="", help="continue the run in this folder from its "
@@ -234,36 +222,32 @@ def build_command_parser() -> Parser:
 UNSET = object()  # the value of every Config flag the user did not type
 
 
-def parse_command(argv: list[str]) -> tuple[dict[str, Any], Command]:
-    """The Config flags the user typed (--resume applies only those) and the command. argparse fills in a
+def parse_command(argv: list[str]) -> tuple[dict[str, Any], argparse.Namespace]:
+    """The Config flags the user typed (--resume applies only those) and the command modes. argparse fills in a
     default only where the namespace has no value yet, so flags not typed stay UNSET."""
     untyped = argparse.Namespace(**{f.name: UNSET for f in dataclasses.fields(Config)})
     parsed = vars(build_command_parser().parse_args(argv, namespace=untyped))
-    command = Command(**{name: parsed.pop(name) for name in vars(Command())})
+    command = argparse.Namespace(**{name: parsed.pop(name) for name in ("resume", "predict", "input", "output")})
     if (command.input or command.output) and not command.predict:
         raise UserError("--input and --output go with --predict RUN_DIR (the run whose model classifies them)")
     return {name: value for name, value in parsed.items() if value is not UNSET}, command
 
 
-def finished_line(run_dir: Path, cfg: Config, state: TrainState, summary: dict[str, Any] | None) -> str:
-    """What --resume prints for a run with no epoch left to train whose results were written, else ""."""
+def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:
+    """What --resume prints for a run with no epoch left to train whose results (summary.json) were written,
+    else ""."""
     if state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
         return ""
-    if summary is None or summary.get("epochs_run") != state.epoch:
+    try:
+        if json.loads((run_dir / "summary.json").read_text())["epochs_run"] != state.epoch:
+            return ""
+    except (OSError, ValueError, LookupError, TypeError):
         return ""
     how = (f"{state.epoch} of {cfg.epochs} epochs" if state.epoch >= cfg.epochs else
            f"stopped early after epoch {state.epoch} of {cfg.epochs}, {state.bad_epochs} without a better "
            f"validation loss; a larger --patience trains on")
     return (f"nothing to resume: {run_dir} finished ({how}; best epoch {state.best_epoch}); its results are "
             f"{run_dir}/report.md, summary.json and predictions.txt")
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        return summary if isinstance(summary, dict) else None
-    except (OSError, ValueError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             predict_file(Path(command.predict), command.input, command.output, typed.get("device", Config.device))
         elif command.resume:
             cfg, resumed = resume_config(Path(command.resume), typed)
-            state = TrainState(**resumed.payload["train_state"])
-            done = finished_line(resumed.run_dir, cfg, state, read_summary(resumed.run_dir))
+            done = finished_line(resumed.run_dir, cfg, TrainState(**resumed.payload["train_state"]))
             if not done:
                 run(cfg, resume_from=resumed)
             elif distributed.is_main():

@@ -62,7 +62,7 @@ def finished_run(tmp_path_factory) -> FinishedRun:
 @pytest.fixture
 def unrendered_figures(monkeypatch) -> None:
     """Figures are built but not drawn into pixels (most of the cost of the end of a tiny run): for tests of what
-    a run does, not of what it draws; the shared run and tests/test_run_transformer.py render them."""
+    a run does, not of what it draws; the shared run renders them."""
     from matplotlib.figure import Figure
 
     def placeholder(self, target, *args, **kwargs):
