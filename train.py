@@ -154,11 +154,6 @@ def build_training(cfg: Config, in_channels: int, image_size: int, n_train: int,
                     autocast, training_loss(cfg))
 
 
-def epoch_views(cfg: Config, data: DeviceData) -> Views | None:
-    """The views of the validation after every epoch (--epoch-views)."""
-    return data.symmetry.epoch_views() if cfg.epoch_views == "pair" else data.symmetry.views
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None, batch: int = 2048
                    ) -> torch.Tensor:
@@ -254,7 +249,8 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
         progress: bool = False) -> TrainState:
     """Train until cfg.epochs or early stopping on validation log loss; after every epoch on_epoch(state,
     improved) saves what the caller wants."""
-    model, device, views, stop = training.model, data.x["train"].device, epoch_views(cfg, data), StopFlag()
+    model, device, stop = training.model, data.x["train"].device, StopFlag()
+    views = data.symmetry.epoch_views() if cfg.epoch_views == "pair" else data.symmetry.views
     previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:

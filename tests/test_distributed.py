@@ -18,7 +18,7 @@ from config import config_from_dict
 from data import epoch_batches
 from checkpoints import load_checkpoint
 from data import load_data
-from train import build_model, epoch_views, evaluate
+from train import build_model, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 # fp32: the checks below recompute the run's numbers in fp32 in this process (bf16 is checked in test_train)
@@ -78,7 +78,7 @@ def test_two_processes_stay_in_sync_and_match_single_process_evaluation(tiny_ben
     initial = build_model(cfg, len(data.stats["channels"]), data.image_size).state_dict()
     assert not torch.equal(initial["head.weight"], ranks[0]["head.weight"]), "training did not change weights"
 
-    single = evaluate(model, data.x["valid"], data.y["valid"], epoch_views(cfg, data))  # as fit validates
+    single = evaluate(model, data.x["valid"], data.y["valid"], data.symmetry.epoch_views())  # as fit validates
     rows = metrics(run_dir)
     for key in ("loss", "acc", "auc"):
         assert rows[-1][f"val_{key}"] == pytest.approx(single[key], rel=2e-5, abs=1e-6), key

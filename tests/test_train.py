@@ -11,7 +11,7 @@ from data import load_splits, to_device
 from metrics import roc_auc
 import train
 from conftest import benchmark_plan
-from train import (TrainState, build_model, build_optimizer, build_scheduler, build_training, epoch_views, fit,
+from train import (TrainState, build_model, build_optimizer, build_scheduler, build_training, fit,
                    predict_proba, resolve_precision, training_loss)
 
 
@@ -107,7 +107,7 @@ def test_fit_learns_and_records_consistent_metrics(tiny_benchmark):
     assert state.best_epoch == 1 + min(range(4), key=lambda i: state.history[i]["val_loss"])
     # validation loss and accuracy are those of the probabilities (the views of --epoch-views), whatever the
     # training loss
-    p = predict_proba(training.model, data.x["valid"], epoch_views(cfg, data))
+    p = predict_proba(training.model, data.x["valid"], data.symmetry.views)  # --epoch-views all
     assert row["val_loss"] == pytest.approx(F.binary_cross_entropy(p, data.y["valid"]).item(), rel=1e-4)
     assert row["val_acc"] == pytest.approx(((p > 0.5).float() == data.y["valid"]).float().mean().item())
 
