@@ -125,29 +125,29 @@ def test_fit_stops_after_patience_epochs_without_a_better_validation_loss(tiny_b
 
 @pytest.fixture(scope="module")
 def small_benchmark(tmp_path_factory):
-    """1,200 training images: enough steps for two epochs of SGD to show whether it learns."""
+    """1,200 training images: enough steps for one epoch of SGD to show whether it learns."""
     import synthetic
     sizes = synthetic.Sizes(train0=600, train1=600, valid0=100, valid1=100, test0=10, test1=10)
     return synthetic.generate_benchmark(tmp_path_factory.mktemp("small") / "bench", seed=3, sizes=sizes)
 
 
 def requested_recipe_auc(benchmark, **changes) -> float:
-    """Best validation AUC of 2 epochs of the default recipe (BatchNorm patch embedding, default ViT, SGD momentum
+    """Validation AUC after 1 epoch of the default recipe (BatchNorm patch embedding, default ViT, SGD momentum
     0.9 + LinearLR, smoothed BCE, augmentation, all test-time views) on whitened density."""
-    cfg = dataclasses.replace(Config(), loss="smooth", epochs=2, batch_size=64, seed=0, epoch_views="all", **changes)
+    cfg = dataclasses.replace(Config(), loss="smooth", epochs=1, batch_size=64, seed=0, epoch_views="all", **changes)
     data = to_device(load_splits(benchmark), ["density"], "cpu", whiten=cfg.whiten,
                      symmetry=benchmark_plan(cfg.tta_shifts))
     torch.manual_seed(cfg.seed)
     training = build_training(cfg, 1, 28, len(data.x["train"]), torch.device("cpu"))
     state = fit(training, data, cfg, TrainState(), lambda st, imp: None, log=lambda s: None)
-    return max(row["val_auc"] for row in state.history)
+    return state.history[-1]["val_auc"]
 
 
 def test_the_requested_sgd_recipe_learns_with_the_default_init(small_benchmark):
     """The initialisation pitfall: with the DeiT init (trunc normal 0.02) SGD leaves the ViT at the constant
-    predictor; with the default fan-in init the same recipe separates the classes within two short epochs."""
+    predictor; with the default fan-in init the same recipe separates the classes within one short epoch."""
     assert requested_recipe_auc(small_benchmark, init="trunc02") < 0.6
-    assert requested_recipe_auc(small_benchmark) > 0.9
+    assert requested_recipe_auc(small_benchmark) > 0.8
 
 
 @pytest.mark.parametrize("views, count", [("pair", 2), ("all", 32)])
