@@ -79,11 +79,6 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when `flag` is true on any rank (so all ranks take the same branch)."""
-    return bool(all_reduce(torch.tensor([float(flag)], device=device), "max"))
-
-
 def from_main(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Rank 0's numbers on every rank: early stopping must decide identically everywhere."""
     t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)

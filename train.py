@@ -278,8 +278,8 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
                 f"{row['train_acc']:.4f} | val ({n} view{'s' * (n > 1)}) loss {row['val_loss']:.4f} acc "
                 f"{row['val_acc']:.4f} auc {row['val_auc']:.4f} | gap acc {row['gap_acc']:+.4f} loss "
                 f"{row['gap_loss']:+.4f}" + ("  *" if improved else ""))
-            if distributed.any_rank(stop.signum is not None, device):
-                signum = stop.signum or signal.SIGTERM  # under DDP another rank may have been signalled
+            signum = int(distributed.all_reduce(torch.tensor(stop.signum or 0, device=device), "max"))
+            if signum:  # under DDP every rank stops when any rank was signalled
                 raise Interrupted(f"{signal_name(signum)} after epoch {epoch + 1}", signum)
     finally:
         for s, handler in previous.items():

@@ -104,4 +104,3 @@ def test_helpers_are_no_ops_without_torchrun():
     assert distributed.from_main({"a": 0.5}, torch.device("cpu")) == {"a": 0.5}
     model = torch.nn.BatchNorm1d(3)
     assert distributed.wrap(model, torch.device("cpu"), sync_bn=False) is model
-    assert distributed.any_rank(True, torch.device("cpu")) and not distributed.any_rank(False, torch.device("cpu"))
