@@ -155,15 +155,14 @@ def build_training(cfg: Config, in_channels: int, image_size: int, n_train: int,
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None, batch: int = 2048
-                   ) -> torch.Tensor:
-    """Logits of state 1, (N,), in eval mode, averaged over `views`; NonFinitePredictions when a forward pass
-    overflows (a NaN would become a silent 0 in the predictions)."""
+def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None) -> torch.Tensor:
+    """Logits of state 1, (N,), in eval mode, averaged over `views`, in chunks of 2048 images;
+    NonFinitePredictions when a forward pass overflows (a NaN would become a silent 0 in the predictions)."""
     unit = shift_unit(model) if views else 0
     forward = (lambda images: view_averaged_logits(model, images, unit, views)) if views else model
     was_training = model.training
     model.eval()
-    logits = torch.cat([forward(x[i:i + batch]).float().squeeze(1) for i in range(0, len(x), batch)])
+    logits = torch.cat([forward(x[i:i + 2048]).float().squeeze(1) for i in range(0, len(x), 2048)])
     model.train(was_training)
     bad = int((~torch.isfinite(logits)).sum())
     if bad:
