@@ -1,6 +1,4 @@
 """The scientist's reference CNN: the strongly regularised model the ViT is meant to mimic."""
-from __future__ import annotations
-
 import torch
 from torch import nn
 
@@ -12,11 +10,11 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class ReferenceCNN(nn.Module):
-    """(B, C, 28, 28) -> (B, 1) logits: two conv blocks (C -> 16 -> 32), then Linear(32*7*7 -> 128 -> 1)."""
+    """(B, C, 28, 28) -> (B, 1) logits: two conv blocks (C -> 16 -> 32), then Linear(32*7*7 -> 128 -> 1).
+    The image side must divide by 4 (build_model says so to the user)."""
 
     def __init__(self, *, in_channels: int = 2, image_size: int = 28):
         super().__init__()
-        assert image_size % 4 == 0, f"the CNN pools twice by 2: image size {image_size} must divide by 4"
         side = image_size // 4
         self.shift_unit = 4  # the total stride of the two max-pools: a shift by 4 moves the map by one cell
         self.features = nn.Sequential(conv_block(in_channels, 16), conv_block(16, 32))

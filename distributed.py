@@ -1,10 +1,7 @@
 """Data-parallel training under `torchrun --nproc_per_node=N run_transformer.py ...` (NCCL on GPUs, gloo on CPU):
 set-up, rank helpers and the per-epoch reductions, each a no-op without torchrun."""
-from __future__ import annotations
-
 import os
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -44,8 +41,8 @@ def setup(device: torch.device, sync_bn: bool = False) -> torch.device:
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     if not dist.is_initialized():
-        cuda = device.type == "cuda"
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
     return device
 
 
@@ -55,7 +52,7 @@ def teardown() -> None:
 
 
 @contextmanager
-def main_first() -> Iterator[None]:
+def main_first():
     """Rank 0 runs the block first (e.g. generating the benchmark files), the others after it."""
     if active() and not is_main():
         dist.barrier()
@@ -82,18 +79,12 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when `flag` is true on any rank (so all ranks take the same branch)."""
-    return flag if not active() else bool(all_reduce(torch.tensor([float(flag)], device=device), "max"))
-
-
 def from_main(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Rank 0's numbers on every rank: early stopping must decide identically everywhere."""
-    if not active():
-        return values
-    t = torch.tensor([values[k] for k in sorted(values)], dtype=torch.float64, device=device)
-    dist.broadcast(t, src=0)
-    return dict(zip(sorted(values), t.tolist()))
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    if active():
+        dist.broadcast(t, src=0)
+    return dict(zip(values, t.tolist()))
 
 
 def sync_buffers(model: nn.Module) -> None:

@@ -1,7 +1,5 @@
 """The training loop and what it builds on (model, optimizer, schedule, loss, precision, DDP, compile): device-
 resident data, one host sync per epoch, divergence and signals checked without stalling the steps."""
-from __future__ import annotations
-
 import dataclasses
 import math
 import signal
@@ -44,12 +42,12 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def overflow_message(e: NonFinitePredictions, where: str, lr: float) -> str:
-    return f"{where}: {e}; {lr_advice(lr)}"
-
-
 def lr_advice(lr: float) -> str:
     return f"the learning rate (--lr {lr:g}) is probably too high, try --lr {lr / 10:g}"
+
+
+def overflow_message(e: NonFinitePredictions, where: str, lr: float) -> str:
+    return f"{where}: {e}; {lr_advice(lr)}"
 
 
 def pick_device(name: str) -> torch.device:
@@ -115,18 +113,6 @@ def training_loss(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y * (1 - eps) + 0.5 * eps)
 
 
-def training_model(model: nn.Module, cfg: Config, device: torch.device, backend: str = "inductor") -> nn.Module:
-    """What the training steps call: `model` under DDP (torchrun) and torch.compile (--compile), sharing its
-    parameters; evaluation and checkpoints use `model` itself. Every batch has one shape: one compile. CUDA
-    graphs on one GPU, where launch overhead dominates a small model."""
-    step_model = distributed.wrap(model, device, cfg.sync_bn)
-    if cfg.compile:
-        graphs = backend == "inductor" and device.type == "cuda" and not distributed.active()
-        mode = "reduce-overhead" if graphs else None
-        step_model = torch.compile(step_model, backend=backend, mode=mode)
-    return step_model
-
-
 def native_bf16(device: torch.device) -> bool:
     """CUDA with bf16 support, or a CPU with AVX512-BF16 or AMX (elsewhere bf16 is emulated, slower than fp32)."""
     if device.type == "cuda":
@@ -144,7 +130,7 @@ def resolve_precision(cfg: Config, device: torch.device) -> Config:
 @dataclass
 class Training:
     model: nn.Module  # eager and unwrapped: evaluation and checkpoints
-    step_model: nn.Module  # what the training steps call (training_model)
+    step_model: nn.Module  # what the training steps call: `model` under DDP and torch.compile, same parameters
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     steps_per_epoch: int  # per process
@@ -154,30 +140,29 @@ class Training:
 
 def build_training(cfg: Config, in_channels: int, image_size: int, n_train: int, device: torch.device
                    ) -> Training:
-    """Model, optimizer, schedule, precision (bf16 autocast where cfg.precision says bf16) and loss."""
+    """Model, optimizer, schedule, precision (bf16 autocast where cfg.precision says bf16) and loss. Every batch
+    has one shape: one compile; CUDA graphs on one GPU, where launch overhead dominates a small model."""
     model = build_model(cfg, in_channels, image_size).to(device)
+    step_model = distributed.wrap(model, device, cfg.sync_bn)
+    if cfg.compile:
+        graphs = device.type == "cuda" and not distributed.active()
+        step_model = torch.compile(step_model, mode="reduce-overhead" if graphs else None)
     steps_per_epoch = max(n_train // (cfg.batch_size * distributed.world()), 1)
     optimizer = build_optimizer(cfg, model, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
-    return Training(model, training_model(model, cfg, device), optimizer,
-                    build_scheduler(cfg, optimizer, steps_per_epoch), steps_per_epoch, autocast, training_loss(cfg))
-
-
-def epoch_views(cfg: Config, data: DeviceData) -> Views | None:
-    """The views of the validation after every epoch (--epoch-views)."""
-    return data.symmetry.epoch_views() if cfg.epoch_views == "pair" else data.symmetry.views
+    return Training(model, step_model, optimizer, build_scheduler(cfg, optimizer, steps_per_epoch), steps_per_epoch,
+                    autocast, training_loss(cfg))
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None, batch: int = 2048
-                   ) -> torch.Tensor:
-    """Logits of state 1, (N,), in eval mode, averaged over `views`; NonFinitePredictions when a forward pass
-    overflows (a NaN would become a silent 0 in the predictions)."""
+def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None) -> torch.Tensor:
+    """Logits of state 1, (N,), in eval mode, averaged over `views`, in chunks of 2048 images;
+    NonFinitePredictions when a forward pass overflows (a NaN would become a silent 0 in the predictions)."""
     unit = shift_unit(model) if views else 0
     forward = (lambda images: view_averaged_logits(model, images, unit, views)) if views else model
     was_training = model.training
     model.eval()
-    logits = torch.cat([forward(x[i:i + batch]).float().squeeze(1) for i in range(0, len(x), batch)])
+    logits = torch.cat([forward(x[i:i + 2048]).float().squeeze(1) for i in range(0, len(x), 2048)])
     model.train(was_training)
     bad = int((~torch.isfinite(logits)).sum())
     if bad:
@@ -205,21 +190,12 @@ class TrainState:
 
 
 class StopFlag:
-    """SIGINT/SIGTERM set `signum`, which the loop checks between steps (no work is torn mid-write)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def __enter__(self) -> "StopFlag":
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
+    """fit makes `handle` the SIGINT/SIGTERM handler; the loop checks `signum` between steps (no work is torn
+    mid-write)."""
+    signum: int | None = None
 
     def handle(self, signum: int, frame) -> None:
         self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
 
 
 def train_epoch(training: Training, data: DeviceData, cfg: Config, epoch: int, stop: StopFlag, progress: bool
@@ -272,12 +248,14 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
         progress: bool = False) -> TrainState:
     """Train until cfg.epochs or early stopping on validation log loss; after every epoch on_epoch(state,
     improved) saves what the caller wants."""
-    model, device, views = training.model, data.x["train"].device, epoch_views(cfg, data)
-    with StopFlag() as stop:
+    model, device, stop = training.model, data.x["train"].device, StopFlag()
+    views = data.symmetry.epoch_views() if cfg.epoch_views == "pair" else data.symmetry.views
+    previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
         while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
             epoch = state.epoch
-            row = {"epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"]}
-            row.update(train_epoch(training, data, cfg, epoch, stop, progress))
+            row = {"epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"],
+                   **train_epoch(training, data, cfg, epoch, stop, progress)}
             distributed.sync_buffers(model)  # same BatchNorm statistics on every rank before evaluating
             try:
                 val = evaluate(model, data.x["valid"], data.y["valid"], views)
@@ -299,7 +277,10 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
                 f"{row['train_acc']:.4f} | val ({n} view{'s' * (n > 1)}) loss {row['val_loss']:.4f} acc "
                 f"{row['val_acc']:.4f} auc {row['val_auc']:.4f} | gap acc {row['gap_acc']:+.4f} loss "
                 f"{row['gap_loss']:+.4f}" + ("  *" if improved else ""))
-            if distributed.any_rank(stop.signum is not None, device):
-                signum = stop.signum or signal.SIGTERM  # under DDP another rank may have been signalled
+            signum = int(distributed.all_reduce(torch.tensor(stop.signum or 0, device=device), "max"))
+            if signum:  # under DDP every rank stops when any rank was signalled
                 raise Interrupted(f"{signal_name(signum)} after epoch {epoch + 1}", signum)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return state

@@ -1,6 +1,5 @@
-"""A small Vision Transformer for 28x28 gas images, with the requested BatchNorm after the patch convolution."""
-from __future__ import annotations
-
+"""A small Vision Transformer for 28x28 gas images, with the requested BatchNorm after the patch convolution.
+The options (norms, init, pool) are checked by config's choices."""
 import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
@@ -8,14 +7,9 @@ from einops.layers.torch import Rearrange
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-# the fastest CUDA kernel at head dim 16 and 50 tokens; math as the fallback
-CUDA_ATTENTION = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
 
 def make_norm(kind: str, dim: int) -> nn.Module:
     """LayerNorm, or BatchNorm1d over the token features with statistics pooled over batch and tokens."""
-    if kind not in ("layer", "batch"):
-        raise ValueError(f"unknown block norm {kind!r}: use layer or batch")
     if kind == "layer":
         return nn.LayerNorm(dim)
     return nn.Sequential(Rearrange("b n d -> b d n"), nn.BatchNorm1d(dim), Rearrange("b d n -> b n d"))
@@ -27,10 +21,6 @@ class PatchEmbedding(nn.Module):
     def __init__(self, *, in_channels: int = 2, image_size: int = 28, patch_size: int = 4, emb_dim: int = 32,
                  norm: str = "batch", dropout: float = 0.2):
         super().__init__()
-        if image_size % patch_size:
-            raise ValueError(f"patch size {patch_size} does not divide image size {image_size}")
-        if norm not in ("batch", "none"):
-            raise ValueError(f"unknown patch norm {norm!r}: use batch or none")
         self.proj = nn.Conv2d(in_channels, emb_dim, kernel_size=patch_size, stride=patch_size)
         self.norm = nn.BatchNorm2d(emb_dim) if norm == "batch" else nn.Identity()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, emb_dim))
@@ -61,8 +51,8 @@ class Attention(nn.Module):
             with torch.autocast("cpu", enabled=False):  # autocast would run the softmax in fp32
                 weights = (q * q.shape[-1] ** -0.5 @ k.transpose(-1, -2)).softmax(dim=-1)
                 heads = (F.dropout(weights, p) if p > 0 else weights) @ v
-        else:
-            with sdpa_kernel(CUDA_ATTENTION):
+        else:  # the fastest CUDA kernel at head dim 16 and 50 tokens; math as the fallback
+            with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
                 heads = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         return self.out(rearrange(heads, "b h n d -> b n (h d)"))
 
@@ -90,16 +80,14 @@ class VisionTransformer(nn.Module):
                  emb_dropout: float = 0.2, patch_norm: str = "batch", block_norm: str = "layer",
                  init: str = "torch", pool: str = "cls"):
         super().__init__()
-        if pool not in ("cls", "mean") or init not in ("torch", "xavier", "trunc02"):
-            raise ValueError(f"unknown pool {pool!r} or init {init!r}: use cls or mean, torch, xavier or trunc02")
         self.embed = PatchEmbedding(in_channels=in_channels, image_size=image_size, patch_size=patch_size,
                                     emb_dim=emb_dim, norm=patch_norm, dropout=emb_dropout)
         self.blocks = nn.Sequential(*[Block(dim=emb_dim, heads=heads, mlp_dim=mlp_dim, dropout=dropout,
                                             norm=block_norm) for _ in range(depth)])
         self.norm, self.head = make_norm(block_norm, emb_dim), nn.Linear(emb_dim, 1)
         self.pool, self.shift_unit = pool, patch_size  # a whole-patch shift moves no patch boundary
-        # torch: nn.Linear's own fan-in uniform; xavier: Xavier-uniform; trunc02: truncated normal std 0.02 (the
-        # DeiT/AdamW convention, too small for SGD at width 32). Biases zero except under torch.
+        # torch: nn.Linear's own fan-in uniform; xavier: Xavier-uniform, zero biases; trunc02: truncated normal
+        # std 0.02, zero biases (the DeiT/AdamW convention, too small for SGD at width 32)
         for module in self.modules():
             if init != "torch" and isinstance(module, nn.Linear):
                 if init == "xavier":
@@ -112,4 +100,3 @@ class VisionTransformer(nn.Module):
         tokens = self.norm(self.blocks(self.embed(images)))
         pooled = tokens[:, 0] if self.pool == "cls" else reduce(tokens[:, 1:], "b n e -> b e", "mean")
         return self.head(pooled)
-

@@ -14,7 +14,6 @@ import dataclasses
 import pytest
 import torch
 
-import train
 from config import Config
 from data import DeviceData
 from symmetry import shift_unit
@@ -61,9 +60,8 @@ def test_compiled_fit_trains_like_eager_and_never_recompiles(monkeypatch):
     """Weights, BatchNorm running statistics and metrics after two epochs equal eager training's, and the
     fixed-shape batches plus eager evaluation need one compiled graph for the whole fit."""
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    original = train.training_model
-    monkeypatch.setattr(train, "training_model",
-                        lambda m, c, d: original(m, c, d, backend="aot_eager_decomp_partition"))
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode: compile_(model, backend="aot_eager_decomp_partition"))
     assert_compiled_fit_matches_eager("cpu", rtol=1e-5, atol=1e-6)
 
 

@@ -20,11 +20,6 @@ def test_patch_embedding_shapes_and_positions_follow_image_size():
     assert emb16(torch.randn(3, 1, 16, 16)).shape == (3, 17, 8)
 
 
-def test_patch_that_does_not_divide_image_is_a_clear_error():
-    with pytest.raises(ValueError, match="does not divide"):
-        PatchEmbedding(patch_size=5, image_size=28)
-
-
 def reference_embedding(emb: PatchEmbedding, norm: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The request spelled out with the embedding's own weights: Conv2d -> BatchNorm2d -> tokens -> CLS -> pos."""
     tokens = norm(emb.proj(images)).flatten(2).transpose(1, 2)
@@ -172,8 +167,6 @@ def test_init_choices_set_the_linear_weight_scale():
     default = VisionTransformer(in_channels=1)
     assert min(float(w.std()) for w in linear_weights(default) if w.numel() >= 1024) > 0.05
     assert max(float(w.abs().max()) for w in linear_weights(VisionTransformer(init="trunc02"))) <= 0.04 + 1e-6
-    with pytest.raises(ValueError, match="unknown pool 'cls' or init 'zeros'"):
-        VisionTransformer(init="zeros")
 
 
 def test_mean_pooling_reads_the_average_patch_token_not_the_cls_token():
