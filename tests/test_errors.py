@@ -443,7 +443,6 @@ WRITERS = textwrap.dedent(r'''
     import numpy as np, torch
     import fileio, report, synthetic
     from tools import compare
-    from tools.compare_report import plot_loss_curves
     from config import UserError
     from test_errors import files_up_to
 
@@ -455,7 +454,6 @@ WRITERS = textwrap.dedent(r'''
         "summary.json": lambda p: fileio.write_json(p, {"values": list(range(20_000))}),
         "metrics.csv": lambda p: report.write_metrics_csv(p, history),
         "curves.png": lambda p: report.plot_curves(p, history),
-        "accuracy.png": lambda p: plot_loss_curves(p, {"seed 0": history}),
         "predictions.txt": lambda p: report.write_predictions(p, np.full(20_000, 0.9)),
         "test_probabilities.csv": lambda p: report.write_probabilities(p, np.full(20_000, 0.9)),
         "train.hdf5": lambda p: synthetic.write_hdf5(p, {"density": np.ones((100, 28, 28), np.float16)}),

@@ -454,17 +454,6 @@ def commits(rows: list[dict[str, Any]]) -> str:
     return "runs by code version: " + ", ".join(f"{name} ({n} runs)" for name, n in count.items())
 
 
-def grid_bayes_accuracy(data_dir: Path, rows: list[dict[str, Any]]) -> dict[str, float] | None:
-    """The exact Bayes accuracy per split when the data are the built-in benchmark."""
-    for row in rows:  # a run on the benchmark records it
-        if "bayes_accuracy" in row["summary"]:
-            return row["summary"]["bayes_accuracy"]
-    if not (data_dir / synthetic.MANIFEST).exists():
-        return None
-    splits = load_splits(data_dir)
-    return synthetic.bayes_accuracy(splits, data.read_answer_key(data_dir, len(splits["test"])))
-
-
 def rate_grids(text: str) -> dict[str, tuple[float, ...]]:
     """--lrs 'sgd=0.05,adamw=0.001+0.003' -> {"sgd": (0.05,), "adamw": (0.001, 0.003)}."""
     grids: dict[str, tuple[float, ...]] = {}
@@ -577,8 +566,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
               f"{commits(reported)}.")
     reference_file = out / "reference.json"
     yardstick = json.loads(reference_file.read_text()) if user_data and reference_file.exists() else None
-    bayes = grid_bayes_accuracy(resolved, reported)
-    print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED, EFFECTS, yardstick))
+    print(write_report(lines, out, header, settings.seeds, PROBE_SEED, EFFECTS, yardstick))
     print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
     if interrupted is not None:
         raise interrupted
