@@ -96,8 +96,8 @@ def pct(pair: tuple[float, float], sign: str = "") -> str:
     return f"{100 * value:{sign}.2f}" + (f" ± {100 * half:.2f}" if math.isfinite(half) else " (1 seed)")
 
 
-def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int, probe_seed: int,
-                 effects: dict[str, Any], yardstick: dict[str, float] | None = None) -> str:
+def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int, effects: dict[str, Any],
+                 yardstick: dict[str, float] | None = None) -> str:
     """report.md, report.csv and figures/accuracy.png; returns the markdown. yardstick: the reference
     classifier's accuracy on the evaluation set (the user's data, where no Bayes limit is known)."""
     by_name = {l["variant"]: l for l in lines}
@@ -107,8 +107,8 @@ def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int
         l["diff"] = (math.nan, math.nan) if reference is None or reference is l else \
             paired_difference(l["runs"], reference["runs"])
         l["eval_n"] = next((r["heldout"]["n"] for r in l["runs"] if r.get("heldout")), None)
-    complete = all(l["lr"] is not None and len(l["runs"]) == seeds for l in lines)
-    runs = [r for l in lines for r in l["runs"] + l["probes"] if "finished_at" in r]
+    complete = all(len(l["runs"]) == seeds for l in lines)
+    runs = [r for l in lines for r in l["runs"] if "finished_at" in r]
     if runs:  # the grid's own wall time, across invocations and parallel workers
         first = min(r["finished_at"] - (r["summary"].get("wall_time_s") or 0) for r in runs)
         header += (f" {len(runs)} runs on {', '.join(sorted({r.get('device', '?') for r in runs}))}, first "
@@ -137,7 +137,7 @@ def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int
     md += ["All rows:", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for l in lines:
         diverged = sum(bool(r["summary"].get("diverged")) for r in l["runs"])
-        cells = [l["config"], l["channels"], l["init"], "–" if l["lr"] is None else f"{l['lr']:g}",
+        cells = [l["config"], l["channels"], l["init"], f"{l['lr']:g}",
                  f"{len(l['runs'])}" + (f" ({diverged} diverged)" if diverged else ""),
                  pct(l["heldout_acc"]), "reference" if l["reference"] == l["variant"] else pct(l["diff"], "+")]
         cells += [fmt(l[m], m) for m in shown]
@@ -148,14 +148,6 @@ def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int
     above = [l["variant"] for l in lines if bayes and l["heldout_acc"][0] > bayes]
     if above:  # possible only through a leak on 20,000 images: look before trusting it
         md += ["", f"**Warning**: above the Bayes limit on the held-out set: {', '.join(above)}."]
-    probed = [l for l in lines if l["probes"]]
-    if probed:
-        md += ["", f"Learning-rate probes (seed {probe_seed}, best validation log loss; * chosen):", ""]
-    for l in probed:
-        md.append(f"- {l['variant']}: " + ", ".join(
-            f"{r['lr']:g}{'*' if r['lr'] == l['lr'] else ''} → " + (f"{r['summary']['best_val_loss']:.4f}"
-            if r["summary"].get("best_val_loss") is not None else "diverged")
-            for r in sorted(l["probes"], key=lambda r: r["lr"])))
     md += ["", "![accuracy](figures/accuracy.png)", ""]
     markdown = "\n".join(md)
     write_text(out / "report.md", markdown)
@@ -198,7 +190,7 @@ def write_csv(lines: list[dict[str, Any]], path: Path) -> None:
                     + [f"{m}_{s}" for m in COLUMNS for s in ("mean", "std")])
     for l in lines:
         writer.writerow([l["variant"], l["config"], l["channels"], l["init"], l["whiten"],
-                         "" if l["lr"] is None else l["lr"], len(l["runs"]),
+                         l["lr"], len(l["runs"]),
                          "held-out" if l["eval_n"] else "", l["eval_n"] or ""]
                         + rounded([*l["heldout_acc"], l["reference"], *l["diff"], *(x for m in COLUMNS for x in l[m])]))
     write_text(path, buffer.getvalue())
