@@ -312,27 +312,17 @@ def load_results(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def check_same_data(results: Path, data_dir: Path) -> None:
-    """Refuse to continue a grid whose finished runs read other contents of data_dir: the report would mix two
-    data sets. Each run's config.json records the files it read."""
-    current: dict[bool, dict[str, Any]] = {}  # by whether the runs used the answer key
-    for row in load_results(results).values():
-        if "run_dir" not in row["summary"]:
-            continue
-        run_dir = Path(row["summary"]["run_dir"])
-        try:
-            seen = data.recorded_data(run_dir)
-        except UserError:  # the run folder was moved away
-            continue
-        if seen.get("data_dir") != str(data_dir):
-            continue
-        answers = "test_answers" in seen["files"]
-        if answers not in current:
-            current[answers] = data.data_files(data_dir, answers)
-        changed = changed_files(seen["files"], current[answers])
-        if changed:
-            raise UserError(f"{results} holds runs on other data: {changed[0]} changed since {run_dir} read it; "
-                            f"pass another --out-dir to start a grid on this data (or restore the file)")
+def check_same_data(out: Path, data_dir: Path) -> None:
+    """Refuse to continue a grid on changed data: its finished runs would keep their keys and the report would mix
+    two data sets. out/data.json records the files the grid started on."""
+    record, files = out / "data.json", data.data_files(data_dir, (data_dir / ANSWER_FILE).exists())
+    if not record.exists():
+        write_json(record, files)
+        return
+    changed = changed_files(json.loads(record.read_text()), files)
+    if changed:
+        raise UserError(f"{out / 'results.jsonl'} holds runs on other data: {changed[0]} changed since the grid "
+                        f"started; pass another --out-dir to start a grid on this data (or restore the file)")
 
 
 def append_result(path: Path, row: dict[str, Any]) -> None:
@@ -490,7 +480,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     else:
         base, resolved, evaluation_file = evaluation_data(base, out, args.quick, device)
         settings = dataclasses.replace(settings, heldout=str(evaluation_file))
-        check_same_data(out / "results.jsonl", resolved)
+        check_same_data(out, resolved)
         print(f"{len(chosen)} variants (configuration x channel set) on {resolved}, scored on {evaluation_file}, "
               f"{device}, {jobs} parallel run(s); results in {out}/")
         deadline = start + 60 * args.max_minutes if args.max_minutes > 0 else 0.0

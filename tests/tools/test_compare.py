@@ -14,7 +14,6 @@ import pytest
 from tools import compare
 from tools.compare_report import pack, unpack
 import synthetic
-import data
 import run_transformer
 from config import EXECUTION, OUTPUT, Config, UserError, fields_with
 from data import read_answer_key
@@ -60,9 +59,6 @@ class FakeRun:
         self.calls.append((cfg.model, cfg.optimizer, cfg.loss, cfg.channels, cfg.lr, cfg.seed, cfg.epochs))
         run_dir = Path(cfg.out_dir) / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
-        data_dir = Path(cfg.data_dir)  # the record of the data read, as run_transformer writes it
-        write_json(run_dir / "config.json", {"data": {"data_dir": str(data_dir),
-                                                      "files": data.data_files(data_dir, answers=True)}})
         loss = 0.6 + 0.01 * cfg.seed
         write_metrics_csv(run_dir / "metrics.csv", [
             {"epoch": e + 1, "train_loss": loss - 0.1 * e, "val_loss": loss, "train_acc": 0.7, "val_acc": 0.8}
