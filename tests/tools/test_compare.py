@@ -200,7 +200,7 @@ def in_process(cfg: Config, threads: int = 0) -> dict:
 
 
 def test_quick_grid_answers_the_question_on_the_users_data_without_an_answer_key(tmp_path: Path, capsys,
-                                                                                   monkeypatch):
+                                                                                   monkeypatch, unrendered_figures):
     """Data of another physics, no answer key: every row gets an accuracy with a 95% interval and a paired
     difference to `after` on the validation file, which no run used for a choice (they choose on a stratified
     sixth of the training file, copied into the grid's folder); the report speaks of that data, with the
