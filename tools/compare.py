@@ -14,7 +14,6 @@ same command skips it.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
@@ -280,19 +279,12 @@ def run_job(job: dict[str, Any], threads: int = 0) -> dict[str, Any]:
     cfg = Config(**job["config"])
     summary = train_one(cfg, threads)
     run_dir = Path(summary["run_dir"]) if "run_dir" in summary else None
-    history = read_history(run_dir / "metrics.csv") if run_dir and (run_dir / "metrics.csv").exists() else []
     device = torch.cuda.get_device_name(0) if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
     row = {**{k: job[k] for k in ("key", "variant", "lr", "seed")}, "summary": summary,
-           "history": history, "device": f"{device} ({os.cpu_count()} cores)", "provenance": provenance()}
+           "device": f"{device} ({os.cpu_count()} cores)", "provenance": provenance()}
     if job["heldout"] and run_dir and (run_dir / "best.pt").exists():
         row["heldout"] = score_run(run_dir, Path(job["heldout"]), pick_device(cfg.device))
     return row
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        return [{k: float(row[k]) for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc")}
-                for row in csv.DictReader(f)]
 
 
 def load_results(path: Path) -> dict[str, dict[str, Any]]:
