@@ -161,6 +161,9 @@ def throughput(args: argparse.Namespace) -> None:
         img_s = steps * batch / took
         base = base or img_s
         print(f"{style:<76} {batch:>6} {precision:>5} {steps:>6} {img_s:>11,.0f} {img_s / base:>7.2f}x")
+    if cuda and cfg.compile:  # CUDA graphs fall back silently to plain kernels when they cannot be used
+        from torch._dynamo.utils import counters
+        print(f"CUDA graph skips: {counters['inductor']['cudagraph_skips']} (0: the steps ran as CUDA graphs)")
 
 
 class TargetReached(Exception):
