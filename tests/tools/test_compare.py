@@ -15,7 +15,7 @@ from tools import compare
 from tools.compare_report import pack, unpack
 import synthetic
 import run_transformer
-from config import EXECUTION, OUTPUT, Config, UserError, fields_with
+from config import EXECUTION, OUTPUT, Config, UserError, fields_with, parse_config
 from data import read_answer_key
 from fileio import write_json
 from predict import predict_file
@@ -140,9 +140,19 @@ def floats(obj) -> list[float]:
     return [x for v in values for x in floats(v)]
 
 
+def test_every_run_is_the_command_line_of_its_config(tmp_path: Path):
+    """train_one starts `python run_transformer.py` with config_flags(cfg): the flags parse back to cfg, for
+    every configuration of the grid."""
+    for v in compare.variants(compare.FULL.configs):
+        for job in compare.seed_jobs(v, compare.FULL, Config(data_dir="somewhere"), tmp_path)[:1]:
+            cfg = Config(**job["config"])
+            assert parse_config(compare.config_flags(cfg)) == cfg, v.name
+
+
 def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys, monkeypatch):
-    """The one real run: `python run_transformer.py` (the CNN, the cheapest model) for one epoch on the tiny
-    benchmark, recorded with its summary and its score on the held-out set."""
+    """A real run (the CNN, the cheapest model) for one epoch on the tiny benchmark, recorded with its summary
+    and its score on the held-out set."""
+    monkeypatch.setattr(compare, "train_one", in_process)
     monkeypatch.setattr(compare, "QUICK_HELDOUT_PER_CLASS", 200)
     out = tmp_path / "out"
     argv = ["--quick", "--only", "cnn", "--data-dir", str(tiny_benchmark), "--out-dir", str(out), "--epochs", "1",
