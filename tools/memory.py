@@ -42,7 +42,8 @@ def peak_gb(scale: float, scratch: Path) -> tuple[list[str], int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m tools.memory", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scales", type=float, nargs="*", default=[1, 4, 10],
                         help="training-split multipliers, in rising order")
     parser.add_argument("--out", default=str(ROOT / "results" / "speed" / "memory.txt"))
