@@ -436,7 +436,6 @@ def test_every_writer_reports_a_full_disk_in_one_line_and_keeps_the_old_file(tmp
     import fileio
     import report
     from tools import compare
-    from tools.compare_report import plot_loss_curves
     history = [{"epoch": e, "lr": 0.1, "train_objective": 0.5, "train_loss": 0.5, "train_acc": 0.7, "val_loss": 0.6,
                 "val_acc": 0.6, "val_auc": 0.6, "gap_acc": 0.1, "gap_loss": 0.1} for e in range(1, 301)]
     writers = {
@@ -444,7 +443,6 @@ def test_every_writer_reports_a_full_disk_in_one_line_and_keeps_the_old_file(tmp
         "summary.json": lambda p: fileio.write_json(p, {"values": list(range(20_000))}),
         "metrics.csv": lambda p: report.write_metrics_csv(p, history),
         "curves.png": lambda p: report.plot_curves(p, history),
-        "accuracy.png": lambda p: plot_loss_curves(p, {"seed 0": history}),
         "predictions.txt": lambda p: report.write_predictions(p, np.full(20_000, 0.9)),
         "test_probabilities.csv": lambda p: report.write_probabilities(p, np.full(20_000, 0.9)),
         "train.hdf5": lambda p: synthetic.write_hdf5(p, {"density": np.ones((100, 28, 28), np.float16)}),

@@ -1,6 +1,6 @@
 """Training throughput of a naive loop, ours and the default recipe; and time to a target accuracy.
 
-    python -m tools.bench                                   # CPU (CUDA when available): img/s, ratio, FLOPs
+    python -m tools.bench                                   # CPU (CUDA when available): img/s and ratio
     python -m tools.bench --device cuda --batch-size 4096 --precision bf16 --compile
     python -m tools.bench --time-to-target    # the README's command to 83%, 96% validation and 98% test accuracy
     python -m tools.bench --time-to-target --recipe "--optimizer adamw --lr 1e-3"
@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.flop_counter import FlopCounterMode
 
 from cli import exit_code
 from config import Config, HelpFormatter, Parser, UserError, add_config_flags, checked, non_negative, parse_config
@@ -106,15 +105,6 @@ def our_steps(cfg: Config, data: DeviceData, device: torch.device, batches: int)
     return step
 
 
-def flops_per_image(cfg: Config, data: DeviceData) -> float:
-    """FLOPs of one training step (forward + backward) per image, counted on CPU."""
-    model = build_model(cfg, len(data.stats["channels"]), data.image_size)
-    x = torch.randn(8, len(data.stats["channels"]), data.image_size, data.image_size)
-    with FlopCounterMode(display=False) as counter:
-        model(x).sum().backward()
-    return counter.get_total_flops() / len(x)
-
-
 def measure(styles: dict[str, Steps], seconds: float, rounds: int, device: torch.device) -> dict[str, list]:
     """[steps, seconds] per style, the styles taking turns `rounds` times, each for >= `seconds` (0: one call)."""
     totals = {name: [0, 0.0] for name in styles}
@@ -131,7 +121,7 @@ def measure(styles: dict[str, Steps], seconds: float, rounds: int, device: torch
 
 
 def throughput(args: argparse.Namespace) -> None:
-    """One table: the naive loop, ours and the default recipe, in images per second and GFLOP/s."""
+    """One table: the naive loop, ours and the default recipe, in images per second."""
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     cfg = Config(whiten=False, augment="off", tta="off", pool="cls", dropout=0.1, device=args.device,
@@ -161,19 +151,16 @@ def throughput(args: argparse.Namespace) -> None:
     print(f"timed: {rounds} rounds of >= {seconds:g} s per style, taking turns; load average {load:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after (on {os.cpu_count()} CPUs)")
     compiled = f", torch.compile{' (CUDA graphs)' if cuda else ''}" if cfg.compile else ""
-    rows = [(f"naive: HDF5 Dataset + DataLoader ({args.workers} workers), .item()/step, AdamW", 64, "fp32", cfg),
-            (f"ours: resident tensors, 1 sync/epoch, {cfg.optimizer.upper()}{compiled}", cfg.batch_size,
-             cfg.precision, cfg),
+    rows = [(f"naive: HDF5 Dataset + DataLoader ({args.workers} workers), .item()/step, AdamW", 64, "fp32"),
+            (f"ours: resident tensors, 1 sync/epoch, {cfg.optimizer.upper()}{compiled}", cfg.batch_size, cfg.precision),
             (f"default recipe: ViT emb {recipe.emb_dim} depth {recipe.depth} heads {recipe.heads}, whitened, "
-             f"augmented, {recipe.optimizer.upper()}", recipe.batch_size, recipe.precision, recipe)]
-    print(f"{'style':<76} {'batch':>6} {'prec':>5} {'steps':>6} {'img/s':>11} {'ratio':>8} {'GFLOP/s':>9}")
+             f"augmented, {recipe.optimizer.upper()}", recipe.batch_size, recipe.precision)]
+    print(f"{'style':<76} {'batch':>6} {'prec':>5} {'steps':>6} {'img/s':>11} {'ratio':>8}")
     base = None
-    for (style, batch, precision, c), (steps, took) in zip(rows, totals.values()):
+    for (style, batch, precision), (steps, took) in zip(rows, totals.values()):
         img_s = steps * batch / took
         base = base or img_s
-        flops = flops_per_image(c, recipe_data if c is recipe else data)
-        print(f"{style:<76} {batch:>6} {precision:>5} {steps:>6} {img_s:>11,.0f} {img_s / base:>7.2f}x "
-              f"{img_s * flops / 1e9:>9,.1f}")
+        print(f"{style:<76} {batch:>6} {precision:>5} {steps:>6} {img_s:>11,.0f} {img_s / base:>7.2f}x")
     if cuda and cfg.compile:  # CUDA graphs fall back silently to plain kernels when they cannot be used
         from torch._dynamo.utils import counters
         print(f"CUDA graph skips: {counters['inductor']['cudagraph_skips']} (0: the steps ran as CUDA graphs)")

@@ -6,24 +6,23 @@
     python -m tools.compare --out-dir results/evaluation --report-only   # the report again, nothing trained
 
 Rows: `before` (the pre-change ViT), each requested change on it, `after` (all of them), `after` with one taken
-back, the reference CNN, all on raw and on whitened density; the init axis and ViT levers. An optimizer given
-several rates is probed first (seed 100; the lowest validation log loss wins). Each reported run is scored on
-labelled images that no run used for any choice. Every run is `python run_transformer.py` in its own folder and
-one line of results.jsonl when it finishes, so a rerun of the same command skips it.
+back, the reference CNN, all on raw and on whitened density; the init axis and ViT levers. Each optimizer trains
+at one rate (--lrs). Each run is scored on labelled images that no run used for any choice. Every run is
+`python run_transformer.py` in its own folder and one line of results.jsonl when it finishes, so a rerun of the
+same command skips it.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
@@ -84,9 +83,7 @@ EFFECTS = {
 }
 WITH_DATE = ("before", *CHANGES, "after", "cnn")  # the rows also run with the confounded date channel
 CHANNEL_SETS = {"with-date": "density,recording_date", "no-date": "density"}
-LR_GRID = {"adamw": (1e-3, 2e-3, 4e-3), "sgd": (0.025, 0.05, 0.1)}  # for --lrs; docs/evaluation.md
-FIXED_LR = {"adamw": (4e-3,), "sgd": (Config().lr,)}
-PROBE_SEED = 100  # no reported run uses it: selection and evaluation stay apart
+LRS = {"adamw": 4e-3, "sgd": Config().lr}  # per optimizer, checked in docs/evaluation.md
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,16 +91,15 @@ class Settings:
     """How big a grid: the full defaults, or --quick."""
     configs: tuple[str, ...]
     epochs: int
-    probe_epochs: int
     seeds: int
-    lr_grid: dict[str, tuple[float, ...]]
+    lrs: dict[str, float]
     channel_sets: tuple[str, ...] = tuple(CHANNEL_SETS)
     heldout: str = ""  # the labelled file every final run is scored on
 
 
-FULL = Settings(tuple(CONFIGS), epochs=8, probe_epochs=3, seeds=3, lr_grid=FIXED_LR)
-QUICK = Settings(("before", *(c for c in CHANGES if c != "+block-bn"), "after", "cnn"), epochs=4, probe_epochs=2,
-                 seeds=2, lr_grid=FIXED_LR, channel_sets=("no-date",))
+FULL = Settings(tuple(CONFIGS), epochs=8, seeds=3, lrs=LRS)
+QUICK = Settings(("before", *(c for c in CHANGES if c != "+block-bn"), "after", "cnn"), epochs=4, seeds=2,
+                 lrs=LRS, channel_sets=("no-date",))
 QUICK_SIZES = synthetic.Sizes(1000, 1800, 250, 450, 250, 250)  # 1/10 of the benchmark
 QUICK_HELDOUT_PER_CLASS = 1000
 
@@ -133,40 +129,18 @@ def job_key(cfg: Config) -> str:
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_job(variant: Variant, stage: str, lr: float, seed: int, epochs: int, base: Config, out: Path,
-             heldout: str = "") -> dict[str, Any]:
-    folder = out / "runs" / variant.config / variant.channels / f"{stage}-lr{lr:g}-seed{seed}"
-    cfg = variant.build(base, lr=lr, seed=seed, epochs=epochs, out_dir=str(folder),
-                        predictions=str(folder / "predictions.txt"))
-    return {"key": job_key(cfg), "variant": variant.name, "stage": stage, "lr": lr, "seed": seed,
-            "config": dataclasses.asdict(cfg), "heldout": heldout}
-
-
-def probe_jobs(variant: Variant, settings: Settings, base: Config, out: Path) -> list[dict[str, Any]]:
-    """One short run per rate of the variant's optimizer; none when there is one rate."""
-    grid = settings.lr_grid[CONFIGS[variant.config]["optimizer"]]
-    if len(grid) == 1:
-        return []
-    return [make_job(variant, "probe", lr, PROBE_SEED, settings.probe_epochs, base, out) for lr in grid]
-
-
-def chosen_lr(variant: Variant, settings: Settings, done: list[dict[str, Any]]) -> float | None:
-    """The variant's rate once all its probes finished (the only rate when there were none), else None."""
-    grid = settings.lr_grid[CONFIGS[variant.config]["optimizer"]]
-    return grid[0] if len(grid) == 1 else choose_lr(done) if len(done) == len(grid) else None
-
-
-def final_jobs(variant: Variant, lr: float, settings: Settings, base: Config, out: Path) -> list[dict[str, Any]]:
+def seed_jobs(variant: Variant, settings: Settings, base: Config, out: Path) -> list[dict[str, Any]]:
+    """The variant's runs, one per seed, at its optimizer's rate."""
+    lr = settings.lrs[CONFIGS[variant.config]["optimizer"]]
     epochs = CONFIGS[variant.config].get("epochs", settings.epochs)
-    return [make_job(variant, "final", lr, seed, epochs, base, out, settings.heldout) for seed in range(settings.seeds)]
-
-
-def choose_lr(probes: list[dict[str, Any]]) -> float:
-    """The probed rate with the lowest best validation log loss (a diverged probe loses)."""
-    def score(row: dict[str, Any]) -> float:
-        loss = row["summary"].get("best_val_loss")
-        return math.inf if loss is None or not math.isfinite(loss) else loss
-    return min(probes, key=lambda row: (score(row), row["lr"]))["lr"]
+    jobs = []
+    for seed in range(settings.seeds):
+        folder = out / "runs" / variant.config / variant.channels / f"lr{lr:g}-seed{seed}"
+        cfg = variant.build(base, lr=lr, seed=seed, epochs=epochs, out_dir=str(folder),
+                            predictions=str(folder / "predictions.txt"))
+        jobs.append({"key": job_key(cfg), "variant": variant.name, "lr": lr, "seed": seed,
+                     "config": dataclasses.asdict(cfg), "heldout": settings.heldout})
+    return jobs
 
 
 HELDOUT_FILE, HELDOUT_MANIFEST, CARVE_MANIFEST = "heldout.hdf5", "heldout.json", "carve.json"
@@ -305,19 +279,12 @@ def run_job(job: dict[str, Any], threads: int = 0) -> dict[str, Any]:
     cfg = Config(**job["config"])
     summary = train_one(cfg, threads)
     run_dir = Path(summary["run_dir"]) if "run_dir" in summary else None
-    history = read_history(run_dir / "metrics.csv") if run_dir and (run_dir / "metrics.csv").exists() else []
     device = torch.cuda.get_device_name(0) if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
-    row = {**{k: job[k] for k in ("key", "variant", "stage", "lr", "seed")}, "summary": summary,
-           "history": history, "device": f"{device} ({os.cpu_count()} cores)", "provenance": provenance()}
-    if job["heldout"] and job["stage"] == "final" and run_dir and (run_dir / "best.pt").exists():
+    row = {**{k: job[k] for k in ("key", "variant", "lr", "seed")}, "summary": summary,
+           "device": f"{device} ({os.cpu_count()} cores)", "provenance": provenance()}
+    if job["heldout"] and run_dir and (run_dir / "best.pt").exists():
         row["heldout"] = score_run(run_dir, Path(job["heldout"]), pick_device(cfg.device))
     return row
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        return [{k: float(row[k]) for k in ("epoch", "train_loss", "val_loss", "train_acc", "val_acc")}
-                for row in csv.DictReader(f)]
 
 
 def load_results(path: Path) -> dict[str, dict[str, Any]]:
@@ -337,27 +304,17 @@ def load_results(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def check_same_data(results: Path, data_dir: Path) -> None:
-    """Refuse to continue a grid whose finished runs read other contents of data_dir: the report would mix two
-    data sets. Each run's config.json records the files it read."""
-    current: dict[bool, dict[str, Any]] = {}  # by whether the runs used the answer key
-    for row in load_results(results).values():
-        if "run_dir" not in row["summary"]:
-            continue
-        run_dir = Path(row["summary"]["run_dir"])
-        try:
-            seen = data.recorded_data(run_dir)
-        except UserError:  # the run folder was moved away
-            continue
-        if seen.get("data_dir") != str(data_dir):
-            continue
-        answers = "test_answers" in seen["files"]
-        if answers not in current:
-            current[answers] = data.data_files(data_dir, answers)
-        changed = changed_files(seen["files"], current[answers])
-        if changed:
-            raise UserError(f"{results} holds runs on other data: {changed[0]} changed since {run_dir} read it; "
-                            f"pass another --out-dir to start a grid on this data (or restore the file)")
+def check_same_data(out: Path, data_dir: Path) -> None:
+    """Refuse to continue a grid on changed data: its finished runs would keep their keys and the report would mix
+    two data sets. out/data.json records the files the grid started on."""
+    record, files = out / "data.json", data.data_files(data_dir, (data_dir / ANSWER_FILE).exists())
+    if not record.exists():
+        write_json(record, files)
+        return
+    changed = changed_files(json.loads(record.read_text()), files)
+    if changed:
+        raise UserError(f"{out / 'results.jsonl'} holds runs on other data: {changed[0]} changed since the grid "
+                        f"started; pass another --out-dir to start a grid on this data (or restore the file)")
 
 
 def append_result(path: Path, row: dict[str, Any]) -> None:
@@ -367,29 +324,17 @@ def append_result(path: Path, row: dict[str, Any]) -> None:
 
 def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path, jobs: int, threads: int,
              deadline: float, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Probe, choose, then run the seeds, at most `jobs` runs at a time; skips what results.jsonl holds.
+    """Run every seed of every variant, at most `jobs` runs at a time; skips what results.jsonl holds.
     The density-only variants go first, so a grid cut short by --max-minutes has them."""
     path = out / "results.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     rows = load_results(path)
-    probes = {v.name: probe_jobs(v, settings, base, out) for v in chosen}
-    by_name = {v.name: v for v in chosen}
-    queue: list[dict[str, Any]] = [job for p in probes.values() for job in p if job["key"] not in rows]
-
-    def unlock(name: str) -> None:
-        """Once every probe of a variant is done, queue its seeds at the chosen rate."""
-        lr = chosen_lr(by_name[name], settings, [rows[j["key"]] for j in probes[name] if j["key"] in rows])
-        if lr is not None:
-            queue.extend(j for j in final_jobs(by_name[name], lr, settings, base, out) if j["key"] not in rows)
-            queue.sort(key=lambda j: j["variant"].endswith("/with-date"))  # stable
-
-    for name in probes:
-        unlock(name)
-    waiting = [n for n, p in probes.items() if not all(j["key"] in rows for j in p)]
-    todo, finished = len(queue) + settings.seeds * len(waiting), 0
+    queue = [j for v in sorted(chosen, key=lambda v: v.channels == "with-date")
+             for j in seed_jobs(v, settings, base, out) if j["key"] not in rows]
+    todo, finished = len(queue), 0
     log(f"{todo} runs to do" + (f"; {len(rows)} finished runs in {path} are not rerun" if rows else ""))
 
-    def record(job: dict[str, Any], row: dict[str, Any]) -> None:
+    def record(row: dict[str, Any]) -> None:
         nonlocal finished
         row["finished_at"] = time.time()
         append_result(path, row)
@@ -397,28 +342,24 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
         scored = [f"val acc {s['val_acc']:.4f}"] if "val_acc" in s else []
         scored += [f"test acc {s['test_acc']:.4f}"] if "test_acc" in s else []
         scored += [f"held-out acc {row['heldout']['acc']:.4f}"] if "heldout" in row else []
-        log(f"[{finished}/{todo}] {row['stage']} {row['variant']} lr {row['lr']:g} seed {row['seed']}: "
-            f"{' '.join(scored)} ({s.get('wall_time_s', 0):.0f} s)" + ("  DIVERGED" if s.get("diverged") else ""))
-        if job["stage"] == "probe":
-            unlock(job["variant"])
+        log(f"[{finished}/{todo}] {row['variant']} lr {row['lr']:g} seed {row['seed']}: {' '.join(scored)} "
+            f"({s.get('wall_time_s', 0):.0f} s)" + ("  DIVERGED" if s.get("diverged") else ""))
 
     with ThreadPoolExecutor(jobs) as pool:
-        running: dict[Any, dict[str, Any]] = {}
+        running: set[Any] = set()
         try:
             while queue or running:
                 if deadline and queue and time.time() >= deadline:
                     log(f"--max-minutes reached: {len(queue)} queued runs not started; waiting for the running ones")
                     queue.clear()
                 if jobs == 1 and queue:  # in this thread
-                    job = queue.pop(0)
-                    record(job, run_job(job, threads))
+                    record(run_job(queue.pop(0), threads))
                 while queue and len(running) < jobs > 1:
-                    job = queue.pop(0)
-                    running[pool.submit(run_job, job, threads)] = job
+                    running.add(pool.submit(run_job, queue.pop(0), threads))
                 if running:
-                    ready, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    ready, running = wait(running, return_when=FIRST_COMPLETED)
                     for f in ready:
-                        record(running.pop(f), f.result())  # an error or an interruption in a run ends the grid
+                        record(f.result())  # an error or an interruption in a run ends the grid
         except BaseException:
             for proc in list(RUNNING):  # stop the runs of the other threads too
                 proc.terminate()
@@ -428,56 +369,34 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
 
 def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path, rows: dict[str, Any]
               ) -> list[dict[str, Any]]:
-    """One line per variant: chosen rate, probes, finished runs and mean ± std of every metric over seeds."""
+    """One line per variant: its rate, finished runs and mean ± std of the report's columns over seeds."""
     lines = []
     for v in chosen:
-        probes = [rows[j["key"]] for j in probe_jobs(v, settings, base, out) if j["key"] in rows]
-        cfg, lr = v.build(base), chosen_lr(v, settings, probes)
-        runs = [] if lr is None else [rows[j["key"]] for j in final_jobs(v, lr, settings, base, out)
-                                      if j["key"] in rows]
-        line = {"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels], "init": cfg.init,
-                "whiten": cfg.whiten, "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
-                "probes": probes, "lr": lr, "runs": runs}
-        line.update(metrics(runs))
-        lines.append(line)
+        cfg = v.build(base)
+        runs = [rows[j["key"]] for j in seed_jobs(v, settings, base, out) if j["key"] in rows]
+        lines.append({"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels], "init": cfg.init,
+                      "whiten": cfg.whiten, "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
+                      "lr": settings.lrs[cfg.optimizer], "runs": runs, **metrics(runs)})
     return lines
 
 
 def commits(rows: list[dict[str, Any]]) -> str:
     """Which code produced the rows: `code a1b2c3d4e5f6 (12 runs), not recorded (75 runs)`."""
-    count: dict[str, int] = {}
-    for row in rows:
-        record = row.get("provenance")
-        name = "not recorded" if record is None else \
-            record["commit"][:12] + (" with changes" if record["dirty"] else "")
-        count[name] = count.get(name, 0) + 1
+    count = Counter("not recorded" if (p := row.get("provenance")) is None else
+                    p["commit"][:12] + (" with changes" if p["dirty"] else "") for row in rows)
     return "runs by code version: " + ", ".join(f"{name} ({n} runs)" for name, n in count.items())
 
 
-def grid_bayes_accuracy(data_dir: Path, rows: list[dict[str, Any]]) -> dict[str, float] | None:
-    """The exact Bayes accuracy per split when the data are the built-in benchmark."""
-    for row in rows:  # a run on the benchmark records it
-        if "bayes_accuracy" in row["summary"]:
-            return row["summary"]["bayes_accuracy"]
-    if not (data_dir / synthetic.MANIFEST).exists():
-        return None
-    splits = load_splits(data_dir)
-    return synthetic.bayes_accuracy(splits, data.read_answer_key(data_dir, len(splits["test"])))
-
-
-def rate_grids(text: str) -> dict[str, tuple[float, ...]]:
-    """--lrs 'sgd=0.05,adamw=0.001+0.003' -> {"sgd": (0.05,), "adamw": (0.001, 0.003)}."""
-    grids: dict[str, tuple[float, ...]] = {}
+def rates(text: str) -> dict[str, float]:
+    """--lrs 'sgd=0.05,adamw=0.003' -> {"sgd": 0.05, "adamw": 0.003}."""
     try:
-        for item in filter(None, (t.strip() for t in text.split(","))):
-            name, rates = item.split("=")
-            grids[name.strip()] = tuple(float(r) for r in rates.split("+"))
+        chosen = {name.strip(): float(rate) for name, rate in (t.split("=") for t in text.split(",") if t.strip())}
     except ValueError:
-        grids = {"": ()}
-    if not grids or not set(grids) <= set(LR_GRID) or not all(r and all(x > 0 for x in r) for r in grids.values()):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 'sgd=0.05,adamw=0.001+0.003' (optimizers "
-                                         f"{', '.join(LR_GRID)}; positive rates)")
-    return grids
+        chosen = {}
+    if not chosen or not set(chosen) <= set(LRS) or min(chosen.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 'sgd=0.05,adamw=0.003' (optimizers "
+                                         f"{', '.join(LRS)}; positive rates)")
+    return chosen
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -491,12 +410,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                             "compile": "here: of each run (same results)"})
     p.add_argument("--out-dir", default="", help="the grid's folder (results.jsonl, runs, report; default "
                    "compare_out/full or compare_out/quick)")
-    p.add_argument("--probe-epochs", type=checked(int, "probe_epochs", positive),
-                   help=f"epochs of each learning-rate probe (full: {FULL.probe_epochs})")
     p.add_argument("--seeds", type=checked(int, "seeds", positive), help=f"seeds per configuration (full: "
                    f"{FULL.seeds})")
-    p.add_argument("--lrs", type=rate_grids, default={}, help="learning rates per optimizer, e.g. "
-                   "'sgd=0.05,adamw=0.001+0.003'; an optimizer given one rate runs no probes")
+    p.add_argument("--lrs", type=rates, default={}, help="the learning rate of an optimizer, e.g. "
+                   f"'sgd=0.05,adamw=0.003' (default {', '.join(f'{k}={v:g}' for k, v in LRS.items())})")
     p.add_argument("--only", default="", help="comma-separated configurations: " + ", ".join(CONFIGS))
     p.add_argument("--jobs", type=checked(int, "jobs", non_negative), default=0, help="parallel runs (0: 1 on "
                    "CPU, min(12, cores) on CUDA, where they share the GPU)")
@@ -536,9 +453,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     if unknown:
         raise UserError(f"--only: unknown configuration {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     settings = dataclasses.replace(preset, configs=configs, epochs=args.epochs or preset.epochs,
-                                   lr_grid={**preset.lr_grid, **args.lrs},
-                                   probe_epochs=args.probe_epochs or preset.probe_epochs,
-                                   seeds=args.seeds or preset.seeds)
+                                   lrs={**preset.lrs, **args.lrs}, seeds=args.seeds or preset.seeds)
     out = Path(args.out_dir or f"compare_out/{'quick' if args.quick else 'full'}")
     device = pick_device(args.device)
     jobs = args.jobs or (1 if device.type == "cpu" else min(12, os.cpu_count() or 1))
@@ -557,7 +472,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     else:
         base, resolved, evaluation_file = evaluation_data(base, out, args.quick, device)
         settings = dataclasses.replace(settings, heldout=str(evaluation_file))
-        check_same_data(out / "results.jsonl", resolved)
+        check_same_data(out, resolved)
         print(f"{len(chosen)} variants (configuration x channel set) on {resolved}, scored on {evaluation_file}, "
               f"{device}, {jobs} parallel run(s); results in {out}/")
         deadline = start + 60 * args.max_minutes if args.max_minutes > 0 else 0.0
@@ -566,19 +481,17 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
         except (Interrupted, KeyboardInterrupt) as e:  # still report what finished, then exit as interrupted
             interrupted, rows = e, load_results(out / "results.jsonl")
     lines = summarise(chosen, settings, base, out, rows)
-    reported = [r for line in lines for r in line["runs"] + line["probes"]]
     user_data = resolved == out / "data"
     header = (f"Command: `python -m tools.compare {' '.join(argv)}`; data {args.data_dir or resolved}"
-              + (" (runs train on a stratified 5/6 of its training file and make every choice, early stopping, "
-                 "temperature and rate probes, on the other 1/6; every run is scored on its validation file, "
-                 "which no run used)" if user_data else "")
-              + f"; {settings.epochs} epochs (a row that names its own keeps them; probes {settings.probe_epochs}), "
-              f"{settings.seeds} seeds, {jobs} parallel run(s); this invocation took {time.time() - start:.0f} s; "
-              f"{commits(reported)}.")
+              + (" (runs train on a stratified 5/6 of its training file and make every choice, early stopping and "
+                 "temperature, on the other 1/6; every run is scored on its validation file, which no run used)"
+                 if user_data else "")
+              + f"; {settings.epochs} epochs (a row that names its own keeps them), {settings.seeds} seeds, {jobs} "
+              f"parallel run(s); this invocation took {time.time() - start:.0f} s; "
+              f"{commits([r for line in lines for r in line['runs']])}.")
     reference_file = out / "reference.json"
     yardstick = json.loads(reference_file.read_text()) if user_data and reference_file.exists() else None
-    bayes = grid_bayes_accuracy(resolved, reported)
-    print(write_report(lines, bayes, out, header, settings.seeds, PROBE_SEED, EFFECTS, yardstick))
+    print(write_report(lines, out, header, settings.seeds, EFFECTS, yardstick))
     print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
     if interrupted is not None:
         raise interrupted

@@ -1,6 +1,7 @@
 """Peak memory of a 1-epoch run against the size of the training split.
 
-    python -m tools.memory 1 4 10      # the benchmark with 1x, 4x and 10x its training images
+    python -m tools.memory             # the benchmark with 1x, 4x and 10x its training images
+    python -m tools.memory 1 2         # other multiples, in rising order
 
 Each scale generates the benchmark with train0/train1 multiplied (valid and test unchanged) into a scratch
 folder, runs `run_transformer.py --loss smooth --epochs 1` on it as a subprocess, and appends the command,
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository root: runs from any folder
 
 import synthetic  # noqa: E402
-from provenance import provenance  # noqa: E402
+from fileio import provenance  # noqa: E402
 
 
 def peak_gb(scale: float, scratch: Path) -> tuple[list[str], int, float]:
@@ -41,8 +42,10 @@ def peak_gb(scale: float, scratch: Path) -> tuple[list[str], int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scales", type=float, nargs="+", help="training-split multipliers, in rising order")
+    parser = argparse.ArgumentParser(prog="python -m tools.memory", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scales", type=float, nargs="*", default=[1, 4, 10],
+                        help="training-split multipliers, in rising order")
     parser.add_argument("--out", default=str(ROOT / "results" / "speed" / "memory.txt"))
     args = parser.parse_args()
     record = provenance()

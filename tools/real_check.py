@@ -9,6 +9,7 @@ training images, predicted the same way, gives the train - test gap without augm
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def describe(model, payload: dict, path: Path, device: torch.device, sample: int
     answers = split.labels if (split.labels >= 0).all() else read_answer_key(path.parent, len(split))
     if sample:
         keep = np.sort(np.random.default_rng(0).permutation(len(split))[:sample])
-        split.channels = {k: v[keep] for k, v in split.channels.items()}
+        split = dataclasses.replace(split, channels={k: v[keep] for k, v in split.channels.items()},
+                                    labels=split.labels[keep])
         answers = None if answers is None else answers[keep]
     own = SymmetryPlan.from_dict(payload["symmetry"]).views
     if views is not None:  # the run's own view symmetries at another number of shifts (0: no views)

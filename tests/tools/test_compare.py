@@ -14,13 +14,11 @@ import pytest
 from tools import compare
 from tools.compare_report import pack, unpack
 import synthetic
-import data
 import run_transformer
-from config import EXECUTION, OUTPUT, Config, UserError, fields_with
+from config import EXECUTION, OUTPUT, Config, UserError, fields_with, parse_config
 from data import read_answer_key
 from fileio import write_json
 from predict import predict_file
-from report import write_metrics_csv
 from train import Interrupted
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,37 +30,23 @@ def changed(cfg: Config, base: Config) -> dict:
 
 
 def test_grid_variants_jobs_and_keys(tmp_path: Path):
-    """Each configuration once per channel set (the date channel only where asked); probes short at the probe
-    seed, finals one per seed; the `default` row keeps its own schedule; every job its own key."""
+    """Each configuration once per channel set (the date channel only where asked), one run per seed at its
+    optimizer's rate; the `default` row keeps its own schedule; every run its own key."""
     chosen = compare.variants(compare.FULL.configs)
     assert len({v.name for v in chosen}) == len(chosen)
     assert {v.config for v in chosen if v.channels == "with-date"} == set(compare.WITH_DATE)
     base = Config(data_dir="somewhere")
     assert compare.Variant("before", "with-date").build(base).channels == "density,recording_date"
-    default = compare.Variant("default", "no-date")
-    finals = compare.final_jobs(default, base.lr, compare.FULL, base, tmp_path)
-    assert {j["config"]["epochs"] for j in finals} == {Config().epochs}  # its own schedule, not the grid's 8
-    probed = dataclasses.replace(compare.FULL, lr_grid=compare.LR_GRID)
-    assert compare.probe_jobs(compare.Variant("after", "no-date"), compare.FULL, base, tmp_path) == []
-    sgd = compare.probe_jobs(compare.Variant("after", "no-date"), probed, base, tmp_path)
-    assert [j["lr"] for j in sgd] == list(compare.LR_GRID["sgd"])
-    assert all(j["seed"] == compare.PROBE_SEED and j["config"]["epochs"] == compare.FULL.probe_epochs for j in sgd)
-    finals = compare.final_jobs(compare.Variant("before", "with-date"), 1e-3, compare.FULL, base, tmp_path)
-    assert [j["seed"] for j in finals] == list(range(compare.FULL.seeds))
-    keys = [j["key"] for v in chosen for j in compare.probe_jobs(v, probed, base, tmp_path)]
+    default = compare.seed_jobs(compare.Variant("default", "no-date"), compare.FULL, base, tmp_path)
+    assert {j["config"]["epochs"] for j in default} == {Config().epochs}  # its own schedule, not the grid's 8
+    jobs = compare.seed_jobs(compare.Variant("+sgd-linear", "with-date"), compare.FULL, base, tmp_path)
+    assert [(j["seed"], j["lr"]) for j in jobs] == [(s, compare.LRS["sgd"]) for s in range(compare.FULL.seeds)]
+    keys = [j["key"] for v in chosen for j in compare.seed_jobs(v, compare.FULL, base, tmp_path)]
     assert len(set(keys)) == len(keys), "every run has its own key"
 
 
-def test_choose_lr_prefers_lowest_validation_loss_and_never_a_diverged_probe():
-    rows = [{"lr": 0.02, "summary": {"best_val_loss": 0.64}}, {"lr": 0.1, "summary": {"best_val_loss": 0.61}},
-            {"lr": 0.5, "summary": {"diverged": "NaN"}}]
-    assert compare.choose_lr(rows) == 0.1
-    rows[1]["summary"]["best_val_loss"] = float("nan")
-    assert compare.choose_lr(rows) == 0.02
-
-
 class FakeRun:
-    """Stands in for compare.train_one: writes a run folder's records, returns a summary, counts calls."""
+    """Stands in for compare.train_one: returns a summary (no run folder, so no held-out score), counts calls."""
 
     def __init__(self, interrupt_after: int | None = None):
         self.calls: list[tuple] = []
@@ -72,17 +56,7 @@ class FakeRun:
         if self.interrupt_after is not None and len(self.calls) == self.interrupt_after:
             raise Interrupted("signal 15 during epoch 1")
         self.calls.append((cfg.model, cfg.optimizer, cfg.loss, cfg.channels, cfg.lr, cfg.seed, cfg.epochs))
-        run_dir = Path(cfg.out_dir) / "run"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        data_dir = Path(cfg.data_dir)  # the record of the data read, as run_transformer writes it
-        write_json(run_dir / "config.json", {"data": {"data_dir": str(data_dir),
-                                                      "files": data.data_files(data_dir, answers=True)}})
-        loss = 0.6 + abs(cfg.lr - 1e-3) + 0.01 * cfg.seed  # 1e-3 is the best rate
-        write_metrics_csv(run_dir / "metrics.csv", [
-            {"epoch": e + 1, "train_loss": loss - 0.1 * e, "val_loss": loss, "train_acc": 0.7, "val_acc": 0.8}
-            for e in range(cfg.epochs)])
-        return {"run_dir": str(run_dir), "best_val_loss": loss, "val_acc": 0.8, "val_auc": 0.85, "test_acc": 0.75,
-                "test_auc": 0.8, "final_gap_acc": -0.1, "final_train_loss": loss, "best_epoch": cfg.epochs,
+        return {"val_acc": 0.8, "test_acc": 0.75, "test_auc": 0.8, "final_gap_acc": -0.1, "best_epoch": cfg.epochs,
                 "wall_time_s": 1.0, "diverged": ""}
 
 
@@ -90,9 +64,9 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
                                                                   monkeypatch, capsys):
     out = tmp_path / "out"
     argv = ["--only", "before,+sgd-linear", "--data-dir", str(tiny_benchmark), "--out-dir", str(out),
-            "--epochs", "2", "--probe-epochs", "1", "--seeds", "2", "--device", "cpu",
-            "--lrs", "adamw=0.0003+0.001+0.003,sgd=0.02+0.1+0.5"]
-    total = 2 * 2 * (3 + 2)  # 2 configurations x 2 channel sets x (3 probes + 2 seeds)
+            "--epochs", "2", "--seeds", "3", "--device", "cpu", "--lrs", "adamw=0.001,sgd=0.02"]
+    total = 2 * 2 * 3  # 2 configurations x 2 channel sets x 3 seeds
+    monkeypatch.setattr(compare, "PER_CLASS", 50)  # a small held-out set: the runs are fakes
     first = FakeRun(interrupt_after=7)
     monkeypatch.setattr(compare, "train_one", first)
     assert compare.main(argv) == 130
@@ -109,11 +83,11 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
     assert not set(first.calls) & set(second.calls)
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(rows) == total and len({r["key"] for r in rows}) == total
-    # Every variant chose 1e-3 or the SGD rate nearest to it, and ran its seeds there.
+    # Every variant ran its seeds at its optimizer's rate.
     report = list(csv.DictReader(open(out / "report.csv")))
     assert {r["variant"]: float(r["lr"]) for r in report} == {
         "before/with-date": 1e-3, "before/no-date": 1e-3, "+sgd-linear/with-date": 0.02, "+sgd-linear/no-date": 0.02}
-    assert all(r["seeds"] == "2" and float(r["test_acc_mean"]) == pytest.approx(0.75) for r in report)
+    assert all(r["seeds"] == "3" and float(r["test_acc_mean"]) == pytest.approx(0.75) for r in report)
     third = FakeRun()
     monkeypatch.setattr(compare, "train_one", third)
     assert compare.main(argv) == 0 and third.calls == [], "a finished grid runs nothing"
@@ -123,8 +97,7 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
     # Another epoch budget is another experiment: its runs are new.
     fourth = FakeRun()
     monkeypatch.setattr(compare, "train_one", fourth)
-    assert compare.main(argv[:-8] + ["--epochs", "3", "--probe-epochs", "1", "--seeds", "2", "--device", "cpu",
-                                     "--max-minutes", "1e-9"]) == 0
+    assert compare.main(argv[:6] + ["--epochs", "3", "--seeds", "3", "--device", "cpu", "--max-minutes", "1e-9"]) == 0
     assert fourth.calls == [], "--max-minutes: no new run once the time is up"
     assert "Incomplete grid" in (out / "report.md").read_text()
 
@@ -135,6 +108,7 @@ def test_a_grid_refuses_to_continue_on_changed_data(tiny_benchmark: Path, tmp_pa
     data, out = Path(shutil.copytree(tiny_benchmark, tmp_path / "data")), tmp_path / "out"
     argv = ["--only", "before", "--data-dir", str(data), "--out-dir", str(out), "--epochs", "1", "--seeds", "1",
             "--lrs", "adamw=0.001", "--device", "cpu"]
+    monkeypatch.setattr(compare, "PER_CLASS", 50)
     monkeypatch.setattr(compare, "train_one", FakeRun())
     assert compare.main(argv) == 0
     results = (out / "results.jsonl").read_text()
@@ -166,45 +140,54 @@ def floats(obj) -> list[float]:
     return [x for v in values for x in floats(v)]
 
 
-def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys):
-    """The one real run: `python run_transformer.py` (the CNN, the cheapest model) for one epoch on the tiny
-    benchmark, recorded with its history and its score on the held-out set."""
+def test_every_run_is_the_command_line_of_its_config(tmp_path: Path):
+    """train_one starts `python run_transformer.py` with config_flags(cfg): the flags parse back to cfg, for
+    every configuration of the grid."""
+    for v in compare.variants(compare.FULL.configs):
+        for job in compare.seed_jobs(v, compare.FULL, Config(data_dir="somewhere"), tmp_path)[:1]:
+            cfg = Config(**job["config"])
+            assert parse_config(compare.config_flags(cfg)) == cfg, v.name
+
+
+def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys, monkeypatch):
+    """A real run (the CNN, the cheapest model) for one epoch on the tiny benchmark, recorded with its summary
+    and its score on the held-out set."""
+    monkeypatch.setattr(compare, "train_one", in_process)
+    monkeypatch.setattr(compare, "QUICK_HELDOUT_PER_CLASS", 200)
     out = tmp_path / "out"
     argv = ["--quick", "--only", "cnn", "--data-dir", str(tiny_benchmark), "--out-dir", str(out), "--epochs", "1",
-            "--probe-epochs", "1", "--device", "cpu", "--seeds", "1"]
+            "--device", "cpu", "--seeds", "1"]
     assert compare.main(argv) == 0
     printed = capsys.readouterr().out
     assert "| cnn | density | " in printed and "Bayes limit" in printed
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 1  # density only, at the full grid's rate: no probes
-    scores = [x for r in rows for part in ("summary", "history", "heldout") for x in floats(r.get(part, {}))]
+    assert len(rows) == 1  # density only, one seed
+    scores = [x for r in rows for part in ("summary", "heldout") for x in floats(r.get(part, {}))]
     assert scores and all(float(f"{x:.6g}") == x for x in scores)  # written with the digits they have
     answers = read_answer_key(tiny_benchmark, 80)
-    for r in rows:  # each row holds its run's history and the accuracy of the predictions that run wrote
+    for r in rows:  # each row holds the accuracy of the predictions its run wrote
         predicted = np.loadtxt(Path(r["summary"]["run_dir"]) / "predictions.txt", dtype=int)
-        assert len(r["history"]) == 1 and r["summary"]["test_acc"] == pytest.approx(np.mean(predicted == answers))
+        assert r["summary"]["test_acc"] == pytest.approx(np.mean(predicted == answers))
     # every final run is scored on the held-out set beside the benchmark: what --predict says of that file
     held = tiny_benchmark.parent / "bench-heldout" / "heldout.hdf5"
     with h5py.File(held) as h5:
         truth = h5["labels"][()].ravel()
-    finals = [r for r in rows if r["stage"] == "final"]
-    for r in finals:
+    for r in rows:
         output = tmp_path / f"{r['variant'].replace('/', '_')}-{r['seed']}.txt"
         predict_file(Path(r["summary"]["run_dir"]), str(held), str(output), "cpu", log=lambda m: None)
         assert r["heldout"]["n"] == len(truth) == 2 * compare.QUICK_HELDOUT_PER_CLASS
         assert r["heldout"]["acc"] == pytest.approx(np.mean(np.loadtxt(output, dtype=int) == truth), abs=1e-6)
-    assert not any("heldout" in r for r in rows if r["stage"] == "probe")
     report = list(csv.DictReader(open(out / "report.csv")))
     assert [r["variant"] for r in report] == ["cnn/no-date"]
-    for line in report:  # the report's mean is over the seeds of the chosen rate
-        seeds = [r for r in finals if r["variant"] == line["variant"]]
+    for line in report:  # the report's mean is over the seeds
+        seeds = [r for r in rows if r["variant"] == line["variant"]]
         assert line["seeds"] == "1" and len(seeds) == 1 and line["init"] == "torch"
         assert float(line["test_acc_mean"]) == pytest.approx(np.mean([r["summary"]["test_acc"] for r in seeds]),
                                                              abs=1e-4)
         assert (line["eval_set"], line["eval_n"]) == ("held-out", str(len(truth)))
         assert float(line["heldout_acc"]) == pytest.approx(np.mean([r["heldout"]["acc"] for r in seeds]), abs=1e-6)
         assert line["reference"] == line["variant"].replace("cnn", "after")
-    for name in ("report.md", "figures/accuracy.png", "figures/curves_cnn_no-date.png"):
+    for name in ("report.md", "figures/accuracy.png"):
         assert (out / name).stat().st_size > 0, name
     md = (out / "report.md").read_text()
     assert "Bayes limit" in md and "Incomplete" not in md
@@ -213,12 +196,13 @@ def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys):
 
 
 def in_process(cfg: Config, threads: int = 0) -> dict:
-    """compare.train_one without the process start: run_transformer.run itself."""
-    return run_transformer.run(cfg, log=lambda m: None, progress=False)
+    """compare.train_one without the process start: run_transformer.run itself, on a smaller model."""
+    small = dataclasses.replace(cfg, emb_dim=16, depth=1, mlp_dim=32, heads=2)
+    return run_transformer.run(small, log=lambda m: None, progress=False)
 
 
 def test_quick_grid_answers_the_question_on_the_users_data_without_an_answer_key(tmp_path: Path, capsys,
-                                                                                   monkeypatch):
+                                                                                   monkeypatch, unrendered_figures):
     """Data of another physics, no answer key: every row gets an accuracy with a 95% interval and a paired
     difference to `after` on the validation file, which no run used for a choice (they choose on a stratified
     sixth of the training file, copied into the grid's folder); the report speaks of that data, with the

@@ -1,22 +1,17 @@
 """real_check.py: the same trained run on the benchmark's test file and on the real one."""
 
-import run_transformer
 from tools import real_check
 
-SMALL = ["--emb-dim", "16", "--depth", "1", "--heads", "2", "--mlp-dim", "32", "--batch-size", "64", "--epochs", "1"]
 
-
-def test_compares_the_benchmark_and_the_real_test_file(tmp_path, tiny_benchmark, real_test_file, capsys):
-    assert run_transformer.main(["--data-dir", str(tiny_benchmark), "--out-dir", str(tmp_path / "runs"),
-                                 "--predictions", str(tmp_path / "p.txt"), *SMALL]) == 0
-    (run_dir,) = list((tmp_path / "runs").iterdir())
-    capsys.readouterr()
-    assert real_check.main([str(run_dir), "--real", str(real_test_file), "--benchmark", str(tiny_benchmark)]) == 0
+def test_compares_the_benchmark_and_the_real_test_file(finished_run, real_test_file, capsys):
+    run_dir, tiny_benchmark = finished_run.dir, finished_run.data
+    assert real_check.main([str(run_dir), "--real", str(real_test_file), "--benchmark", str(tiny_benchmark),
+                            "--train-sample", "100"]) == 0
     bench, real, train = capsys.readouterr().out.splitlines()
     assert bench.startswith("benchmark test") and "n    80" in bench and "accuracy" in bench
     assert real.startswith("real test") and "n  1000" in real and "accuracy" not in real
-    assert train.startswith("benchmark train") and "n   400" in train and "accuracy" in train
-    predicted = sum(line == "1" for line in (run_dir / "predictions.txt").read_text().splitlines()) / 80
+    assert train.startswith("benchmark train") and "n   100" in train and "accuracy" in train
+    predicted = sum(line == "1" for line in finished_run.predictions.read_text().splitlines()) / 80
     assert f"state 1 {predicted:.1%}" in bench  # the same predictions as the run itself wrote
     # other test-time views on the same weights: no views at all gives the plain model's predictions
     assert real_check.main([str(run_dir), "--real", str(real_test_file), "--benchmark", str(tiny_benchmark),
