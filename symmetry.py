@@ -242,21 +242,12 @@ def largest_group(found: dict[str, Any]) -> Symmetries:
 def plan(augment: str, tta: str, tta_shifts: int, images: torch.Tensor, labels: torch.Tensor, log=print
          ) -> SymmetryPlan:
     """What a run uses, from --augment and --tta (auto, off or a forced list) and the check on labelled
-    training images; a forced rule the check rejected gets a WARNING."""
+    training images (report.md shows its findings); a forced rule the check rejected gets a WARNING."""
     counts = [int((labels == c).sum()) for c in (0, 1)]
-    found: dict[str, Any] = {}
-    if min(counts) < MIN_PER_STATE:
+    found = check(images, labels) if min(counts) >= MIN_PER_STATE else {}
+    if not found:
         log(f"symmetry check skipped: it needs {MIN_PER_STATE} training images of each state (found {counts[0]} "
             f"and {counts[1]}); auto uses no symmetry")
-    else:
-        found = check(images, labels)
-        verdicts = {n: r["verdict"] for n, r in found["elements"].items()} | {"shifts": found["shifts"]["verdict"]}
-        parts = [f"{label}: {', '.join(n for n, v in verdicts.items() if v == verdict)}"
-                 for verdict, label in (("keeps", "keep the state"), ("swaps", "swap it"), ("neither", "neither"),
-                                        ("undetermined", "undetermined (the states look alike under them)"))
-                 if verdict in verdicts.values()]
-        log(f"symmetry check on {sum(counts):,} training images (z > {found['z_threshold']:.2f} rejects; a true "
-            f"symmetry is rejected with probability <= {FALSE_ALARM:.0%}): " + "; ".join(parts))
 
     def resolve(spec: str, flag: str) -> Symmetries:
         if spec == "auto":
@@ -306,18 +297,6 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, group: Symmetries) -> tuple[
         idx = (torch.arange(x.shape[-1], device=x.device) - shift[:, None]) % x.shape[-1]
         x = x.index_select(-2, idx[0]).index_select(-1, idx[1])
     return x, y
-
-
-def shift_unit(model: torch.nn.Module) -> int:
-    """The pixels the views shift within (the ViT's patch, the CNN's pooling cell), also through DDP's .module
-    and torch.compile's ._orig_mod."""
-    while not hasattr(model, "shift_unit"):
-        inner = getattr(model, "module", getattr(model, "_orig_mod", None))
-        if not isinstance(inner, torch.nn.Module):
-            raise ValueError(f"{type(model).__name__} has no shift_unit: test-time views need to know how far to "
-                             f"shift (give the model a shift_unit attribute)")
-        model = inner
-    return int(model.shift_unit)
 
 
 def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, unit: int, views: Views) -> torch.Tensor:
