@@ -241,7 +241,7 @@ def largest_group(found: dict[str, Any]) -> Symmetries:
 def plan(augment: str, tta: str, tta_shifts: int, images: torch.Tensor, labels: torch.Tensor, log=print
          ) -> SymmetryPlan:
     """What a run uses, from --augment and --tta (auto, off or a forced list) and the check on labelled
-    training images (report.md shows its findings); a forced rule the check rejected gets a WARNING."""
+    training images (report.md shows its findings)."""
     counts = [int((labels == c).sum()) for c in (0, 1)]
     found = check(images, labels) if min(counts) >= MIN_PER_STATE else {}
     if not found:
@@ -249,18 +249,9 @@ def plan(augment: str, tta: str, tta_shifts: int, images: torch.Tensor, labels: 
             f"and {counts[1]}); auto uses no symmetry")
 
     def resolve(spec: str, flag: str) -> Symmetries:
-        if spec == "auto":
-            return largest_group(found) if found else Symmetries()
-        forced = parse_spec(spec, flag)
-        bad = [f"{n}={'swap' if s else 'keep'} (z {z:.1f})" for n, s in forced.rules[1:]
-               if found and (z := found["elements"][n]["swap_z" if s else "keep_z"]) >= found["z_threshold"]]
-        if found and forced.shifts and found["shifts"]["verdict"] != "keeps":
-            bad.append(f"shift (z {found['shifts']['keep_z']:.1f})")
-        if bad:
-            log(f"WARNING: {flag} {spec} forces what the training data contradict: {', '.join(bad)} (z above "
-                f"{found['z_threshold']:.2f}); expect mislabelled training images or wrong views ({flag} auto uses "
-                f"only the symmetries that hold)")
-        return forced
+        if spec != "auto":
+            return parse_spec(spec, flag)  # forced: used as given; report.md shows each rule's z beside it
+        return largest_group(found) if found else Symmetries()
     group, view_group = resolve(augment, "--augment"), resolve(tta, "--tta")
     views = None if view_group.trivial else views_of(view_group, tta_shifts)
     used = [f"{n}{' (swaps)' if s else ''}" for n, s in group.rules[1:]] + ["periodic shifts"] * group.shifts
