@@ -156,8 +156,9 @@ def build_training(cfg: Config, in_channels: int, image_size: int, n_train: int,
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None) -> torch.Tensor:
-    """Logits of state 1, (N,), in eval mode, averaged over `views`, in chunks of 2048 images;
-    NonFinitePredictions when a forward pass overflows (a NaN would become a silent 0 in the predictions)."""
+    """Logits of state 1, (N,), of the bare model (not DDP or compile's wrapper: its shift_unit spaces the views'
+    shifts) in eval mode, averaged over `views`, in chunks of 2048 images; NonFinitePredictions when a forward
+    pass overflows (a NaN would become a silent 0 in the predictions)."""
     forward = (lambda images: view_averaged_logits(model, images, model.shift_unit, views)) if views else model
     was_training = model.training
     model.eval()
