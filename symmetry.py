@@ -196,7 +196,7 @@ def check_sample(labels: np.ndarray, channels: int, size: int, seed: int = 0) ->
 def check(images: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict[str, Any]:
     """The z of 'keeps' and 'swaps' for every non-trivial symmetry (the larger of its two tests) and of 'keeps'
     for periodic shifts (by 1 and by S/2 along either axis), with verdicts, as a JSON-able dict. Verdicts:
-    keeps / swaps when exactly that rule holds, else neither (both fail, or both hold: the states look alike)."""
+    keeps / swaps when exactly that rule holds, neither when both fail, undetermined when both hold."""
     x = images.float()
     x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-12)
     gen = torch.Generator().manual_seed(seed)
@@ -218,7 +218,8 @@ def check(images: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict[str
         g = {c: moved(c, lambda t: apply(t, name)) for c in (0, 1)}
         keep = max(projection_z(g[c], base[c], fit[c]) for c in (0, 1))
         swap = max(projection_z(g[c], base[1 - c], fit[c], fit[1 - c]) for c in (0, 1))
-        verdict = {(True, False): "keeps", (False, True): "swaps"}.get((keep < threshold, swap < threshold), "neither")
+        verdict = {(True, False): "keeps", (False, True): "swaps", (False, False): "neither"}.get(
+            (keep < threshold, swap < threshold), "undetermined")
         found["elements"][name] = {"keep_z": round(keep, 1), "swap_z": round(swap, 1), "verdict": verdict}
     half = x[0].shape[-1] // 2
     shift = max(projection_z(moved(c, lambda t: t.roll(by, dim)), base[c], fit[c])
@@ -241,17 +242,31 @@ def largest_group(found: dict[str, Any]) -> Symmetries:
 def plan(augment: str, tta: str, tta_shifts: int, images: torch.Tensor, labels: torch.Tensor, log=print
          ) -> SymmetryPlan:
     """What a run uses, from --augment and --tta (auto, off or a forced list) and the check on labelled
-    training images (report.md shows its findings)."""
+    training images; a forced rule the check rejected gets a WARNING."""
     counts = [int((labels == c).sum()) for c in (0, 1)]
     found = check(images, labels) if min(counts) >= MIN_PER_STATE else {}
     if not found:
         log(f"symmetry check skipped: it needs {MIN_PER_STATE} training images of each state (found {counts[0]} "
             f"and {counts[1]}); auto uses no symmetry")
+    else:
+        verdicts = {n: r["verdict"] for n, r in found["elements"].items()} | {"shifts": found["shifts"]["verdict"]}
+        log(f"symmetry check on {sum(counts):,} training images (z > {found['z_threshold']:.2f} rejects; a true "
+            f"symmetry is rejected with probability <= {FALSE_ALARM:.0%}): " + "; ".join(
+                f"{v}: {', '.join(n for n in verdicts if verdicts[n] == v)}" for v in dict.fromkeys(verdicts.values())))
 
     def resolve(spec: str, flag: str) -> Symmetries:
-        if spec != "auto":
-            return parse_spec(spec, flag)  # forced: used as given; report.md shows each rule's z beside it
-        return largest_group(found) if found else Symmetries()
+        if spec == "auto":
+            return largest_group(found) if found else Symmetries()
+        forced = parse_spec(spec, flag)
+        rejected = [f"{n}={'swap' if s else 'keep'} (z {z:.1f})" for n, s in forced.rules[1:]
+                    if found and (z := found["elements"][n]["swap_z" if s else "keep_z"]) >= found["z_threshold"]]
+        if found and forced.shifts and found["shifts"]["verdict"] != "keeps":
+            rejected.append(f"shift (z {found['shifts']['keep_z']:.1f})")
+        if rejected:
+            log(f"WARNING: {flag} {spec} forces what the training data contradict: {', '.join(rejected)} (z above "
+                f"{found['z_threshold']:.2f}); expect mislabelled training images or wrong views ({flag} auto uses "
+                f"only the symmetries that hold)")
+        return forced
     group, view_group = resolve(augment, "--augment"), resolve(tta, "--tta")
     views = None if view_group.trivial else views_of(view_group, tta_shifts)
     used = [f"{n}{' (swaps)' if s else ''}" for n, s in group.rules[1:]] + ["periodic shifts"] * group.shifts

@@ -61,8 +61,7 @@ def test_a_rule_the_data_cannot_tell_is_not_used():
     """Two states that look alike (no contrast): every symmetry keeps both and would swap them as well, so no
     rule can be told; none is used (periodic shifts, which have no swap rule, still hold)."""
     found = symmetry.check(*physics("isotropic", contrast=0.0))
-    assert all(r["keep_z"] < found["z_threshold"] > r["swap_z"] for r in found["elements"].values())
-    assert set(verdicts(found).values()) == {"neither", "keeps"} and verdicts(found)["shifts"] == "keeps"
+    assert set(verdicts(found).values()) == {"undetermined", "keeps"} and verdicts(found)["shifts"] == "keeps"
     assert symmetry.largest_group(found) == symmetry.Symmetries(shifts=True)
 
 
@@ -118,13 +117,15 @@ def test_forced_lists_close_into_groups_and_contradictions_are_refused():
         symmetry.parse_spec("mirror", "--augment")
 
 
-def test_a_forced_list_is_used_as_given_and_auto_uses_what_holds():
+def test_forcing_what_the_data_contradict_warns_and_auto_uses_what_holds():
     x, y = physics("axis-length")
     lines = []
     plan = symmetry.plan("auto", BENCHMARK, 2, x, y, lines.append)
     assert plan.augment == symmetry.parse_spec("flip0,flip1,shift", "")
     assert plan.views == symmetry.Views((("identity", False), ("transpose", True)), 2)  # forced, as asked
-    assert plan.found["elements"]["transpose"]["verdict"] == "neither"  # what report.md shows beside it
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "--tta" in warnings[0] and "transpose=swap" in warnings[0]
+    assert "neither: transpose" in lines[0]
     plan = symmetry.plan("auto", "auto", 2, x[:30], y[:30], lines.append)  # 15 of each state: too few to tell
     assert plan.augment.trivial and plan.views is None and "skipped" in lines[-2]
 
