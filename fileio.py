@@ -121,10 +121,8 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
 
 def changed_files(recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:
     """Paths of the recorded files (by key) that differ from, or are missing in, `current`."""
-    def content(record: dict | None) -> tuple | None:
-        return None if record is None else (record["bytes"], record["sha256"])
     return [(current.get(key) or recorded[key])["path"] for key in sorted(recorded)
-            if content(current.get(key)) != content(recorded[key])]
+            if (current.get(key) or {}).get("sha256") != recorded[key]["sha256"]]
 
 
 def fresh_directory(parent: str | Path, name: str) -> Path:

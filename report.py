@@ -76,13 +76,13 @@ def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed
             if name == "valid":
                 out["valid_gap"], out["valid_gap_se"] = reference.paired_gap(
                     right, (torch.from_numpy(logits["valid"]) > 0).float() == y)
-    note = ""
-    if "valid_gap" in out and out["valid_gap"] > reference.Z_SHORT * out["valid_gap_se"]:
-        note = (f"WARNING: the model's validation accuracy is {100 * out['valid_gap']:.1f} ± "
-                f"{100 * out['valid_gap_se']:.1f} points below the reference classifier's ({out['valid_acc']:.4f}, a "
-                f"logistic regression on the same inputs); try python -m tools.compare --data-dir {data_dir} to see "
-                f"which settings help, --model cnn, or another --optimizer or --lr")
-    return model, out, note
+    if out["valid_gap"] <= reference.Z_SHORT * out["valid_gap_se"]:
+        return model, out, ""
+    return model, out, (f"WARNING: the model's validation accuracy is {100 * out['valid_gap']:.1f} ± "
+                        f"{100 * out['valid_gap_se']:.1f} points below the reference classifier's "
+                        f"({out['valid_acc']:.4f}, a logistic regression on the same inputs); try python -m "
+                        f"tools.compare --data-dir {data_dir} to see which settings help, --model cnn, or another "
+                        f"--optimizer or --lr")
 
 
 def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
@@ -303,10 +303,9 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
              f"c (fitted only where no symmetry swaps the state) moves their threshold. Accuracies are those of the "
              f"written 0/1 predictions; log losses and AUC are of the raw logits."
              + (f" **Not calibrated:** T is at the end of its search range: {cal['not_calibrated']}."
-                if cal.get("not_calibrated") else ""), ""]
-    if "valid_gap" in ref:
-        lines += [f"The reference classifier's validation accuracy minus the model's: {100 * ref['valid_gap']:+.1f} "
-                  f"± {100 * ref['valid_gap_se']:.1f} points (paired, one standard error).", ""]
+                if cal.get("not_calibrated") else ""), "",
+             f"The reference classifier's validation accuracy minus the model's: {100 * ref['valid_gap']:+.1f} "
+             f"± {100 * ref['valid_gap_se']:.1f} points (paired, one standard error).", ""]
     lines += symmetry_section(summary["symmetry"])
     lines += ["## Learning curves", "", "![learning curves](curves.png)", "",
               "## Calibration, ROC curve and confusion matrix at 0.5", "",
