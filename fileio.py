@@ -139,7 +139,7 @@ def fresh_directory(parent: str | Path, name: str) -> Path:
                             f"choose another --out-dir")
 
 
-def check_writable(path: str | Path) -> Path:
+def check_writable(path: str | Path) -> None:
     """Fail now, not after hours of training, when a file could not be written at `path` later."""
     path = Path(path)
     if path.is_dir():
@@ -150,7 +150,6 @@ def check_writable(path: str | Path) -> Path:
             pass
     except OSError as e:
         raise UserError(f"cannot write {path}: {_reason(path, e)}; choose another path")
-    return path
 
 
 # ---- provenance: which code and command made a result ----------------------------------------------------

@@ -48,14 +48,13 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
         notes.append(f"WARNING: the calibration temperature {temperature:g} is at the end of its search range: {bound}")
     if yard_note:
         notes.append(yard_note)
-    result = {"probabilities": probabilities, "flags": None, "notes": notes, "bayes_curves": {},
+    bayes_curves = {} if not data.bayes_llr else {
+        "val_loss": metrics.log_loss(metrics.bayes_posterior(data.bayes_llr["valid"], prior), labels["valid"]),
+        "val_acc": info["bayes_accuracy"]["valid"]}
+    result = {"probabilities": probabilities, "flags": None, "notes": notes, "bayes_curves": bayes_curves,
               "checkpoint": {"calibration": {"temperature": temperature, "offset": offset, "prior_state_1": prior,
                                              "fitted_on": "valid"}},
               "summary": {"calibration": calibration, "reference": yard_summary}}
-    if data.bayes_llr:
-        result["bayes_curves"] = {"val_loss": metrics.log_loss(metrics.bayes_posterior(data.bayes_llr["valid"], prior),
-                                                               labels["valid"]),
-                                  "val_acc": info["bayes_accuracy"]["valid"]}
     check_test_split(run_dir, data, result)
     if "density" in info["channels"]:
         result["summary"]["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature, yardstick)
