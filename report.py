@@ -114,7 +114,7 @@ def check_test_split(run_dir: Path, data: DeviceData, result: dict[str, Any]) ->
     share of its samples outside each feature's training range."""
     if data.drift is None:  # possible with --no-whiten only
         result["notes"].append("note: the training density has values <= 0, so it has no log-density to describe: "
-                            "no drift check")
+                               "no drift check")
         return
     described, checked = data.drift, data.test_drift
     fig, (ax, bars) = pyplot().subplots(1, 2, figsize=(12, 4.5))
