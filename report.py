@@ -67,14 +67,11 @@ def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed
     the model trails it by more than reference.Z_SHORT standard errors."""
     model, l2 = reference.fit_reference(data.x["train"], data.y["train"], seed)
     out: dict[str, Any] = {"classifier": "logistic regression on pixels, mode power and log mode power", "l2": l2}
-    for name in ("valid", "test"):
-        if data.y[name] is not None:
-            y = data.y[name].cpu()
-            right = (reference.logits(model, data.x[name]).cpu() > 0).float() == y
-            out[f"{name}_acc"] = float(right.float().mean())
-            if name == "valid":
-                out["valid_gap"], out["valid_gap_se"] = reference.paired_gap(
-                    right, (torch.from_numpy(logits["valid"]) > 0).float() == y)
+    right = {name: (reference.logits(model, data.x[name]).cpu() > 0).float() == data.y[name].cpu()
+             for name in ("valid", "test") if data.y[name] is not None}
+    out.update({f"{name}_acc": float(r.float().mean()) for name, r in right.items()})
+    out["valid_gap"], out["valid_gap_se"] = reference.paired_gap(
+        right["valid"], (torch.from_numpy(logits["valid"]) > 0).float() == data.y["valid"].cpu())
     if out["valid_gap"] <= reference.Z_SHORT * out["valid_gap_se"]:
         return model, out, ""
     return model, out, (f"WARNING: the model's validation accuracy is {100 * out['valid_gap']:.1f} ± "
