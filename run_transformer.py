@@ -141,7 +141,7 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
     write the predictions, curves, summary.json and report.md."""
     best = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
-    views = data.symmetry.views  # the best epoch was picked with --epoch-views; the final scores use all views
+    views = data.symmetry.views  # the best epoch was picked with the unshifted views; the final scores use all
     logits = {name: predict_logits(model, data.x[name], views).cpu().numpy() for name in ("valid", "test")}
     trust = assess(run_dir, model, cfg, data, info, logits)
     save_torch(run_dir / "best.pt", {**best, **trust.checkpoint})
@@ -155,7 +155,7 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
     attempts = [round(t, 1) for t in attempts]
     summary = {"run_dir": str(run_dir), "data_source": info["source"], "data_dir": info["data_dir"],
                "channels": info["channels"], "symmetry": info["symmetry"], "epochs_run": state.epoch,
-               "best_epoch": state.best_epoch, "best_val_loss": state.best_loss, "diverged": diverged,
+               "best_epoch": state.best_epoch, "best_val_loss": state.history[state.best_epoch - 1]["val_loss"], "diverged": diverged,
                "views": views.count() if views else 1, "final_train_loss": final["train_loss"],
                "final_train_acc": final["train_acc"], "final_gap_acc": final["gap_acc"],
                "wall_time_s": round(sum(attempts), 1), "attempt_seconds": attempts}
@@ -236,7 +236,7 @@ def parse_command(argv: list[str]) -> tuple[dict[str, Any], argparse.Namespace]:
 def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:
     """What --resume prints for a run with no epoch left to train whose results (summary.json) were written,
     else ""."""
-    if state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
+    if state.epoch < cfg.epochs and state.epoch - state.best_epoch < cfg.patience:
         return ""
     try:
         if json.loads((run_dir / "summary.json").read_text())["epochs_run"] != state.epoch:
@@ -244,7 +244,7 @@ def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:
     except (OSError, ValueError, LookupError, TypeError):
         return ""
     how = (f"{state.epoch} of {cfg.epochs} epochs" if state.epoch >= cfg.epochs else
-           f"stopped early after epoch {state.epoch} of {cfg.epochs}, {state.bad_epochs} without a better "
+           f"stopped early after epoch {state.epoch} of {cfg.epochs}, {state.epoch - state.best_epoch} without a better "
            f"validation loss; a larger --patience trains on")
     return (f"nothing to resume: {run_dir} finished ({how}; best epoch {state.best_epoch}); its results are "
             f"{run_dir}/report.md, summary.json and predictions.txt")

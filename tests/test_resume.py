@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -208,8 +207,7 @@ def test_last_pt_holds_all_state_and_resuming_a_finished_run_changes_nothing(fin
     payload = torch.load(run_dir / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "train_state", "rng", "config", "stats"} <= payload.keys()
     state = payload["train_state"]
-    assert state["epoch"] == 2 and len(state["history"]) == 2 and math.isfinite(state["best_loss"])
-    assert {"bad_epochs", "best_epoch"} <= state.keys()
+    assert state["epoch"] == 2 and len(state["history"]) == 2 and state["best_epoch"] in (1, 2)
     assert payload["scheduler"]["last_epoch"] == 2 * (400 // 64)
     owned = [*run_dir.iterdir(), finished_run.predictions]
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in owned}
@@ -227,7 +225,7 @@ def test_last_pt_holds_all_state_and_resuming_a_finished_run_changes_nothing(fin
 def test_a_run_that_stopped_early_resumes_when_the_patience_is_raised(tmp_path):
     """Finished means: the loop would run no epoch with the resumed config, and the results of that state were
     written. A larger --patience (which a resume may change) lets an early-stopped run train on."""
-    state = train.TrainState(epoch=2, best_epoch=1, bad_epochs=1)
+    state = train.TrainState(epoch=2, best_epoch=1)
     cfg = run_transformer.Config(epochs=4, patience=1)
     assert run_transformer.finished_line(tmp_path, cfg, state) == ""  # results not written yet
     (tmp_path / "summary.json").write_text(json.dumps({"epochs_run": 1}))
