@@ -35,10 +35,6 @@ from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, buil
                    pick_device, predict_logits, resolve_precision)
 
 
-class ResumableInterrupt(Interrupted):
-    """An interruption after the run folder and its last.pt exist: the message says how to resume."""
-
-
 def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None = None,
         resume_from: Resumed | None = None) -> dict[str, Any]:
     """Train one configuration end to end and write its run folder; returns the summary. Under torchrun every
@@ -112,7 +108,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
             raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
         return end() if main_rank else {"rank": distributed.rank(), "epochs_run": state.epoch}
     except Interrupted as e:  # also while the end of the run writes: last.pt is complete
-        raise ResumableInterrupt(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
+        raise Interrupted(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
                                  f"python run_transformer.py --resume {run_dir}", e.signum) from None
     except NonFinitePredictions as e:  # the best epoch's model overflows on all views or on test
         where = (f"the model of {run_dir}/best.pt (epoch {state.best_epoch}) diverges on the validation split's "
@@ -155,7 +151,8 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
     attempts = [round(t, 1) for t in attempts]
     summary = {"run_dir": str(run_dir), "data_source": info["source"], "data_dir": info["data_dir"],
                "channels": info["channels"], "symmetry": info["symmetry"], "epochs_run": state.epoch,
-               "best_epoch": state.best_epoch, "best_val_loss": state.history[state.best_epoch - 1]["val_loss"], "diverged": diverged,
+               "best_epoch": state.best_epoch, "diverged": diverged,
+               "best_val_loss": state.history[state.best_epoch - 1]["val_loss"],
                "views": views.count() if views else 1, "final_train_loss": final["train_loss"],
                "final_train_acc": final["train_acc"], "final_gap_acc": final["gap_acc"],
                "wall_time_s": round(sum(attempts), 1), "attempt_seconds": attempts}
@@ -178,25 +175,7 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
         f"report: {run_dir}/report.md")
     for note in trust.notes:
         log(note)
-    if hint := nothing_learned_note(cfg, summary, data.y["valid"]):
-        log(hint)
     return summary
-
-
-def nothing_learned_note(cfg: Config, summary: dict[str, Any], y_valid: torch.Tensor) -> str:
-    """What to try when the best model matches the constant predictor (majority-rate accuracy and chance-level
-    AUC); "" when it learned something."""
-    majority = max(float(y_valid.mean()), 1 - float(y_valid.mean()))
-    if summary["val_acc"] > majority + 1e-6 or abs(summary["val_auc"] - 0.5) >= 0.1:
-        return ""
-    tips = []
-    if cfg.model == "vit" and cfg.init == "trunc02" and cfg.optimizer == "sgd":
-        tips.append("--init torch (with --init trunc02, SGD kept this ViT at the constant predictor in every "
-                    "measured run)")
-    if not cfg.whiten:
-        tips.append("whitened input (drop --no-whiten)")
-    tips.append("another --lr or more --epochs")
-    return "note: the model did no better than always predicting the majority label; try " + "; ".join(tips)
 
 
 # ---- command line ----------------------------------------------------------------------------------------
@@ -219,41 +198,33 @@ def build_command_parser() -> Parser:
     return parser
 
 
-UNSET = object()  # the value of every Config flag the user did not type
-
-
-def parse_command(argv: list[str]) -> tuple[dict[str, Any], argparse.Namespace]:
-    """The Config flags the user typed (--resume applies only those) and the command modes. argparse fills in a
-    default only where the namespace has no value yet, so flags not typed stay UNSET."""
-    untyped = argparse.Namespace(**{f.name: UNSET for f in dataclasses.fields(Config)})
-    parsed = vars(build_command_parser().parse_args(argv, namespace=untyped))
-    command = argparse.Namespace(**{name: parsed.pop(name) for name in ("resume", "predict", "input", "output")})
-    if (command.input or command.output) and not command.predict:
-        raise UserError("--input and --output go with --predict RUN_DIR (the run whose model classifies them)")
-    return {name: value for name, value in parsed.items() if value is not UNSET}, command
-
-
 def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:
     """What --resume prints for a run with no epoch left to train whose results (summary.json) were written,
     else ""."""
-    if state.epoch < cfg.epochs and state.epoch - state.best_epoch < cfg.patience:
-        return ""
     try:
-        if json.loads((run_dir / "summary.json").read_text())["epochs_run"] != state.epoch:
-            return ""
+        written = json.loads((run_dir / "summary.json").read_text())["epochs_run"] == state.epoch
     except (OSError, ValueError, LookupError, TypeError):
+        written = False
+    if not written or state.epoch < cfg.epochs and state.epoch - state.best_epoch < cfg.patience:
         return ""
     how = (f"{state.epoch} of {cfg.epochs} epochs" if state.epoch >= cfg.epochs else
-           f"stopped early after epoch {state.epoch} of {cfg.epochs}, {state.epoch - state.best_epoch} without a better "
-           f"validation loss; a larger --patience trains on")
+           f"stopped early after epoch {state.epoch} of {cfg.epochs}, {state.epoch - state.best_epoch} without a "
+           f"better validation loss; a larger --patience trains on")
     return (f"nothing to resume: {run_dir} finished ({how}; best epoch {state.best_epoch}); its results are "
             f"{run_dir}/report.md, summary.json and predictions.txt")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train, resume or predict; exit codes as in cli.exit_code."""
+    """Train, resume or predict; exit codes as in cli.exit_code. `typed`: the Config flags the user typed, which
+    --resume applies (argparse fills in a default only where the namespace has no value yet)."""
     def body() -> None:
-        typed, command = parse_command(sys.argv[1:] if argv is None else argv)
+        unset = object()  # the value of every Config flag the user did not type
+        namespace = argparse.Namespace(**{f.name: unset for f in dataclasses.fields(Config)})
+        parsed = vars(build_command_parser().parse_args(sys.argv[1:] if argv is None else argv, namespace))
+        command = argparse.Namespace(**{name: parsed.pop(name) for name in ("resume", "predict", "input", "output")})
+        typed = {name: value for name, value in parsed.items() if value is not unset}
+        if (command.input or command.output) and not command.predict:
+            raise UserError("--input and --output go with --predict RUN_DIR (the run whose model classifies them)")
         if command.predict:
             predict_file(Path(command.predict), command.input, command.output, typed.get("device", Config.device))
         elif command.resume:
@@ -265,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(done)
         else:
             run(Config(**typed))
-    return exit_code(body, lambda e: "" if isinstance(e, ResumableInterrupt) else
+    return exit_code(body, lambda e: "" if "--resume" in str(e) else  # run's message says how to resume
                      "nothing to resume yet: run the same command again")
 
 
