@@ -76,8 +76,16 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
         state = restore_training(training, resume_from, device)
         log(f"resuming {run_dir} after epoch {state.epoch}")
     else:
-        run_dir, state = new_run_folder(cfg, info, device) if main_rank else Path(cfg.out_dir), TrainState()
-        if main_rank:  # resumable from the first step on
+        run_dir, state = Path(cfg.out_dir), TrainState()
+        if main_rank:  # config.json: the config, the data read, the environment, the code; resumable from step 1 on
+            name = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}-{cfg.optimizer}-{cfg.loss}"
+            run_dir = fresh_directory(run_dir, name)
+            environment = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                           "h5py": h5py.__version__, "device": str(device), "platform": platform.platform(),
+                           "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+                           "world_size": str(distributed.world())}
+            write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": info,
+                                                 "environment": environment, "provenance": provenance()})
             save_torch(run_dir / "last.pt", saved(state))
     if distributed.world() > 1:  # identical weights on every rank, but each rank its own dropout masks
         torch.manual_seed(cfg.seed + 1_000_003 * (distributed.rank() + 1) + state.epoch)
@@ -109,7 +117,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
         return end() if main_rank else {"rank": distributed.rank(), "epochs_run": state.epoch}
     except Interrupted as e:  # also while the end of the run writes: last.pt is complete
         raise Interrupted(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
-                                 f"python run_transformer.py --resume {run_dir}", e.signum) from None
+                          f"python run_transformer.py --resume {run_dir}", e.signum) from None
     except NonFinitePredictions as e:  # the best epoch's model overflows on all views or on test
         where = (f"the model of {run_dir}/best.pt (epoch {state.best_epoch}) diverges on the validation split's "
                  f"test-time views or on the test split")
@@ -117,18 +125,6 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
                        f"written") from None
     except WriteFailed as e:  # a full disk: the files being replaced, last.pt among them, are still complete
         raise WriteFailed(f"{e}, then resume with: python run_transformer.py --resume {run_dir}") from None
-
-
-def new_run_folder(cfg: Config, info: dict[str, Any], device: torch.device) -> Path:
-    """A fresh, time-stamped run folder with config.json: the config, the data read, the environment, the code."""
-    run_dir = fresh_directory(cfg.out_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}-{cfg.optimizer}-{cfg.loss}")
-    environment = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                   "h5py": h5py.__version__, "device": str(device), "platform": platform.platform(),
-                   "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
-                   "world_size": str(distributed.world())}
-    write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": info,
-                                         "environment": environment, "provenance": provenance()})
-    return run_dir
 
 
 def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.nn.Module, state: TrainState,

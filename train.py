@@ -231,13 +231,11 @@ def train_epoch(training: Training, data: DeviceData, cfg: Config, epoch: int, s
     finite = torch.cat(tensors).isfinite().all().to(sums.dtype)
     objective, hard_loss, correct, bad, weights_finite = torch.cat([sums, first_bad.view(1), finite.view(1)]).tolist()
     count = sum(len(idx) for idx in batches) * distributed.world()
-    where = f"training diverged at epoch {epoch + 1}, step"
-    if math.isfinite(bad):
-        raise Diverged(f"{where} {int(bad) + 1} of {len(batches)}: the loss became NaN or infinite (or the "
-                       f"gradient of the step before did); {lr_advice(cfg.lr)}")
-    if not weights_finite:
-        raise Diverged(f"{where} {len(batches)} of {len(batches)}: the weights became NaN or infinite (a "
-                       f"non-finite gradient); {lr_advice(cfg.lr)}")
+    if math.isfinite(bad) or not weights_finite:
+        what = (f"{int(bad) + 1} of {len(batches)}: the loss became NaN or infinite (or the gradient of the step "
+                f"before did)" if math.isfinite(bad) else f"{len(batches)} of {len(batches)}: the weights became NaN "
+                f"or infinite (a non-finite gradient)")
+        raise Diverged(f"training diverged at epoch {epoch + 1}, step {what}; {lr_advice(cfg.lr)}")
     return {"train_objective": objective / count, "train_loss": hard_loss / count, "train_acc": correct / count}
 
 
