@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +48,8 @@ def trained_model(payload: dict[str, Any], device: torch.device) -> torch.nn.Mod
     return model
 
 
-@dataclass
-class Resumed:
-    """A run to continue: its folder and its last.pt."""
-    run_dir: Path
-    payload: dict[str, Any]
-
-
-def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, Resumed]:
-    """The saved config with the flags typed now; refuses flags that would change the experiment (the model,
+def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
+    """The saved config with the flags typed now, and the run's last.pt; refuses flags that would change the experiment (the model,
     optimizer and training settings): patience, device, compiler and outputs may change."""
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir} is not a run folder; pass a folder written by run_transformer.py")
@@ -74,12 +66,11 @@ def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, Resumed
         if changes:
             raise UserError(f"cannot resume {run_dir}: the {kind} settings differ ({changes}); drop those flags, or "
                             f"start a new run with them")
-    return asked, Resumed(run_dir, payload)
+    return asked, payload
 
 
-def restore_training(training: Training, resumed: Resumed, device: torch.device) -> TrainState:
-    """Put the weights, optimizer, schedule and random states of `resumed` back; returns its TrainState."""
-    payload = resumed.payload
+def restore_training(training: Training, payload: dict[str, Any], device: torch.device) -> TrainState:
+    """Put the weights, optimizer, schedule and random states of a last.pt back; returns its TrainState."""
     training.model.load_state_dict(payload["model"])
     training.optimizer.load_state_dict(payload["optimizer"])
     training.scheduler.load_state_dict(payload["scheduler"])

@@ -21,7 +21,7 @@ import torch
 
 import distributed
 import symmetry
-from checkpoints import Resumed, checkpoint, load_checkpoint, restore_training, resume_config
+from checkpoints import checkpoint, load_checkpoint, restore_training, resume_config
 from cli import exit_code
 from config import (CONTROL, EXECUTION, OUTPUT, Config, HelpFormatter, Parser, UserError, add_config_flags, fields_with,
                     flag)
@@ -36,9 +36,9 @@ from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, buil
 
 
 def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None = None,
-        resume_from: Resumed | None = None) -> dict[str, Any]:
-    """Train one configuration end to end and write its run folder; returns the summary. Under torchrun every
-    process runs this; rank 0 alone prints and writes."""
+        resume_dir: Path | None = None, last: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one configuration end to end and write its run folder (or continue `resume_dir` from its `last.pt`);
+    returns the summary. Under torchrun every process runs this; rank 0 alone prints and writes."""
     start = time.time()
     device = distributed.setup(pick_device(cfg.device), cfg.sync_bn)
     cfg = resolve_precision(cfg, device)
@@ -60,20 +60,20 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
     # data -> model -> run folder
     torch.manual_seed(cfg.seed)
     with distributed.main_first():  # rank 0 generates the built-in benchmark before the others read it
-        data, info = load_data(cfg, device, log, resume_from.payload if resume_from else None)
+        data, info = load_data(cfg, device, log, last)
     if len(data.x["train"]) < distributed.world():
         raise UserError(f"{len(data.x['train'])} training samples cannot be split over {distributed.world()} "
                         f"processes; use fewer processes")
     training = build_training(cfg, len(info["channels"]), data.image_size, len(data.x["train"]), device)
-    earlier = list(resume_from.payload["attempt_seconds"]) if resume_from else []
+    earlier = list(last["attempt_seconds"]) if last else []
 
     def saved(state: TrainState) -> dict[str, Any]:  # with the time of every attempt so far, this one's too
         return checkpoint(training, state, cfg, data, [*earlier, round(time.time() - start, 1)])
 
-    if resume_from:
-        run_dir = resume_from.run_dir
+    if resume_dir:
+        run_dir = resume_dir
         check_same_data(run_dir, info["files"])
-        state = restore_training(training, resume_from, device)
+        state = restore_training(training, last, device)
         log(f"resuming {run_dir} after epoch {state.epoch}")
     else:
         run_dir, state = Path(cfg.out_dir), TrainState()
@@ -224,10 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         if command.predict:
             predict_file(Path(command.predict), command.input, command.output, typed.get("device", Config.device))
         elif command.resume:
-            cfg, resumed = resume_config(Path(command.resume), typed)
-            done = finished_line(resumed.run_dir, cfg, TrainState(**resumed.payload["train_state"]))
+            run_dir = Path(command.resume)
+            cfg, last = resume_config(run_dir, typed)
+            done = finished_line(run_dir, cfg, TrainState(**last["train_state"]))
             if not done:
-                run(cfg, resume_from=resumed)
+                run(cfg, resume_dir=run_dir, last=last)
             elif distributed.is_main():
                 print(done)
         else:

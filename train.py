@@ -113,18 +113,14 @@ def training_loss(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y * (1 - eps) + 0.5 * eps)
 
 
-def native_bf16(device: torch.device) -> bool:
-    """CUDA with bf16 support, or a CPU with AVX512-BF16 or AMX (elsewhere bf16 is emulated, slower than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 def resolve_precision(cfg: Config, device: torch.device) -> Config:
-    """--precision auto made concrete for `device`, so that the run's config says what ran."""
+    """--precision auto made concrete for `device`, so that the run's config says what ran: bf16 where it is native
+    (CUDA with bf16 support, a CPU with AVX512-BF16 or AMX; elsewhere it is emulated, slower than fp32), else fp32."""
     if cfg.precision != "auto":
         return cfg
-    return dataclasses.replace(cfg, precision="bf16" if native_bf16(device) else "fp32")
+    native = (torch.cuda.is_bf16_supported() if device.type == "cuda" else
+              torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dataclasses.replace(cfg, precision="bf16" if native else "fp32")
 
 
 @dataclass

@@ -173,11 +173,11 @@ def test_the_validation_after_each_epoch_uses_the_image_and_its_partner_unshifte
 
 
 def test_auto_precision_is_bf16_only_where_bf16_is_native(monkeypatch):
-    cpu = torch.device("cpu")
+    cuda = torch.device("cuda")
     for native, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(train, "native_bf16", lambda device: native)
-        assert resolve_precision(Config(), cpu).precision == expected
-        assert resolve_precision(Config(precision="fp32"), cpu).precision == "fp32"  # a choice is kept
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: native)
+        assert resolve_precision(Config(), cuda).precision == expected
+        assert resolve_precision(Config(precision="fp32"), cuda).precision == "fp32"  # a choice is kept
 
 
 @pytest.mark.parametrize("seed", [0, 1])
