@@ -1,5 +1,6 @@
-"""Checkpoints (best.pt, last.pt): all that resuming exactly or predicting without the training data needs; at
-the end of a run best.pt also gets `calibration` and `drift` (report.assess). And the rules of --resume."""
+"""Reading checkpoints (best.pt, last.pt, written by run_transformer.run: all that resuming exactly or predicting
+without the training data needs; at the end of a run best.pt also gets `calibration` and `drift`, report.assess)
+back, and the rules of --resume."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,19 +11,8 @@ from typing import Any
 import torch
 
 from config import EXPERIMENT, MODEL, OPTIMIZER, Config, UserError, config_from_dict, fields_with, flag
-from data import DeviceData
 from fileio import unreadable
 from train import Training, TrainState, build_model
-
-
-def checkpoint(training: Training, state: TrainState, cfg: Config, data: DeviceData,
-               attempt_seconds: list[float]) -> dict[str, Any]:
-    """`attempt_seconds`: how long each attempt (the first run, then each --resume) has worked on the run."""
-    return {"model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
-            "scheduler": training.scheduler.state_dict(), "train_state": dataclasses.asdict(state),
-            "config": dataclasses.asdict(cfg), "stats": data.stats, "image_size": data.image_size,
-            "symmetry": data.symmetry.to_dict(), "rng": torch.get_rng_state(), "attempt_seconds": attempt_seconds,
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 
 import distributed
 import symmetry
-from checkpoints import checkpoint, load_checkpoint, restore_training, resume_config
+from checkpoints import load_checkpoint, restore_training, resume_config
 from cli import exit_code
 from config import (CONTROL, EXECUTION, OUTPUT, Config, HelpFormatter, Parser, UserError, add_config_flags, fields_with,
                     flag)
@@ -67,8 +67,13 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
     training = build_training(cfg, len(info["channels"]), data.image_size, len(data.x["train"]), device)
     earlier = list(last["attempt_seconds"]) if last else []
 
-    def saved(state: TrainState) -> dict[str, Any]:  # with the time of every attempt so far, this one's too
-        return checkpoint(training, state, cfg, data, [*earlier, round(time.time() - start, 1)])
+    def saved(state: TrainState) -> dict[str, Any]:  # a checkpoint: what checkpoints.py reads back
+        return {"model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
+                "scheduler": training.scheduler.state_dict(), "train_state": dataclasses.asdict(state),
+                "config": dataclasses.asdict(cfg), "stats": data.stats, "image_size": data.image_size,
+                "symmetry": data.symmetry.to_dict(), "rng": torch.get_rng_state(),
+                "attempt_seconds": [*earlier, round(time.time() - start, 1)],  # the first run's, then each resume's
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     if resume_dir:
         run_dir = resume_dir
@@ -203,10 +208,8 @@ def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:
         written = False
     if not written or state.epoch < cfg.epochs and state.epoch - state.best_epoch < cfg.patience:
         return ""
-    how = (f"{state.epoch} of {cfg.epochs} epochs" if state.epoch >= cfg.epochs else
-           f"stopped early after epoch {state.epoch} of {cfg.epochs}, {state.epoch - state.best_epoch} without a "
-           f"better validation loss; a larger --patience trains on")
-    return (f"nothing to resume: {run_dir} finished ({how}; best epoch {state.best_epoch}); its results are "
+    return (f"nothing to resume: {run_dir} finished after epoch {state.epoch} of {cfg.epochs} (best epoch "
+            f"{state.best_epoch}; after an early stop a larger --patience trains on); its results are "
             f"{run_dir}/report.md, summary.json and predictions.txt")
 
 

@@ -215,7 +215,7 @@ def test_last_pt_holds_all_state_and_resuming_a_finished_run_changes_nothing(fin
     assert run_transformer.main(["--resume", str(run_dir)]) == 0
     out, err = capsys.readouterr()
     assert err == "" and len(out.strip().splitlines()) == 1, out
-    assert out.startswith(f"nothing to resume: {run_dir} finished (2 of 2 epochs; best epoch "), out
+    assert out.startswith(f"nothing to resume: {run_dir} finished after epoch 2 of 2 (best epoch "), out
     assert f"{run_dir}/report.md" in out, out
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in owned} == before
     assert sorted(run_dir.iterdir()) == sorted(p for p in owned if p.parent == run_dir)
@@ -231,7 +231,7 @@ def test_a_run_that_stopped_early_resumes_when_the_patience_is_raised(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"epochs_run": 1}))
     assert run_transformer.finished_line(tmp_path, cfg, state) == ""  # results of an earlier epoch
     (tmp_path / "summary.json").write_text(json.dumps({"epochs_run": 2}))
-    assert "stopped early after epoch 2 of 4" in run_transformer.finished_line(tmp_path, cfg, state)
+    assert "finished after epoch 2 of 4 (best epoch 1;" in run_transformer.finished_line(tmp_path, cfg, state)
     assert run_transformer.finished_line(tmp_path, run_transformer.Config(epochs=4, patience=3), state) == ""
 
 
