@@ -1,6 +1,5 @@
-"""Reading checkpoints (best.pt, last.pt, written by run_transformer.run: all that resuming exactly or predicting
-without the training data needs; at the end of a run best.pt also gets `calibration` and `drift`, report.assess)
-back, and the rules of --resume."""
+"""Reading checkpoints back (best.pt, last.pt: run_transformer.run writes all that resuming exactly or predicting
+without the training data needs, report.assess adds `calibration` and `drift` to best.pt); the rules of --resume."""
 from __future__ import annotations
 
 import dataclasses
