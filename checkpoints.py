@@ -38,8 +38,8 @@ def trained_model(payload: dict[str, Any], device: torch.device) -> torch.nn.Mod
 
 
 def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
-    """The saved config with the flags typed now, and the run's last.pt; refuses flags that would change the experiment (the model,
-    optimizer and training settings): patience, device, compiler and outputs may change."""
+    """The saved config with the flags typed now, and the run's last.pt; refuses flags that would change the
+    experiment (the model, optimizer and training settings): patience, device, compiler and outputs may change."""
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir} is not a run folder; pass a folder written by run_transformer.py")
     payload = load_checkpoint(run_dir / "last.pt")
