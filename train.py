@@ -242,27 +242,28 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
     improved) saves what the caller wants."""
     model, device, stop = training.model, data.x["train"].device, StopFlag()
     views = data.symmetry.epoch_views()  # image and partner, unshifted: the best epoch of all views in 12 of 12 runs
+    n = views.count() if views else 1
     previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while state.epoch < cfg.epochs and state.epoch - state.best_epoch < cfg.patience:
             epoch = state.epoch
             row = {"epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"],
                    **train_epoch(training, data, cfg, epoch, stop, progress)}
-            distributed.sync_buffers(model)  # same BatchNorm statistics on every rank before evaluating
+            # rank 0's BatchNorm statistics (an epoch's last step updates them after DDP's broadcast) on every rank
+            distributed.from_main(*model.buffers())
             try:
                 val = evaluate(model, data.x["valid"], data.y["valid"], views)
             except NonFinitePredictions as e:
                 raise Diverged(overflow_message(e, f"training diverged at epoch {epoch + 1} on the validation "
                                                    f"split", cfg.lr)) from None
-            val = distributed.from_main(val, device)
-            row.update(val_loss=val["loss"], val_acc=val["acc"], val_auc=val["auc"],
-                       val_views=views.count() if views else 1)
+            numbers = torch.tensor([val["loss"], val["acc"], val["auc"]], dtype=torch.float64, device=device)
+            distributed.from_main(numbers)  # rank 0's: early stopping must decide identically everywhere
+            row.update(zip(("val_loss", "val_acc", "val_auc"), numbers.tolist()), val_views=n)
             row.update(gap_acc=row["train_acc"] - row["val_acc"], gap_loss=row["val_loss"] - row["train_loss"])
             improved = row["val_loss"] < min((r["val_loss"] for r in state.history), default=math.inf)
             state.epoch, state.best_epoch = epoch + 1, epoch + 1 if improved else state.best_epoch
             state.history.append(row)
             on_epoch(state, improved)
-            n = int(row["val_views"])
             log(f"epoch {epoch + 1:3d}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} acc "
                 f"{row['train_acc']:.4f} | val ({n} view{'s' * (n > 1)}) loss {row['val_loss']:.4f} acc "
                 f"{row['val_acc']:.4f} auc {row['val_auc']:.4f} | gap acc {row['gap_acc']:+.4f} loss "
