@@ -42,12 +42,9 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def lr_advice(lr: float) -> str:
-    return f"the learning rate (--lr {lr:g}) is probably too high, try --lr {lr / 10:g}"
-
-
-def overflow_message(e: NonFinitePredictions, where: str, lr: float) -> str:
-    return f"{where}: {e}; {lr_advice(lr)}"
+def overflow_message(problem: Exception | str, where: str, lr: float) -> str:
+    """The one line of a non-finite loss, weights or predictions: where, what, and the likely cause."""
+    return f"{where}: {problem}; the learning rate (--lr {lr:g}) is probably too high, try --lr {lr / 10:g}"
 
 
 def pick_device(name: str) -> torch.device:
@@ -228,10 +225,11 @@ def train_epoch(training: Training, data: DeviceData, cfg: Config, epoch: int, s
     objective, hard_loss, correct, bad, weights_finite = torch.cat([sums, first_bad.view(1), finite.view(1)]).tolist()
     count = sum(len(idx) for idx in batches) * distributed.world()
     if math.isfinite(bad) or not weights_finite:
-        what = (f"{int(bad) + 1} of {len(batches)}: the loss became NaN or infinite (or the gradient of the step "
-                f"before did)" if math.isfinite(bad) else f"{len(batches)} of {len(batches)}: the weights became NaN "
-                f"or infinite (a non-finite gradient)")
-        raise Diverged(f"training diverged at epoch {epoch + 1}, step {what}; {lr_advice(cfg.lr)}")
+        step = int(bad) + 1 if math.isfinite(bad) else len(batches)
+        what = ("the loss became NaN or infinite (or the gradient of the step before did)" if math.isfinite(bad) else
+                "the weights became NaN or infinite (a non-finite gradient)")
+        where = f"training diverged at epoch {epoch + 1}, step {step} of {len(batches)}"
+        raise Diverged(overflow_message(what, where, cfg.lr))
     return {"train_objective": objective / count, "train_loss": hard_loss / count, "train_acc": correct / count}
 
 
