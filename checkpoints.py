@@ -60,9 +60,8 @@ def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict[st
 
 def restore_training(training: Training, payload: dict[str, Any], device: torch.device) -> TrainState:
     """Put the weights, optimizer, schedule and random states of a last.pt back; returns its TrainState."""
-    training.model.load_state_dict(payload["model"])
-    training.optimizer.load_state_dict(payload["optimizer"])
-    training.scheduler.load_state_dict(payload["scheduler"])
+    for part in ("model", "optimizer", "scheduler"):
+        getattr(training, part).load_state_dict(payload[part])
     torch.set_rng_state(payload["rng"])
     if device.type == "cuda":  # a machine with fewer GPUs restores the generators it has
         for index, state in enumerate(payload["cuda_rng"][:torch.cuda.device_count()]):
