@@ -181,24 +181,6 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
 
 # ---- command line ----------------------------------------------------------------------------------------
 
-def build_command_parser() -> Parser:
-    """Config's flags, then the command modes."""
-    parser = Parser(description=__doc__, formatter_class=HelpFormatter)
-    add_config_flags(parser)
-    modes = parser.add_argument_group("command modes (instead of training a new run)")
-    one = modes.add_mutually_exclusive_group()
-    one.add_argument("--resume", metavar="RUN_DIR", default="", help="continue the run in this folder from its "
-                     "last.pt; of the flags above only these may change: "
-                     + ", ".join(flag(name) for name in fields_with(CONTROL, EXECUTION, OUTPUT)))
-    one.add_argument("--predict", metavar="RUN_DIR", default="", help="classify --input with the best "
-                     "checkpoint of this run folder")
-    modes.add_argument("--input", metavar="FILE", default="", help="with --predict: the HDF5 file to classify")
-    modes.add_argument("--output", metavar="FILE", default="", help="with --predict: where to write the 0/1 "
-                       "predictions (a .csv of probabilities goes beside it; default: predictions-NAME.txt in the "
-                       "run folder, NAME that of --input)")
-    return parser
-
-
 def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:
     """What --resume prints for a run with no epoch left to train whose results (summary.json) were written,
     else ""."""
@@ -217,9 +199,22 @@ def main(argv: list[str] | None = None) -> int:
     """Train, resume or predict; exit codes as in cli.exit_code. `typed`: the Config flags the user typed, which
     --resume applies (argparse fills in a default only where the namespace has no value yet)."""
     def body() -> None:
+        parser = Parser(description=__doc__, formatter_class=HelpFormatter)  # Config's flags, then the command modes
+        add_config_flags(parser)
+        modes = parser.add_argument_group("command modes (instead of training a new run)")
+        one = modes.add_mutually_exclusive_group()
+        one.add_argument("--resume", metavar="RUN_DIR", default="", help="continue the run in this folder from its "
+                         "last.pt; of the flags above only these may change: "
+                         + ", ".join(flag(name) for name in fields_with(CONTROL, EXECUTION, OUTPUT)))
+        one.add_argument("--predict", metavar="RUN_DIR", default="", help="classify --input with the best "
+                         "checkpoint of this run folder")
+        modes.add_argument("--input", metavar="FILE", default="", help="with --predict: the HDF5 file to classify")
+        modes.add_argument("--output", metavar="FILE", default="", help="with --predict: where to write the 0/1 "
+                           "predictions (a .csv of probabilities goes beside it; default: predictions-NAME.txt in "
+                           "the run folder, NAME that of --input)")
         unset = object()  # the value of every Config flag the user did not type
         namespace = argparse.Namespace(**{f.name: unset for f in dataclasses.fields(Config)})
-        parsed = vars(build_command_parser().parse_args(sys.argv[1:] if argv is None else argv, namespace))
+        parsed = vars(parser.parse_args(sys.argv[1:] if argv is None else argv, namespace))
         command = argparse.Namespace(**{name: parsed.pop(name) for name in ("resume", "predict", "input", "output")})
         typed = {name: value for name, value in parsed.items() if value is not unset}
         if (command.input or command.output) and not command.predict:
