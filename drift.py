@@ -70,10 +70,7 @@ class DriftCheck:
     outside: dict[str, dict[str, float]]  # feature -> share below and above the training 0.1-99.9 % range
     culprits: dict[str, float]  # "feature higher|lower" -> share of samples flagged mainly by it
     rings: list[float]  # the file's median ring log-power (the figure)
-
-    @property
-    def warn(self) -> bool:
-        return self.share > WARN_SHARE
+    warn: bool  # share > WARN_SHARE
 
     def summary(self) -> dict:  # for summary.json and the report
         return {"n": len(self.flags), "share_flagged": self.share, "warning": self.warn,
@@ -97,7 +94,7 @@ def check(reference: dict, values: np.ndarray) -> DriftCheck:
     found, counts = np.unique(keys, return_counts=True) if keys else ([], [])
     culprits = {str(key): n / len(flags) for n, key in sorted(zip(counts, found), key=lambda kv: -kv[0])}
     medians = np.median(rings[valid], axis=0) if valid.any() else np.full(rings.shape[1], np.nan)
-    return DriftCheck(flags, float(flags.mean()), outside, culprits, medians.tolist())
+    return DriftCheck(flags, float(flags.mean()), outside, culprits, medians.tolist(), float(flags.mean()) > WARN_SHARE)
 
 
 def warning_line(result: DriftCheck, what: str) -> str:

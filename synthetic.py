@@ -133,6 +133,7 @@ def ensure_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Sizes(
 
 # ---- the Bayes limit -------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)  # it draws 64 fields: once per grid size is enough
 def quantisation_variance(grid: int = GRID) -> float:
     """Variance that float16 storage adds to each log-density pixel (measured on fixed fields)."""
     field = sample_log_density(np.zeros(64, np.int64), np.random.default_rng(12345), grid)
@@ -140,18 +141,12 @@ def quantisation_variance(grid: int = GRID) -> float:
     return float(np.mean((stored - field) ** 2))
 
 
-@functools.lru_cache(maxsize=None)  # the quantisation variance draws 64 fields: once per grid size is enough
-def _observed_spectra(grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """lambda_0, lambda_1 plus white quantisation noise. At k = 0 (the per-sample offset, the same for both
-    classes) both are the noise alone, so that mode adds exactly 0 to the likelihood ratio."""
-    noise = quantisation_variance(grid)
-    return class_spectrum(0, grid) + noise, class_spectrum(1, grid) + noise
-
-
 def bayes_log_likelihood_ratio(density: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """log p(x | label 1) - log p(x | label 0) for each (N, grid, grid) density sample, exactly Gaussian."""
+    """log p(x | label 1) - log p(x | label 0) for each (N, grid, grid) density sample, exactly Gaussian: the class
+    spectra plus white quantisation noise. At k = 0 (the per-sample offset, the same for both classes) both are
+    the noise alone, so that mode adds exactly 0."""
     grid = density.shape[-1]
-    lam0, lam1 = _observed_spectra(grid)
+    lam0, lam1 = (class_spectrum(label, grid) + quantisation_variance(grid) for label in (0, 1))
     weight = torch.from_numpy(1 / lam0 - 1 / lam1)
     quad = [(torch.fft.fft2(torch.from_numpy(np.log(density[i:i + chunk].astype(np.float64)))).abs().square()
              * weight).sum(dim=(1, 2)).numpy() / grid**2 for i in range(0, len(density), chunk)]
