@@ -20,7 +20,6 @@ from fileio import changed_files, fingerprint, unreadable
 from symmetry import SymmetryPlan, spectrum_view
 
 Log = Callable[[str], None]
-OnChunk = Callable[[dict[str, np.ndarray]], None]  # sees each chunk's raw float32 channels
 
 SPLIT_FILES = {"train": "train.hdf5", "valid": "valid.hdf5", "test": "test_no_labels.hdf5"}
 ANSWER_FILE = "test_labels.hdf5"  # optional answer key beside the test file (the built-in benchmark has one)
@@ -202,32 +201,26 @@ def find_confounders(splits: dict[str, RawSplit]) -> dict[str, str]:
 
 def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[str]:
     """Resolve --channels: 'auto' drops confounders (and says so); an explicit list is used as given."""
+    auto = spec == "auto"
+    names = [n for n in CHANNEL_NAMES if n not in confounders] if auto else [n.strip() for n in spec.split(",")]
     for name, evidence in confounders.items():
-        log(f"WARNING: shortcut guard: channel '{name}' looks like a confounder: {evidence}")
-    if spec != "auto":
-        names = [n.strip() for n in spec.split(",")]
-        for name in names:
-            if name in confounders:
-                log(f"WARNING: --channels keeps '{name}' as asked; expect memorisation, not generalisation")
-        return names
-    names = [n for n in CHANNEL_NAMES if n not in confounders]
+        kept = "; --channels keeps it as asked: expect memorisation, not generalisation" if name in names else ""
+        log(f"WARNING: shortcut guard: channel '{name}' looks like a confounder: {evidence}{kept}")
     if not names:
         raise UserError("every channel was flagged as a confounder; pass --channels explicitly to use them")
-    if confounders:
+    if auto and confounders:
         log(f"--channels auto: training on {', '.join(names)} (left out: {', '.join(confounders)})")
     return names
 
 
 # ---- tensors on the device -----------------------------------------------------------------------------
 
-def _read(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnChunk | None = None) -> np.ndarray:
+def _read(split: RawSplit, channels: list[str], log_density: bool) -> np.ndarray:
     """(N, C, S, S) float32 in `channels` order, density as its logarithm when `log_density` (<= 0 refused: a clamp
-    would make outliers). `on_chunk` sees every chunk's raw channels, density included."""
+    would make outliers)."""
     grid = next(iter(split.channels.values())).shape[-1]
     x = np.empty((len(split), len(channels), grid, grid), np.float32)
-    for start, block in split.chunks(list(dict.fromkeys([*channels, *(["density"] if on_chunk else [])]))):
-        if on_chunk:
-            on_chunk(block)
+    for start, block in split.chunks(channels):
         for c, name in enumerate(channels):
             values = block[name]
             if name == "density" and log_density:
@@ -265,10 +258,9 @@ def group_mean(spectrum: np.ndarray, group: tuple[str, ...]) -> np.ndarray:
     return np.mean([spectrum_view(spectrum, name) for name in group], axis=0)
 
 
-def to_tensor(split: RawSplit, stats: dict, device: torch.device | str, on_chunk: OnChunk | None = None
-              ) -> torch.Tensor:
+def to_tensor(split: RawSplit, stats: dict, device: torch.device | str) -> torch.Tensor:
     """(N, C, S, S) float32 on `device`, channels in `stats` order, prepared and normalised with training stats."""
-    x = _read(split, stats["channels"], stats["whiten"] is not None, on_chunk)
+    x = _read(split, stats["channels"], stats["whiten"] is not None)
     _transform(x, stats["channels"], stats["whiten"], stats)
     return torch.from_numpy(x).to(device)
 

@@ -45,12 +45,13 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
         raise UserError(f"{source} has {grid}-pixel grids but the model was trained on {payload['image_size']}")
     device = pick_device(device_name)
     model = trained_model(payload, device)
-    # the drift check reads the same chunks (runs that do not read density have no description to check against)
+    # the drift check's features (runs that do not read density have no description to check against)
     described = "drift" in payload and "density" in stats["channels"]
-    rows: list = []
     try:
-        x = to_tensor(split, stats, device, (lambda b: rows.append(drift.table(b, payload["drift"]["channels"])))
-                      if described else None)
+        x = to_tensor(split, stats, device)
+        if described:
+            others = payload["drift"]["channels"]
+            table = np.concatenate([drift.table(block, others) for _, block in split.chunks(("density", *others))])
     finally:
         split.close()
     try:
@@ -61,7 +62,7 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
     # a run stopped before its end has no calibration yet: temperature 1, no offset
     calibration = payload.get("calibration", {"temperature": 1.0, "offset": 0.0})
     probs = sigmoid(logits + calibration["offset"], calibration["temperature"])
-    checked = drift.check(payload["drift"], np.concatenate(rows)) if described else None
+    checked = drift.check(payload["drift"], table) if described else None
     write_predictions(path, probs)
     write_probabilities(csv_path, probs, None if checked is None else checked.flags)
     flagged = "no drift check" if checked is None else f"drift check: {checked.share:.1%} flagged"
