@@ -156,8 +156,7 @@ def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data folder {data_dir} does not exist; pass --data-dir with the HDF5 files")
-    splits = {name: open_split(data_dir / file, name, labelled=name != "test")
-              for name, file in SPLIT_FILES.items()}
+    splits = {name: open_split(data_dir / file, name, labelled=name != "test") for name, file in SPLIT_FILES.items()}
     present = np.unique(splits["train"].labels)
     if len(present) < 2:  # one label only teaches a constant
         raise UserError(f"{splits['train'].path}: every training label is {present[0]} ({len(splits['train'])} "
@@ -186,14 +185,13 @@ def find_confounders(splits: dict[str, RawSplit]) -> dict[str, str]:
     for name in names:
         low, high = ranges["train"][name]
         v0, v1 = low[labels == 0], low[labels == 1]
-        if (low == high).all() and (v0.max() < v1.min() or v1.max() < v0.min()):
-            found[name] = (f"constant within every training sample and alone separates the training labels "
-                           f"(label 0: {v0.min():g}..{v0.max():g}, label 1: {v1.min():g}..{v1.max():g})")
-            continue
         lo, hi = low.min(), high.max()
         extent = {other: (ranges[other][name][0].min(), ranges[other][name][1].max()) for other in ("valid", "test")}
         outside = [other for other, (olo, ohi) in extent.items() if ohi < lo or olo > hi]
-        if outside:
+        if (low == high).all() and (v0.max() < v1.min() or v1.max() < v0.min()):
+            found[name] = (f"constant within every training sample and alone separates the training labels "
+                           f"(label 0: {v0.min():g}..{v0.max():g}, label 1: {v1.min():g}..{v1.max():g})")
+        elif outside:
             olo, ohi = extent[outside[0]]
             found[name] = f"training values {lo:g}..{hi:g} do not overlap {outside[0]} values {olo:g}..{ohi:g}"
     return found

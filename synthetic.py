@@ -7,6 +7,7 @@ being Gaussian with known spectra, the exact likelihood-ratio test is the best a
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from dataclasses import asdict, dataclass
@@ -116,13 +117,11 @@ def ensure_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Sizes(
     directory = Path(directory)
     manifest = directory / MANIFEST
     if manifest.exists():
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # unreadable or damaged: generated again
             saved = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            saved = {}
-        same = saved.get("seed") == seed and saved.get("sizes") == asdict(sizes) and saved.get("complete")
-        if same and all((directory / f).exists() for f in FILES):
-            return directory
+            same = saved.get("seed") == seed and saved.get("sizes") == asdict(sizes) and saved.get("complete")
+            if same and all((directory / f).exists() for f in FILES):
+                return directory
     else:
         foreign = [f for f in FILES if (directory / f).exists()]
         if foreign:
