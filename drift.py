@@ -55,11 +55,10 @@ def describe(values: np.ndarray, others: list[str] = ()) -> dict:
     # a feature that never varies in training (a constant channel's std) gets a tiny scale: any change is flagged
     scale = np.maximum((q84 - q16) / 2, 1e-12)
     threshold = np.quantile(np.abs((values - median) / scale).max(axis=1), 1 - FALSE_FLAG_RATE)
-    reference = {"features": names, "channels": list(others), "median": median.tolist(), "scale": scale.tolist(),
-                 "low": low.tolist(), "high": high.tolist(), "n": len(values), "threshold": float(threshold)}
-    low, median, high = np.percentile(rings, [RANGE_PERCENTILES[0], 50, RANGE_PERCENTILES[1]], axis=0)
-    reference["rings"] = {"low": low.tolist(), "median": median.tolist(), "high": high.tolist()}
-    return reference
+    ring_stats = np.percentile(rings, [RANGE_PERCENTILES[0], 50, RANGE_PERCENTILES[1]], axis=0)
+    return {"features": names, "channels": list(others), "median": median.tolist(), "scale": scale.tolist(),
+            "low": low.tolist(), "high": high.tolist(), "n": len(values), "threshold": float(threshold),
+            "rings": {key: ring.tolist() for key, ring in zip(("low", "median", "high"), ring_stats)}}
 
 
 @dataclass
