@@ -346,8 +346,7 @@ def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
 
 def what_to_rename(names: list[str]) -> str:
     """Advice for a folder without train.hdf5: which of its files look like the splits under another name."""
-    wanted = {"train": SPLIT_FILES["train"], "valid": SPLIT_FILES["valid"], "validation": SPLIT_FILES["valid"],
-              "test": SPLIT_FILES["test"], "test_no_labels": SPLIT_FILES["test"]}
+    wanted = {**SPLIT_FILES, "validation": SPLIT_FILES["valid"], "test_no_labels": SPLIT_FILES["test"]}
     renames = [f"{n} to {wanted[n.rsplit('.', 1)[0].lower()]}" for n in names
                if n.rsplit(".", 1)[0].lower() in wanted and n not in SPLIT_FILES.values()]
     if renames:

@@ -23,10 +23,10 @@ FEATURES = ["mean of log-density", "std of log-density",
 
 def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
     """Per sample of `channels` ('density' and the `others`, (n, S, S)): FEATURES, the others' mean and std, then
-    the log-power of each ring |k| in [r - 0.5, r + 0.5), r = 1, 2, ... (the figure); NaN where density <= 0."""
+    the log-power of each ring |k| in [r - 0.5, r + 0.5), r = 1, 2, ... (the figure); a sample with density <= 0 has NaN log-density features."""
     density = channels["density"]
-    positive = (density.reshape(len(density), -1) > 0).all(axis=1)
-    log_rho = np.log(np.where(positive[:, None, None], density, 1.0).astype(np.float64))
+    # a pixel <= 0 has no logarithm: NaN, which every log-density feature of its sample then inherits
+    log_rho = np.log(np.where(density > 0, density, np.nan).astype(np.float64))
     grid = log_rho.shape[-1]
     power = torch.fft.fft2(torch.from_numpy(log_rho - log_rho.mean(axis=(1, 2), keepdims=True))).abs().square()
     power = power.numpy() / grid**2
@@ -39,10 +39,7 @@ def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
         rings = [np.log(power[:, ring == r].mean(axis=1)) for r in range(1, ring.max() + 1)]
     flat = {name: np.asarray(channels[name], np.float64).reshape(len(density), -1) for name in others}
     moments = [f(flat[name], axis=1) for name in others for f in (np.mean, np.std)]
-    values = np.column_stack([log_rho.mean(axis=(1, 2)), log_rho.std(axis=(1, 2)), *bands, *moments, *rings])
-    values[~positive, :len(FEATURES)] = np.nan
-    values[~positive, len(FEATURES) + len(moments):] = np.nan
-    return values
+    return np.column_stack([log_rho.mean(axis=(1, 2)), log_rho.std(axis=(1, 2)), *bands, *moments, *rings])
 
 
 def describe(values: np.ndarray, others: list[str] = ()) -> dict:
