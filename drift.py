@@ -23,7 +23,8 @@ FEATURES = ["mean of log-density", "std of log-density",
 
 def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
     """Per sample of `channels` ('density' and the `others`, (n, S, S)): FEATURES, the others' mean and std, then
-    the log-power of each ring |k| in [r - 0.5, r + 0.5), r = 1, 2, ... (the figure); a sample with density <= 0 has NaN log-density features."""
+    the log-power of each ring |k| in [r - 0.5, r + 0.5), r = 1, 2, ... (the figure); NaN log-density features
+    where density <= 0."""
     density = channels["density"]
     # a pixel <= 0 has no logarithm: NaN, which every log-density feature of its sample then inherits
     log_rho = np.log(np.where(density > 0, density, np.nan).astype(np.float64))
