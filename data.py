@@ -19,8 +19,6 @@ from config import CHANNEL_NAMES, Config, UserError
 from fileio import changed_files, fingerprint, unreadable
 from symmetry import SymmetryPlan, spectrum_view
 
-Log = Callable[[str], None]
-
 SPLIT_FILES = {"train": "train.hdf5", "valid": "valid.hdf5", "test": "test_no_labels.hdf5"}
 ANSWER_FILE = "test_labels.hdf5"  # optional answer key beside the test file (the built-in benchmark has one)
 CHUNK = 8192  # samples read and transformed at a time
@@ -321,7 +319,7 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, device: torch.
 
 # ---- the run's data ------------------------------------------------------------------------------------
 
-def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
+def resolve_data_dir(cfg: Config, log: Callable[[str], None]) -> tuple[Path, str]:
     """The user's files when --data-dir has train.hdf5 ("files"), else the built-in benchmark generated into a
     sub-folder of the default or an empty folder ("synthetic"); any other folder is the user's: refused."""
     data_dir = Path(cfg.data_dir)
@@ -359,7 +357,7 @@ def what_to_rename(names: list[str]) -> str:
     return advice + ", or pass an empty folder to generate the built-in benchmark there"
 
 
-def load_data(cfg: Config, device: torch.device, log: Log, saved: dict | None = None):
+def load_data(cfg: Config, device: torch.device, log: Callable[[str], None], saved: dict | None = None):
     """Read, check and move the data; returns (DeviceData, info for config.json and the summary). `saved`: a
     resumed run's checkpoint, whose input preparation and symmetries are kept."""
     data_dir, source = resolve_data_dir(cfg, log)
