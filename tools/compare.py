@@ -375,7 +375,7 @@ def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path
         cfg = v.build(base)
         runs = [rows[j["key"]] for j in seed_jobs(v, settings, base, out) if j["key"] in rows]
         lines.append({"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels], "init": cfg.init,
-                      "whiten": cfg.whiten, "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
+                      "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
                       "lr": settings.lrs[cfg.optimizer], "runs": runs, **metrics(runs)})
     return lines
 
@@ -492,7 +492,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     reference_file = out / "reference.json"
     yardstick = json.loads(reference_file.read_text()) if user_data and reference_file.exists() else None
     print(write_report(lines, out, header, settings.seeds, EFFECTS, yardstick))
-    print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
+    print(f"report: {out}/report.md, {out}/figures/")
     if interrupted is not None:
         raise interrupted
 

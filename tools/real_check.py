@@ -23,17 +23,15 @@ from cli import exit_code
 from config import HelpFormatter, Parser, checked, config_from_dict, non_negative
 from data import read_answer_key, read_split, to_tensor
 from checkpoints import load_checkpoint, trained_model
-from symmetry import SymmetryPlan, Views
+from symmetry import SymmetryPlan
 from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_proba
 
 REAL_TEST_FILE = Path(__file__).resolve().parents[2] / "shared" / "gasdata" / "test_no_labels.hdf5"
 
 
-def describe(model, payload: dict, path: Path, device: torch.device, sample: int = 0, views: int | None = None
-             ) -> dict:
+def describe(model, payload: dict, path: Path, device: torch.device, sample: int = 0) -> dict:
     """Agreement with the likelihood-ratio test, share of state 1, mean confidence, and accuracy when the file
-    has labels or an answer key (test_labels.hdf5) lies beside it; sample > 0: that many random images only;
-    views: test-time shifts per axis instead of the run's own (0: no view averaging)."""
+    has labels or an answer key (test_labels.hdf5) lies beside it; sample > 0: that many random images only."""
     stats, cfg = payload["stats"], config_from_dict(payload["config"])
     split = read_split(path, "input", tuple(stats["channels"]), labelled=False)
     answers = split.labels if (split.labels >= 0).all() else read_answer_key(path.parent, len(split))
@@ -42,11 +40,8 @@ def describe(model, payload: dict, path: Path, device: torch.device, sample: int
         split = dataclasses.replace(split, channels={k: v[keep] for k, v in split.channels.items()},
                                     labels=split.labels[keep])
         answers = None if answers is None else answers[keep]
-    own = SymmetryPlan.from_dict(payload["symmetry"]).views
-    if views is not None:  # the run's own view symmetries at another number of shifts (0: no views)
-        own = Views(own.rules, views) if own is not None and views > 0 else None
     try:
-        p = predict_proba(model, to_tensor(split, stats, device), own)
+        p = predict_proba(model, to_tensor(split, stats, device), SymmetryPlan.from_dict(payload["symmetry"]).views)
     except NonFinitePredictions as e:
         raise Diverged(overflow_message(e, f"the model diverges on {path}", cfg.lr)) from None
     p = p.cpu().numpy()
@@ -66,9 +61,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--benchmark", default="data/synthetic", help="the built-in benchmark's folder")
     parser.add_argument("--train-sample", type=checked(int, "train_sample", non_negative), default=2000,
                         help="training images to predict (0: none)")
-    parser.add_argument("--tta-shifts", type=checked(int, "tta_shifts", non_negative), default=None,
-                        help="test-time views: shifts per axis instead of the run's own (0: none), to measure "
-                        "what the views add to the same weights")
     return parser.parse_args(argv)
 
 
@@ -77,11 +69,11 @@ def check(args: argparse.Namespace) -> None:
     payload = load_checkpoint(Path(args.run) / "best.pt")
     device = pick_device("auto")
     model = trained_model(payload, device)
-    bench, views = Path(args.benchmark), args.tta_shifts
-    rows = {"benchmark test": describe(model, payload, bench / "test_no_labels.hdf5", device, views=views),
-            "real test": describe(model, payload, Path(args.real), device, views=views)}
+    bench = Path(args.benchmark)
+    rows = {"benchmark test": describe(model, payload, bench / "test_no_labels.hdf5", device),
+            "real test": describe(model, payload, Path(args.real), device)}
     if args.train_sample > 0:
-        rows["benchmark train"] = describe(model, payload, bench / "train.hdf5", device, args.train_sample, views)
+        rows["benchmark train"] = describe(model, payload, bench / "train.hdf5", device, args.train_sample)
     for name, row in rows.items():
         print(f"{name:15s} n {row['n']:5d}  agrees with the likelihood-ratio test {row['agree_with_bayes']:.1%}  "
               f"state 1 {row['share_state_1']:.1%}  mean confidence {row['mean_confidence']:.3f}"

@@ -13,21 +13,6 @@ def test_compares_the_benchmark_and_the_real_test_file(finished_run, real_test_f
     assert train.startswith("benchmark train") and "n   100" in train and "accuracy" in train
     predicted = sum(line == "1" for line in finished_run.predictions.read_text().splitlines()) / 80
     assert f"state 1 {predicted:.1%}" in bench  # the same predictions as the run itself wrote
-    # other test-time views on the same weights: no views at all gives the plain model's predictions
-    assert real_check.main([str(run_dir), "--real", str(real_test_file), "--benchmark", str(tiny_benchmark),
-                            "--train-sample", "0", "--tta-shifts", "0"]) == 0
-    import torch
-    from config import config_from_dict
-    from data import read_split, to_tensor
-    from train import build_model
-    payload = torch.load(run_dir / "best.pt", weights_only=True)
-    model = build_model(config_from_dict(payload["config"]), 1, 28)
-    model.load_state_dict(payload["model"])
-    split = read_split(tiny_benchmark / "test_no_labels.hdf5", "test", ("density",), labelled=False)
-    x = to_tensor(split, payload["stats"], "cpu")
-    with torch.no_grad():
-        plain = int((model.eval()(x).squeeze(1) > 0).sum()) / len(x)  # a float64 share, as real_check prints
-    assert f"state 1 {plain:.1%}" in capsys.readouterr().out.splitlines()[0]
 
 
 def test_a_missing_run_is_one_line(tmp_path, capsys):
