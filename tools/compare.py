@@ -6,10 +6,8 @@
     python -m tools.compare --out-dir results/evaluation --report-only   # the report again, nothing trained
 
 Rows: `before` (the pre-change ViT), each requested change on it, `after` (all of them), `after` with one taken
-back, the reference CNN, all on raw and on whitened density; the init axis and ViT levers. Each optimizer trains
-at one rate (--lrs). Each run is scored on labelled images that no run used for any choice. Every run is
-`python run_transformer.py` in its own folder and one line of results.jsonl when it finishes, so a rerun of the
-same command skips it.
+back, the reference CNN, on raw and whitened density. Each run is `python run_transformer.py` in its own folder,
+scored on labelled images that no run used for any choice, and one line of results.jsonl, so a rerun skips it.
 """
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
@@ -380,13 +377,6 @@ def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path
     return lines
 
 
-def commits(rows: list[dict[str, Any]]) -> str:
-    """Which code produced the rows: `code a1b2c3d4e5f6 (12 runs), not recorded (75 runs)`."""
-    count = Counter("not recorded" if (p := row.get("provenance")) is None else
-                    p["commit"][:12] + (" with changes" if p["dirty"] else "") for row in rows)
-    return "runs by code version: " + ", ".join(f"{name} ({n} runs)" for name, n in count.items())
-
-
 def rates(text: str) -> dict[str, float]:
     """--lrs 'sgd=0.05,adamw=0.003' -> {"sgd": 0.05, "adamw": 0.003}."""
     try:
@@ -401,17 +391,12 @@ def rates(text: str) -> dict[str, float]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = Parser(prog="python -m tools.compare", description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--quick", action="store_true", help=f"small grid ({', '.join(QUICK.configs)}; "
-                   f"{QUICK.epochs} epochs, {QUICK.seeds} seeds) on a small built-in benchmark")
+    p.add_argument("--quick", action="store_true", help="small grid, density only, on a small benchmark")
     add_config_flags(p, ("data_dir", "epochs", "device", "compile"), defaults={"data_dir": "", "epochs": None},
-                     notes={"data_dir": "here: data/ unless given, and with --quick a small benchmark in "
-                            "data/synthetic-quick", "epochs": f"here: of each reported run (full grid "
-                            f"{FULL.epochs}, --quick {QUICK.epochs}; the default row keeps its own)",
-                            "compile": "here: of each run (same results)"})
-    p.add_argument("--out-dir", default="", help="the grid's folder (results.jsonl, runs, report; default "
-                   "compare_out/full or compare_out/quick)")
-    p.add_argument("--seeds", type=checked(int, "seeds", positive), help=f"seeds per configuration (full: "
-                   f"{FULL.seeds})")
+                     notes={"data_dir": "here: data/, with --quick data/synthetic-quick",
+                            "epochs": f"here: {FULL.epochs}, --quick {QUICK.epochs}; the default row keeps its own"})
+    p.add_argument("--out-dir", default="", help="the grid's folder (default compare_out/full or compare_out/quick)")
+    p.add_argument("--seeds", type=checked(int, "seeds", positive), help=f"per configuration ({FULL.seeds})")
     p.add_argument("--lrs", type=rates, default={}, help="the learning rate of an optimizer, e.g. "
                    f"'sgd=0.05,adamw=0.003' (default {', '.join(f'{k}={v:g}' for k, v in LRS.items())})")
     p.add_argument("--only", default="", help="comma-separated configurations: " + ", ".join(CONFIGS))
@@ -487,8 +472,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
                  "temperature, on the other 1/6; every run is scored on its validation file, which no run used)"
                  if user_data else "")
               + f"; {settings.epochs} epochs (a row that names its own keeps them), {settings.seeds} seeds, {jobs} "
-              f"parallel run(s); this invocation took {time.time() - start:.0f} s; "
-              f"{commits([r for line in lines for r in line['runs']])}.")
+              f"parallel run(s); this invocation took {time.time() - start:.0f} s.")
     reference_file = out / "reference.json"
     yardstick = json.loads(reference_file.read_text()) if user_data and reference_file.exists() else None
     print(write_report(lines, out, header, settings.seeds, EFFECTS, yardstick))
