@@ -74,7 +74,7 @@ class FakeRun:
 
 
 def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark: Path, tmp_path: Path,
-                                                                  monkeypatch, capsys):
+                                                                  monkeypatch, capsys, unrendered_figures):
     out = tmp_path / "out"
     argv = ["--only", "before,+sgd-linear", "--data-dir", str(tiny_benchmark), "--out-dir", str(out),
             "--epochs", "2", "--seeds", "3", "--device", "cpu", "--lrs", "adamw=0.001,sgd=0.02"]
@@ -116,7 +116,8 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
     assert "Incomplete grid" in (out / "report.md").read_text()
 
 
-def test_a_grid_refuses_to_continue_on_changed_data(tiny_benchmark: Path, tmp_path: Path, monkeypatch, capsys):
+def test_a_grid_refuses_to_continue_on_changed_data(tiny_benchmark: Path, tmp_path: Path, monkeypatch, capsys,
+                                                    unrendered_figures):
     """After one sample of train.hdf5 changed, rerunning the command would skip the finished runs (same keys) and
     report runs on the old and the new data as one experiment. One line naming the file, exit 2, nothing run."""
     data, out = Path(shutil.copytree(tiny_benchmark, tmp_path / "data")), tmp_path / "out"
