@@ -122,7 +122,7 @@ def throughput(args: argparse.Namespace) -> None:
     cuda = device.type == "cuda"
     cfg = Config(whiten=False, augment="off", tta="off", pool="cls", dropout=0.1, device=args.device,
                  data_dir=args.data_dir, emb_dim=args.emb_dim, depth=args.depth, heads=args.heads,
-                 mlp_dim=args.mlp_dim, optimizer=args.optimizer, compile=args.compile,
+                 mlp_dim=args.mlp_dim, compile=args.compile,
                  batch_size=args.batch_size or (4096 if cuda else 128),
                  precision=args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32"))
     data, info = load_data(cfg, device, lambda message: None)
@@ -219,12 +219,10 @@ def accuracy(x: float) -> bool:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = Parser(prog="python -m tools.bench", description=__doc__, formatter_class=HelpFormatter)
-    add_config_flags(p, ("device", "data_dir", "optimizer", "emb_dim", "depth", "heads", "mlp_dim", "batch_size",
-                         "precision", "compile"), {"emb_dim": 64, "depth": 3, "heads": 4, "mlp_dim": 128,
-                                                   "batch_size": None},
+    add_config_flags(p, ("device", "data_dir", "emb_dim", "depth", "heads", "mlp_dim", "batch_size", "precision",
+                         "compile"), {"emb_dim": 64, "depth": 3, "heads": 4, "mlp_dim": 128, "batch_size": None},
                      {"batch_size": "here: 4096 on CUDA and 128 on CPU unless given",
-                      "precision": "here auto: bf16 on CUDA, fp32 on CPU for the loop rows (the naive one is fp32)",
-                      "optimizer": "here: of our loop (the naive one trains with AdamW)"})
+                      "precision": "here auto: bf16 on CUDA, fp32 on CPU for the loop rows (the naive one is fp32)"})
     count = lambda name: checked(int, name, non_negative)  # noqa: E731
     p.add_argument("--seconds", type=checked(float, "seconds", non_negative), default=None,
                    help="timed seconds per style and round (default 3 on CUDA, 8 on CPU; 0: one call each)")

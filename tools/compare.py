@@ -392,7 +392,7 @@ def rates(text: str) -> dict[str, float]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = Parser(prog="python -m tools.compare", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="small grid, density only, on a small benchmark")
-    add_config_flags(p, ("data_dir", "epochs", "device", "compile"), defaults={"data_dir": "", "epochs": None},
+    add_config_flags(p, ("data_dir", "epochs", "device"), defaults={"data_dir": "", "epochs": None},
                      notes={"data_dir": "here: data/, with --quick data/synthetic-quick",
                             "epochs": f"here: {FULL.epochs}, --quick {QUICK.epochs}; the default row keeps its own"})
     p.add_argument("--out-dir", default="", help="the grid's folder (default compare_out/full or compare_out/quick)")
@@ -446,7 +446,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     if args.quick and not args.data_dir:
         data_dir = str(synthetic.ensure_benchmark(Path("data") / "synthetic-quick", 0, QUICK_SIZES))
     # precision resolved here: a run's key names what ran (bf16 or fp32), not "auto"
-    base = resolve_precision(Config(data_dir=data_dir, device=args.device, compile=args.compile), device)
+    base = resolve_precision(Config(data_dir=data_dir, device=args.device), device)
     chosen = variants(configs, settings.channel_sets)
     if args.report_only:
         resolved = Path(data_dir)

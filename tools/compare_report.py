@@ -1,11 +1,8 @@
 """The report of compare.py's grid: report.md and figures/accuracy.png from finished runs (results.jsonl).
 
-Every final run is scored on labelled images that no run used for any choice. A row's held-out accuracy is the
-mean over its seeds with a 95% interval that adds, in quadrature, the seed spread (Student t with seeds - 1 degrees
-of freedom on the seed means) and the sampling error of the images (the standard error of the per-image correctness
-averaged over seeds). The difference to the row's reference (`after` on the same input and channels) is paired: the
-same seeds on the same images, so the per-image differences carry the sampling error and most of what the images
-have in common cancels.
+A row's accuracy on the evaluation set is the mean over its seeds with a 95% interval; the difference to its
+reference (`after` on the same input and channels) is paired: the same seeds on the same images, so most of what
+the images have in common cancels.
 """
 from __future__ import annotations
 

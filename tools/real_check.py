@@ -1,7 +1,6 @@
-"""Is a trained run as good on the real test file as on the benchmark's? The real file has no labels, so this
-compares, on both files: agreement with the exact likelihood-ratio test of the benchmark's physics
-(synthetic.bayes_predict), the share predicted as state 1 and the mean confidence. A sample of the benchmark's
-training images, predicted the same way, gives the train - test gap without augmentation or dropout.
+"""Is a trained run as good on the real (unlabelled) test file as on the benchmark's? On both files: agreement
+with the benchmark physics' likelihood-ratio test, the share predicted as state 1 and the mean confidence; a sample
+of training images gives the train - test gap.
 
     python -m tools.real_check runs/RUN                  # real file: ../shared/gasdata/test_no_labels.hdf5
     python -m tools.real_check runs/RUN --real PATH --benchmark data/synthetic
