@@ -39,7 +39,6 @@ from config import (EXECUTION, OUTPUT, Config, HelpFormatter, Parser, UserError,
                     checked, fields_with, flag, non_negative, positive)
 from data import ANSWER_FILE, SPLIT_FILES, load_splits, read_split, to_device, to_tensor
 from fileio import append_text, changed_files, fingerprint, provenance, rounded, write_json, write_text
-from metrics import scores
 from symmetry import SymmetryPlan
 from train import Interrupted, pick_device, predict_logits, resolve_precision, signal_name
 from tools.compare_report import metrics, pack, write_report
@@ -201,19 +200,16 @@ def carve(data_dir: Path, folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]:
-    """The run's best checkpoint on the labelled file `path`, as the run predicts: accuracy, log loss, AUC, n,
-    Bayes accuracy (benchmark only) and which images it got right (for paired differences)."""
+    """The run's best checkpoint on the labelled file `path`, as the run predicts: accuracy, n, Bayes accuracy
+    (benchmark only) and which images it got right (for paired differences)."""
     payload = load_checkpoint(run_dir / "best.pt")
     split = read_split(path, "held-out", tuple(payload["stats"]["channels"]))
     x = to_tensor(split, payload["stats"], device)
     logits = predict_logits(trained_model(payload, device), x, SymmetryPlan.from_dict(payload["symmetry"]).views).cpu()
-    labels = torch.from_numpy(split.labels).float()
-    result = scores(torch.sigmoid(logits), labels)
-    correct = ((logits + payload.get("calibration", {}).get("offset", 0.0) > 0).float() == labels).numpy()
-    result["acc"] = float(correct.mean())  # of the 0/1 predictions the run writes
+    correct = (logits + payload.get("calibration", {}).get("offset", 0.0) > 0).numpy() == split.labels
     manifest = path.parent / HELDOUT_MANIFEST
     bayes = float(json.loads(manifest.read_text())["bayes_accuracy"]) if manifest.exists() else None
-    return {**rounded(result), "n": len(labels), "bayes_acc": bayes, "correct": pack(correct)}
+    return {"acc": rounded(float(correct.mean())), "n": len(correct), "bayes_acc": bayes, "correct": pack(correct)}
 
 
 def reference_accuracy(data_dir: Path, path: Path, device: torch.device) -> dict[str, Any]:
