@@ -88,14 +88,14 @@ class Settings:
     configs: tuple[str, ...]
     epochs: int
     seeds: int
-    lrs: dict[str, float]
+    lrs: dict[str, float] = dataclasses.field(default_factory=lambda: dict(LRS))
     channel_sets: tuple[str, ...] = tuple(CHANNEL_SETS)
     heldout: str = ""  # the labelled file every final run is scored on
 
 
-FULL = Settings(tuple(CONFIGS), epochs=8, seeds=3, lrs=LRS)
+FULL = Settings(tuple(CONFIGS), epochs=8, seeds=3)
 QUICK = Settings(("before", *(c for c in CHANGES if c != "+block-bn"), "after", "cnn"), epochs=4, seeds=2,
-                 lrs=LRS, channel_sets=("no-date",))
+                 channel_sets=("no-date",))
 QUICK_SIZES = synthetic.Sizes(1000, 1800, 250, 450, 250, 250)  # 1/10 of the benchmark
 QUICK_HELDOUT_PER_CLASS = 1000
 
@@ -373,18 +373,6 @@ def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path
     return lines
 
 
-def rates(text: str) -> dict[str, float]:
-    """--lrs 'sgd=0.05,adamw=0.003' -> {"sgd": 0.05, "adamw": 0.003}."""
-    try:
-        chosen = {name.strip(): float(rate) for name, rate in (t.split("=") for t in text.split(",") if t.strip())}
-    except ValueError:
-        chosen = {}
-    if not chosen or not set(chosen) <= set(LRS) or min(chosen.values()) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 'sgd=0.05,adamw=0.003' (optimizers "
-                                         f"{', '.join(LRS)}; positive rates)")
-    return chosen
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = Parser(prog="python -m tools.compare", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="small grid, density only, on a small benchmark")
@@ -393,8 +381,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                             "epochs": f"here: {FULL.epochs}, --quick {QUICK.epochs}; the default row keeps its own"})
     p.add_argument("--out-dir", default="", help="the grid's folder (default compare_out/full or compare_out/quick)")
     p.add_argument("--seeds", type=checked(int, "seeds", positive), help=f"per configuration ({FULL.seeds})")
-    p.add_argument("--lrs", type=rates, default={}, help="the learning rate of an optimizer, e.g. "
-                   f"'sgd=0.05,adamw=0.003' (default {', '.join(f'{k}={v:g}' for k, v in LRS.items())})")
+    for optimizer, rate in LRS.items():
+        p.add_argument(f"--{optimizer}-lr", type=checked(float, f"{optimizer}_lr", positive), default=rate,
+                       help=f"the learning rate of every {optimizer} row")
     p.add_argument("--only", default="", help="comma-separated configurations: " + ", ".join(CONFIGS))
     p.add_argument("--jobs", type=checked(int, "jobs", non_negative), default=0, help="parallel runs (0: 1 on "
                    "CPU, min(12, cores) on CUDA, where they share the GPU)")
@@ -434,7 +423,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     if unknown:
         raise UserError(f"--only: unknown configuration {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     settings = dataclasses.replace(preset, configs=configs, epochs=args.epochs or preset.epochs,
-                                   lrs={**preset.lrs, **args.lrs}, seeds=args.seeds or preset.seeds)
+                                   lrs={o: getattr(args, f"{o}_lr") for o in LRS}, seeds=args.seeds or preset.seeds)
     out = Path(args.out_dir or f"compare_out/{'quick' if args.quick else 'full'}")
     device = pick_device(args.device)
     jobs = args.jobs or (1 if device.type == "cpu" else min(12, os.cpu_count() or 1))

@@ -77,7 +77,7 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
                                                                   monkeypatch, capsys, unrendered_figures):
     out = tmp_path / "out"
     argv = ["--only", "before,+sgd-linear", "--data-dir", str(tiny_benchmark), "--out-dir", str(out),
-            "--epochs", "2", "--seeds", "3", "--device", "cpu", "--lrs", "adamw=0.001,sgd=0.02"]
+            "--epochs", "2", "--seeds", "3", "--device", "cpu", "--adamw-lr", "0.001", "--sgd-lr", "0.02"]
     total = 2 * 2 * 3  # 2 configurations x 2 channel sets x 3 seeds
     monkeypatch.setattr(compare, "PER_CLASS", 50)  # a small held-out set: the runs are fakes
     first = FakeRun(interrupt_after=7)
@@ -122,7 +122,7 @@ def test_a_grid_refuses_to_continue_on_changed_data(tiny_benchmark: Path, tmp_pa
     report runs on the old and the new data as one experiment. One line naming the file, exit 2, nothing run."""
     data, out = Path(shutil.copytree(tiny_benchmark, tmp_path / "data")), tmp_path / "out"
     argv = ["--only", "before", "--data-dir", str(data), "--out-dir", str(out), "--epochs", "1", "--seeds", "1",
-            "--lrs", "adamw=0.001", "--device", "cpu"]
+            "--adamw-lr", "0.001", "--device", "cpu"]
     monkeypatch.setattr(compare, "PER_CLASS", 50)
     monkeypatch.setattr(compare, "train_one", FakeRun())
     assert compare.main(argv) == 0
