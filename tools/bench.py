@@ -173,41 +173,35 @@ def time_to_target(cfg: Config, targets: list[float], recipe: str, test_target: 
     data, info = load_data(cfg, device, lambda message: None)
     load_s = time.perf_counter() - t0
     training = build_training(cfg, len(info["channels"]), data.image_size, len(data.x["train"]), device)
-    pending, test_pending = sorted(targets), test_target > 0 and data.y["test"] is not None
-    print(f"time to {', '.join(f'{t:.0%}' for t in targets)} validation"
-          + (f" and {test_target:.0%} test" if test_pending else "") + f" accuracy: {recipe} ({cfg.model}, "
+    tested = test_target > 0 and data.y["test"] is not None
+    pending = [("validation", t) for t in sorted(targets)] + ([("test", test_target)] if tested else [])
+    print(f"time to {', '.join(f'{t:.0%} {kind}' for kind, t in pending)} accuracy: {recipe} ({cfg.model}, "
           f"{cfg.optimizer}, {cfg.loss}, batch {cfg.batch_size}, {cfg.precision}, up to {cfg.epochs} epochs) on "
-          f"{info['source']} data {info['sizes']}, channels {','.join(info['channels'])}, {device}; data loading "
-          f"{load_s:.1f} s")
+          f"{info['source']} data {info['sizes']}, {device}; data loading {load_s:.1f} s")
     clock = {"start": time.perf_counter(), "paused": 0.0}
 
     def on_epoch(state: TrainState, improved: bool) -> None:
-        nonlocal test_pending
         row, elapsed = state.history[-1], time.perf_counter() - clock["start"] - clock["paused"]
-        test = ""
-        if test_pending:
+        reached = {"validation": row["val_acc"]}
+        if tested:  # scored off the clock
             paused = time.perf_counter()
-            test_acc = evaluate(training.model, data.x["test"], data.y["test"], data.symmetry.views)["acc"]
+            reached["test"] = evaluate(training.model, data.x["test"], data.y["test"], data.symmetry.views)["acc"]
             clock["paused"] += time.perf_counter() - paused
-            test = f"  test acc {test_acc:.4f}"
-        print(f"  epoch {row['epoch']:3d}  {elapsed:8.1f} s  train acc {row['train_acc']:.4f}  "
-              f"val acc {row['val_acc']:.4f}  val loss {row['val_loss']:.4f}{test}", flush=True)
-        while pending and row["val_acc"] >= pending[0]:
-            print(f"time to {pending.pop(0):.0%} validation: reached {row['val_acc']:.4f} at epoch {row['epoch']} "
-                  f"after {elapsed:.1f} s of training ({elapsed / row['epoch']:.1f} s/epoch)", flush=True)
-        if test_pending and test_acc >= test_target:
-            test_pending = False
-            print(f"time to {test_target:.0%} test: reached {test_acc:.4f} at epoch {row['epoch']} after "
+        print(f"  epoch {row['epoch']:3d}  {elapsed:8.1f} s  train acc {row['train_acc']:.4f}  val acc "
+              f"{row['val_acc']:.4f}  val loss {row['val_loss']:.4f}" + (f"  test acc {reached['test']:.4f}"
+                                                                         if tested else ""), flush=True)
+        for kind, target in [(k, t) for k, t in pending if reached[k] >= t]:
+            pending.remove((kind, target))
+            print(f"time to {target:.0%} {kind}: reached {reached[kind]:.4f} at epoch {row['epoch']} after "
                   f"{elapsed:.1f} s of training, {elapsed + load_s:.1f} s with data loading", flush=True)
-        if not pending and not test_pending:
+        if not pending:
             raise TargetReached
 
     try:
         state = fit(training, data, cfg, TrainState(), on_epoch, log=lambda message: None)
     except TargetReached:
         return
-    missed = [f"{t:.0%} validation" for t in pending] + ([f"{test_target:.0%} test"] if test_pending else [])
-    print(f"time to {', '.join(missed)}: not reached in {state.epoch} epochs "
+    print(f"time to {', '.join(f'{t:.0%} {kind}' for kind, t in pending)}: not reached in {state.epoch} epochs "
           f"({time.perf_counter() - clock['start'] - clock['paused']:.1f} s); best validation accuracy "
           f"{max(r['val_acc'] for r in state.history):.4f}")
 
