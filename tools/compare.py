@@ -332,10 +332,8 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
         row["finished_at"] = time.time()
         append_result(path, row)
         rows[row["key"]], finished, s = row, finished + 1, row["summary"]
-        scored = [f"val acc {s['val_acc']:.4f}"] if "val_acc" in s else []
-        scored += [f"test acc {s['test_acc']:.4f}"] if "test_acc" in s else []
-        scored += [f"held-out acc {row['heldout']['acc']:.4f}"] if "heldout" in row else []
-        log(f"[{finished}/{todo}] {row['variant']} lr {row['lr']:g} seed {row['seed']}: {' '.join(scored)} "
+        held = f"held-out acc {row['heldout']['acc']:.4f} " if "heldout" in row else ""
+        log(f"[{finished}/{todo}] {row['variant']} lr {row['lr']:g} seed {row['seed']}: {held}"
             f"({s.get('wall_time_s', 0):.0f} s)" + ("  DIVERGED" if s.get("diverged") else ""))
 
     with ThreadPoolExecutor(jobs) as pool:
