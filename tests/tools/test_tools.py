@@ -9,7 +9,7 @@ from conftest import ROOT
 
 def test_a_tool_runs_as_a_file_from_any_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "compare.py"), "--help"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "other_physics.py"), "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.startswith("usage: "), proc.stdout[:200]
