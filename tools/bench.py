@@ -187,9 +187,9 @@ def time_to_target(cfg: Config, targets: list[float], recipe: str, test_target: 
             paused = time.perf_counter()
             reached["test"] = evaluate(training.model, data.x["test"], data.y["test"], data.symmetry.views)["acc"]
             clock["paused"] += time.perf_counter() - paused
-        print(f"  epoch {row['epoch']:3d}  {elapsed:8.1f} s  train acc {row['train_acc']:.4f}  val acc "
-              f"{row['val_acc']:.4f}  val loss {row['val_loss']:.4f}" + (f"  test acc {reached['test']:.4f}"
-                                                                         if tested else ""), flush=True)
+        test = f"  test acc {reached['test']:.4f}" if tested else ""
+        print(f"  epoch {row['epoch']:3d}  {elapsed:8.1f} s  train acc {row['train_acc']:.4f}  "
+              f"val acc {row['val_acc']:.4f}  val loss {row['val_loss']:.4f}{test}", flush=True)
         for kind, target in [(k, t) for k, t in pending if reached[k] >= t]:
             pending.remove((kind, target))
             print(f"time to {target:.0%} {kind}: reached {reached[kind]:.4f} at epoch {row['epoch']} after "
