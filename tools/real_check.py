@@ -1,6 +1,6 @@
 """Is a trained run as good on the real (unlabelled) test file as on the benchmark's? On both files: agreement
 with the benchmark physics' likelihood-ratio test, the share predicted as state 1 and the mean confidence (the
-run's own report has its train - validation gap).
+run's metrics.csv and summary.json hold its train - validation gap).
 
     python -m tools.real_check runs/RUN                  # real file: ../shared/gasdata/test_no_labels.hdf5
     python -m tools.real_check runs/RUN --real PATH --benchmark data/synthetic
