@@ -121,24 +121,16 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
 
 def changed_files(recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:
     """Paths of the recorded files (by key) that differ from, or are missing in, `current`."""
-    def content(record: dict | None) -> tuple | None:
-        return None if record is None else (record["bytes"], record["sha256"])
     return [(current.get(key) or recorded[key])["path"] for key in sorted(recorded)
-            if content(current.get(key)) != content(recorded[key])]
+            if (current.get(key) or {}).get("sha256") != recorded[key]["sha256"]]
 
 
 def fresh_directory(parent: str | Path, name: str) -> Path:
     """Create parent/name, or parent/name-2, -3, ... : an existing run folder is never reused."""
-    parent = Path(parent)
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {parent}: {_reason(parent / 'x', e)}; "
-                        f"choose another --out-dir")
     for i in itertools.count(1):
-        candidate = parent / (name if i == 1 else f"{name}-{i}")
+        candidate = Path(parent) / (name if i == 1 else f"{name}-{i}")
         try:
-            candidate.mkdir()
+            candidate.mkdir(parents=True)
             return candidate
         except FileExistsError:
             continue
@@ -147,7 +139,7 @@ def fresh_directory(parent: str | Path, name: str) -> Path:
                             f"choose another --out-dir")
 
 
-def check_writable(path: str | Path) -> Path:
+def check_writable(path: str | Path) -> None:
     """Fail now, not after hours of training, when a file could not be written at `path` later."""
     path = Path(path)
     if path.is_dir():
@@ -158,7 +150,6 @@ def check_writable(path: str | Path) -> Path:
             pass
     except OSError as e:
         raise UserError(f"cannot write {path}: {_reason(path, e)}; choose another path")
-    return path
 
 
 # ---- provenance: which code and command made a result ----------------------------------------------------
@@ -176,24 +167,16 @@ def git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def command_line(argv: list[str] | None = None) -> str:
-    """The command as typed in the repository root: `python -m tools.compare --quick`, `python run_transformer.py`."""
-    argv = list(sys.argv if argv is None else argv)
-    script = Path(argv[0]) if argv else Path()
-    if script.is_absolute() and script.is_relative_to(ROOT):
-        script = script.relative_to(ROOT)
-        argv[0] = str(script)
-        if (ROOT / script.parent / "__init__.py").exists():  # a module of a package runs as python -m
-            argv[:1] = ["-m", ".".join(script.with_suffix("").parts)]
-    return "python " + shlex.join(argv)
-
-
 def provenance(argv: list[str] | None = None) -> dict[str, Any]:
-    """{"commit": sha or "unknown", "dirty": uncommitted code changes (None: unknown), "command": ...}."""
+    """{"commit": sha or "unknown", "dirty": uncommitted code changes (None: unknown), "command": the command to
+    type in the repository root, e.g. `python tools/compare.py --quick` (every tool also runs as a script)}."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).is_absolute() and Path(argv[0]).is_relative_to(ROOT):
+        argv[0] = str(Path(argv[0]).relative_to(ROOT))  # python -m tools.compare puts the absolute path here
     commit = git("rev-parse", "HEAD")
     changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE) if commit else None
     return {"commit": commit or "unknown", "dirty": None if changes is None else bool(changes),
-            "command": command_line(argv)}
+            "command": "python " + shlex.join(argv)}
 
 
 def provenance_line(record: dict[str, Any]) -> str:

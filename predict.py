@@ -38,17 +38,16 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
     for target in (path, csv_path):
         if target.exists():
             raise UserError(f"{target} already exists; choose another --output (nothing was overwritten)")
-    split = open_split(source, "input", tuple(stats["channels"]), labelled=False)
-    grid = split.channels[stats["channels"][0]].shape[-1]
-    if grid != payload["image_size"]:
-        split.close()
-        raise UserError(f"{source} has {grid}-pixel grids but the model was trained on {payload['image_size']}")
     device = pick_device(device_name)
     model = trained_model(payload, device)
     # the drift check reads the same chunks (runs that do not read density have no description to check against)
     described = "drift" in payload and "density" in stats["channels"]
     rows: list = []
+    split = open_split(source, "input", tuple(stats["channels"]), labelled=False)
     try:
+        grid = split.channels[stats["channels"][0]].shape[-1]
+        if grid != payload["image_size"]:
+            raise UserError(f"{source} has {grid}-pixel grids but the model was trained on {payload['image_size']}")
         x = to_tensor(split, stats, device, (lambda b: rows.append(drift.table(b, payload["drift"]["channels"])))
                       if described else None)
     finally:

@@ -2,7 +2,6 @@
 what they leave for a person: metrics.csv, predictions, figures and report.md."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +22,13 @@ METRIC_COLUMNS = ("epoch", "lr", "train_objective", "train_loss", "train_acc", "
                   "val_views", "gap_acc", "gap_loss")
 
 
-@dataclass
-class Assessment:
-    """Calibrated test probabilities and drift flags, entries for best.pt and summary.json, and log lines."""
-    test_probabilities: np.ndarray
-    test_flags: np.ndarray | None
-    checkpoint: dict[str, Any]
-    summary: dict[str, Any]
-    bayes_curves: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    logits: dict[str, np.ndarray] = field(default_factory=dict)  # shifted by the fitted offset: what is predicted
-
-
 def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
-           logits: dict[str, np.ndarray]) -> Assessment:
+           logits: dict[str, np.ndarray]) -> dict[str, Any]:
     """Calibrate the best model's view-averaged validation/test `logits`, compare with the yardstick, check the
-    test split for drift, map the model's sensitivity, and draw the figures."""
+    test split for drift, map the model's sensitivity, and draw the figures. Returns the calibrated
+    "probabilities" per split, the test split's drift "flags" (None without a check), the entries for best.pt
+    ("checkpoint") and summary.json ("summary"), the Bayes lines of the learning curves ("bayes_curves") and the
+    "notes" to print."""
     labels = {name: None if data.y[name] is None else data.y[name].cpu().numpy() for name in ("train", "valid", "test")}
     # the share of state 1 the probabilities refer to: 50/50 under a state-swapping symmetry, else training's
     prior = 0.5 if data.symmetry.swaps else float(np.mean(labels["train"]))
@@ -50,27 +40,24 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
     logits = {name: z + offset for name, z in logits.items()}
     yardstick, yard_summary, yard_note = compare_with_reference(data, logits, cfg.seed, info["data_dir"])
     probabilities = {name: metrics.sigmoid(z, temperature) for name, z in logits.items()}
-    plot_reliability(run_dir / "reliability.png", reliability)
-    plot_roc_and_confusion(run_dir / "roc_confusion.png", {
+    plot_calibration(run_dir / "calibration.png", reliability, {
         SPLIT_NAMES[n]: (probabilities[n], labels[n]) for n in ("valid", "test") if labels[n] is not None})
-    result = Assessment(probabilities["test"], None,
-                        {"calibration": {"temperature": temperature, "offset": offset, "prior_state_1": prior,
-                                         "fitted_on": "valid"}},
-                        {"calibration": calibration, "reference": yard_summary}, logits=logits)
-    bound = metrics.at_bound(temperature)
-    if bound:
+    notes = []
+    if bound := metrics.at_bound(temperature):
         calibration["not_calibrated"] = bound
-        result.notes.append(f"WARNING: the calibration temperature {temperature:g} is at the end of its search "
-                            f"range: {bound}")
+        notes.append(f"WARNING: the calibration temperature {temperature:g} is at the end of its search range: {bound}")
     if yard_note:
-        result.notes.append(yard_note)
-    if data.bayes_llr:  # the Bayes lines of the learning curves
-        result.bayes_curves = {"val_loss": metrics.log_loss(metrics.bayes_posterior(data.bayes_llr["valid"], prior),
-                                                            labels["valid"]),
-                               "val_acc": info["bayes_accuracy"]["valid"]}
+        notes.append(yard_note)
+    bayes_curves = {} if not data.bayes_llr else {
+        "val_loss": metrics.log_loss(metrics.bayes_posterior(data.bayes_llr["valid"], prior), labels["valid"]),
+        "val_acc": info["bayes_accuracy"]["valid"]}
+    result = {"probabilities": probabilities, "flags": None, "notes": notes, "bayes_curves": bayes_curves,
+              "checkpoint": {"calibration": {"temperature": temperature, "offset": offset, "prior_state_1": prior,
+                                             "fitted_on": "valid"}},
+              "summary": {"calibration": calibration, "reference": yard_summary}}
     check_test_split(run_dir, data, result)
     if "density" in info["channels"]:
-        result.summary["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature, yardstick)
+        result["summary"]["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature, yardstick)
     return result
 
 
@@ -80,21 +67,18 @@ def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed
     the model trails it by more than reference.Z_SHORT standard errors."""
     model, l2 = reference.fit_reference(data.x["train"], data.y["train"], seed)
     out: dict[str, Any] = {"classifier": "logistic regression on pixels, mode power and log mode power", "l2": l2}
-    for name in ("valid", "test"):
-        if data.y[name] is not None:
-            y = data.y[name].cpu()
-            right = (reference.logits(model, data.x[name]).cpu() > 0).float() == y
-            out[f"{name}_acc"] = float(right.float().mean())
-            if name == "valid":
-                out["valid_gap"], out["valid_gap_se"] = reference.paired_gap(
-                    right, (torch.from_numpy(logits["valid"]) > 0).float() == y)
-    note = ""
-    if "valid_gap" in out and out["valid_gap"] > reference.Z_SHORT * out["valid_gap_se"]:
-        note = (f"WARNING: the model's validation accuracy is {100 * out['valid_gap']:.1f} ± "
-                f"{100 * out['valid_gap_se']:.1f} points below the reference classifier's ({out['valid_acc']:.4f}, a "
-                f"logistic regression on the same inputs); try python -m tools.compare --data-dir {data_dir} to see "
-                f"which settings help, --model cnn, or another --optimizer or --lr")
-    return model, out, note
+    right = {name: (reference.logits(model, data.x[name]).cpu() > 0).float() == data.y[name].cpu()
+             for name in ("valid", "test") if data.y[name] is not None}
+    out.update({f"{name}_acc": float(r.float().mean()) for name, r in right.items()})
+    out["valid_gap"], out["valid_gap_se"] = reference.paired_gap(
+        right["valid"], (torch.from_numpy(logits["valid"]) > 0).float() == data.y["valid"].cpu())
+    if out["valid_gap"] <= reference.Z_SHORT * out["valid_gap_se"]:
+        return model, out, ""
+    return model, out, (f"WARNING: the model's validation accuracy is {100 * out['valid_gap']:.1f} ± "
+                        f"{100 * out['valid_gap_se']:.1f} points below the reference classifier's "
+                        f"({out['valid_acc']:.4f}, a logistic regression on the same inputs); try python -m "
+                        f"tools.compare --data-dir {data_dir} to see which settings help, --model cnn, or another "
+                        f"--optimizer or --lr")
 
 
 def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
@@ -121,13 +105,13 @@ def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarra
     return out, panels
 
 
-def check_test_split(run_dir: Path, data: DeviceData, result: Assessment) -> None:
-    """The test split against the training description (both from load_data): drift.png and `result`. Left of
+def check_test_split(run_dir: Path, data: DeviceData, result: dict[str, Any]) -> None:
+    """The test split against the training description (both from load_data): drift.png and assess's `result`. Left of
     the figure: radially averaged log-power, the training 0.1-99.9 % band and the test split's median; right: the
     share of its samples outside each feature's training range."""
     if data.drift is None:  # possible with --no-whiten only
-        result.notes.append("note: the training density has values <= 0, so it has no log-density to describe: "
-                            "no drift check")
+        result["notes"].append("note: the training density has values <= 0, so it has no log-density to describe: "
+                               "no drift check")
         return
     described, checked = data.drift, data.test_drift
     fig, (ax, bars) = pyplot().subplots(1, 2, figsize=(12, 4.5))
@@ -145,10 +129,10 @@ def check_test_split(run_dir: Path, data: DeviceData, result: Assessment) -> Non
     bars.set_yticks(y, list(outside), fontsize=8), bars.invert_yaxis(), bars.set_xlabel("share of samples")
     bars.set_title("outside the training 0.1-99.9 % range"), bars.legend(fontsize=8)
     save_figure(fig, run_dir / "drift.png")
-    result.test_flags, result.checkpoint["drift"] = checked.flags, described
-    result.summary["drift"] = {"test": checked.summary()}
+    result["flags"], result["checkpoint"]["drift"] = checked.flags, described
+    result["summary"]["drift"] = {"test": checked.summary()}
     if checked.warn:
-        result.notes.append(drift.warning_line(checked, f"the test split ({SPLIT_FILES['test']})"))
+        result["notes"].append(drift.warning_line(checked, f"the test split ({SPLIT_FILES['test']})"))
 
 
 def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
@@ -174,9 +158,7 @@ def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceDa
         ax.set_xlabel("k (second axis)"), ax.set_ylabel("k (first axis)"), ax.set_title(name)
         fig.colorbar(image, ax=ax, fraction=0.046, label="d log-odds / d log amplitude")
     fig.suptitle(f"{cfg.model}, channels {','.join(info['channels'])}: correlation with the {compared_with} {r:.3f}"
-                 + (f", scale {slope:.2f}" if synthetic else "")
-                 + ("\nmean change of the log-odds when a channel is swapped between images: "
-                    + ", ".join(f"{k} {v:.3g}" for k, v in effect.items()) if len(effect) > 1 else ""))
+                 + (f", scale {slope:.2f}" if synthetic else ""))  # report.md has the channels' effect
     save_figure(fig, run_dir / "sensitivity.png")
     out = {"correlation": r, "channel_effect": effect, "images": min(SENSITIVITY_IMAGES, len(data.x["valid"])),
            "compared_with": compared_with}
@@ -238,9 +220,13 @@ def plot_curves(path: str | Path, history: list[dict[str, float]], title: str = 
     return save_figure(fig, path)
 
 
-def plot_reliability(path: str | Path, panels: dict[str, dict[str, dict]]) -> Path:
-    """Per panel and split, the frequency of state 1 against the mean probability per bin (marker area: share)."""
-    fig, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+def plot_calibration(path: str | Path, panels: dict[str, dict[str, dict]],
+                     splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """calibration.png: a reliability diagram per panel (per split, the frequency of state 1 against the mean
+    probability per bin; marker area: share), the ROC curves with their AUC and, per split, the confusion matrix
+    at 0.5; splits: name -> (calibrated p, y)."""
+    count = len(panels) + 1 + len(splits)
+    fig, axes = pyplot().subplots(1, count, figsize=(4.5 * count, 4.5), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels.items()):
         ax.plot([0, 1], [0, 1], "k:", label="calibrated")
         for label, table in curves.items():
@@ -248,18 +234,12 @@ def plot_reliability(path: str | Path, panels: dict[str, dict[str, dict]]) -> Pa
             line, = ax.plot(table["probability"][filled], table["frequency"][filled], "-", alpha=0.5)
             ax.scatter(table["probability"][filled], table["frequency"][filled], s=10 + 300 * table["share"][filled],
                        color=line.get_color(), label=label)
-        ax.set_xlabel("predicted probability of state 1 (marker area: share of samples)")
+        ax.set_xlabel("predicted probability of state 1 (marker area: share)")
         ax.set_ylabel("observed frequency of state 1")
         ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_title(title), ax.legend(fontsize=8)
-    return save_figure(fig, path)
-
-
-def plot_roc_and_confusion(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    """ROC curves with their AUC and, per split, the confusion matrix at 0.5; splits: name -> (p, y)."""
-    fig, axes = pyplot().subplots(1, 1 + len(splits), figsize=(4.5 * (1 + len(splits)), 4), squeeze=False)
-    roc = axes[0][0]
+    roc = axes[0][len(panels)]
     roc.plot([0, 1], [0, 1], "k:")
-    for ax, (name, (p, y)) in zip(axes[0][1:], splits.items()):
+    for ax, (name, (p, y)) in zip(axes[0][len(panels) + 1:], splits.items()):
         order = np.argsort(-p, kind="mergesort")
         tpr = np.concatenate([[0], np.cumsum(y[order]) / max(y.sum(), 1)])
         fpr = np.concatenate([[0], np.cumsum(1 - y[order]) / max((1 - y).sum(), 1)])
@@ -275,30 +255,15 @@ def plot_roc_and_confusion(path: str | Path, splits: dict[str, tuple[np.ndarray,
     return save_figure(fig, path)
 
 
-# ---- the console line and the page -----------------------------------------------------------------------
-
-def trust_line(summary: dict[str, Any]) -> str:
-    """The end-of-run line's part on calibration, the yardstick, drift flags and the sensitivity map."""
-    cal, ref = summary["calibration"], summary["reference"]
-    parts = [f"calibration T {cal['temperature']:.3g}"]
-    parts += [f"{s} ECE {cal[s]['ece']['before']:.2%} -> {cal[s]['ece']['after']:.2%}" for s in ("valid", "test")
-              if "ece" in cal[s]]
-    if "mean_abs_diff_bayes" in cal["test"]:
-        diff = cal["test"]["mean_abs_diff_bayes"]
-        parts.append(f"test |p - p_Bayes| {diff['before']:.4f} -> {diff['after']:.4f}")
-    parts.append("reference classifier " + " ".join(f"{n} acc {ref[f'{n}_acc']:.4f}" for n in ("valid", "test")
-                                                    if f"{n}_acc" in ref))
-    if "drift" in summary:
-        parts.append(f"test drift flags {summary['drift']['test']['share_flagged']:.1%}")
-    if "sensitivity" in summary:
-        sens = summary["sensitivity"]
-        parts.append(f"sensitivity vs {'Bayes' if 'scale_vs_bayes' in sens else 'reference'} r "
-                     f"{sens['correlation']:.3f}")
-    return ", ".join(parts)
-
+# ---- the page -------------------------------------------------------------------------------------------
 
 def show(x: float | None, spec: str = ".2%") -> str:
     return "–" if x is None else format(x, spec)
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """The lines of a markdown table, then a blank line."""
+    return [f"| {' | '.join(cells)} |" for cells in (header, ("---",) * len(header), *rows)] + [""]
 
 
 def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
@@ -309,42 +274,38 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
     wall_time = f"{summary['wall_time_s']} s" + (
         f" over {len(attempts)} attempts ({', '.join(f'{t} s' for t in attempts)})" if len(attempts) > 1 else "")
     source = "the built-in benchmark" if summary["data_source"] == "synthetic" else "the files"
-    table = {"accuracy": (summary["val_acc"], summary.get("test_acc")),
-             "reference classifier (logistic regression on the same inputs)": (ref.get("valid_acc"),
-                                                                               ref.get("test_acc"))}
+    rows = [("accuracy", show(summary["val_acc"]), show(summary.get("test_acc"))),
+            ("reference classifier (logistic regression on the same inputs)", show(ref.get("valid_acc")),
+             show(ref.get("test_acc")))]
     if bayes:
-        table["Bayes limit (exact likelihood ratio)"] = (bayes.get("valid"), bayes.get("test"))
-    rows = [f"| {label} | {show(v)} | {show(t)} |" for label, (v, t) in table.items()]
-    rows.append(f"| ROC AUC | {show(summary['val_auc'], '.4f')} | {show(summary.get('test_auc'), '.4f')} |")
-    changes = [("log loss, before → after calibration", "log_loss", ".4f"),
-               (f"ECE ({cal['ece_bins']} bins), before → after", "ece", ".2%")]
-    if "mean_abs_diff_bayes" in test:
-        changes.append(("mean abs(p − p_Bayes), before → after", "mean_abs_diff_bayes", ".4f"))
-    for label, key, spec in changes:
-        cells = [f"{show(split[key]['before'], spec)} → {show(split[key]['after'], spec)}" if key in split else "–"
-                 for split in (valid, test)]
-        rows.append(f"| {label} | {' | '.join(cells)} |")
+        rows.append(("Bayes limit (exact likelihood ratio)", show(bayes.get("valid")), show(bayes.get("test"))))
+    rows.append(("ROC AUC", show(summary["val_auc"], ".4f"), show(summary.get("test_auc"), ".4f")))
+    for label, key, spec in (("log loss, before → after calibration", "log_loss", ".4f"),
+                             (f"ECE ({cal['ece_bins']} bins), before → after", "ece", ".2%"),
+                             ("mean abs(p − p_Bayes), before → after", "mean_abs_diff_bayes", ".4f")):
+        if key in valid:  # the Bayes posterior only on the benchmark
+            rows.append((label, *(f"{show(split[key]['before'], spec)} → {show(split[key]['after'], spec)}"
+                                  if key in split else "–" for split in (valid, test))))
     lines = [f"# Run {Path(run_dir).name}", "",
              f"Data: {source} in {summary['data_dir']} (channels {', '.join(summary['channels'])}); best epoch "
              f"{summary['best_epoch']} of {summary['epochs_run']} run; {wall_time}."
              + (f" Training diverged: {summary['diverged']}." if summary.get("diverged") else ""), "",
              f"Scores of the best epoch's model with all {views} test-time view{'s' * (views > 1)} per image (the "
              f"learning curves' validation uses the views of --epoch-views).", "",
-             "| | validation | test |", "|---|---|---|", *rows, "",
+             *table(("", "validation", "test"), rows),
              f"Written probabilities are sigmoid((logit + c) / T) with T = {cal['temperature']:.4g} and c = "
              f"{cal['offset']:.4g}, fitted on validation; they refer to a share of state 1 of "
              f"{cal['prior_state_1']:.3g} (validation is reweighted to it). The 0/1 predictions do not depend on T; "
              f"c (fitted only where no symmetry swaps the state) moves their threshold. Accuracies are those of the "
              f"written 0/1 predictions; log losses and AUC are of the raw logits."
              + (f" **Not calibrated:** T is at the end of its search range: {cal['not_calibrated']}."
-                if cal.get("not_calibrated") else ""), ""]
-    if "valid_gap" in ref:
-        lines += [f"The reference classifier's validation accuracy minus the model's: {100 * ref['valid_gap']:+.1f} "
-                  f"± {100 * ref['valid_gap_se']:.1f} points (paired, one standard error).", ""]
+                if cal.get("not_calibrated") else ""), "",
+             f"The reference classifier's validation accuracy minus the model's: {100 * ref['valid_gap']:+.1f} "
+             f"± {100 * ref['valid_gap_se']:.1f} points (paired, one standard error).", ""]
     lines += symmetry_section(summary["symmetry"])
     lines += ["## Learning curves", "", "![learning curves](curves.png)", "",
-              "## Calibration", "", "![reliability diagram](reliability.png)", "",
-              "## ROC curve and confusion matrix at 0.5", "", "![ROC and confusion](roc_confusion.png)", ""]
+              "## Calibration, ROC curve and confusion matrix at 0.5", "",
+              "![reliability diagrams, ROC curve and confusion matrices](calibration.png)", ""]
     lines += drift_section(summary.get("drift")) + sensitivity_section(summary.get("sensitivity"))
     return write_text(Path(run_dir) / "report.md", "\n".join(lines) + "\n")
 
@@ -364,11 +325,10 @@ def symmetry_section(plan: dict[str, Any]) -> list[str]:
     lines += ["", f"Each rule was tested on {sum(found['images'].values()):,} training images: z is how many standard "
               f"errors the class-mean statistics move under the symmetry (one-sided, normal under the rule); a rule "
               f"holds while z < {found['z_threshold']:.2f}, so a true symmetry is rejected with probability at most "
-              f"{found['false_alarm']:.0%} over all {found['tests']} tests.", "",
-              "| symmetry | z if it keeps the state | z if it swaps the state | verdict |", "|---|---|---|---|"]
-    lines += [f"| {name} | {r['keep_z']:.1f} | {r['swap_z']:.1f} | {r['verdict']} |"
-              for name, r in found["elements"].items()]
-    return lines + [f"| periodic shifts | {found['shifts']['keep_z']:.1f} | – | {found['shifts']['verdict']} |", ""]
+              f"{found['false_alarm']:.0%} over all {found['tests']} tests.", ""]
+    rows = [(name, f"{r['keep_z']:.1f}", f"{r['swap_z']:.1f}", r["verdict"]) for name, r in found["elements"].items()]
+    rows.append(("periodic shifts", f"{found['shifts']['keep_z']:.1f}", "–", found["shifts"]["verdict"]))
+    return lines + table(("symmetry", "z if it keeps the state", "z if it swaps the state", "verdict"), rows)
 
 
 def drift_section(result: dict[str, Any] | None) -> list[str]:
@@ -380,11 +340,11 @@ def drift_section(result: dict[str, Any] | None) -> list[str]:
     lines += [f"{show(test['share_flagged'])} of {test['n']} test samples lie outside the training data's range "
               f"({verdict}; a fresh training-like sample is flagged with probability {drift.FALSE_FLAG_RATE:.2%})."
               + ("" if not test["flagged_by"] else " Flagged mainly by: " + ", ".join(
-                  f"{k} ({show(v)})" for k, v in test["flagged_by"].items()) + "."), "",
-              "| feature | below the training 0.1 % | above the training 99.9 % |", "|---|---|---|"]
-    lines += [f"| {name.replace('|', '&#124;')} | {show(side['below'])} | {show(side['above'])} |"
-              for name, side in test["outside_training_range"].items()]
-    return lines + ["", "![drift check](drift.png)", ""]
+                  f"{k} ({show(v)})" for k, v in test["flagged_by"].items()) + "."), ""]
+    rows = [(name.replace("|", "&#124;"), show(side["below"]), show(side["above"]))
+            for name, side in test["outside_training_range"].items()]
+    return lines + table(("feature", "below the training 0.1 %", "above the training 99.9 %"), rows) + [
+        "![drift check](drift.png)", ""]
 
 
 def sensitivity_section(result: dict[str, Any] | None) -> list[str]:

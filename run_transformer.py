@@ -29,8 +29,7 @@ from data import check_same_data, load_data
 from fileio import WriteFailed, check_writable, fresh_directory, provenance, rounded, save_torch, write_json
 from metrics import scores
 from predict import predict_file
-from report import assess, plot_curves, trust_line, write_metrics_csv, write_page, write_predictions, \
-    write_probabilities
+from report import assess, plot_curves, write_metrics_csv, write_page, write_predictions, write_probabilities
 from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, build_training, fit, overflow_message,
                    pick_device, predict_logits, resolve_precision)
 
@@ -144,13 +143,13 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
     views = data.symmetry.views  # the best epoch was picked with --epoch-views; the final scores use all views
     logits = {name: predict_logits(model, data.x[name], views).cpu().numpy() for name in ("valid", "test")}
     trust = assess(run_dir, model, cfg, data, info, logits)
-    save_torch(run_dir / "best.pt", {**best, **trust.checkpoint})
-    probs = trust.test_probabilities
+    save_torch(run_dir / "best.pt", {**best, **trust["checkpoint"]})
+    probs = trust["probabilities"]["test"]
     write_predictions(run_dir / "predictions.txt", probs)
-    write_probabilities(run_dir / "test_probabilities.csv", probs, trust.test_flags)
+    write_probabilities(run_dir / "test_probabilities.csv", probs, trust["flags"])
     write_predictions(cfg.predictions, probs)
     plot_curves(run_dir / "curves.png", state.history, f"{cfg.model} {cfg.optimizer} {cfg.loss} "
-                f"channels={','.join(info['channels'])}", trust.bayes_curves)
+                f"channels={','.join(info['channels'])}", trust["bayes_curves"])
     final = state.history[-1]  # best.pt exists, so an epoch finished
     attempts = [round(t, 1) for t in attempts]
     summary = {"run_dir": str(run_dir), "data_source": info["source"], "data_dir": info["data_dir"],
@@ -163,20 +162,20 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
         if data.y[name] is not None:  # loss and AUC of the raw logits; accuracy of the written predictions
             y = data.y[name].cpu()
             split = scores(torch.sigmoid(torch.from_numpy(logits[name])), y)
-            split["acc"] = float(((torch.from_numpy(trust.logits[name]) > 0).float() == y).float().mean())
+            split["acc"] = float(((torch.from_numpy(trust["probabilities"][name]) > 0.5).float() == y).float().mean())
             summary.update({f"{prefix}_{k}": v for k, v in split.items()})
     if "bayes_accuracy" in info:
         summary["bayes_accuracy"] = info["bayes_accuracy"]
-    summary = rounded({**summary, **trust.summary})
+    summary = rounded({**summary, **trust["summary"]})
     write_page(run_dir, summary)
     write_json(run_dir / "summary.json", summary)  # last: a run folder with it holds all the run's results
     log(f"best epoch {state.best_epoch}, scored with all {summary['views']} view(s) per image: val acc "
         f"{summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
         + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
         + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
-        + f" | {trust_line(summary)} | predictions: {run_dir}/predictions.txt and {cfg.predictions}, "
+        + f" | predictions: {run_dir}/predictions.txt and {cfg.predictions}, "
         f"report: {run_dir}/report.md")
-    for note in trust.notes:
+    for note in trust["notes"]:
         log(note)
     if hint := nothing_learned_note(cfg, summary, data.y["valid"]):
         log(hint)

@@ -244,30 +244,26 @@ def plan(augment: str, tta: str, tta_shifts: int, images: torch.Tensor, labels: 
     """What a run uses, from --augment and --tta (auto, off or a forced list) and the check on labelled
     training images; a forced rule the check rejected gets a WARNING."""
     counts = [int((labels == c).sum()) for c in (0, 1)]
-    found: dict[str, Any] = {}
-    if min(counts) < MIN_PER_STATE:
+    found = check(images, labels) if min(counts) >= MIN_PER_STATE else {}
+    if not found:
         log(f"symmetry check skipped: it needs {MIN_PER_STATE} training images of each state (found {counts[0]} "
             f"and {counts[1]}); auto uses no symmetry")
     else:
-        found = check(images, labels)
         verdicts = {n: r["verdict"] for n, r in found["elements"].items()} | {"shifts": found["shifts"]["verdict"]}
-        parts = [f"{label}: {', '.join(n for n, v in verdicts.items() if v == verdict)}"
-                 for verdict, label in (("keeps", "keep the state"), ("swaps", "swap it"), ("neither", "neither"),
-                                        ("undetermined", "undetermined (the states look alike under them)"))
-                 if verdict in verdicts.values()]
         log(f"symmetry check on {sum(counts):,} training images (z > {found['z_threshold']:.2f} rejects; a true "
-            f"symmetry is rejected with probability <= {FALSE_ALARM:.0%}): " + "; ".join(parts))
+            f"symmetry is rejected with probability <= {FALSE_ALARM:.0%}): " + "; ".join(
+                f"{v}: {', '.join(n for n in verdicts if verdicts[n] == v)}" for v in dict.fromkeys(verdicts.values())))
 
     def resolve(spec: str, flag: str) -> Symmetries:
         if spec == "auto":
             return largest_group(found) if found else Symmetries()
         forced = parse_spec(spec, flag)
-        bad = [f"{n}={'swap' if s else 'keep'} (z {z:.1f})" for n, s in forced.rules[1:]
-               if found and (z := found["elements"][n]["swap_z" if s else "keep_z"]) >= found["z_threshold"]]
+        rejected = [f"{n}={'swap' if s else 'keep'} (z {z:.1f})" for n, s in forced.rules[1:]
+                    if found and (z := found["elements"][n]["swap_z" if s else "keep_z"]) >= found["z_threshold"]]
         if found and forced.shifts and found["shifts"]["verdict"] != "keeps":
-            bad.append(f"shift (z {found['shifts']['keep_z']:.1f})")
-        if bad:
-            log(f"WARNING: {flag} {spec} forces what the training data contradict: {', '.join(bad)} (z above "
+            rejected.append(f"shift (z {found['shifts']['keep_z']:.1f})")
+        if rejected:
+            log(f"WARNING: {flag} {spec} forces what the training data contradict: {', '.join(rejected)} (z above "
                 f"{found['z_threshold']:.2f}); expect mislabelled training images or wrong views ({flag} auto uses "
                 f"only the symmetries that hold)")
         return forced
@@ -306,18 +302,6 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, group: Symmetries) -> tuple[
         idx = (torch.arange(x.shape[-1], device=x.device) - shift[:, None]) % x.shape[-1]
         x = x.index_select(-2, idx[0]).index_select(-1, idx[1])
     return x, y
-
-
-def shift_unit(model: torch.nn.Module) -> int:
-    """The pixels the views shift within (the ViT's patch, the CNN's pooling cell), also through DDP's .module
-    and torch.compile's ._orig_mod."""
-    while not hasattr(model, "shift_unit"):
-        inner = getattr(model, "module", getattr(model, "_orig_mod", None))
-        if not isinstance(inner, torch.nn.Module):
-            raise ValueError(f"{type(model).__name__} has no shift_unit: test-time views need to know how far to "
-                             f"shift (give the model a shift_unit attribute)")
-        model = inner
-    return int(model.shift_unit)
 
 
 def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, unit: int, views: Views) -> torch.Tensor:

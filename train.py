@@ -18,7 +18,7 @@ from cnn import ReferenceCNN
 from config import Config, UserError
 from data import DeviceData, epoch_batches
 from metrics import scores
-from symmetry import Views, augment_batch, shift_unit, view_averaged_logits
+from symmetry import Views, augment_batch, view_averaged_logits
 from vision_transformer import VisionTransformer
 
 
@@ -156,10 +156,10 @@ def build_training(cfg: Config, in_channels: int, image_size: int, n_train: int,
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None) -> torch.Tensor:
-    """Logits of state 1, (N,), in eval mode, averaged over `views`, in chunks of 2048 images;
-    NonFinitePredictions when a forward pass overflows (a NaN would become a silent 0 in the predictions)."""
-    unit = shift_unit(model) if views else 0
-    forward = (lambda images: view_averaged_logits(model, images, unit, views)) if views else model
+    """Logits of state 1, (N,), of the bare model (not DDP or compile's wrapper: its shift_unit spaces the views'
+    shifts) in eval mode, averaged over `views`, in chunks of 2048 images; NonFinitePredictions when a forward
+    pass overflows (a NaN would become a silent 0 in the predictions)."""
+    forward = (lambda images: view_averaged_logits(model, images, model.shift_unit, views)) if views else model
     was_training = model.training
     model.eval()
     logits = torch.cat([forward(x[i:i + 2048]).float().squeeze(1) for i in range(0, len(x), 2048)])

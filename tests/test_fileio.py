@@ -38,9 +38,9 @@ def test_without_git_the_commit_is_unknown(monkeypatch, tmp_path):
     assert "unknown whether changed" in fileio.provenance_line(record)
 
 
-def test_a_tool_run_as_a_module_is_recorded_as_typed():
-    """python -m tools.compare puts the file's absolute path in sys.argv[0]; the record says -m tools.compare,
-    the command to type in the repository root, with arguments quoted where the shell needs it."""
+def test_a_tool_run_as_a_module_is_recorded_as_a_command_for_the_repository_root():
+    """python -m tools.compare puts the file's absolute path in sys.argv[0]; the record names it from the
+    repository root, with arguments quoted where the shell needs it."""
     argv = [str(ROOT / "tools" / "compare.py"), "--only", "before,after", "--out-dir", "my results"]
-    assert fileio.command_line(argv) == "python -m tools.compare --only before,after --out-dir 'my results'"
-    assert fileio.command_line([str(ROOT / "run_transformer.py")]) == "python run_transformer.py"
+    assert fileio.provenance(argv)["command"] == "python tools/compare.py --only before,after --out-dir 'my results'"
+    assert fileio.provenance([str(ROOT / "run_transformer.py")])["command"] == "python run_transformer.py"

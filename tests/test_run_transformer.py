@@ -43,7 +43,8 @@ def test_a_run_writes_every_output(finished_run):
     assert checkpoint["config"]["loss"] == "smooth" and checkpoint["stats"]["channels"] == ["density"]
     assert "recording_date" in out and "WARNING" in out  # the shortcut guard spoke
     assert "epoch   1" in out and "val (2 views) loss" in out and "scored with all 32 view(s)" in out
-    assert "symmetry check on 400 training images" in out and "swap it: transpose" in out
+    assert "symmetry check on 400 training images" in out and "swaps: transpose" in out
+    assert "augmentation: flip1, flip0, rot180, transpose (swaps)" in out
     assert "transpose" in (run_dir / "report.md").read_text().split("## Symmetries")[1]
 
 

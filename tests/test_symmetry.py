@@ -6,7 +6,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import symmetry
 from cnn import ReferenceCNN
@@ -205,24 +204,14 @@ def test_on_the_real_test_file_reflections_keep_and_transposes_negate_the_axis_a
         np.testing.assert_allclose(anisotropy(view), -original if transpose else original, rtol=1e-6, atol=1e-6)
 
 
-def test_views_shift_by_the_models_own_unit_also_when_it_is_wrapped():
-    """A ViT with 7-pixel patches shifts its views within 7 pixels whether it is bare, inside DDP (.module) or
-    compiled (._orig_mod); the CNN within its 4-pixel pooling cell; a model that does not say is an error."""
+def test_views_shift_by_the_models_own_unit():
+    """A ViT with 7-pixel patches shifts its views within 7 pixels, the CNN within its 4-pixel pooling cell."""
     torch.manual_seed(0)
     vit = VisionTransformer(in_channels=1, patch_size=7, emb_dim=16, depth=1, heads=2, mlp_dim=16).eval()
-    wrapper, compiled = nn.Module(), nn.Module()
-    wrapper.module = vit  # as DistributedDataParallel holds it
-    wrapper.forward = vit.forward
-    compiled._orig_mod = wrapper  # as torch.compile holds it (the real wrapper: tests/test_train_compile.py)
-    assert symmetry.shift_unit(vit) == symmetry.shift_unit(wrapper) == symmetry.shift_unit(compiled) == 7
-    assert symmetry.shift_unit(ReferenceCNN(in_channels=1)) == 4
+    assert vit.shift_unit == 7 and ReferenceCNN(in_channels=1).shift_unit == 4
     x = torch.randn(6, 1, 28, 28)
     views = symmetry.Views((("identity", False), ("transpose", True)), 2)
-    wrapped = predict_logits(wrapper, x, views)
-    assert torch.equal(wrapped, predict_logits(vit, x, views))
+    logits = predict_logits(vit, x, views)
+    assert torch.equal(logits, symmetry.view_averaged_logits(vit, x, 7, views).squeeze(1))
     # the unit matters: views within 4 pixels give other logits
-    assert not torch.allclose(wrapped, symmetry.view_averaged_logits(vit, x, 4, views).squeeze(1))
-    with pytest.raises(ValueError, match="has no shift_unit"):
-        symmetry.shift_unit(nn.Linear(2, 1))
-    with pytest.raises(ValueError, match="has no shift_unit"):
-        predict_logits(nn.Linear(28, 1), x, views)
+    assert not torch.allclose(logits, symmetry.view_averaged_logits(vit, x, 4, views).squeeze(1))

@@ -16,7 +16,6 @@ import torch
 
 from config import Config
 from data import DeviceData
-from symmetry import shift_unit
 from train import TrainState, build_training, fit
 
 CFG = Config(emb_dim=16, depth=1, heads=2, mlp_dim=32, dropout=0.0, emb_dropout=0.0, block_norm="batch",
@@ -63,14 +62,6 @@ def test_compiled_fit_trains_like_eager_and_never_recompiles(monkeypatch):
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, mode: compile_(model, backend="aot_eager_decomp_partition"))
     assert_compiled_fit_matches_eager("cpu", rtol=1e-5, atol=1e-6)
-
-
-def test_the_compiled_step_model_keeps_the_shift_unit_of_its_patches():
-    """Test-time views read the patch through torch.compile's wrapper (._orig_mod), not a default of 4."""
-    cfg = dataclasses.replace(CFG, compile=True, patch_size=7)
-    training = build_training(cfg, 1, 28, 64, torch.device("cpu"))
-    assert isinstance(training.step_model, torch._dynamo.eval_frame.OptimizedModule)
-    assert shift_unit(training.step_model) == shift_unit(training.model) == 7
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
