@@ -1,29 +1,17 @@
-"""Checkpoints (best.pt, last.pt): all that resuming exactly or predicting without the training data needs; at
-the end of a run best.pt also gets `calibration` and `drift` (report.assess). And the rules of --resume."""
+"""Reading checkpoints back (best.pt, last.pt: run_transformer.run writes all that resuming exactly or predicting
+without the training data needs, report.assess adds `calibration` and `drift` to best.pt); the rules of --resume."""
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from config import EXPERIMENT, MODEL, OPTIMIZER, Config, UserError, config_from_dict, fields_with, flag
-from data import DeviceData
 from fileio import unreadable
 from train import Training, TrainState, build_model
-
-
-def checkpoint(training: Training, state: TrainState, cfg: Config, data: DeviceData,
-               attempt_seconds: list[float]) -> dict[str, Any]:
-    """`attempt_seconds`: how long each attempt (the first run, then each --resume) has worked on the run."""
-    return {"model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
-            "scheduler": training.scheduler.state_dict(), "train_state": dataclasses.asdict(state),
-            "config": dataclasses.asdict(cfg), "stats": data.stats, "image_size": data.image_size,
-            "symmetry": data.symmetry.to_dict(), "rng": torch.get_rng_state(), "attempt_seconds": attempt_seconds,
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -49,16 +37,9 @@ def trained_model(payload: dict[str, Any], device: torch.device) -> torch.nn.Mod
     return model
 
 
-@dataclass
-class Resumed:
-    """A run to continue: its folder and its last.pt."""
-    run_dir: Path
-    payload: dict[str, Any]
-
-
-def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, Resumed]:
-    """The saved config with the flags typed now; refuses flags that would change the experiment (the model,
-    optimizer and training settings): patience, device, compiler and outputs may change."""
+def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
+    """The saved config with the flags typed now, and the run's last.pt; refuses flags that would change the
+    experiment (the model, optimizer and training settings): patience, device, compiler and outputs may change."""
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir} is not a run folder; pass a folder written by run_transformer.py")
     payload = load_checkpoint(run_dir / "last.pt")
@@ -74,15 +55,13 @@ def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, Resumed
         if changes:
             raise UserError(f"cannot resume {run_dir}: the {kind} settings differ ({changes}); drop those flags, or "
                             f"start a new run with them")
-    return asked, Resumed(run_dir, payload)
+    return asked, payload
 
 
-def restore_training(training: Training, resumed: Resumed, device: torch.device) -> TrainState:
-    """Put the weights, optimizer, schedule and random states of `resumed` back; returns its TrainState."""
-    payload = resumed.payload
-    training.model.load_state_dict(payload["model"])
-    training.optimizer.load_state_dict(payload["optimizer"])
-    training.scheduler.load_state_dict(payload["scheduler"])
+def restore_training(training: Training, payload: dict[str, Any], device: torch.device) -> TrainState:
+    """Put the weights, optimizer, schedule and random states of a last.pt back; returns its TrainState."""
+    for part in ("model", "optimizer", "scheduler"):
+        getattr(training, part).load_state_dict(payload[part])
     torch.set_rng_state(payload["rng"])
     if device.type == "cuda":  # a machine with fewer GPUs restores the generators it has
         for index, state in enumerate(payload["cuda_rng"][:torch.cuda.device_count()]):

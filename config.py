@@ -61,8 +61,6 @@ class Config:
     tta: str = _opt(EXPERIMENT, "auto", "predict the mean logit over symmetric views: auto, off or a list as for "
                     "--augment", negation="off")
     tta_shifts: int = _opt(EXPERIMENT, 4, "views' periodic shifts per axis within a patch", check=positive)
-    epoch_views: str = _opt(EXPERIMENT, "pair", "views of the validation after each epoch: the image and its partner, "
-                            "or all", choices=("pair", "all"))
     synthetic_seed: int = _opt(EXPERIMENT, 0, "seed of the synthetic benchmark generator")
     model: str = _opt(MODEL, "vit", "the BatchNorm Vision Transformer or the reference CNN", choices=("vit", "cnn"))
     patch_size: int = _opt(MODEL, 4, "side of the square patches (must divide the image size)", check=positive)

@@ -19,7 +19,6 @@ from config import CHANNEL_NAMES, Config, UserError
 from fileio import changed_files, fingerprint, unreadable
 from symmetry import SymmetryPlan, spectrum_view
 
-Log = Callable[[str], None]
 OnChunk = Callable[[dict[str, np.ndarray]], None]  # sees each chunk's raw float32 channels
 
 SPLIT_FILES = {"train": "train.hdf5", "valid": "valid.hdf5", "test": "test_no_labels.hdf5"}
@@ -97,14 +96,6 @@ def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> 
     return n
 
 
-def open_hdf5(path: Path, damaged: str) -> h5py.File:
-    """`path` opened for reading; in use or unreadable (fileio.unreadable), else `damaged`: one UserError line."""
-    try:
-        return h5py.File(path, "r")
-    except Exception as e:
-        raise unreadable(path, e) or UserError(damaged) from None
-
-
 def open_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_NAMES,
                labelled: bool = True) -> RawSplit:
     """One split file, checked and left open for streaming; an unlabelled one may lack labels (then all -1).
@@ -113,10 +104,14 @@ def open_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_
     if not path.is_file():
         where = f"put {SPLIT_FILES[name]} in --data-dir" if name in SPLIT_FILES else "check the path"
         raise UserError(f"{name} file {path} not found; {where}")
-    h5 = open_hdf5(path, f"{path} is not a readable HDF5 file (truncated or another format); copy it again")
+    try:  # in use or unreadable (fileio.unreadable), else damaged
+        h5 = h5py.File(path, "r")
+    except Exception as e:
+        raise unreadable(path, e) or UserError(f"{path} is not a readable HDF5 file (truncated or another format); "
+                                               f"copy it again") from None
     try:
-        needs = f"the {name} file needs {', '.join(channels)}{', labels' if labelled else ''}"
         keys = (*channels, "labels") if labelled or "labels" in h5 else channels
+        needs = f"the {name} file needs {', '.join(keys if labelled else channels)}"
         datasets = {key: _dataset(h5, key, path, needs) for key in keys}
         n = _check_shapes(path, name, {key: ds.shape for key, ds in datasets.items()})
         try:  # a damaged header can declare an enormous dataset: refuse it rather than swap or be killed
@@ -149,26 +144,19 @@ def read_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_
 
 def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
     """True test labels when an answer file sits beside the test file (the built-in benchmark), else None."""
-    path = data_dir / ANSWER_FILE
-    if not path.is_file():
+    if not (data_dir / ANSWER_FILE).is_file():
         return None
-    h5 = open_hdf5(path, f"{path} (the test answer key) is not a readable HDF5 file; delete or replace it")
-    try:
-        with h5:
-            labels = np.asarray(_dataset(h5, "labels", path, "the answer key needs labels")[()]).reshape(-1)
-    except Exception as e:
-        raise e if isinstance(e, UserError) else UserError(f"{path} (the test answer key) is damaged "
-                                                           f"({_one_line(e)}); delete or replace it")
-    return labels.astype(np.int64) if len(labels) == n and np.isin(labels, (0, 1)).all() else None
+    key = open_split(data_dir / ANSWER_FILE, "answer key", channels=())
+    key.close()
+    return key.labels if len(key) == n else None
 
 
-def load_splits(data_dir: str | Path, stream: bool = False) -> dict[str, RawSplit]:
-    """Train, valid and test of `data_dir` (open for streaming, or read), checked to share one grid size."""
+def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
+    """Train, valid and test of `data_dir`, open for streaming and checked to share one grid size."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data folder {data_dir} does not exist; pass --data-dir with the HDF5 files")
-    splits = {name: (open_split if stream else read_split)(data_dir / file, name, labelled=name != "test")
-              for name, file in SPLIT_FILES.items()}
+    splits = {name: open_split(data_dir / file, name, labelled=name != "test") for name, file in SPLIT_FILES.items()}
     present = np.unique(splits["train"].labels)
     if len(present) < 2:  # one label only teaches a constant
         raise UserError(f"{splits['train'].path}: every training label is {present[0]} ({len(splits['train'])} "
@@ -182,52 +170,43 @@ def load_splits(data_dir: str | Path, stream: bool = False) -> dict[str, RawSpli
 
 # ---- the shortcut guard --------------------------------------------------------------------------------
 
-def find_confounders(splits: dict[str, RawSplit], keep: np.ndarray | None = None
-                     ) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+def find_confounders(splits: dict[str, RawSplit]) -> dict[str, str]:
     """Channels that give the labels away in training (name -> evidence): constant within each sample with that
-    constant alone separating the labels, or values outside those of valid or test (whose labels are never used).
-    Also each channel's training images at the indices `keep`, from the same stream."""
-    train, found, kept = splits["train"], {}, {}
-    for name in train.channels:
-        ranges, parts = {}, []  # per split: each sample's lowest and highest value
-        for split_name, split in splits.items():
-            low, high = [], []
-            for start, block in split.chunks((name,)):
-                flat = block[name].reshape(len(block[name]), -1)
-                low.append(flat.min(axis=1))
-                high.append(flat.max(axis=1))
-                if split_name == "train" and keep is not None:
-                    parts.append(block[name][keep[(keep >= start) & (keep < start + CHUNK)] - start])
-            ranges[split_name] = np.concatenate(low), np.concatenate(high)
-        kept[name] = np.concatenate(parts) if parts else None
-        low, high = ranges["train"]
-        v0, v1 = low[train.labels == 0], low[train.labels == 1]
+    constant alone separating the labels, or values outside those of valid or test (whose labels are never used)."""
+    names, ranges, found = list(splits["train"].channels), {}, {}
+    for split_name, split in splits.items():  # per split and channel: each sample's lowest and highest value
+        low, high = {name: [] for name in names}, {name: [] for name in names}
+        for _, block in split.chunks(names):
+            for name, values in block.items():
+                low[name].append(values.min(axis=(1, 2)))
+                high[name].append(values.max(axis=(1, 2)))
+        ranges[split_name] = {name: (np.concatenate(low[name]), np.concatenate(high[name])) for name in names}
+    labels = splits["train"].labels
+    for name in names:
+        low, high = ranges["train"][name]
+        v0, v1 = low[labels == 0], low[labels == 1]
+        lo, hi = low.min(), high.max()
+        extent = {other: (ranges[other][name][0].min(), ranges[other][name][1].max()) for other in ("valid", "test")}
+        outside = [other for other, (olo, ohi) in extent.items() if ohi < lo or olo > hi]
         if (low == high).all() and (v0.max() < v1.min() or v1.max() < v0.min()):
             found[name] = (f"constant within every training sample and alone separates the training labels "
                            f"(label 0: {v0.min():g}..{v0.max():g}, label 1: {v1.min():g}..{v1.max():g})")
-            continue
-        lo, hi = low.min(), high.max()
-        outside = [other for other in ("valid", "test") if ranges[other][1].max() < lo or ranges[other][0].min() > hi]
-        if outside:
-            olo, ohi = ranges[outside[0]][0].min(), ranges[outside[0]][1].max()
+        elif outside:
+            olo, ohi = extent[outside[0]]
             found[name] = f"training values {lo:g}..{hi:g} do not overlap {outside[0]} values {olo:g}..{ohi:g}"
-    return found, kept
+    return found
 
 
 def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[str]:
     """Resolve --channels: 'auto' drops confounders (and says so); an explicit list is used as given."""
+    auto = spec == "auto"
+    names = [n for n in CHANNEL_NAMES if n not in confounders] if auto else [n.strip() for n in spec.split(",")]
     for name, evidence in confounders.items():
-        log(f"WARNING: shortcut guard: channel '{name}' looks like a confounder: {evidence}")
-    if spec != "auto":
-        names = [n.strip() for n in spec.split(",")]
-        for name in names:
-            if name in confounders:
-                log(f"WARNING: --channels keeps '{name}' as asked; expect memorisation, not generalisation")
-        return names
-    names = [n for n in CHANNEL_NAMES if n not in confounders]
+        kept = "; --channels keeps it as asked: expect memorisation, not generalisation" if name in names else ""
+        log(f"WARNING: shortcut guard: channel '{name}' looks like a confounder: {evidence}{kept}")
     if not names:
         raise UserError("every channel was flagged as a confounder; pass --channels explicitly to use them")
-    if confounders:
+    if auto and confounders:
         log(f"--channels auto: training on {', '.join(names)} (left out: {', '.join(confounders)})")
     return names
 
@@ -236,7 +215,7 @@ def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[s
 
 def _read(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnChunk | None = None) -> np.ndarray:
     """(N, C, S, S) float32 in `channels` order, density as its logarithm when `log_density` (<= 0 refused: a clamp
-    would make outliers). `on_chunk` sees every chunk's raw channels, density included."""
+    would make outliers). `on_chunk` sees every chunk's raw channels, density included: the one read of the file."""
     grid = next(iter(split.channels.values())).shape[-1]
     x = np.empty((len(split), len(channels), grid, grid), np.float32)
     for start, block in split.chunks(list(dict.fromkeys([*channels, *(["density"] if on_chunk else [])]))):
@@ -305,8 +284,7 @@ def to_device(splits: dict[str, RawSplit], channels: list[str], device: torch.de
               symmetry: SymmetryPlan = SymmetryPlan(), on_chunk: dict[str, OnChunk] | None = None) -> DeviceData:
     """Every split normalised with training statistics (or a checkpoint's `stats`) on `device`; a new whitening
     filter is averaged over the symmetries `symmetry` applies. Test y is the answer key or None."""
-    on_chunk = on_chunk or {}
-    xs = {}
+    xs, on_chunk = {}, on_chunk or {}
     if stats is None:  # a new run: statistics of the training images they normalise
         whiten = whiten and "density" in channels
         x, gain = _read(splits["train"], channels, whiten, on_chunk.get("train")), None
@@ -346,7 +324,7 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, device: torch.
 
 # ---- the run's data ------------------------------------------------------------------------------------
 
-def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
+def resolve_data_dir(cfg: Config, log: Callable[[str], None]) -> tuple[Path, str]:
     """The user's files when --data-dir has train.hdf5 ("files"), else the built-in benchmark generated into a
     sub-folder of the default or an empty folder ("synthetic"); any other folder is the user's: refused."""
     data_dir = Path(cfg.data_dir)
@@ -371,8 +349,7 @@ def resolve_data_dir(cfg: Config, log: Log) -> tuple[Path, str]:
 
 def what_to_rename(names: list[str]) -> str:
     """Advice for a folder without train.hdf5: which of its files look like the splits under another name."""
-    wanted = {"train": SPLIT_FILES["train"], "valid": SPLIT_FILES["valid"], "validation": SPLIT_FILES["valid"],
-              "test": SPLIT_FILES["test"], "test_no_labels": SPLIT_FILES["test"]}
+    wanted = {**SPLIT_FILES, "validation": SPLIT_FILES["valid"], "test_no_labels": SPLIT_FILES["test"]}
     renames = [f"{n} to {wanted[n.rsplit('.', 1)[0].lower()]}" for n in names
                if n.rsplit(".", 1)[0].lower() in wanted and n not in SPLIT_FILES.values()]
     if renames:
@@ -385,21 +362,21 @@ def what_to_rename(names: list[str]) -> str:
     return advice + ", or pass an empty folder to generate the built-in benchmark there"
 
 
-def load_data(cfg: Config, device: torch.device, log: Log, saved: dict | None = None):
+def load_data(cfg: Config, device: torch.device, log: Callable[[str], None], saved: dict | None = None):
     """Read, check and move the data; returns (DeviceData, info for config.json and the summary). `saved`: a
     resumed run's checkpoint, whose input preparation and symmetries are kept."""
     data_dir, source = resolve_data_dir(cfg, log)
-    splits = load_splits(data_dir, stream=True)
-    labels, grid = splits["train"].labels, splits["train"].channels["density"].shape[-1]
-    keep = symmetry.check_sample(labels, 1, grid)  # the most images the symmetry check may read
-    confounders, kept = find_confounders(splits, keep)
+    splits = load_splits(data_dir)
+    confounders = find_confounders(splits)
     channels = saved["stats"]["channels"] if saved else choose_channels(cfg.channels, confounders, log)
     if saved:
         plan = SymmetryPlan.from_dict(saved["symmetry"])
-    else:  # symmetry.plan on its sample of the training images, each channel read at the indices `keep`
-        rows = np.searchsorted(keep, symmetry.check_sample(labels, len(channels), grid))
-        images = torch.from_numpy(np.stack([kept[c][rows] for c in channels], axis=1))
-        plan = symmetry.plan(cfg.augment, cfg.tta, cfg.tta_shifts, images, torch.from_numpy(labels[keep][rows]), log)
+    else:  # symmetry.plan on its sample of the training images (the guard above has read them all, so they are clean)
+        train = splits["train"]
+        sample = symmetry.check_sample(train.labels, len(channels), train.channels["density"].shape[-1])
+        images = np.stack([np.asarray(train.channels[c][sample], np.float32) for c in channels], axis=1)
+        plan = symmetry.plan(cfg.augment, cfg.tta, cfg.tta_shifts, torch.from_numpy(images),
+                             torch.from_numpy(train.labels[sample]), log)
     test_labels = read_answer_key(data_dir, len(splits["test"]))
     others = [c for c in channels if c != "density"]
     derived: dict[str, list] = {name: [] for name in splits}  # per chunk: drift features, exact Bayes LLR
@@ -409,8 +386,6 @@ def load_data(cfg: Config, device: torch.device, log: Log, saved: dict | None = 
             block["density"]) if source == "synthetic" else None))
     data = to_device(splits, channels, device, test_labels, cfg.whiten, saved and saved["stats"], plan,
                      {name: derive(name) for name in splits})
-    for split in splits.values():
-        split.close()
     table = {name: np.concatenate([t for t, _ in parts]) for name, parts in derived.items()}
     if not np.isnan(table["train"][:, 0]).any():  # --no-whiten accepts density <= 0: no log-density to describe
         data.drift = drift.describe(table["train"], others)
@@ -421,9 +396,11 @@ def load_data(cfg: Config, device: torch.device, log: Log, saved: dict | None = 
     if source == "synthetic":
         llr = {name: np.concatenate([v for _, v in parts]) for name, parts in derived.items()}
         data.bayes_llr = {name: llr[name] for name in ("valid", "test")}
-        truth = {"train": labels, "valid": splits["valid"].labels, "test": test_labels}
+        truth = {"train": splits["train"].labels, "valid": splits["valid"].labels, "test": test_labels}
         info["bayes_accuracy"] = {name: float(((llr[name] > 0) == y).mean()) for name, y in truth.items()
                                   if y is not None}
+    for split in splits.values():
+        split.close()
     return data, info
 
 

@@ -79,15 +79,7 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return t
 
 
-def from_main(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Rank 0's numbers on every rank: early stopping must decide identically everywhere."""
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    if active():
+def from_main(*tensors: torch.Tensor) -> None:
+    """Rank 0's values of `tensors` on every rank, in place."""
+    for t in tensors if active() else ():
         dist.broadcast(t, src=0)
-    return dict(zip(values, t.tolist()))
-
-
-def sync_buffers(model: nn.Module) -> None:
-    """Rank 0's buffers on every rank: an epoch's last step updates BatchNorm statistics after DDP's broadcast."""
-    for buffer in model.buffers() if active() else ():
-        dist.broadcast(buffer.data, src=0)

@@ -23,10 +23,11 @@ FEATURES = ["mean of log-density", "std of log-density",
 
 def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
     """Per sample of `channels` ('density' and the `others`, (n, S, S)): FEATURES, the others' mean and std, then
-    the log-power of each ring |k| in [r - 0.5, r + 0.5), r = 1, 2, ... (the figure); NaN where density <= 0."""
+    the log-power of each ring |k| in [r - 0.5, r + 0.5), r = 1, 2, ... (the figure); NaN log-density features
+    where density <= 0."""
     density = channels["density"]
-    positive = (density.reshape(len(density), -1) > 0).all(axis=1)
-    log_rho = np.log(np.where(positive[:, None, None], density, 1.0).astype(np.float64))
+    # a pixel <= 0 has no logarithm: NaN, which every log-density feature of its sample then inherits
+    log_rho = np.log(np.where(density > 0, density, np.nan).astype(np.float64))
     grid = log_rho.shape[-1]
     power = torch.fft.fft2(torch.from_numpy(log_rho - log_rho.mean(axis=(1, 2), keepdims=True))).abs().square()
     power = power.numpy() / grid**2
@@ -39,10 +40,7 @@ def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
         rings = [np.log(power[:, ring == r].mean(axis=1)) for r in range(1, ring.max() + 1)]
     flat = {name: np.asarray(channels[name], np.float64).reshape(len(density), -1) for name in others}
     moments = [f(flat[name], axis=1) for name in others for f in (np.mean, np.std)]
-    values = np.column_stack([log_rho.mean(axis=(1, 2)), log_rho.std(axis=(1, 2)), *bands, *moments, *rings])
-    values[~positive, :len(FEATURES)] = np.nan
-    values[~positive, len(FEATURES) + len(moments):] = np.nan
-    return values
+    return np.column_stack([log_rho.mean(axis=(1, 2)), log_rho.std(axis=(1, 2)), *bands, *moments, *rings])
 
 
 def describe(values: np.ndarray, others: list[str] = ()) -> dict:
@@ -55,11 +53,10 @@ def describe(values: np.ndarray, others: list[str] = ()) -> dict:
     # a feature that never varies in training (a constant channel's std) gets a tiny scale: any change is flagged
     scale = np.maximum((q84 - q16) / 2, 1e-12)
     threshold = np.quantile(np.abs((values - median) / scale).max(axis=1), 1 - FALSE_FLAG_RATE)
-    reference = {"features": names, "channels": list(others), "median": median.tolist(), "scale": scale.tolist(),
-                 "low": low.tolist(), "high": high.tolist(), "n": len(values), "threshold": float(threshold)}
-    low, median, high = np.percentile(rings, [RANGE_PERCENTILES[0], 50, RANGE_PERCENTILES[1]], axis=0)
-    reference["rings"] = {"low": low.tolist(), "median": median.tolist(), "high": high.tolist()}
-    return reference
+    ring_stats = np.percentile(rings, [RANGE_PERCENTILES[0], 50, RANGE_PERCENTILES[1]], axis=0)
+    return {"features": names, "channels": list(others), "median": median.tolist(), "scale": scale.tolist(),
+            "low": low.tolist(), "high": high.tolist(), "n": len(values), "threshold": float(threshold),
+            "rings": {key: ring.tolist() for key, ring in zip(("low", "median", "high"), ring_stats)}}
 
 
 @dataclass
@@ -70,10 +67,7 @@ class DriftCheck:
     outside: dict[str, dict[str, float]]  # feature -> share below and above the training 0.1-99.9 % range
     culprits: dict[str, float]  # "feature higher|lower" -> share of samples flagged mainly by it
     rings: list[float]  # the file's median ring log-power (the figure)
-
-    @property
-    def warn(self) -> bool:
-        return self.share > WARN_SHARE
+    warn: bool  # share > WARN_SHARE
 
     def summary(self) -> dict:  # for summary.json and the report
         return {"n": len(self.flags), "share_flagged": self.share, "warning": self.warn,
@@ -97,7 +91,7 @@ def check(reference: dict, values: np.ndarray) -> DriftCheck:
     found, counts = np.unique(keys, return_counts=True) if keys else ([], [])
     culprits = {str(key): n / len(flags) for n, key in sorted(zip(counts, found), key=lambda kv: -kv[0])}
     medians = np.median(rings[valid], axis=0) if valid.any() else np.full(rings.shape[1], np.nan)
-    return DriftCheck(flags, float(flags.mean()), outside, culprits, medians.tolist())
+    return DriftCheck(flags, float(flags.mean()), outside, culprits, medians.tolist(), float(flags.mean()) > WARN_SHARE)
 
 
 def warning_line(result: DriftCheck, what: str) -> str:

@@ -40,7 +40,7 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
             raise UserError(f"{target} already exists; choose another --output (nothing was overwritten)")
     device = pick_device(device_name)
     model = trained_model(payload, device)
-    # the drift check reads the same chunks (runs that do not read density have no description to check against)
+    # the drift check's features (runs that do not read density have no description to check against)
     described = "drift" in payload and "density" in stats["channels"]
     rows: list = []
     split = open_split(source, "input", tuple(stats["channels"]), labelled=False)

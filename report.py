@@ -291,7 +291,7 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
              f"{summary['best_epoch']} of {summary['epochs_run']} run; {wall_time}."
              + (f" Training diverged: {summary['diverged']}." if summary.get("diverged") else ""), "",
              f"Scores of the best epoch's model with all {views} test-time view{'s' * (views > 1)} per image (the "
-             f"learning curves' validation uses the views of --epoch-views).", "",
+             f"learning curves' validation uses the unshifted views).", "",
              *table(("", "validation", "test"), rows),
              f"Written probabilities are sigmoid((logit + c) / T) with T = {cal['temperature']:.4g} and c = "
              f"{cal['offset']:.4g}, fitted on validation; they refer to a share of state 1 of "

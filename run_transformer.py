@@ -21,7 +21,7 @@ import torch
 
 import distributed
 import symmetry
-from checkpoints import Resumed, checkpoint, load_checkpoint, restore_training, resume_config
+from checkpoints import load_checkpoint, restore_training, resume_config
 from cli import exit_code
 from config import (CONTROL, EXECUTION, OUTPUT, Config, HelpFormatter, Parser, UserError, add_config_flags, fields_with,
                     flag)
@@ -34,14 +34,10 @@ from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, buil
                    pick_device, predict_logits, resolve_precision)
 
 
-class ResumableInterrupt(Interrupted):
-    """An interruption after the run folder and its last.pt exist: the message says how to resume."""
-
-
 def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None = None,
-        resume_from: Resumed | None = None) -> dict[str, Any]:
-    """Train one configuration end to end and write its run folder; returns the summary. Under torchrun every
-    process runs this; rank 0 alone prints and writes."""
+        resume_dir: Path | None = None, last: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one configuration end to end and write its run folder (or continue `resume_dir` from its `last.pt`);
+    returns the summary. Under torchrun every process runs this; rank 0 alone prints and writes."""
     start = time.time()
     device = distributed.setup(pick_device(cfg.device), cfg.sync_bn)
     cfg = resolve_precision(cfg, device)
@@ -63,24 +59,37 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
     # data -> model -> run folder
     torch.manual_seed(cfg.seed)
     with distributed.main_first():  # rank 0 generates the built-in benchmark before the others read it
-        data, info = load_data(cfg, device, log, resume_from.payload if resume_from else None)
+        data, info = load_data(cfg, device, log, last)
     if len(data.x["train"]) < distributed.world():
         raise UserError(f"{len(data.x['train'])} training samples cannot be split over {distributed.world()} "
                         f"processes; use fewer processes")
     training = build_training(cfg, len(info["channels"]), data.image_size, len(data.x["train"]), device)
-    earlier = list(resume_from.payload["attempt_seconds"]) if resume_from else []
+    earlier = list(last["attempt_seconds"]) if last else []
 
-    def saved(state: TrainState) -> dict[str, Any]:  # with the time of every attempt so far, this one's too
-        return checkpoint(training, state, cfg, data, [*earlier, round(time.time() - start, 1)])
+    def saved(state: TrainState) -> dict[str, Any]:  # a checkpoint: what checkpoints.py reads back
+        return {"model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
+                "scheduler": training.scheduler.state_dict(), "train_state": dataclasses.asdict(state),
+                "config": dataclasses.asdict(cfg), "stats": data.stats, "image_size": data.image_size,
+                "symmetry": data.symmetry.to_dict(), "rng": torch.get_rng_state(),
+                "attempt_seconds": [*earlier, round(time.time() - start, 1)],  # the first run's, then each resume's
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
-    if resume_from:
-        run_dir = resume_from.run_dir
+    if resume_dir:
+        run_dir = resume_dir
         check_same_data(run_dir, info["files"])
-        state = restore_training(training, resume_from, device)
+        state = restore_training(training, last, device)
         log(f"resuming {run_dir} after epoch {state.epoch}")
     else:
-        run_dir, state = new_run_folder(cfg, info, device) if main_rank else Path(cfg.out_dir), TrainState()
-        if main_rank:  # resumable from the first step on
+        run_dir, state = Path(cfg.out_dir), TrainState()
+        if main_rank:  # config.json: the config, the data read, the environment, the code; resumable from step 1 on
+            name = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}-{cfg.optimizer}-{cfg.loss}"
+            run_dir = fresh_directory(run_dir, name)
+            environment = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                           "h5py": h5py.__version__, "device": str(device), "platform": platform.platform(),
+                           "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+                           "world_size": str(distributed.world())}
+            write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": info,
+                                                 "environment": environment, "provenance": provenance()})
             save_torch(run_dir / "last.pt", saved(state))
     if distributed.world() > 1:  # identical weights on every rank, but each rank its own dropout masks
         torch.manual_seed(cfg.seed + 1_000_003 * (distributed.rank() + 1) + state.epoch)
@@ -111,8 +120,8 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
             raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
         return end() if main_rank else {"rank": distributed.rank(), "epochs_run": state.epoch}
     except Interrupted as e:  # also while the end of the run writes: last.pt is complete
-        raise ResumableInterrupt(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
-                                 f"python run_transformer.py --resume {run_dir}", e.signum) from None
+        raise Interrupted(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
+                          f"python run_transformer.py --resume {run_dir}", e.signum) from None
     except NonFinitePredictions as e:  # the best epoch's model overflows on all views or on test
         where = (f"the model of {run_dir}/best.pt (epoch {state.best_epoch}) diverges on the validation split's "
                  f"test-time views or on the test split")
@@ -122,25 +131,13 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
         raise WriteFailed(f"{e}, then resume with: python run_transformer.py --resume {run_dir}") from None
 
 
-def new_run_folder(cfg: Config, info: dict[str, Any], device: torch.device) -> Path:
-    """A fresh, time-stamped run folder with config.json: the config, the data read, the environment, the code."""
-    run_dir = fresh_directory(cfg.out_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}-{cfg.optimizer}-{cfg.loss}")
-    environment = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                   "h5py": h5py.__version__, "device": str(device), "platform": platform.platform(),
-                   "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
-                   "world_size": str(distributed.world())}
-    write_json(run_dir / "config.json", {"config": dataclasses.asdict(cfg), "data": info,
-                                         "environment": environment, "provenance": provenance()})
-    return run_dir
-
-
 def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.nn.Module, state: TrainState,
            log: Callable[[str], None], attempts: list[float], diverged: str = "") -> dict[str, Any]:
     """The end of the run: restore best.pt, score it with all views, calibrate and assess it (report.assess),
     write the predictions, curves, summary.json and report.md."""
     best = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
-    views = data.symmetry.views  # the best epoch was picked with --epoch-views; the final scores use all views
+    views = data.symmetry.views  # the best epoch was picked with the unshifted views; the final scores use all
     logits = {name: predict_logits(model, data.x[name], views).cpu().numpy() for name in ("valid", "test")}
     trust = assess(run_dir, model, cfg, data, info, logits)
     save_torch(run_dir / "best.pt", {**best, **trust["checkpoint"]})
@@ -154,7 +151,8 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
     attempts = [round(t, 1) for t in attempts]
     summary = {"run_dir": str(run_dir), "data_source": info["source"], "data_dir": info["data_dir"],
                "channels": info["channels"], "symmetry": info["symmetry"], "epochs_run": state.epoch,
-               "best_epoch": state.best_epoch, "best_val_loss": state.best_loss, "diverged": diverged,
+               "best_epoch": state.best_epoch, "diverged": diverged,
+               "best_val_loss": state.history[state.best_epoch - 1]["val_loss"],
                "views": views.count() if views else 1, "final_train_loss": final["train_loss"],
                "final_train_acc": final["train_acc"], "final_gap_acc": final["gap_acc"],
                "wall_time_s": round(sum(attempts), 1), "attempt_seconds": attempts}
@@ -177,94 +175,62 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
         f"report: {run_dir}/report.md")
     for note in trust["notes"]:
         log(note)
-    if hint := nothing_learned_note(cfg, summary, data.y["valid"]):
-        log(hint)
     return summary
-
-
-def nothing_learned_note(cfg: Config, summary: dict[str, Any], y_valid: torch.Tensor) -> str:
-    """What to try when the best model matches the constant predictor (majority-rate accuracy and chance-level
-    AUC); "" when it learned something."""
-    majority = max(float(y_valid.mean()), 1 - float(y_valid.mean()))
-    if summary["val_acc"] > majority + 1e-6 or abs(summary["val_auc"] - 0.5) >= 0.1:
-        return ""
-    tips = []
-    if cfg.model == "vit" and cfg.init == "trunc02" and cfg.optimizer == "sgd":
-        tips.append("--init torch (with --init trunc02, SGD kept this ViT at the constant predictor in every "
-                    "measured run)")
-    if not cfg.whiten:
-        tips.append("whitened input (drop --no-whiten)")
-    tips.append("another --lr or more --epochs")
-    return "note: the model did no better than always predicting the majority label; try " + "; ".join(tips)
 
 
 # ---- command line ----------------------------------------------------------------------------------------
 
-def build_command_parser() -> Parser:
-    """Config's flags, then the command modes."""
-    parser = Parser(description=__doc__, formatter_class=HelpFormatter)
-    add_config_flags(parser)
-    modes = parser.add_argument_group("command modes (instead of training a new run)")
-    one = modes.add_mutually_exclusive_group()
-    one.add_argument("--resume", metavar="RUN_DIR", default="", help="continue the run in this folder from its "
-                     "last.pt; of the flags above only these may change: "
-                     + ", ".join(flag(name) for name in fields_with(CONTROL, EXECUTION, OUTPUT)))
-    one.add_argument("--predict", metavar="RUN_DIR", default="", help="classify --input with the best "
-                     "checkpoint of this run folder")
-    modes.add_argument("--input", metavar="FILE", default="", help="with --predict: the HDF5 file to classify")
-    modes.add_argument("--output", metavar="FILE", default="", help="with --predict: where to write the 0/1 "
-                       "predictions (a .csv of probabilities goes beside it; default: predictions-NAME.txt in the "
-                       "run folder, NAME that of --input)")
-    return parser
-
-
-UNSET = object()  # the value of every Config flag the user did not type
-
-
-def parse_command(argv: list[str]) -> tuple[dict[str, Any], argparse.Namespace]:
-    """The Config flags the user typed (--resume applies only those) and the command modes. argparse fills in a
-    default only where the namespace has no value yet, so flags not typed stay UNSET."""
-    untyped = argparse.Namespace(**{f.name: UNSET for f in dataclasses.fields(Config)})
-    parsed = vars(build_command_parser().parse_args(argv, namespace=untyped))
-    command = argparse.Namespace(**{name: parsed.pop(name) for name in ("resume", "predict", "input", "output")})
-    if (command.input or command.output) and not command.predict:
-        raise UserError("--input and --output go with --predict RUN_DIR (the run whose model classifies them)")
-    return {name: value for name, value in parsed.items() if value is not UNSET}, command
-
-
 def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:
     """What --resume prints for a run with no epoch left to train whose results (summary.json) were written,
     else ""."""
-    if state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
-        return ""
     try:
-        if json.loads((run_dir / "summary.json").read_text())["epochs_run"] != state.epoch:
-            return ""
+        written = json.loads((run_dir / "summary.json").read_text())["epochs_run"] == state.epoch
     except (OSError, ValueError, LookupError, TypeError):
+        written = False
+    if not written or state.epoch < cfg.epochs and state.epoch - state.best_epoch < cfg.patience:
         return ""
-    how = (f"{state.epoch} of {cfg.epochs} epochs" if state.epoch >= cfg.epochs else
-           f"stopped early after epoch {state.epoch} of {cfg.epochs}, {state.bad_epochs} without a better "
-           f"validation loss; a larger --patience trains on")
-    return (f"nothing to resume: {run_dir} finished ({how}; best epoch {state.best_epoch}); its results are "
+    return (f"nothing to resume: {run_dir} finished after epoch {state.epoch} of {cfg.epochs} (best epoch "
+            f"{state.best_epoch}; after an early stop a larger --patience trains on); its results are "
             f"{run_dir}/report.md, summary.json and predictions.txt")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train, resume or predict; exit codes as in cli.exit_code."""
+    """Train, resume or predict; exit codes as in cli.exit_code. `typed`: the Config flags the user typed, which
+    --resume applies (argparse fills in a default only where the namespace has no value yet)."""
     def body() -> None:
-        typed, command = parse_command(sys.argv[1:] if argv is None else argv)
+        parser = Parser(description=__doc__, formatter_class=HelpFormatter)  # Config's flags, then the command modes
+        add_config_flags(parser)
+        modes = parser.add_argument_group("command modes (instead of training a new run)")
+        one = modes.add_mutually_exclusive_group()
+        one.add_argument("--resume", metavar="RUN_DIR", default="", help="continue the run in this folder from its "
+                         "last.pt; of the flags above only these may change: "
+                         + ", ".join(flag(name) for name in fields_with(CONTROL, EXECUTION, OUTPUT)))
+        one.add_argument("--predict", metavar="RUN_DIR", default="", help="classify --input with the best "
+                         "checkpoint of this run folder")
+        modes.add_argument("--input", metavar="FILE", default="", help="with --predict: the HDF5 file to classify")
+        modes.add_argument("--output", metavar="FILE", default="", help="with --predict: where to write the 0/1 "
+                           "predictions (a .csv of probabilities goes beside it; default: predictions-NAME.txt in "
+                           "the run folder, NAME that of --input)")
+        unset = object()  # the value of every Config flag the user did not type
+        namespace = argparse.Namespace(**{f.name: unset for f in dataclasses.fields(Config)})
+        parsed = vars(parser.parse_args(sys.argv[1:] if argv is None else argv, namespace))
+        command = argparse.Namespace(**{name: parsed.pop(name) for name in ("resume", "predict", "input", "output")})
+        typed = {name: value for name, value in parsed.items() if value is not unset}
+        if (command.input or command.output) and not command.predict:
+            raise UserError("--input and --output go with --predict RUN_DIR (the run whose model classifies them)")
         if command.predict:
             predict_file(Path(command.predict), command.input, command.output, typed.get("device", Config.device))
         elif command.resume:
-            cfg, resumed = resume_config(Path(command.resume), typed)
-            done = finished_line(resumed.run_dir, cfg, TrainState(**resumed.payload["train_state"]))
+            run_dir = Path(command.resume)
+            cfg, last = resume_config(run_dir, typed)
+            done = finished_line(run_dir, cfg, TrainState(**last["train_state"]))
             if not done:
-                run(cfg, resume_from=resumed)
+                run(cfg, resume_dir=run_dir, last=last)
             elif distributed.is_main():
                 print(done)
         else:
             run(Config(**typed))
-    return exit_code(body, lambda e: "" if isinstance(e, ResumableInterrupt) else
+    return exit_code(body, lambda e: "" if "--resume" in str(e) else  # run's message says how to resume
                      "nothing to resume yet: run the same command again")
 
 

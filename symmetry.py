@@ -136,7 +136,7 @@ class SymmetryPlan:
         return any(swap for _, swap in self.applied())
 
     def epoch_views(self) -> Views | None:
-        """The unshifted views (--epoch-views pair)."""
+        """The unshifted views: those of the validation after each epoch."""
         return None if self.views is None else Views(self.views.rules)
 
     def to_dict(self) -> dict[str, Any]:

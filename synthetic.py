@@ -7,6 +7,7 @@ being Gaussian with known spectra, the exact likelihood-ratio test is the best a
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from dataclasses import asdict, dataclass
@@ -116,13 +117,11 @@ def ensure_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Sizes(
     directory = Path(directory)
     manifest = directory / MANIFEST
     if manifest.exists():
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # unreadable or damaged: generated again
             saved = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            saved = {}
-        same = saved.get("seed") == seed and saved.get("sizes") == asdict(sizes) and saved.get("complete")
-        if same and all((directory / f).exists() for f in FILES):
-            return directory
+            same = saved.get("seed") == seed and saved.get("sizes") == asdict(sizes) and saved.get("complete")
+            if same and all((directory / f).exists() for f in FILES):
+                return directory
     else:
         foreign = [f for f in FILES if (directory / f).exists()]
         if foreign:
@@ -133,6 +132,7 @@ def ensure_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Sizes(
 
 # ---- the Bayes limit -------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)  # it draws 64 fields: once per grid size is enough
 def quantisation_variance(grid: int = GRID) -> float:
     """Variance that float16 storage adds to each log-density pixel (measured on fixed fields)."""
     field = sample_log_density(np.zeros(64, np.int64), np.random.default_rng(12345), grid)
@@ -140,18 +140,12 @@ def quantisation_variance(grid: int = GRID) -> float:
     return float(np.mean((stored - field) ** 2))
 
 
-@functools.lru_cache(maxsize=None)  # the quantisation variance draws 64 fields: once per grid size is enough
-def _observed_spectra(grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """lambda_0, lambda_1 plus white quantisation noise. At k = 0 (the per-sample offset, the same for both
-    classes) both are the noise alone, so that mode adds exactly 0 to the likelihood ratio."""
-    noise = quantisation_variance(grid)
-    return class_spectrum(0, grid) + noise, class_spectrum(1, grid) + noise
-
-
 def bayes_log_likelihood_ratio(density: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """log p(x | label 1) - log p(x | label 0) for each (N, grid, grid) density sample, exactly Gaussian."""
+    """log p(x | label 1) - log p(x | label 0) for each (N, grid, grid) density sample, exactly Gaussian: the class
+    spectra plus white quantisation noise. At k = 0 (the per-sample offset, the same for both classes) both are
+    the noise alone, so that mode adds exactly 0."""
     grid = density.shape[-1]
-    lam0, lam1 = _observed_spectra(grid)
+    lam0, lam1 = (class_spectrum(label, grid) + quantisation_variance(grid) for label in (0, 1))
     weight = torch.from_numpy(1 / lam0 - 1 / lam1)
     quad = [(torch.fft.fft2(torch.from_numpy(np.log(density[i:i + chunk].astype(np.float64)))).abs().square()
              * weight).sum(dim=(1, 2)).numpy() / grid**2 for i in range(0, len(density), chunk)]
@@ -162,10 +156,3 @@ def bayes_log_likelihood_ratio(density: np.ndarray, chunk: int = 4096) -> np.nda
 def bayes_predict(density: np.ndarray) -> np.ndarray:
     """The Bayes-optimal label (equal priors) for each sample."""
     return (bayes_log_likelihood_ratio(density) > 0).astype(np.int64)
-
-
-def bayes_accuracy(splits: dict, test_labels: np.ndarray | None) -> dict[str, float]:
-    """Accuracy of the exact likelihood-ratio classifier on each split of the built-in benchmark."""
-    labels = {"train": splits["train"].labels, "valid": splits["valid"].labels, "test": test_labels}
-    return {name: float((bayes_predict(splits[name].channels["density"]) == y).mean())
-            for name, y in labels.items() if y is not None}

@@ -42,12 +42,9 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def lr_advice(lr: float) -> str:
-    return f"the learning rate (--lr {lr:g}) is probably too high, try --lr {lr / 10:g}"
-
-
-def overflow_message(e: NonFinitePredictions, where: str, lr: float) -> str:
-    return f"{where}: {e}; {lr_advice(lr)}"
+def overflow_message(problem: Exception | str, where: str, lr: float) -> str:
+    """The one line of a non-finite loss, weights or predictions: where, what, and the likely cause."""
+    return f"{where}: {problem}; the learning rate (--lr {lr:g}) is probably too high, try --lr {lr / 10:g}"
 
 
 def pick_device(name: str) -> torch.device:
@@ -113,18 +110,14 @@ def training_loss(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y * (1 - eps) + 0.5 * eps)
 
 
-def native_bf16(device: torch.device) -> bool:
-    """CUDA with bf16 support, or a CPU with AVX512-BF16 or AMX (elsewhere bf16 is emulated, slower than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 def resolve_precision(cfg: Config, device: torch.device) -> Config:
-    """--precision auto made concrete for `device`, so that the run's config says what ran."""
+    """--precision auto made concrete for `device`, so that the run's config says what ran: bf16 where it is native
+    (CUDA with bf16 support, a CPU with AVX512-BF16 or AMX; elsewhere it is emulated, slower than fp32), else fp32."""
     if cfg.precision != "auto":
         return cfg
-    return dataclasses.replace(cfg, precision="bf16" if native_bf16(device) else "fp32")
+    native = (torch.cuda.is_bf16_supported() if device.type == "cuda" else
+              torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dataclasses.replace(cfg, precision="bf16" if native else "fp32")
 
 
 @dataclass
@@ -183,9 +176,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, views: Views | 
 class TrainState:
     """Everything that must survive an interruption, besides model/optimizer/scheduler state."""
     epoch: int = 0  # completed epochs
-    best_loss: float = float("inf")
-    best_epoch: int = 0
-    bad_epochs: int = 0
+    best_epoch: int = 0  # the first with the lowest validation loss in `history`
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -233,13 +224,12 @@ def train_epoch(training: Training, data: DeviceData, cfg: Config, epoch: int, s
     finite = torch.cat(tensors).isfinite().all().to(sums.dtype)
     objective, hard_loss, correct, bad, weights_finite = torch.cat([sums, first_bad.view(1), finite.view(1)]).tolist()
     count = sum(len(idx) for idx in batches) * distributed.world()
-    where = f"training diverged at epoch {epoch + 1}, step"
-    if math.isfinite(bad):
-        raise Diverged(f"{where} {int(bad) + 1} of {len(batches)}: the loss became NaN or infinite (or the "
-                       f"gradient of the step before did); {lr_advice(cfg.lr)}")
-    if not weights_finite:
-        raise Diverged(f"{where} {len(batches)} of {len(batches)}: the weights became NaN or infinite (a "
-                       f"non-finite gradient); {lr_advice(cfg.lr)}")
+    if math.isfinite(bad) or not weights_finite:
+        step = int(bad) + 1 if math.isfinite(bad) else len(batches)
+        what = ("the loss became NaN or infinite (or the gradient of the step before did)" if math.isfinite(bad) else
+                "the weights became NaN or infinite (a non-finite gradient)")
+        where = f"training diverged at epoch {epoch + 1}, step {step} of {len(batches)}"
+        raise Diverged(overflow_message(what, where, cfg.lr))
     return {"train_objective": objective / count, "train_loss": hard_loss / count, "train_acc": correct / count}
 
 
@@ -249,30 +239,29 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
     """Train until cfg.epochs or early stopping on validation log loss; after every epoch on_epoch(state,
     improved) saves what the caller wants."""
     model, device, stop = training.model, data.x["train"].device, StopFlag()
-    views = data.symmetry.epoch_views() if cfg.epoch_views == "pair" else data.symmetry.views
+    views = data.symmetry.epoch_views()  # image and partner, unshifted: the best epoch of all views in 12 of 12 runs
+    n = views.count() if views else 1
     previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
+        while state.epoch < cfg.epochs and state.epoch - state.best_epoch < cfg.patience:
             epoch = state.epoch
             row = {"epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"],
                    **train_epoch(training, data, cfg, epoch, stop, progress)}
-            distributed.sync_buffers(model)  # same BatchNorm statistics on every rank before evaluating
+            # rank 0's BatchNorm statistics (an epoch's last step updates them after DDP's broadcast) on every rank
+            distributed.from_main(*model.buffers())
             try:
                 val = evaluate(model, data.x["valid"], data.y["valid"], views)
             except NonFinitePredictions as e:
                 raise Diverged(overflow_message(e, f"training diverged at epoch {epoch + 1} on the validation "
                                                    f"split", cfg.lr)) from None
-            val = distributed.from_main(val, device)
-            row.update(val_loss=val["loss"], val_acc=val["acc"], val_auc=val["auc"],
-                       val_views=views.count() if views else 1)
+            numbers = torch.tensor([val["loss"], val["acc"], val["auc"]], dtype=torch.float64, device=device)
+            distributed.from_main(numbers)  # rank 0's: early stopping must decide identically everywhere
+            row.update(zip(("val_loss", "val_acc", "val_auc"), numbers.tolist()), val_views=n)
             row.update(gap_acc=row["train_acc"] - row["val_acc"], gap_loss=row["val_loss"] - row["train_loss"])
-            improved = row["val_loss"] < state.best_loss
-            state.epoch, state.bad_epochs = epoch + 1, 0 if improved else state.bad_epochs + 1
+            improved = row["val_loss"] < min((r["val_loss"] for r in state.history), default=math.inf)
+            state.epoch, state.best_epoch = epoch + 1, epoch + 1 if improved else state.best_epoch
             state.history.append(row)
-            if improved:
-                state.best_loss, state.best_epoch = row["val_loss"], epoch + 1
             on_epoch(state, improved)
-            n = int(row["val_views"])
             log(f"epoch {epoch + 1:3d}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} acc "
                 f"{row['train_acc']:.4f} | val ({n} view{'s' * (n > 1)}) loss {row['val_loss']:.4f} acc "
                 f"{row['val_acc']:.4f} auc {row['val_auc']:.4f} | gap acc {row['gap_acc']:+.4f} loss "

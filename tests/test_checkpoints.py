@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoints import Resumed, load_checkpoint, resume_config
+from checkpoints import load_checkpoint, resume_config
 from config import CONTROL, EXECUTION, OUTPUT, Config, UserError, fields_with
 
 
@@ -40,9 +40,8 @@ def test_resume_accepts_exactly_the_control_execution_and_output_fields(f, tmp_p
     run_dir = saved_run(tmp_path / "run", Config())
     change = {f.name: another_value(f)}
     if f.name in fields_with(CONTROL, EXECUTION, OUTPUT):
-        cfg, resumed = resume_config(run_dir, change)
-        assert getattr(cfg, f.name) == change[f.name] and isinstance(resumed, Resumed)
-        assert resumed.run_dir == run_dir and resumed.payload["train_state"] == {"epoch": 1}
+        cfg, last = resume_config(run_dir, change)
+        assert getattr(cfg, f.name) == change[f.name] and last["train_state"] == {"epoch": 1}
     else:
         with pytest.raises(UserError, match=f"cannot resume .*--{f.name.replace('_', '-')}: checkpoint"):
             resume_config(run_dir, change)
@@ -67,5 +66,5 @@ def test_resume_restores_the_cuda_generators_that_this_machine_has(monkeypatch):
     payload = {"model": {}, "optimizer": {}, "scheduler": {}, "rng": torch.get_rng_state(),
                "cuda_rng": [torch.full((4,), i, dtype=torch.uint8) for i in range(4)], "train_state": {"epoch": 1}}
     training = SimpleNamespace(model=part, optimizer=part, scheduler=part)
-    assert restore_training(training, Resumed(Path("run"), payload), torch.device("cuda")).epoch == 1
+    assert restore_training(training, payload, torch.device("cuda")).epoch == 1
     assert restored == [(0, 0), (1, 1)]

@@ -8,7 +8,7 @@ import torch
 
 import run_transformer
 from cnn import ReferenceCNN
-from config import Config
+from config import Config, UserError
 from conftest import SMALL_VIT
 from data import read_answer_key
 
@@ -135,18 +135,6 @@ def test_predict_rebuilds_forced_views_and_mean_pooling(tmp_path, tiny_benchmark
     assert np.allclose(gain, gain.T)
 
 
-def test_a_model_stuck_at_the_constant_predictor_is_called_out_with_what_the_measurements_support():
-    import dataclasses
-    y = torch.tensor([1.0] * 9 + [0.0] * 5)
-    stuck = {"val_acc": 9 / 14, "val_auc": 0.49}
-    assert run_transformer.nothing_learned_note(Config(), {"val_acc": 0.85, "val_auc": 0.93}, y) == ""
-    assert run_transformer.nothing_learned_note(Config(), {**stuck, "val_auc": 0.8}, y) == ""  # ranks, uncalibrated
-    trunc_sgd = run_transformer.nothing_learned_note(dataclasses.replace(Config(), init="trunc02"), stuck, y)
-    assert "--init torch" in trunc_sgd and "whitened" not in trunc_sgd
-    raw = run_transformer.nothing_learned_note(dataclasses.replace(Config(), whiten=False), stuck, y)
-    assert "drop --no-whiten" in raw and "--init" not in raw
-
-
 def test_resume_refuses_a_different_experiment_and_predict_refuses_a_csv_output(tmp_path, finished_run, capsys):
     run_dir = finished_run.dir
     for flags, name in ((["--loss", "mse"], "--loss"), (["--seed", "5"], "--seed"), (["--epochs", "4"], "--epochs")):
@@ -203,15 +191,21 @@ def test_unlabelled_files_need_no_labels_dataset_and_two_runs_never_share_a_fold
     assert output.read_text() == (run_dir / "predictions.txt").read_text()
 
 
-def test_parse_command_returns_only_the_flags_that_were_typed():
+def test_resume_gets_only_the_flags_that_were_typed(monkeypatch, capsys):
     """--resume changes only what the user typed: a flag typed with its default value counts, an untyped one
     does not, and --help still shows the defaults."""
-    default = Config().epochs
-    typed, command = run_transformer.parse_command(["--resume", "runs/x", "--epochs", str(default), "--no-compile"])
-    assert typed == {"epochs": default, "compile": False} and command.resume == "runs/x"
-    typed, command = run_transformer.parse_command([])
-    assert typed == {} and not any(vars(command).values())
-    assert f"(default: {default})" in run_transformer.build_command_parser().format_help().replace("\n", " ")
+    default, seen = Config().epochs, []
+
+    def resume_config(run_dir, typed):
+        seen.append((run_dir, typed))
+        raise UserError("seen")
+    monkeypatch.setattr(run_transformer, "resume_config", resume_config)
+    assert run_transformer.main(["--resume", "runs/x", "--epochs", str(default), "--no-compile"]) == 2
+    assert run_transformer.main(["--resume", "runs/y"]) == 2
+    assert seen == [(Path("runs/x"), {"epochs": default, "compile": False}), (Path("runs/y"), {})]
+    capsys.readouterr()
+    assert run_transformer.main(["--help"]) == 0
+    assert f"(default: {default})" in capsys.readouterr().out.replace("\n", " ")
 
 
 def test_a_run_on_data_of_another_physics_uses_what_holds_and_reports_against_the_reference(tmp_path,
