@@ -47,7 +47,12 @@ def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict[st
     if missing:
         raise UserError(f"{run_dir}/last.pt cannot be resumed (no {', '.join(missing)}); it is damaged or was not "
                         f"written by run_transformer.py")
-    saved = config_from_dict(payload["config"])
+    try:
+        saved = config_from_dict(payload["config"])
+        TrainState(**payload["train_state"])
+    except (TypeError, AttributeError):
+        raise UserError(f"{run_dir}/last.pt cannot be resumed (its config or training state is damaged); start a "
+                        f"new run") from None
     asked = dataclasses.replace(saved, **typed)
     for kind, role in (("model", MODEL), ("optimizer", OPTIMIZER), ("training", EXPERIMENT)):
         changes = ", ".join(f"{flag(k)}: checkpoint {getattr(saved, k)!r} vs requested {getattr(asked, k)!r}"

@@ -215,7 +215,8 @@ def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[s
 
 def _read(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnChunk | None = None) -> np.ndarray:
     """(N, C, S, S) float32 in `channels` order, density as its logarithm when `log_density` (<= 0 refused: a clamp
-    would make outliers). `on_chunk` sees every chunk's raw channels, density included: the one read of the file."""
+    would make outliers). `on_chunk` sees every chunk's raw channels, density included, so derived features need
+    no read of their own."""
     grid = next(iter(split.channels.values())).shape[-1]
     x = np.empty((len(split), len(channels), grid, grid), np.float32)
     for start, block in split.chunks(list(dict.fromkeys([*channels, *(["density"] if on_chunk else [])]))):

@@ -127,10 +127,15 @@ def changed_files(recorded: dict[str, dict[str, Any]], current: dict[str, dict[s
 
 def fresh_directory(parent: str | Path, name: str) -> Path:
     """Create parent/name, or parent/name-2, -3, ... : an existing run folder is never reused."""
+    try:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file, or a link to nowhere, in the way
+        raise UserError(f"cannot create output folder {parent}: {_reason(Path(parent) / 'x', e)}; "
+                        f"choose another --out-dir")
     for i in itertools.count(1):
         candidate = Path(parent) / (name if i == 1 else f"{name}-{i}")
         try:
-            candidate.mkdir(parents=True)
+            candidate.mkdir()
             return candidate
         except FileExistsError:
             continue

@@ -19,7 +19,7 @@ BATCH = 64
 
 def prepared(model: nn.Module, x: torch.Tensor, views: Views | None, images: int, seed: int):
     """`images` random images of x, the same ones every time, and the logit to read: the model's, or its mean over
-    the unshifted `views` (a shift unit of 1 pixel: shifts change no mode's power)."""
+    the unshifted `views` (shift unit 1 puts every offset at 0; shifts change no mode's power)."""
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:images].to(x.device)]
     return x, (model if views is None else lambda batch: view_averaged_logits(model, batch, 1, views))
 

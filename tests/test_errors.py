@@ -114,6 +114,8 @@ CASES: dict[str, tuple[Setup, list[str]]] = {
     "heads": (lambda d, tmp, run: ["--heads", "3"], ["--emb-dim 16 is not divisible by --heads 3"]),
     "out-dir-under-a-file": (lambda d, tmp, run: ["--out-dir", str(d / "train.hdf5" / "runs")],
                              ["train.hdf5 is a file, not a folder", "--out-dir"]),
+    "out-dir-a-dangling-link": (lambda d, tmp, run: (tmp / "gone").symlink_to(tmp / "unmounted") or [
+        "--out-dir", str(tmp / "gone")], ["cannot create output folder", "--out-dir"]),
     "predictions-under-a-file": (lambda d, tmp, run: ["--predictions", str(d / "valid.hdf5" / "p.txt")],
                                  ["valid.hdf5 is a file, not a folder"]),
     "predictions-is-a-folder": (lambda d, tmp, run: ["--predictions", str(tmp)], ["it is a folder"]),
@@ -131,6 +133,10 @@ CASES: dict[str, tuple[Setup, list[str]]] = {
     "resume-a-weights-only-file": (lambda d, tmp, run: (tmp / "w").mkdir() or torch.save(
         {"model": {}, "config": {}, "stats": {}}, tmp / "w" / "last.pt") or ["--resume", str(tmp / "w")],
         ["cannot be resumed", "no cuda_rng, optimizer, rng, scheduler, train_state"]),
+    "resume-a-damaged-training-state": (lambda d, tmp, run: (tmp / "t").mkdir() or torch.save(
+        {**dict.fromkeys(["model", "stats", "optimizer", "scheduler", "rng", "cuda_rng"]), "train_state": {"epochs": 1},
+         "config": torch.load(run / "last.pt", weights_only=False)["config"]}, tmp / "t" / "last.pt")
+        or ["--resume", str(tmp / "t")], ["cannot be resumed", "training state is damaged"]),
     "predict-output-exists": (lambda d, tmp, run: (tmp / "mine.txt").write_text("my notes\n") and [
         "--predict", str(run), "--input", str(d / "test_no_labels.hdf5"), "--output", str(tmp / "mine.txt")],
         ["mine.txt already exists", "nothing was overwritten"]),

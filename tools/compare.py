@@ -6,10 +6,8 @@
     python -m tools.compare --out-dir results/evaluation --report-only   # the report again, nothing trained
 
 Rows: `before` (the pre-change ViT), each requested change on it, `after` (all of them), `after` with one taken
-back, the reference CNN, all on raw and on whitened density; the init axis and ViT levers. Each optimizer trains
-at one rate (--lrs). Each run is scored on labelled images that no run used for any choice. Every run is
-`python run_transformer.py` in its own folder and one line of results.jsonl when it finishes, so a rerun of the
-same command skips it.
+back, the reference CNN, on raw and whitened density. Each run is `python run_transformer.py` in its own folder,
+scored on labelled images that no run used for any choice, and one line of results.jsonl, so a rerun skips it.
 """
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
@@ -42,7 +39,6 @@ from config import (EXECUTION, OUTPUT, Config, HelpFormatter, Parser, UserError,
                     checked, fields_with, flag, non_negative, positive)
 from data import ANSWER_FILE, SPLIT_FILES, load_splits, read_split, to_device, to_tensor
 from fileio import append_text, changed_files, fingerprint, provenance, rounded, write_json, write_text
-from metrics import scores
 from symmetry import SymmetryPlan
 from train import Interrupted, pick_device, predict_logits, resolve_precision, signal_name
 from tools.compare_report import metrics, pack, write_report
@@ -92,14 +88,14 @@ class Settings:
     configs: tuple[str, ...]
     epochs: int
     seeds: int
-    lrs: dict[str, float]
+    lrs: dict[str, float] = dataclasses.field(default_factory=lambda: dict(LRS))
     channel_sets: tuple[str, ...] = tuple(CHANNEL_SETS)
     heldout: str = ""  # the labelled file every final run is scored on
 
 
-FULL = Settings(tuple(CONFIGS), epochs=8, seeds=3, lrs=LRS)
+FULL = Settings(tuple(CONFIGS), epochs=8, seeds=3)
 QUICK = Settings(("before", *(c for c in CHANGES if c != "+block-bn"), "after", "cnn"), epochs=4, seeds=2,
-                 lrs=LRS, channel_sets=("no-date",))
+                 channel_sets=("no-date",))
 QUICK_SIZES = synthetic.Sizes(1000, 1800, 250, 450, 250, 250)  # 1/10 of the benchmark
 QUICK_HELDOUT_PER_CLASS = 1000
 
@@ -204,19 +200,16 @@ def carve(data_dir: Path, folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]:
-    """The run's best checkpoint on the labelled file `path`, as the run predicts: accuracy, log loss, AUC, n,
-    Bayes accuracy (benchmark only) and which images it got right (for paired differences)."""
+    """The run's best checkpoint on the labelled file `path`, as the run predicts: accuracy, n, Bayes accuracy
+    (benchmark only) and which images it got right (for paired differences)."""
     payload = load_checkpoint(run_dir / "best.pt")
     split = read_split(path, "held-out", tuple(payload["stats"]["channels"]))
     x = to_tensor(split, payload["stats"], device)
     logits = predict_logits(trained_model(payload, device), x, SymmetryPlan.from_dict(payload["symmetry"]).views).cpu()
-    labels = torch.from_numpy(split.labels).float()
-    result = scores(torch.sigmoid(logits), labels)
-    correct = ((logits + payload.get("calibration", {}).get("offset", 0.0) > 0).float() == labels).numpy()
-    result["acc"] = float(correct.mean())  # of the 0/1 predictions the run writes
+    correct = (logits + payload.get("calibration", {}).get("offset", 0.0) > 0).numpy() == split.labels
     manifest = path.parent / HELDOUT_MANIFEST
     bayes = float(json.loads(manifest.read_text())["bayes_accuracy"]) if manifest.exists() else None
-    return {**rounded(result), "n": len(labels), "bayes_acc": bayes, "correct": pack(correct)}
+    return {"acc": rounded(float(correct.mean())), "n": len(correct), "bayes_acc": bayes, "correct": pack(correct)}
 
 
 def reference_accuracy(data_dir: Path, path: Path, device: torch.device) -> dict[str, Any]:
@@ -339,10 +332,8 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
         row["finished_at"] = time.time()
         append_result(path, row)
         rows[row["key"]], finished, s = row, finished + 1, row["summary"]
-        scored = [f"val acc {s['val_acc']:.4f}"] if "val_acc" in s else []
-        scored += [f"test acc {s['test_acc']:.4f}"] if "test_acc" in s else []
-        scored += [f"held-out acc {row['heldout']['acc']:.4f}"] if "heldout" in row else []
-        log(f"[{finished}/{todo}] {row['variant']} lr {row['lr']:g} seed {row['seed']}: {' '.join(scored)} "
+        held = f"held-out acc {row['heldout']['acc']:.4f} " if "heldout" in row else ""
+        log(f"[{finished}/{todo}] {row['variant']} lr {row['lr']:g} seed {row['seed']}: {held}"
             f"({s.get('wall_time_s', 0):.0f} s)" + ("  DIVERGED" if s.get("diverged") else ""))
 
     with ThreadPoolExecutor(jobs) as pool:
@@ -375,45 +366,22 @@ def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path
         cfg = v.build(base)
         runs = [rows[j["key"]] for j in seed_jobs(v, settings, base, out) if j["key"] in rows]
         lines.append({"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels], "init": cfg.init,
-                      "whiten": cfg.whiten, "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
+                      "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
                       "lr": settings.lrs[cfg.optimizer], "runs": runs, **metrics(runs)})
     return lines
 
 
-def commits(rows: list[dict[str, Any]]) -> str:
-    """Which code produced the rows: `code a1b2c3d4e5f6 (12 runs), not recorded (75 runs)`."""
-    count = Counter("not recorded" if (p := row.get("provenance")) is None else
-                    p["commit"][:12] + (" with changes" if p["dirty"] else "") for row in rows)
-    return "runs by code version: " + ", ".join(f"{name} ({n} runs)" for name, n in count.items())
-
-
-def rates(text: str) -> dict[str, float]:
-    """--lrs 'sgd=0.05,adamw=0.003' -> {"sgd": 0.05, "adamw": 0.003}."""
-    try:
-        chosen = {name.strip(): float(rate) for name, rate in (t.split("=") for t in text.split(",") if t.strip())}
-    except ValueError:
-        chosen = {}
-    if not chosen or not set(chosen) <= set(LRS) or min(chosen.values()) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 'sgd=0.05,adamw=0.003' (optimizers "
-                                         f"{', '.join(LRS)}; positive rates)")
-    return chosen
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = Parser(prog="python -m tools.compare", description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--quick", action="store_true", help=f"small grid ({', '.join(QUICK.configs)}; "
-                   f"{QUICK.epochs} epochs, {QUICK.seeds} seeds) on a small built-in benchmark")
-    add_config_flags(p, ("data_dir", "epochs", "device", "compile"), defaults={"data_dir": "", "epochs": None},
-                     notes={"data_dir": "here: data/ unless given, and with --quick a small benchmark in "
-                            "data/synthetic-quick", "epochs": f"here: of each reported run (full grid "
-                            f"{FULL.epochs}, --quick {QUICK.epochs}; the default row keeps its own)",
-                            "compile": "here: of each run (same results)"})
-    p.add_argument("--out-dir", default="", help="the grid's folder (results.jsonl, runs, report; default "
-                   "compare_out/full or compare_out/quick)")
-    p.add_argument("--seeds", type=checked(int, "seeds", positive), help=f"seeds per configuration (full: "
-                   f"{FULL.seeds})")
-    p.add_argument("--lrs", type=rates, default={}, help="the learning rate of an optimizer, e.g. "
-                   f"'sgd=0.05,adamw=0.003' (default {', '.join(f'{k}={v:g}' for k, v in LRS.items())})")
+    p.add_argument("--quick", action="store_true", help="small grid, density only, on a small benchmark")
+    add_config_flags(p, ("data_dir", "epochs", "device"), defaults={"data_dir": "", "epochs": None},
+                     notes={"data_dir": "here: data/, with --quick data/synthetic-quick",
+                            "epochs": f"here: {FULL.epochs}, --quick {QUICK.epochs}; the default row keeps its own"})
+    p.add_argument("--out-dir", default="", help="the grid's folder (default compare_out/full or compare_out/quick)")
+    p.add_argument("--seeds", type=checked(int, "seeds", positive), help=f"per configuration ({FULL.seeds})")
+    for optimizer, rate in LRS.items():
+        p.add_argument(f"--{optimizer}-lr", type=checked(float, f"{optimizer}_lr", positive), default=rate,
+                       help=f"the learning rate of every {optimizer} row")
     p.add_argument("--only", default="", help="comma-separated configurations: " + ", ".join(CONFIGS))
     p.add_argument("--jobs", type=checked(int, "jobs", non_negative), default=0, help="parallel runs (0: 1 on "
                    "CPU, min(12, cores) on CUDA, where they share the GPU)")
@@ -453,7 +421,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     if unknown:
         raise UserError(f"--only: unknown configuration {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     settings = dataclasses.replace(preset, configs=configs, epochs=args.epochs or preset.epochs,
-                                   lrs={**preset.lrs, **args.lrs}, seeds=args.seeds or preset.seeds)
+                                   lrs={o: getattr(args, f"{o}_lr") for o in LRS}, seeds=args.seeds or preset.seeds)
     out = Path(args.out_dir or f"compare_out/{'quick' if args.quick else 'full'}")
     device = pick_device(args.device)
     jobs = args.jobs or (1 if device.type == "cpu" else min(12, os.cpu_count() or 1))
@@ -461,7 +429,7 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     if args.quick and not args.data_dir:
         data_dir = str(synthetic.ensure_benchmark(Path("data") / "synthetic-quick", 0, QUICK_SIZES))
     # precision resolved here: a run's key names what ran (bf16 or fp32), not "auto"
-    base = resolve_precision(Config(data_dir=data_dir, device=args.device, compile=args.compile), device)
+    base = resolve_precision(Config(data_dir=data_dir, device=args.device), device)
     chosen = variants(configs, settings.channel_sets)
     if args.report_only:
         resolved = Path(data_dir)
@@ -487,12 +455,11 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
                  "temperature, on the other 1/6; every run is scored on its validation file, which no run used)"
                  if user_data else "")
               + f"; {settings.epochs} epochs (a row that names its own keeps them), {settings.seeds} seeds, {jobs} "
-              f"parallel run(s); this invocation took {time.time() - start:.0f} s; "
-              f"{commits([r for line in lines for r in line['runs']])}.")
+              f"parallel run(s); this invocation took {time.time() - start:.0f} s.")
     reference_file = out / "reference.json"
     yardstick = json.loads(reference_file.read_text()) if user_data and reference_file.exists() else None
     print(write_report(lines, out, header, settings.seeds, EFFECTS, yardstick))
-    print(f"report: {out}/report.md, {out}/report.csv, {out}/figures/")
+    print(f"report: {out}/report.md, {out}/figures/")
     if interrupted is not None:
         raise interrupted
 

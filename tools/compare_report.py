@@ -1,24 +1,19 @@
-"""The report of compare.py's grid: report.md, report.csv and figures/accuracy.png from finished runs.
+"""The report of compare.py's grid: report.md and figures/accuracy.png from finished runs (results.jsonl).
 
-Every final run is scored on labelled images that no run used for any choice. A row's held-out accuracy is the
-mean over its seeds with a 95% interval that adds, in quadrature, the seed spread (Student t with seeds - 1 degrees
-of freedom on the seed means) and the sampling error of the images (the standard error of the per-image correctness
-averaged over seeds). The difference to the row's reference (`after` on the same input and channels) is paired: the
-same seeds on the same images, so the per-image differences carry the sampling error and most of what the images
-have in common cancels.
+A row's accuracy on the evaluation set is the mean over its seeds with a 95% interval; the difference to its
+reference (`after` on the same input and channels) is paired: the same seeds on the same images, so most of what
+the images have in common cancels.
 """
 from __future__ import annotations
 
 import base64
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fileio import rounded, write_text
+from fileio import write_text
 from report import pyplot, save_figure
 
 GOAL = 0.83  # the scientist's target test accuracy, shown on the built-in benchmark that stands in for their data
@@ -98,7 +93,7 @@ def pct(pair: tuple[float, float], sign: str = "") -> str:
 
 def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int, effects: dict[str, Any],
                  yardstick: dict[str, float] | None = None) -> str:
-    """report.md, report.csv and figures/accuracy.png; returns the markdown. yardstick: the reference
+    """report.md and figures/accuracy.png; returns the markdown. yardstick: the reference
     classifier's accuracy on the evaluation set (the user's data, where no Bayes limit is known)."""
     by_name = {l["variant"]: l for l in lines}
     for l in lines:
@@ -106,7 +101,6 @@ def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int
         reference = by_name.get(l["reference"])
         l["diff"] = (math.nan, math.nan) if reference is None or reference is l else \
             paired_difference(l["runs"], reference["runs"])
-        l["eval_n"] = next((r["heldout"]["n"] for r in l["runs"] if r.get("heldout")), None)
     complete = all(len(l["runs"]) == seeds for l in lines)
     runs = [r for l in lines for r in l["runs"] if "finished_at" in r]
     if runs:  # the grid's own wall time, across invocations and parallel workers
@@ -151,7 +145,6 @@ def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int
     md += ["", "![accuracy](figures/accuracy.png)", ""]
     markdown = "\n".join(md)
     write_text(out / "report.md", markdown)
-    write_csv(lines, out / "report.csv")
     marks = {f"Bayes limit {100 * bayes:.2f}%": bayes} if bayes else \
         {f"reference classifier {100 * yardstick['acc']:.1f}%": yardstick["acc"]} if yardstick else {}
     plot_accuracy(lines, marks, out / "figures" / "accuracy.png", evaluated)
@@ -181,32 +174,12 @@ def effects_table(lines: list[dict[str, Any]], effects: dict[str, Any], evaluate
             + ["| " + " | ".join(row) + " |" for row in rows] + [""])
 
 
-def write_csv(lines: list[dict[str, Any]], path: Path) -> None:
-    """One row per variant: where its numbers come from (init, input, seeds, evaluation set) and the numbers."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["variant", "config", "channels", "init", "whiten", "lr", "seeds", "eval_set", "eval_n",
-                     "heldout_acc", "heldout_acc_ci95", "reference", "diff_vs_reference", "diff_ci95"]
-                    + [f"{m}_{s}" for m in COLUMNS for s in ("mean", "std")])
-    for l in lines:
-        writer.writerow([l["variant"], l["config"], l["channels"], l["init"], l["whiten"],
-                         l["lr"], len(l["runs"]),
-                         "held-out" if l["eval_n"] else "", l["eval_n"] or ""]
-                        + rounded([*l["heldout_acc"], l["reference"], *l["diff"], *(x for m in COLUMNS for x in l[m])]))
-    write_text(path, buffer.getvalue())
-
-
 def plot_accuracy(lines: list[dict[str, Any]], marks: dict[str, float], path: Path, evaluated: str) -> None:
-    """A forest plot of the accuracy on the evaluation set and the paired difference to `after` (95% intervals;
-    the test file's mean ± std where no run was scored), `marks` drawn across. Each run's own learning curves
-    are in its run folder."""
-    held = any(l["eval_n"] for l in lines)
-    title = f"{evaluated if held else 'test'} accuracy, %" + (" (95% interval)" if held else " (mean ± std)")
-    panels = {title: ([l["heldout_acc"] if held else l["test_acc"] for l in lines], marks if held else {})}
-    if held:
-        panels["Δ vs after, points (paired, 95%)"] = ([l["diff"] for l in lines], {"no difference": 0.0})
-    fig, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels) + 2, 0.28 * len(lines) + 1.5),
-                                  sharey=True, squeeze=False)
+    """A forest plot of the accuracy on the evaluation set and the paired difference to `after` (95% intervals),
+    `marks` drawn across. Each run's own learning curves are in its run folder."""
+    panels = {f"{evaluated} accuracy, % (95% interval)": ([l["heldout_acc"] for l in lines], marks),
+              "Δ vs after, points (paired, 95%)": ([l["diff"] for l in lines], {"no difference": 0.0})}
+    fig, axes = pyplot().subplots(1, 2, figsize=(12, 0.28 * len(lines) + 1.5), sharey=True, squeeze=False)
     y = np.arange(len(lines))[::-1]
     for ax, (title, (pairs, references)) in zip(axes[0], panels.items()):
         values, halves = (100 * np.array(column, float) for column in zip(*pairs))

@@ -1,11 +1,12 @@
 """Peak memory of a 1-epoch run against the size of the training split.
 
     python -m tools.memory             # the benchmark with 1x, 4x and 10x its training images
-    python -m tools.memory 1 2         # other multiples, in rising order
+    python -m tools.memory 1 2         # other multiples
 
-Each scale generates the benchmark with train0/train1 multiplied (valid and test unchanged) into a scratch
-folder, runs `run_transformer.py --loss smooth --epochs 1` on it as a subprocess, and appends the command,
-commit, training images and the child's peak resident memory to results/speed/memory.txt.
+Each scale multiplies the benchmark's training split (valid and test unchanged) in a scratch folder, runs
+`run_transformer.py --loss smooth --epochs 1` on it and appends the command, commit, training images and the
+child's peak resident memory to results/speed/memory.txt. Scales run in rising order: the kernel reports the
+largest child's peak so far.
 """
 from __future__ import annotations
 
@@ -33,25 +34,21 @@ def peak_gb(scale: float, scratch: Path) -> tuple[list[str], int, float]:
     command = [sys.executable, "run_transformer.py", "--loss", "smooth", "--epochs", "1", "--data-dir",
                str(data_dir), "--out-dir", str(scratch / f"runs-x{scale:g}"),
                "--predictions", str(scratch / f"predictions-x{scale:g}.txt")]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux; the largest child so far
-    if peak <= before:
-        print(f"warning: x{scale:g} peaked below an earlier run ({before} KiB); run scales in rising order")
     return command, sizes.train0 + sizes.train1, peak / 2**20
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.memory", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scales", type=float, nargs="*", default=[1, 4, 10],
-                        help="training-split multipliers, in rising order")
+    parser.add_argument("scales", type=float, nargs="*", default=[1, 4, 10], help="training-split multipliers")
     parser.add_argument("--out", default=str(ROOT / "results" / "speed" / "memory.txt"))
     args = parser.parse_args()
     record = provenance()
     commit = record["commit"] + (" (uncommitted changes)" if record["dirty"] else "")
     with tempfile.TemporaryDirectory() as scratch:
-        for scale in args.scales:
+        for scale in sorted(args.scales):
             command, images, gb = peak_gb(scale, Path(scratch))
             line = f"{' '.join(command[1:])}  commit {commit}  train images {images}  peak {gb:.2f} GB"
             print(line)

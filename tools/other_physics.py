@@ -82,14 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory")
     p.add_argument("--kind", choices=tuple(KINDS), default="axis-length")
-    p.add_argument("--train", type=int, default=6000)
-    p.add_argument("--valid", type=int, default=1000)
-    p.add_argument("--test", type=int, default=1000)
+    p.add_argument("--train", type=int, default=6000, help="training images (valid and test: 1,000 each)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--contrast", type=float, default=1.0, help="how far state 1's lengths lie from state 0's, "
-                   "relative to the kind's own (larger: easier)")
     args = p.parse_args(argv)
-    print(make(args.directory, args.kind, args.train, args.valid, args.test, seed=args.seed, contrast=args.contrast))
+    print(make(args.directory, args.kind, args.train, seed=args.seed))
     return 0
 
 

@@ -47,8 +47,8 @@ def test_time_to_target_reports_validation_and_test_targets(tiny_benchmark: Path
 @pytest.mark.parametrize("argv, message", [
     (["--emb-dim", "0"], "error: argument --emb-dim: '0' is out of range for --emb-dim (must be > 0); see --help"),
     (["--seconds", "-1"], "error: argument --seconds: '-1' is out of range for --seconds (must be >= 0); see --help"),
-    (["--target", "1.5"], "error: argument --target: '1.5' is not a list of accuracies in (0, 1] such as "
-                          "0.83,0.96; see --help")])
+    (["--target", "0.9", "1.5"], "error: argument --target: '1.5' is out of range for --target (must be in (0, 1]); "
+                                 "see --help")])
 def test_bad_flags_are_one_line_errors(argv, message, capsys):
     assert bench.main(argv) == 2
     assert capsys.readouterr().err == message + "\n"

@@ -1,7 +1,6 @@
 """The ablation harness: grid bookkeeping, resumption after an interruption, and one real end-to-end run."""
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import shutil
@@ -22,6 +21,20 @@ from predict import predict_file
 from train import Interrupted
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def report_rows(out: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """The report's "All rows" table by (configuration, channels), each row keyed by column heading."""
+    table = (out / "report.md").read_text().split("All rows:")[1].split("![accuracy]")[0].strip().splitlines()
+    heads = [c.strip() for c in table[0].strip("|").split("|")]
+    rows = [dict(zip(heads, (c.strip() for c in line.strip("|").split("|")))) for line in table[2:]]
+    return {(r["configuration"], r["channels"]): r for r in rows}
+
+
+def interval(cell: str) -> tuple[float, float]:
+    """A report cell "98.10 ± 0.20" (in %) as (0.981, 0.002)."""
+    mean, half = cell.split(" ± ")
+    return float(mean) / 100, float(half) / 100
 
 
 def changed(cfg: Config, base: Config) -> dict:
@@ -61,10 +74,10 @@ class FakeRun:
 
 
 def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark: Path, tmp_path: Path,
-                                                                  monkeypatch, capsys):
+                                                                  monkeypatch, capsys, unrendered_figures):
     out = tmp_path / "out"
     argv = ["--only", "before,+sgd-linear", "--data-dir", str(tiny_benchmark), "--out-dir", str(out),
-            "--epochs", "2", "--seeds", "3", "--device", "cpu", "--lrs", "adamw=0.001,sgd=0.02"]
+            "--epochs", "2", "--seeds", "3", "--device", "cpu", "--adamw-lr", "0.001", "--sgd-lr", "0.02"]
     total = 2 * 2 * 3  # 2 configurations x 2 channel sets x 3 seeds
     monkeypatch.setattr(compare, "PER_CLASS", 50)  # a small held-out set: the runs are fakes
     first = FakeRun(interrupt_after=7)
@@ -84,10 +97,11 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(rows) == total and len({r["key"] for r in rows}) == total
     # Every variant ran its seeds at its optimizer's rate.
-    report = list(csv.DictReader(open(out / "report.csv")))
-    assert {r["variant"]: float(r["lr"]) for r in report} == {
-        "before/with-date": 1e-3, "before/no-date": 1e-3, "+sgd-linear/with-date": 0.02, "+sgd-linear/no-date": 0.02}
-    assert all(r["seeds"] == "3" and float(r["test_acc_mean"]) == pytest.approx(0.75) for r in report)
+    report = report_rows(out)
+    both = ("density,recording_date", "density")
+    assert {key: float(r["lr"]) for key, r in report.items()} == {
+        **{("before", c): 1e-3 for c in both}, **{("+sgd-linear", c): 0.02 for c in both}}
+    assert all(r["seeds"] == "3" and r["test acc"] == "75.0 ± 0.0" for r in report.values())
     third = FakeRun()
     monkeypatch.setattr(compare, "train_one", third)
     assert compare.main(argv) == 0 and third.calls == [], "a finished grid runs nothing"
@@ -102,12 +116,13 @@ def test_interrupted_grid_resumes_without_rerunning_finished_runs(tiny_benchmark
     assert "Incomplete grid" in (out / "report.md").read_text()
 
 
-def test_a_grid_refuses_to_continue_on_changed_data(tiny_benchmark: Path, tmp_path: Path, monkeypatch, capsys):
+def test_a_grid_refuses_to_continue_on_changed_data(tiny_benchmark: Path, tmp_path: Path, monkeypatch, capsys,
+                                                    unrendered_figures):
     """After one sample of train.hdf5 changed, rerunning the command would skip the finished runs (same keys) and
     report runs on the old and the new data as one experiment. One line naming the file, exit 2, nothing run."""
     data, out = Path(shutil.copytree(tiny_benchmark, tmp_path / "data")), tmp_path / "out"
     argv = ["--only", "before", "--data-dir", str(data), "--out-dir", str(out), "--epochs", "1", "--seeds", "1",
-            "--lrs", "adamw=0.001", "--device", "cpu"]
+            "--adamw-lr", "0.001", "--device", "cpu"]
     monkeypatch.setattr(compare, "PER_CLASS", 50)
     monkeypatch.setattr(compare, "train_one", FakeRun())
     assert compare.main(argv) == 0
@@ -177,21 +192,16 @@ def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys, mon
         predict_file(Path(r["summary"]["run_dir"]), str(held), str(output), "cpu", log=lambda m: None)
         assert r["heldout"]["n"] == len(truth) == 2 * compare.QUICK_HELDOUT_PER_CLASS
         assert r["heldout"]["acc"] == pytest.approx(np.mean(np.loadtxt(output, dtype=int) == truth), abs=1e-6)
-    report = list(csv.DictReader(open(out / "report.csv")))
-    assert [r["variant"] for r in report] == ["cnn/no-date"]
-    for line in report:  # the report's mean is over the seeds
-        seeds = [r for r in rows if r["variant"] == line["variant"]]
-        assert line["seeds"] == "1" and len(seeds) == 1 and line["init"] == "torch"
-        assert float(line["test_acc_mean"]) == pytest.approx(np.mean([r["summary"]["test_acc"] for r in seeds]),
-                                                             abs=1e-4)
-        assert (line["eval_set"], line["eval_n"]) == ("held-out", str(len(truth)))
-        assert float(line["heldout_acc"]) == pytest.approx(np.mean([r["heldout"]["acc"] for r in seeds]), abs=1e-6)
-        assert line["reference"] == line["variant"].replace("cnn", "after")
+    (line,) = report_rows(out).values()
+    assert (line["configuration"], line["channels"], line["seeds"], line["init"]) == ("cnn", "density", "1", "torch")
+    assert float(line["test acc"].split(" ± ")[0]) == pytest.approx(100 * rows[0]["summary"]["test_acc"], abs=0.05)
+    assert line["held-out acc"] == f"{100 * rows[0]['heldout']['acc']:.2f} (1 seed)"
+    assert line["Δ vs after"] == "–", "no after/no-date row to pair with"
     for name in ("report.md", "figures/accuracy.png"):
         assert (out / name).stat().st_size > 0, name
     md = (out / "report.md").read_text()
     assert "Bayes limit" in md and "Incomplete" not in md
-    assert "runs by code version: " in md and all(set(r["provenance"]) == {"commit", "dirty", "command"} for r in rows)
+    assert all(set(r["provenance"]) == {"commit", "dirty", "command"} for r in rows)
     assert compare.main(argv) == 0 and "0 runs to do; 1 finished runs" in capsys.readouterr().out
 
 
@@ -220,13 +230,14 @@ def test_quick_grid_answers_the_question_on_the_users_data_without_an_answer_key
     with h5py.File(out / "data" / "train.hdf5") as train_part, h5py.File(out / "data" / "valid.hdf5") as choice:
         assert len(train_part["labels"]) == 300 and len(choice["labels"]) == 60
         assert choice["labels"][()].mean() == pytest.approx(0.5)  # stratified
-    report = {r["variant"]: r for r in csv.DictReader(open(out / "report.csv"))}
-    assert set(report) == {"before/no-date", "after/no-date"}
-    for name, line in report.items():
-        assert line["eval_n"] == "120" and 0 <= float(line["heldout_acc"]) <= 1
-        assert 0 < float(line["heldout_acc_ci95"]) < 0.5
-        if name != "after/no-date":
-            assert abs(float(line["diff_vs_reference"])) <= 1 and float(line["diff_ci95"]) > 0
+    report = report_rows(out)
+    assert set(report) == {("before", "density"), ("after", "density")}
+    for (config, _), line in report.items():
+        acc, half = interval(line["validation file acc"])
+        assert 0 <= acc <= 1 and 0 < half < 0.5
+        if config != "after":
+            diff, half = interval(line["Δ vs after"])
+            assert abs(diff) <= 1 and half > 0
     md = (out / "report.md").read_text()
     assert "validation file acc" in md and "Reference classifier" in md
     for absent in ("Bayes", "83%", "benchmark", "nan"):
