@@ -189,9 +189,9 @@ def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:
         written = False
     if not written or state.epoch < cfg.epochs and state.epoch - state.best_epoch < cfg.patience:
         return ""
+    how = "" if state.epoch >= cfg.epochs else ", stopped early: a larger --patience trains on"
     return (f"nothing to resume: {run_dir} finished after epoch {state.epoch} of {cfg.epochs} (best epoch "
-            f"{state.best_epoch}; after an early stop a larger --patience trains on); its results are "
-            f"{run_dir}/report.md, summary.json and predictions.txt")
+            f"{state.best_epoch}{how}); its results are {run_dir}/report.md, summary.json and predictions.txt")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -231,7 +231,8 @@ def test_a_run_that_stopped_early_resumes_when_the_patience_is_raised(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"epochs_run": 1}))
     assert run_transformer.finished_line(tmp_path, cfg, state) == ""  # results of an earlier epoch
     (tmp_path / "summary.json").write_text(json.dumps({"epochs_run": 2}))
-    assert "finished after epoch 2 of 4 (best epoch 1;" in run_transformer.finished_line(tmp_path, cfg, state)
+    assert "finished after epoch 2 of 4 (best epoch 1, stopped early: a larger --patience trains on)" in \
+        run_transformer.finished_line(tmp_path, cfg, state)
     assert run_transformer.finished_line(tmp_path, run_transformer.Config(epochs=4, patience=3), state) == ""
 
 
