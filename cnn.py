@@ -10,8 +10,7 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class ReferenceCNN(nn.Module):
-    """(B, C, 28, 28) -> (B, 1) logits: two conv blocks (C -> 16 -> 32), then Linear(32*7*7 -> 128 -> 1).
-    The image side must divide by 4 (build_model says so to the user)."""
+    """(B, C, S, S) -> (B, 1) logits: two conv blocks (C -> 16 -> 32), then Linear(32*S*S/16 -> 128 -> 1), S % 4 = 0."""
 
     def __init__(self, *, in_channels: int = 2, image_size: int = 28):
         super().__init__()

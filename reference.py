@@ -1,7 +1,6 @@
-"""The yardstick on any data set: logistic regression on the model's inputs' pixels, Fourier mode powers and
-log powers (linear in the mode powers, as the exact log-likelihood ratio of Gaussian fields), L2 chosen on a
-stratified fifth of the training split. An nn.Module, so sensitivity.py maps it like the model.
-"""
+"""The yardstick on any data set: logistic regression on the model's inputs' pixels, Fourier mode powers and log
+powers (the exact log-likelihood ratio of Gaussian fields is linear in the powers), L2 chosen on a stratified fifth
+of the training split. An nn.Module, so sensitivity.py maps it like the model."""
 from __future__ import annotations
 
 import math
@@ -74,8 +73,8 @@ def fit_reference(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> tuple[Refe
 
 
 @torch.no_grad()
-def logits(model: Reference, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
-    return torch.cat([model(xb).squeeze(1) for xb in x.split(batch)])
+def logits(model: Reference, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model(xb).squeeze(1) for xb in x.split(4096)])
 
 
 def paired_gap(reference_correct: torch.Tensor, model_correct: torch.Tensor) -> tuple[float, float]:

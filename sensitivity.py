@@ -1,9 +1,6 @@
 """What the model learned: s_k = d logit / d log a_k, the logit's sensitivity to the amplitude of each Fourier
-mode k of the density channel, averaged over validation images. Scaling one mode commutes with whitening and
-normalisation, so s_k is the same in raw and input space; by Parseval s_k = Re(conj(G_k) X_k) / S^2 for the
-input X and the logit's gradient G: one backward pass per batch. For the benchmark's exact log-likelihood ratio
-the mean map is lambda_k (1/lambda0_k - 1/lambda1_k) ~ -|k| cos 2θ (docs/usage.md).
-"""
+mode k, by Parseval Re(conj(G_k) X_k) / S^2 for the input X and the logit's gradient G; scaling a mode commutes
+with whitening and normalisation, so s_k is the same in raw and input space (docs/usage.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,44 +14,39 @@ SENSITIVITY_IMAGES = 512  # validation images averaged: the map's noise is a few
 BATCH = 64
 
 
-def prepared(model: nn.Module, x: torch.Tensor, views: Views | None, images: int, seed: int):
-    """`images` random images of x, the same ones every time, and the logit to read: the model's, or its mean over
-    the unshifted `views` (shift unit 1 puts every offset at 0; shifts change no mode's power)."""
-    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:images].to(x.device)]
+def prepared(model: nn.Module, x: torch.Tensor, views: Views | None, images: int):
+    """The model in eval mode (for good: the report's last step), `images` fixed random images of x and the logit:
+    the model's, or its mean over the unshifted `views` (unit 1: all offsets 0; shifts change no mode's power)."""
+    model.eval()
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:images].to(x.device)]
     return x, (model if views is None else lambda batch: view_averaged_logits(model, batch, 1, views))
 
 
 def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: Views | None = None,
-                     images: int = SENSITIVITY_IMAGES, seed: int = 0) -> np.ndarray:
+                     images: int = SENSITIVITY_IMAGES) -> np.ndarray:
     """The (S, S) map s_k of input `channel` (k = 0 at [0, 0]) over `images` random images of x (N, C, S, S)."""
-    x, forward = prepared(model, x, views, images, seed)
-    was_training = model.training
-    model.eval()
+    x, forward = prepared(model, x, views, images)
     total = torch.zeros(x.shape[-2:], dtype=torch.float64, device=x.device)
     for xb in x.split(BATCH):
         xb = xb.detach().clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(forward(xb).float().sum(), xb)
         g_k, x_k = torch.fft.fft2(grad[:, channel].double()), torch.fft.fft2(xb[:, channel].detach().double())
         total += (g_k.conj() * x_k).real.sum(dim=0)
-    model.train(was_training)
     return (total / (len(x) * x.shape[-1] ** 2)).cpu().numpy()
 
 
 @torch.no_grad()
-def channel_importance(model: nn.Module, x: torch.Tensor, views: Views | None = None, images: int = SENSITIVITY_IMAGES,
-                       seed: int = 0) -> list[float]:
+def channel_importance(model: nn.Module, x: torch.Tensor, views: Views | None = None, images: int = SENSITIVITY_IMAGES
+                       ) -> list[float]:
     """Per input channel, the mean |change of the logit| when that channel alone is swapped between images: which
     channels the model reads, in logit units (0 for one it ignores)."""
-    x, forward = prepared(model, x, views, images, seed)
-    was_training = model.training
-    model.eval()
+    x, forward = prepared(model, x, views, images)
     base = torch.cat([forward(xb).float() for xb in x.split(BATCH)])
     change = []
     for channel in range(x.shape[1]):
         swapped = x.clone()
         swapped[:, channel] = x[:, channel].roll(1, 0)  # every image gets its neighbour's channel
         change.append(float((torch.cat([forward(xb).float() for xb in swapped.split(BATCH)]) - base).abs().mean()))
-    model.train(was_training)
     return change
 
 

@@ -86,8 +86,7 @@ class VisionTransformer(nn.Module):
                                             norm=block_norm) for _ in range(depth)])
         self.norm, self.head = make_norm(block_norm, emb_dim), nn.Linear(emb_dim, 1)
         self.pool, self.shift_unit = pool, patch_size  # a whole-patch shift moves no patch boundary
-        # torch: nn.Linear's own fan-in uniform; xavier: Xavier-uniform, zero biases; trunc02: truncated normal
-        # std 0.02, zero biases (the DeiT/AdamW convention, too small for SGD at width 32)
+        # torch: nn.Linear's own; trunc02 (std 0.02) is the DeiT/AdamW convention, too small for SGD at width 32
         for module in self.modules():
             if init != "torch" and isinstance(module, nn.Linear):
                 if init == "xavier":

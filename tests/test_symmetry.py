@@ -90,7 +90,7 @@ def test_a_symmetry_that_holds_is_rejected_at_the_stated_rate():
             rates.setdefault(name, []).append(symmetry.projection_z(*args) > 1.645)
     for name, hits in rates.items():
         assert 0.02 <= np.mean(hits) <= 0.09, (name, np.mean(hits))
-    z = symmetry.z_threshold(36, 0.01)
+    z = symmetry.z_threshold(36)
     assert 36 * (1 - float(torch.special.ndtr(torch.tensor(z, dtype=torch.float64)))) == pytest.approx(0.01)
 
 
