@@ -13,8 +13,7 @@ import torch
 
 from config import UserError
 
-# (transpose, flip rows, flip columns), applied in that order; flip0 reverses the first axis, flip1 the second;
-# rotations are counter-clockwise, as numpy.rot90
+# (transpose, flip rows, flip columns) in that order; flip0 reverses axis 0; rotations are numpy.rot90's
 ELEMENTS = {"identity": (False, False, False), "flip1": (False, False, True), "flip0": (False, True, False),
             "rot180": (False, True, True), "transpose": (True, False, False), "rot270": (True, False, True),
             "rot90": (True, True, False), "antitranspose": (True, True, True)}
@@ -132,9 +131,8 @@ class SymmetryPlan:
         return None if self.views is None else Views(self.views.rules)
 
     def to_dict(self) -> dict[str, Any]:
-        rules, shifts = self.augment.rules, self.augment.shifts
+        rules, shifts, v = self.augment.rules, self.augment.shifts, self.views
         augment = {"keep": [n for n, s in rules if not s], "swap": [n for n, s in rules if s], "shifts": shifts}
-        v = self.views
         views = None if v is None else {"rules": [list(rule) for rule in v.rules], "shifts": v.shifts}
         return {"augment": augment, "views": views, "found": self.found}
 
@@ -170,11 +168,6 @@ def projection_z(a: torch.Tensor, b: torch.Tensor, fit_a: torch.Tensor, fit_b: t
     return float((u.mean() - v.mean()) / (math.sqrt(float(u.var()) / len(u) + float(v.var()) / len(v)) + 1e-30))
 
 
-def z_threshold(tests: int) -> float:
-    """The z above which `tests` tests of true nulls reject any with probability <= FALSE_ALARM (Bonferroni)."""
-    return float(torch.special.ndtri(torch.tensor(1 - FALSE_ALARM / tests, dtype=torch.float64)))
-
-
 def check_sample(labels: np.ndarray, channels: int, size: int) -> np.ndarray:
     """Indices of the training images the check reads: up to MAX_FEATURE_VALUES worth of each state, at random."""
     per_state = max(MAX_FEATURE_VALUES // (2 * channels * (5 * size * size + 4)), MIN_PER_STATE)
@@ -199,7 +192,7 @@ def check(images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         return features(transform(x[c]))[:, cols] * inverse
 
     tests = 4 * (len(NAMES) - 1) + 2 * 4
-    threshold = z_threshold(tests)
+    threshold = float(torch.special.ndtri(torch.tensor(1 - FALSE_ALARM / tests, dtype=torch.float64)))  # Bonferroni
     found: dict[str, Any] = {"images": {str(c): len(x[c]) for c in (0, 1)}, "tests": tests,
                              "false_alarm": FALSE_ALARM, "z_threshold": round(threshold, 2), "elements": {}}
     for name in NAMES[1:]:
