@@ -38,8 +38,7 @@ def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: Vie
 @torch.no_grad()
 def channel_importance(model: nn.Module, x: torch.Tensor, views: Views | None = None, images: int = SENSITIVITY_IMAGES
                        ) -> list[float]:
-    """Per input channel, the mean |change of the logit| when that channel alone is swapped between images: which
-    channels the model reads, in logit units (0 for one it ignores)."""
+    """Per input channel, the mean |change of the logit| when that channel alone is swapped between images."""
     x, forward = prepared(model, x, views, images)
     base = torch.cat([forward(xb).float() for xb in x.split(BATCH)])
     change = []

@@ -263,8 +263,7 @@ def _table(group: Symmetries, device: torch.device) -> torch.Tensor:
 
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, group: Symmetries) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random element of `group` per image (label swapped by its rule) and, with shifts, one random periodic
-    shift per batch; drawn from torch's global generator on x's device, without a host sync."""
+    """A random element of `group` per image (label swapped by its rule), with shifts one per batch; no host sync."""
     b = len(x)
     draws = torch.rand(3, b, device=x.device) < 0.5
     slot = draws[0].long() * 4 + draws[1].long() * 2 + draws[2].long()
