@@ -89,8 +89,7 @@ class Config:
     patience: int = _opt(CONTROL, 6, "stop after this many epochs without a better validation loss", check=positive)
     seed: int = _opt(EXPERIMENT, 0, "seed for initialisation, shuffling and dropout")
     device: str = _opt(EXECUTION, "auto", "auto picks cuda when available", choices=("auto", "cpu", "cuda"))
-    precision: str = _opt(EXPERIMENT, "auto", "bf16 autocast or fp32; auto: bf16 where the device has it natively",
-                          choices=("auto", "fp32", "bf16"))
+    precision: str = _opt(EXPERIMENT, "auto", "auto: bf16 autocast where native", choices=("auto", "fp32", "bf16"))
     compile: bool = _opt(EXECUTION, False, "torch.compile the training steps")
     sync_bn: bool = _opt(CONTROL, False, "under torchrun: synchronise BatchNorm statistics across processes")
     out_dir: str = _opt(OUTPUT, "runs", "each run gets a fresh sub-folder here")

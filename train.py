@@ -133,7 +133,11 @@ def build_training(cfg: Config, in_channels: int, image_size: int, n_train: int,
                    ) -> Training:
     """Model, optimizer, schedule, autocast and loss; compiled with CUDA graphs on one GPU (launch-bound)."""
     model = build_model(cfg, in_channels, image_size).to(device)
-    step_model = distributed.wrap(model, device, cfg.sync_bn)
+    step_model = model
+    if distributed.active():  # DDP shares `model`'s parameters; SyncBatchNorm converts in place, keeping the keys
+        if cfg.sync_bn:
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
         graphs = device.type == "cuda" and not distributed.active()
         step_model = torch.compile(step_model, mode="reduce-overhead" if graphs else None)
@@ -148,10 +152,8 @@ def build_training(cfg: Config, in_channels: int, image_size: int, n_train: int,
 def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None) -> torch.Tensor:
     """Eval-mode logits of state 1, (N,), averaged over `views`; NonFinitePredictions where a forward pass overflows."""
     forward = (lambda images: view_averaged_logits(model, images, model.shift_unit, views)) if views else model
-    was_training = model.training
-    model.eval()
+    model.eval()  # train_epoch switches back
     logits = torch.cat([forward(x[i:i + 2048]).float().squeeze(1) for i in range(0, len(x), 2048)])
-    model.train(was_training)
     bad = int((~torch.isfinite(logits)).sum())
     if bad:
         raise NonFinitePredictions(f"{bad} of {len(logits)} predictions are NaN or infinite (the forward pass "
