@@ -110,18 +110,15 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
         except Diverged as e:  # predict from the best epoch when there is one
             if main_rank and (run_dir / "best.pt").exists():
                 end(diverged=str(e))
-                raise Diverged(f"{e}. Kept {run_dir}/best.pt (epoch {state.best_epoch}) and wrote the predictions "
-                               f"from it") from None
+                raise Diverged(f"{e}. Kept {run_dir}/best.pt (epoch {state.best_epoch}), predicted with it") from None
             raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
         return end() if main_rank else {"rank": distributed.rank(), "epochs_run": state.epoch}
     except Interrupted as e:  # also while the end of the run writes: last.pt is complete
         raise Interrupted(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
                           f"python run_transformer.py --resume {run_dir}", e.signum) from None
     except NonFinitePredictions as e:  # the best epoch's model overflows on all views or on test
-        where = (f"the model of {run_dir}/best.pt (epoch {state.best_epoch}) diverges on the validation split's "
-                 f"test-time views or on the test split")
-        raise Diverged(f"{overflow_message(e, where, cfg.lr)}. Kept best.pt and last.pt; no predictions were "
-                       f"written") from None
+        where = f"the model of {run_dir}/best.pt (epoch {state.best_epoch}) overflows on validation views or test"
+        raise Diverged(f"{overflow_message(e, where, cfg.lr)}. Kept best.pt, last.pt; no predictions written") from None
     except WriteFailed as e:  # a full disk: the files being replaced, last.pt among them, are still complete
         raise WriteFailed(f"{e}, then resume with: python run_transformer.py --resume {run_dir}") from None
 
@@ -171,8 +168,6 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
         log(note)
     return summary
 
-
-# ---- command line ----------------------------------------------------------------------------------------
 
 def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:
     """What --resume prints for a finished run whose summary.json was written, else ""."""
