@@ -48,8 +48,7 @@ def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict[st
         saved = config_from_dict(payload["config"])
         TrainState(**payload["train_state"])
     except (TypeError, AttributeError):
-        raise UserError(f"{run_dir}/last.pt cannot be resumed (its training state is damaged); start a new "
-                        f"run") from None
+        raise UserError(f"{run_dir}/last.pt cannot be resumed: its training state is damaged; train anew") from None
     asked = dataclasses.replace(saved, **typed)
     for kind, role in (("model", MODEL), ("optimizer", OPTIMIZER), ("training", EXPERIMENT)):
         changes = ", ".join(f"{flag(k)}: checkpoint {getattr(saved, k)!r} vs requested {getattr(asked, k)!r}"

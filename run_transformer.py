@@ -43,8 +43,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
         check_writable(predictions)
         if predictions.exists() and (predictions.stat().st_size > 1 << 26 or
                                      not set(predictions.read_bytes()) <= set(b"01\n")):
-            raise UserError(f"--predictions {predictions} exists and is not a predictions file (0/1 lines); it would "
-                            f"be overwritten, so choose another path")
+            raise UserError(f"--predictions {predictions} is not a predictions file to overwrite; choose another path")
     else:
         log, progress = (lambda message: None), False
     for spec, name in ((cfg.augment, "--augment"), (cfg.tta, "--tta")):

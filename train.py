@@ -156,8 +156,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None
     logits = torch.cat([forward(x[i:i + 2048]).float().squeeze(1) for i in range(0, len(x), 2048)])
     bad = int((~torch.isfinite(logits)).sum())
     if bad:
-        raise NonFinitePredictions(f"{bad} of {len(logits)} predictions are NaN or infinite (the forward pass "
-                                   f"overflows)")
+        raise NonFinitePredictions(f"{bad} of {len(logits)} predictions are NaN or infinite (forward pass overflows)")
     return logits
 
 
