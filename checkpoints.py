@@ -1,5 +1,4 @@
-"""Reading checkpoints back (best.pt, last.pt: run_transformer.run writes all that resuming exactly or predicting
-without the training data needs, report.assess adds `calibration` and `drift` to best.pt); the rules of --resume."""
+"""Reading back the checkpoints that run_transformer.run writes (best.pt, last.pt); the rules of --resume."""
 from __future__ import annotations
 
 import dataclasses
@@ -38,21 +37,18 @@ def trained_model(payload: dict[str, Any], device: torch.device) -> torch.nn.Mod
 
 
 def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
-    """The saved config with the flags typed now, and the run's last.pt; refuses flags that would change the
-    experiment (the model, optimizer and training settings): patience, device, compiler and outputs may change."""
+    """The saved config with the typed flags applied, and last.pt; refuses flags that would change the experiment."""
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir} is not a run folder; pass a folder written by run_transformer.py")
     payload = load_checkpoint(run_dir / "last.pt")
     missing = sorted({"optimizer", "scheduler", "train_state", "rng", "cuda_rng"} - payload.keys())
     if missing:
-        raise UserError(f"{run_dir}/last.pt cannot be resumed (no {', '.join(missing)}); it is damaged or was not "
-                        f"written by run_transformer.py")
+        raise UserError(f"{run_dir}/last.pt cannot be resumed (no {', '.join(missing)}); start a new run")
     try:
         saved = config_from_dict(payload["config"])
         TrainState(**payload["train_state"])
     except (TypeError, AttributeError):
-        raise UserError(f"{run_dir}/last.pt cannot be resumed (its config or training state is damaged); start a "
-                        f"new run") from None
+        raise UserError(f"{run_dir}/last.pt cannot be resumed: its training state is damaged; train anew") from None
     asked = dataclasses.replace(saved, **typed)
     for kind, role in (("model", MODEL), ("optimizer", OPTIMIZER), ("training", EXPERIMENT)):
         changes = ", ".join(f"{flag(k)}: checkpoint {getattr(saved, k)!r} vs requested {getattr(asked, k)!r}"

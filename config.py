@@ -89,8 +89,7 @@ class Config:
     patience: int = _opt(CONTROL, 6, "stop after this many epochs without a better validation loss", check=positive)
     seed: int = _opt(EXPERIMENT, 0, "seed for initialisation, shuffling and dropout")
     device: str = _opt(EXECUTION, "auto", "auto picks cuda when available", choices=("auto", "cpu", "cuda"))
-    precision: str = _opt(EXPERIMENT, "auto", "bf16 autocast or fp32; auto: bf16 where the device has it natively",
-                          choices=("auto", "fp32", "bf16"))
+    precision: str = _opt(EXPERIMENT, "auto", "auto: bf16 autocast where native", choices=("auto", "fp32", "bf16"))
     compile: bool = _opt(EXECUTION, False, "torch.compile the training steps")
     sync_bn: bool = _opt(CONTROL, False, "under torchrun: synchronise BatchNorm statistics across processes")
     out_dir: str = _opt(OUTPUT, "runs", "each run gets a fresh sub-folder here")
@@ -127,18 +126,15 @@ class Parser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Each flag's default after its help, except an empty one; the description kept as written."""
+    """Each flag's default after its help, except an empty one (0 and False are shown); the description as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, "", {}, [], ()):  # not 0 or False: those are values a flag shows
-            return action.help or ""
-        return super()._get_help_string(action)
+        return action.help or "" if action.default in (None, "", {}, [], ()) else super()._get_help_string(action)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None,
                      defaults: dict[str, Any] | None = None, notes: dict[str, str] | None = None) -> None:
-    """A --flag for each named Config field (all by default); `defaults` replace the fields' defaults for this
-    parser, `notes` add to their help."""
+    """A --flag for each named Config field (default: all), with these `defaults` and `notes` added to the help."""
     defaults, notes = defaults or {}, notes or {}
     by_name = {f.name: f for f in dataclasses.fields(Config)}
     unknown = (set(names or ()) | defaults.keys() | notes.keys()) - by_name.keys()

@@ -5,7 +5,6 @@ from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from config import UserError
 
@@ -61,15 +60,6 @@ def main_first():
     finally:  # also on an error, so the others are released (and meet the same error themselves)
         if active() and is_main():
             dist.barrier()
-
-
-def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
-    """DistributedDataParallel around `model` (sharing its parameters), or `model` alone."""
-    if not active():
-        return model
-    if sync_bn:
-        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place (the root is no BatchNorm): same keys
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:

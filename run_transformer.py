@@ -1,9 +1,5 @@
-"""Train the gas classifier and write a complete, never-overwritten run folder.
-
-    python run_transformer.py --loss smooth                 # train (built-in benchmark when data/ is empty)
-    python run_transformer.py --resume runs/RUN             # continue an interrupted run
-    python run_transformer.py --predict runs/RUN --input new.hdf5 --output new_predictions.txt
-"""
+"""Train the gas classifier into a fresh run folder (the built-in benchmark when data/ is empty), continue one
+(--resume runs/RUN) or classify a file with one (--predict runs/RUN --input new.hdf5); see docs/usage.md."""
 from __future__ import annotations
 
 import argparse
@@ -36,8 +32,7 @@ from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, buil
 
 def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None = None,
         resume_dir: Path | None = None, last: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train one configuration end to end and write its run folder (or continue `resume_dir` from its `last.pt`);
-    returns the summary. Under torchrun every process runs this; rank 0 alone prints and writes."""
+    """Train one configuration and write its run folder (or continue `resume_dir`); rank 0 alone prints, writes."""
     start = time.time()
     device = distributed.setup(pick_device(cfg.device), cfg.sync_bn)
     cfg = resolve_precision(cfg, device)
@@ -48,8 +43,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
         check_writable(predictions)
         if predictions.exists() and (predictions.stat().st_size > 1 << 26 or
                                      not set(predictions.read_bytes()) <= set(b"01\n")):
-            raise UserError(f"--predictions {predictions} exists and is not a predictions file (0/1 lines); it would "
-                            f"be overwritten, so choose another path")
+            raise UserError(f"--predictions {predictions} is not a predictions file to overwrite; choose another path")
     else:
         log, progress = (lambda message: None), False
     for spec, name in ((cfg.augment, "--augment"), (cfg.tta, "--tta")):
@@ -115,26 +109,22 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
         except Diverged as e:  # predict from the best epoch when there is one
             if main_rank and (run_dir / "best.pt").exists():
                 end(diverged=str(e))
-                raise Diverged(f"{e}. Kept {run_dir}/best.pt (epoch {state.best_epoch}) and wrote the predictions "
-                               f"from it") from None
+                raise Diverged(f"{e}. Kept {run_dir}/best.pt (epoch {state.best_epoch}), predicted with it") from None
             raise Diverged(f"{e}. No epoch finished, so there is no checkpoint to predict with") from None
         return end() if main_rank else {"rank": distributed.rank(), "epochs_run": state.epoch}
     except Interrupted as e:  # also while the end of the run writes: last.pt is complete
         raise Interrupted(f"{e}; {run_dir}/last.pt holds epoch {state.epoch}. Resume with: "
                           f"python run_transformer.py --resume {run_dir}", e.signum) from None
     except NonFinitePredictions as e:  # the best epoch's model overflows on all views or on test
-        where = (f"the model of {run_dir}/best.pt (epoch {state.best_epoch}) diverges on the validation split's "
-                 f"test-time views or on the test split")
-        raise Diverged(f"{overflow_message(e, where, cfg.lr)}. Kept best.pt and last.pt; no predictions were "
-                       f"written") from None
+        where = f"the model of {run_dir}/best.pt (epoch {state.best_epoch}) overflows on validation views or test"
+        raise Diverged(f"{overflow_message(e, where, cfg.lr)}. Kept best.pt, last.pt; no predictions written") from None
     except WriteFailed as e:  # a full disk: the files being replaced, last.pt among them, are still complete
         raise WriteFailed(f"{e}, then resume with: python run_transformer.py --resume {run_dir}") from None
 
 
 def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.nn.Module, state: TrainState,
            log: Callable[[str], None], attempts: list[float], diverged: str = "") -> dict[str, Any]:
-    """The end of the run: restore best.pt, score it with all views, calibrate and assess it (report.assess),
-    write the predictions, curves, summary.json and report.md."""
+    """Score best.pt with all views, assess it and write the predictions, curves, summary.json and report.md."""
     best = load_checkpoint(run_dir / "best.pt")
     model.load_state_dict(best["model"])
     views = data.symmetry.views  # the best epoch was picked with the unshifted views; the final scores use all
@@ -178,11 +168,8 @@ def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.
     return summary
 
 
-# ---- command line ----------------------------------------------------------------------------------------
-
 def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:
-    """What --resume prints for a run with no epoch left to train whose results (summary.json) were written,
-    else ""."""
+    """What --resume prints for a finished run whose summary.json was written, else ""."""
     try:
         written = json.loads((run_dir / "summary.json").read_text())["epochs_run"] == state.epoch
     except (OSError, ValueError, LookupError, TypeError):
@@ -195,8 +182,7 @@ def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train, resume or predict; exit codes as in cli.exit_code. `typed`: the Config flags the user typed, which
-    --resume applies (argparse fills in a default only where the namespace has no value yet)."""
+    """Train, resume or predict; exit codes as in cli.exit_code."""
     def body() -> None:
         parser = Parser(description=__doc__, formatter_class=HelpFormatter)  # Config's flags, then the command modes
         add_config_flags(parser)
@@ -211,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         modes.add_argument("--output", metavar="FILE", default="", help="with --predict: where to write the 0/1 "
                            "predictions (a .csv of probabilities goes beside it; default: predictions-NAME.txt in "
                            "the run folder, NAME that of --input)")
-        unset = object()  # the value of every Config flag the user did not type
+        unset = object()  # argparse keeps it for every flag not typed: `typed` is what --resume applies
         namespace = argparse.Namespace(**{f.name: unset for f in dataclasses.fields(Config)})
         parsed = vars(parser.parse_args(sys.argv[1:] if argv is None else argv, namespace))
         command = argparse.Namespace(**{name: parsed.pop(name) for name in ("resume", "predict", "input", "output")})

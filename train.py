@@ -88,8 +88,7 @@ def build_optimizer(cfg: Config, model: nn.Module, device: torch.device) -> torc
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """Stepped every iteration. sgd: LinearLR 1.0 -> 0.1 over all epochs; adamw: linear warmup for
-    warmup_epochs, then cosine decay to zero."""
+    """Per step: sgd LinearLR 1.0 -> 0.1 over all epochs; adamw linear warmup, then cosine decay to zero."""
     total = steps_per_epoch * cfg.epochs
     if cfg.optimizer == "sgd":
         return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.1, total_iters=total)
@@ -111,8 +110,7 @@ def training_loss(cfg: Config) -> Callable[[torch.Tensor, torch.Tensor], torch.T
 
 
 def resolve_precision(cfg: Config, device: torch.device) -> Config:
-    """--precision auto made concrete for `device`, so that the run's config says what ran: bf16 where it is native
-    (CUDA with bf16 support, a CPU with AVX512-BF16 or AMX; elsewhere it is emulated, slower than fp32), else fp32."""
+    """--precision auto made concrete: bf16 where `device` has it natively (emulated bf16 is slower), else fp32."""
     if cfg.precision != "auto":
         return cfg
     native = (torch.cuda.is_bf16_supported() if device.type == "cuda" else
@@ -133,10 +131,13 @@ class Training:
 
 def build_training(cfg: Config, in_channels: int, image_size: int, n_train: int, device: torch.device
                    ) -> Training:
-    """Model, optimizer, schedule, precision (bf16 autocast where cfg.precision says bf16) and loss. Every batch
-    has one shape: one compile; CUDA graphs on one GPU, where launch overhead dominates a small model."""
+    """Model, optimizer, schedule, autocast and loss; compiled with CUDA graphs on one GPU (launch-bound)."""
     model = build_model(cfg, in_channels, image_size).to(device)
-    step_model = distributed.wrap(model, device, cfg.sync_bn)
+    step_model = model
+    if distributed.active():  # DDP shares `model`'s parameters; SyncBatchNorm converts in place, keeping the keys
+        if cfg.sync_bn:
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
         graphs = device.type == "cuda" and not distributed.active()
         step_model = torch.compile(step_model, mode="reduce-overhead" if graphs else None)
@@ -149,18 +150,13 @@ def build_training(cfg: Config, in_channels: int, image_size: int, n_train: int,
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None) -> torch.Tensor:
-    """Logits of state 1, (N,), of the bare model (not DDP or compile's wrapper: its shift_unit spaces the views'
-    shifts) in eval mode, averaged over `views`, in chunks of 2048 images; NonFinitePredictions when a forward
-    pass overflows (a NaN would become a silent 0 in the predictions)."""
+    """Eval-mode logits of state 1, (N,), averaged over `views`; NonFinitePredictions where a forward pass overflows."""
     forward = (lambda images: view_averaged_logits(model, images, model.shift_unit, views)) if views else model
-    was_training = model.training
-    model.eval()
+    model.eval()  # train_epoch switches back
     logits = torch.cat([forward(x[i:i + 2048]).float().squeeze(1) for i in range(0, len(x), 2048)])
-    model.train(was_training)
     bad = int((~torch.isfinite(logits)).sum())
     if bad:
-        raise NonFinitePredictions(f"{bad} of {len(logits)} predictions are NaN or infinite (the forward pass "
-                                   f"overflows)")
+        raise NonFinitePredictions(f"{bad} of {len(logits)} predictions are NaN or infinite (forward pass overflows)")
     return logits
 
 
@@ -181,8 +177,7 @@ class TrainState:
 
 
 class StopFlag:
-    """fit makes `handle` the SIGINT/SIGTERM handler; the loop checks `signum` between steps (no work is torn
-    mid-write)."""
+    """fit's SIGINT/SIGTERM handler: the loop checks `signum` between steps, so no write is torn."""
     signum: int | None = None
 
     def handle(self, signum: int, frame) -> None:
@@ -236,8 +231,7 @@ def train_epoch(training: Training, data: DeviceData, cfg: Config, epoch: int, s
 def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
         on_epoch: Callable[[TrainState, bool], None], log: Callable[[str], None] = print,
         progress: bool = False) -> TrainState:
-    """Train until cfg.epochs or early stopping on validation log loss; after every epoch on_epoch(state,
-    improved) saves what the caller wants."""
+    """Train until cfg.epochs or early stopping on validation log loss, calling on_epoch(state, improved)."""
     model, device, stop = training.model, data.x["train"].device, StopFlag()
     views = data.symmetry.epoch_views()  # image and partner, unshifted: the best epoch of all views in 12 of 12 runs
     n = views.count() if views else 1

@@ -103,5 +103,3 @@ def test_helpers_are_no_ops_without_torchrun():
     assert distributed.all_reduce(t) is t and distributed.all_reduce(t, "min") is t
     distributed.from_main(t)
     assert t.tolist() == [1.0, 2.0]
-    model = torch.nn.BatchNorm1d(3)
-    assert distributed.wrap(model, torch.device("cpu"), sync_bn=False) is model

@@ -356,8 +356,8 @@ def test_test_predictions_that_overflow_are_a_divergence_and_keep_the_checkpoint
     err = capsys.readouterr().err.strip()
     run_dir = only_run(tmp_path)
     assert rc == 3 and len(err.splitlines()) == 1, err
-    assert err.startswith(f"error: the model of {run_dir}/best.pt (epoch 1) diverges on the validation split's "
-                          f"test-time views or on the test split: 80 of 80 predictions are NaN or infinite"), err
+    assert err.startswith(f"error: the model of {run_dir}/best.pt (epoch 1) overflows on validation views or "
+                          f"test: 80 of 80 predictions are NaN or infinite"), err
     assert "try --lr 0.005" in err
     assert not (tmp_path / "pred.txt").exists() and not (run_dir / "predictions.txt").exists()
     assert torch.load(run_dir / "best.pt", weights_only=True)["train_state"]["epoch"] == 1
