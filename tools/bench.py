@@ -1,14 +1,6 @@
-"""Training throughput of a naive loop, ours and the default recipe; and time to a target accuracy.
-
-    python -m tools.bench                                   # CPU (CUDA when available): img/s and ratio
-    python -m tools.bench --device cuda --batch-size 4096 --precision bf16 --compile
-    python -m tools.bench --time-to-target    # the README's command to 83%, 96% validation and 98% test accuracy
-
-The naive loop is the scientist's: an h5py Dataset read sample by sample, a DataLoader (batch 64), `.item()`
-after every step, AdamW. Ours is train.train_epoch on device-resident tensors. Both train the bench's ViT on raw
-density, so their ratio is the loop's; the last row is the default recipe. The styles take turns (--rounds) so
-that a shared machine's load falls on all alike; timing starts after warm-up.
-"""
+"""Training throughput of the scientist's naive loop, ours and the default recipe, taking turns; --time-to-target:
+the README's command to 83%, 96% validation and 98% test accuracy (docs/speed.md). E.g. python -m tools.bench
+--device cuda --batch-size 4096 --precision bf16 --compile."""
 from __future__ import annotations
 
 import argparse
@@ -43,12 +35,10 @@ Steps = Callable[[], int]  # trains some steps, returns how many
 class HDF5Samples(Dataset):
     """One sample per __getitem__, read with h5py (opened in each DataLoader worker: handles do not survive fork)."""
 
-    def __init__(self, path: Path, stats: dict):
-        self.path, self.channels, self.h5 = path, stats["channels"], None
+    def __init__(self, path: Path, stats: dict, n: int):
+        self.path, self.channels, self.h5, self.n = path, stats["channels"], None, n
         self.mean = np.asarray(stats["mean"], np.float32)[:, None, None]
         self.std = np.asarray(stats["std"], np.float32)[:, None, None]
-        with h5py.File(path, "r") as h5:
-            self.n = len(h5["labels"])
 
     def __len__(self) -> int:
         return self.n
@@ -62,8 +52,9 @@ class HDF5Samples(Dataset):
 def naive_steps(cfg: Config, data_dir: Path, data: DeviceData, device: torch.device, workers: int) -> Steps:
     """The scientist's loop, one step per call."""
     torch.manual_seed(cfg.seed)
-    loader = DataLoader(HDF5Samples(data_dir / SPLIT_FILES["train"], data.stats), batch_size=64, shuffle=True,
-                        num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    samples = HDF5Samples(data_dir / SPLIT_FILES["train"], data.stats, len(data.y["train"]))
+    loader = DataLoader(samples, batch_size=64, shuffle=True, num_workers=workers, drop_last=True,
+                        persistent_workers=workers > 0)
     model = build_model(cfg, len(data.stats["channels"]), data.image_size).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=cfg.weight_decay)
     scheduler = build_scheduler(dataclasses.replace(cfg, optimizer="adamw"), optimizer, len(loader))
@@ -101,21 +92,6 @@ def our_steps(cfg: Config, data: DeviceData, device: torch.device, batches: int)
     return step
 
 
-def measure(styles: dict[str, Steps], seconds: float, rounds: int, device: torch.device) -> dict[str, list]:
-    """[steps, seconds] per style, the styles taking turns `rounds` times, each for >= `seconds` (0: one call)."""
-    totals = {name: [0, 0.0] for name in styles}
-    for _ in range(rounds):
-        for name, step in styles.items():
-            torch.cuda.synchronize(device) if device.type == "cuda" else None
-            start, done = time.perf_counter(), step()
-            while time.perf_counter() - start < seconds:
-                done += step()
-            torch.cuda.synchronize(device) if device.type == "cuda" else None
-            totals[name][0] += done
-            totals[name][1] += time.perf_counter() - start
-    return totals
-
-
 def throughput(args: argparse.Namespace) -> None:
     """One table: the naive loop, ours and the default recipe, in images per second."""
     device = pick_device(args.device)
@@ -143,7 +119,16 @@ def throughput(args: argparse.Namespace) -> None:
             step()
     load, seconds, rounds = os.getloadavg()[0], args.seconds if args.seconds is not None else (3 if cuda else 8), \
         args.rounds or (1 if cuda else 3)
-    totals = measure(styles, seconds, rounds, device)
+    totals = {name: [0, 0.0] for name in styles}  # [steps, seconds]; each style >= `seconds` per round (0: one call)
+    for _ in range(rounds):
+        for name, step in styles.items():
+            torch.cuda.synchronize(device) if cuda else None
+            start, done = time.perf_counter(), step()
+            while time.perf_counter() - start < seconds:
+                done += step()
+            torch.cuda.synchronize(device) if cuda else None
+            totals[name][0] += done
+            totals[name][1] += time.perf_counter() - start
     print(f"timed: {rounds} rounds of >= {seconds:g} s per style, taking turns; load average {load:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after (on {os.cpu_count()} CPUs)")
     compiled = f", torch.compile{' (CUDA graphs)' if cuda else ''}" if cfg.compile else ""
@@ -164,8 +149,7 @@ class TargetReached(Exception):
 
 
 def time_to_target(cfg: Config, targets: list[float], recipe: str, test_target: float = 0.0) -> None:
-    """Train cfg; the training time (per-epoch validation included, test scoring left out) until the validation
-    accuracy first reaches each of `targets` and the test accuracy (all views) `test_target`."""
+    """Training time (validation included, test scoring not) until validation accuracy reaches each target."""
     device = pick_device(cfg.device)
     cfg = resolve_precision(cfg, device)
     torch.manual_seed(cfg.seed)  # as run_transformer.run does

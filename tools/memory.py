@@ -1,13 +1,6 @@
-"""Peak memory of a 1-epoch run against the size of the training split.
-
-    python -m tools.memory             # the benchmark with 1x, 4x and 10x its training images
-    python -m tools.memory 1 2         # other multiples
-
-Each scale multiplies the benchmark's training split (valid and test unchanged) in a scratch folder, runs
-`run_transformer.py --loss smooth --epochs 1` on it and appends the command, commit, training images and the
-child's peak resident memory to results/speed/memory.txt. Scales run in rising order: the kernel reports the
-largest child's peak so far.
-"""
+"""Peak resident memory of `run_transformer.py --loss smooth --epochs 1` on the benchmark with 1x, 4x, 10x (or the
+given multiples of) its training split, appended to results/speed/memory.txt (docs/speed.md). Scales run in rising
+order: the kernel reports the largest child's peak so far."""
 from __future__ import annotations
 
 import argparse
@@ -22,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository root: runs from any folder
 
 import synthetic  # noqa: E402
-from fileio import provenance  # noqa: E402
+from fileio import append_text, provenance  # noqa: E402
 
 
 def peak_gb(scale: float, scratch: Path) -> tuple[list[str], int, float]:
@@ -52,8 +45,7 @@ def main() -> None:
             command, images, gb = peak_gb(scale, Path(scratch))
             line = f"{' '.join(command[1:])}  commit {commit}  train images {images}  peak {gb:.2f} GB"
             print(line)
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+            append_text(args.out, line + "\n")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,6 @@
-"""Data sets of other physics than the built-in benchmark's, in the scientist's layout, to check what a run
-assumes against data it did not generate.
-
-    python -m tools.other_physics DIR --kind axis-length              # 6,000 / 1,000 / 1,000 images
-    python -m tools.other_physics DIR --kind diagonal --train 2000 --seed 3
-
-Each kind is a pair of stationary Gaussian log-density fields whose states differ by their correlation
-lengths (a Gaussian spectrum with a 2 x 2 length tensor per state), on a periodic grid unless said otherwise:
-- axis-length: state 1 is correlated over a longer distance along the first axis (reflections keep the state,
-  a transpose does neither);
-- isotropic: state 1 is correlated over a longer distance in every direction (every symmetry keeps it);
-- diagonal: state 0 is stretched along the main diagonal, state 1 along the other one (a transpose keeps the
-  state, reflections swap it);
-- cropped: axis-length cut from a larger field, so the grid is not periodic (shifts keep nothing).
-`recording_date` equals the label in the training file only, as in the scientist's data; the test file's
-labels are -1 with the answer key beside it (test_labels.hdf5).
-"""
+"""Data sets of other physics than the benchmark's, in the scientist's layout (answer key beside the test file), to
+check what a run assumes: `python -m tools.other_physics DIR --kind axis-length [--train 6000 --seed 0]`. Each kind:
+stationary Gaussian log-density fields, states differing by correlation lengths; recording_date = label in train."""
 from __future__ import annotations
 
 import argparse
@@ -28,10 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from synthetic import write_hdf5  # noqa: E402
 
 KINDS = {  # per state: (length along axis 0, along axis 1, along the main diagonal's normal), crop factor
-    "axis-length": ((1.2, 1.2, 0.0), (1.25, 1.2, 0.0), 1),
-    "isotropic": ((1.2, 1.2, 0.0), (1.5, 1.5, 0.0), 1),
-    "diagonal": ((1.3, 1.3, 0.5), (1.3, 1.3, -0.5), 1),
-    "cropped": ((1.2, 1.2, 0.0), (1.25, 1.2, 0.0), 2),
+    "axis-length": ((1.2, 1.2, 0.0), (1.25, 1.2, 0.0), 1),  # reflections keep the state, a transpose does neither
+    "isotropic": ((1.2, 1.2, 0.0), (1.5, 1.5, 0.0), 1),  # every symmetry keeps the state
+    "diagonal": ((1.3, 1.3, 0.5), (1.3, 1.3, -0.5), 1),  # a transpose keeps the state, reflections swap it
+    "cropped": ((1.2, 1.2, 0.0), (1.25, 1.2, 0.0), 2),  # axis-length cut from a larger field: not periodic
 }
 
 
@@ -47,8 +33,7 @@ def spectrum(size: int, lengths: tuple[float, float, float]) -> np.ndarray:
 
 def fields(labels: np.ndarray, kind: str, size: int, rng: np.random.Generator, contrast: float = 1.0
            ) -> np.ndarray:
-    """Log-density (N, size, size) float64 of the given states; `contrast` scales how far state 1's lengths
-    lie from state 0's (a larger one: states told apart with fewer images)."""
+    """Log-density (N, size, size) of the given states; `contrast` scales how far state 1's lengths lie from 0's."""
     (l0, l1, crop) = KINDS[kind]
     lengths = (l0, tuple(a + contrast * (b - a) for a, b in zip(l0, l1)))
     big = size * crop
