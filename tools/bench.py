@@ -195,7 +195,7 @@ def accuracy(x: float) -> bool:
     return 0 < x <= 1
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def command(argv: list[str] | None) -> None:
     p = Parser(prog="python -m tools.bench", description=__doc__, formatter_class=HelpFormatter)
     add_config_flags(p, ("device", "data_dir", "emb_dim", "depth", "heads", "mlp_dim", "batch_size", "precision",
                          "compile"), {"emb_dim": 64, "depth": 3, "heads": 4, "mlp_dim": 128, "batch_size": None},
@@ -204,30 +204,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     count = lambda name: checked(int, name, non_negative)  # noqa: E731
     p.add_argument("--seconds", type=checked(float, "seconds", non_negative), default=None,
                    help="timed seconds per style and round (default 3 on CUDA, 8 on CPU; 0: one call each)")
-    p.add_argument("--rounds", type=count("rounds"), default=0, help="the styles take turns this often (0: 1 "
-                   "CUDA, 3 CPU)")
+    p.add_argument("--rounds", type=count("rounds"), default=0, help="turns per style (0: 1 on CUDA, 3 on CPU)")
     p.add_argument("--workers", type=count("workers"), default=2, help="DataLoader workers of the naive loop")
-    p.add_argument("--time-to-target", action="store_true", help="instead: time --recipe to --target validation "
-                   "and --test-target test accuracy")
+    p.add_argument("--time-to-target", action="store_true", help="instead: time --recipe to the targets")
     p.add_argument("--target", type=checked(float, "target", accuracy), nargs="+", default=[0.83, 0.96],
                    help="validation accuracies to time")
     p.add_argument("--test-target", type=checked(float, "test_target", non_negative), default=0.98,
-                   help="test accuracy to time (all test-time views; the benchmark's answer key), 0: none")
-    p.add_argument("--recipe", default="--loss smooth", help="with --time-to-target: the run_transformer flags "
-                   "of the recipe timed (the README's command by default)")
-    return p.parse_args(argv)
+                   help="test accuracy to time (all test-time views, answer key), 0: none")
+    p.add_argument("--recipe", default="--loss smooth", help="run_transformer flags timed (the README's command)")
+    args = p.parse_args(argv)
+    print(provenance_line(provenance(None if argv is None else [__file__, *argv])))
+    if not args.time_to_target:
+        return throughput(args)
+    recipe = ["--device", args.device, "--data-dir", args.data_dir, *shlex.split(args.recipe)]
+    time_to_target(parse_config(recipe), args.target, f"recipe {args.recipe!r}", args.test_target)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes as in cli.exit_code."""
-    def body() -> None:
-        args = parse_args(argv)
-        print(provenance_line(provenance(None if argv is None else [__file__, *argv])))
-        if not args.time_to_target:
-            return throughput(args)
-        recipe = ["--device", args.device, "--data-dir", args.data_dir, *shlex.split(args.recipe)]
-        time_to_target(parse_config(recipe), args.target, f"recipe {args.recipe!r}", args.test_target)
-    return exit_code(body)
+    return exit_code(lambda: command(argv))
 
 
 if __name__ == "__main__":
