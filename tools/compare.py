@@ -3,7 +3,6 @@ images no run used for a choice; rerun the same command to resume (docs/evaluati
 --device cuda --jobs 12, --only before,after --seeds 5, --report-only (the report again, nothing trained)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -355,31 +354,10 @@ def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path
     return lines
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = Parser(prog="python -m tools.compare", description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small grid, density only, on a small benchmark")
-    add_config_flags(p, ("data_dir", "epochs", "device"), defaults={"data_dir": "", "epochs": None},
-                     notes={"data_dir": "here: data/, with --quick data/synthetic-quick",
-                            "epochs": f"here: {FULL.epochs}, --quick {QUICK.epochs}; the default row keeps its own"})
-    p.add_argument("--out-dir", default="", help="the grid's folder (default compare_out/full or compare_out/quick)")
-    p.add_argument("--seeds", type=checked(int, "seeds", positive), help=f"per configuration ({FULL.seeds})")
-    for optimizer, rate in LRS.items():
-        p.add_argument(f"--{optimizer}-lr", type=checked(float, f"{optimizer}_lr", positive), default=rate,
-                       help=f"the learning rate of every {optimizer} row")
-    p.add_argument("--only", default="", help="comma-separated configurations: " + ", ".join(CONFIGS))
-    p.add_argument("--jobs", type=checked(int, "jobs", non_negative), default=0, help="parallel runs (0: 1 on "
-                   "CPU, min(12, cores) on CUDA, where they share the GPU)")
-    p.add_argument("--max-minutes", type=checked(float, "max_minutes", non_negative), default=0.0,
-                   help="start no new run after this long (0: no limit); rerun to finish the grid")
-    p.add_argument("--report-only", action="store_true",
-                   help="train nothing: rewrite the report from the results.jsonl in --out-dir")
-    return p.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Exit codes as in cli.exit_code; an interrupted grid still writes the report of what finished."""
     argv = sys.argv[1:] if argv is None else argv
-    return exit_code(lambda: grid_command(argv, parse_args(argv)),
+    return exit_code(lambda: grid_command(argv),
                      lambda e: "finished runs are kept: rerun the same command to continue")
 
 
@@ -395,7 +373,24 @@ def evaluation_data(base: Config, out: Path, quick: bool, device: torch.device) 
     return dataclasses.replace(base, data_dir=str(resolved)), resolved, evaluation_file
 
 
-def grid_command(argv: list[str], args: argparse.Namespace) -> None:
+def grid_command(argv: list[str]) -> None:
+    p = Parser(prog="python -m tools.compare", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small grid, density only, on a small benchmark")
+    add_config_flags(p, ("data_dir", "epochs", "device"), defaults={"data_dir": "", "epochs": None},
+                     notes={"data_dir": "here: data/, with --quick data/synthetic-quick",
+                            "epochs": f"here: {FULL.epochs}, --quick {QUICK.epochs}; the default row keeps its own"})
+    p.add_argument("--out-dir", default="", help="the grid's folder (default compare_out/full or compare_out/quick)")
+    p.add_argument("--seeds", type=checked(int, "seeds", positive), help=f"per configuration ({FULL.seeds})")
+    for optimizer, rate in LRS.items():
+        p.add_argument(f"--{optimizer}-lr", type=checked(float, f"{optimizer}_lr", positive), default=rate,
+                       help=f"the learning rate of every {optimizer} row")
+    p.add_argument("--only", default="", help="comma-separated configurations: " + ", ".join(CONFIGS))
+    p.add_argument("--jobs", type=checked(int, "jobs", non_negative), default=0, help="parallel runs (0: 1 on "
+                   "CPU, min(12, cores) on CUDA, where they share the GPU)")
+    p.add_argument("--max-minutes", type=checked(float, "max_minutes", non_negative), default=0.0,
+                   help="start no new run after this long (0: no limit); rerun to finish the grid")
+    p.add_argument("--report-only", action="store_true", help="train nothing: rewrite report.md from results.jsonl")
+    args = p.parse_args(argv)
     start, interrupted = time.time(), None
     preset = QUICK if args.quick else FULL
     configs = tuple(c.strip() for c in args.only.split(",") if c.strip()) or preset.configs
