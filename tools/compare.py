@@ -283,18 +283,6 @@ def load_results(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def check_same_data(out: Path, data_dir: Path) -> None:
-    """Refuse to continue a grid on changed data (out/data.json): the report would mix two data sets."""
-    record, files = out / "data.json", data.data_files(data_dir, (data_dir / ANSWER_FILE).exists())
-    if not record.exists():
-        write_json(record, files)
-        return
-    changed = changed_files(json.loads(record.read_text()), files)
-    if changed:
-        raise UserError(f"{out / 'results.jsonl'} holds runs on other data: {changed[0]} changed since the grid "
-                        f"started; pass another --out-dir to start a grid on this data (or restore the file)")
-
-
 def append_result(path: Path, row: dict[str, Any]) -> None:
     append_text(path, json.dumps(row, sort_keys=True) + "\n")
 
@@ -367,10 +355,20 @@ def evaluation_data(base: Config, out: Path, quick: bool, device: torch.device) 
     if (resolved / synthetic.MANIFEST).exists():
         seed = json.loads((resolved / synthetic.MANIFEST).read_text()).get("seed", 0)
         folder = resolved.parent / f"{resolved.name}-heldout"
-        return base, resolved, ensure_heldout(folder, seed, QUICK_HELDOUT_PER_CLASS if quick else PER_CLASS)
-    resolved, evaluation_file = carve(resolved, out / "data")
-    write_json(out / "reference.json", reference_accuracy(resolved, evaluation_file, device))
-    return dataclasses.replace(base, data_dir=str(resolved)), resolved, evaluation_file
+        evaluation_file = ensure_heldout(folder, seed, QUICK_HELDOUT_PER_CLASS if quick else PER_CLASS)
+    else:
+        resolved, evaluation_file = carve(resolved, out / "data")
+        write_json(out / "reference.json", reference_accuracy(resolved, evaluation_file, device))
+        base = dataclasses.replace(base, data_dir=str(resolved))
+    # a grid continued on changed data would mix two data sets in one report: out/data.json names the first
+    record, files = out / "data.json", data.data_files(resolved, (resolved / ANSWER_FILE).exists())
+    if not record.exists():
+        write_json(record, files)
+    changed = changed_files(json.loads(record.read_text()), files)
+    if changed:
+        raise UserError(f"{out / 'results.jsonl'} holds runs on other data: {changed[0]} changed since the grid "
+                        f"started; pass another --out-dir to start a grid on this data (or restore the file)")
+    return base, resolved, evaluation_file
 
 
 def grid_command(argv: list[str]) -> None:
@@ -417,7 +415,6 @@ def grid_command(argv: list[str]) -> None:
     else:
         base, resolved, evaluation_file = evaluation_data(base, out, args.quick, device)
         settings = dataclasses.replace(settings, heldout=str(evaluation_file))
-        check_same_data(out, resolved)
         print(f"{len(chosen)} variants (configuration x channel set) on {resolved}, scored on {evaluation_file}, "
               f"{device}, {jobs} parallel run(s); results in {out}/")
         deadline = start + 60 * args.max_minutes if args.max_minutes > 0 else 0.0

@@ -21,23 +21,19 @@ KINDS = {  # per state: (length along axis 0, along axis 1, along the main diago
 }
 
 
-def spectrum(size: int, lengths: tuple[float, float, float]) -> np.ndarray:
-    """A Gaussian power spectrum exp(-k^T L k / 2) with L = [[a^2, c], [c, b^2]], unit mean, k = 0 removed."""
-    a, b, c = lengths
-    k = 2 * np.pi * np.fft.fftfreq(size)
-    ki, kj = np.meshgrid(k, k, indexing="ij")
-    power = np.exp(-0.5 * (a * a * ki * ki + b * b * kj * kj + 2 * c * ki * kj))
-    power[0, 0] = 0.0
-    return power / power.mean()
-
-
 def fields(labels: np.ndarray, kind: str, size: int, rng: np.random.Generator, contrast: float = 1.0
            ) -> np.ndarray:
     """Log-density (N, size, size) of the given states; `contrast` scales how far state 1's lengths lie from 0's."""
     (l0, l1, crop) = KINDS[kind]
     lengths = (l0, tuple(a + contrast * (b - a) for a, b in zip(l0, l1)))
     big = size * crop
-    amplitude = [np.sqrt(spectrum(big, lengths[c])) for c in (0, 1)]
+    k = 2 * np.pi * np.fft.fftfreq(big)
+    ki, kj = np.meshgrid(k, k, indexing="ij")
+    amplitude = []
+    for a, b, c in lengths:  # power exp(-k^T L k / 2) with L = [[a^2, c], [c, b^2]], unit mean, k = 0 removed
+        power = np.exp(-0.5 * (a * a * ki * ki + b * b * kj * kj + 2 * c * ki * kj))
+        power[0, 0] = 0.0
+        amplitude.append(np.sqrt(power / power.mean()))
     white = rng.standard_normal((len(labels), big, big))
     amp = np.where(labels[:, None, None] == 1, amplitude[1], amplitude[0])
     return 0.15 * np.fft.ifft2(np.fft.fft2(white) * amp).real[:, :size, :size]
