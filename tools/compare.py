@@ -329,19 +329,6 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
     return rows
 
 
-def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path, rows: dict[str, Any]
-              ) -> list[dict[str, Any]]:
-    """One line per variant: its rate, finished runs and mean ± std of the report's columns over seeds."""
-    lines = []
-    for v in chosen:
-        cfg = v.build(base)
-        runs = [rows[j["key"]] for j in seed_jobs(v, settings, base, out) if j["key"] in rows]
-        lines.append({"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels], "init": cfg.init,
-                      "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
-                      "lr": settings.lrs[cfg.optimizer], "runs": runs, **metrics(runs)})
-    return lines
-
-
 def main(argv: list[str] | None = None) -> int:
     """Exit codes as in cli.exit_code; an interrupted grid still writes the report of what finished."""
     argv = sys.argv[1:] if argv is None else argv
@@ -422,7 +409,13 @@ def grid_command(argv: list[str]) -> None:
             rows = run_grid(chosen, settings, base, out, jobs, max(1, (os.cpu_count() or 1) // jobs), deadline)
         except (Interrupted, KeyboardInterrupt) as e:  # still report what finished, then exit as interrupted
             interrupted, rows = e, load_results(out / "results.jsonl")
-    lines = summarise(chosen, settings, base, out, rows)
+    lines = []
+    for v in chosen:  # one per variant: its rate, finished runs and mean ± std of the report's columns over seeds
+        cfg = v.build(base)
+        runs = [rows[j["key"]] for j in seed_jobs(v, settings, base, out) if j["key"] in rows]
+        lines.append({"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels], "init": cfg.init,
+                      "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
+                      "lr": settings.lrs[cfg.optimizer], "runs": runs, **metrics(runs)})
     user_data = resolved == out / "data"
     header = (f"Command: `python -m tools.compare {' '.join(argv)}`; data {args.data_dir or resolved}"
               + (" (runs train on a stratified 5/6 of its training file and make every choice, early stopping and "
