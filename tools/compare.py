@@ -268,9 +268,8 @@ def run_job(job: dict[str, Any], threads: int = 0) -> dict[str, Any]:
 
 def load_results(path: Path) -> dict[str, dict[str, Any]]:
     """Finished runs by key. A line torn by a kill is dropped and the file rewritten without it."""
-    if not path.exists():
-        return {}
-    text, rows, good = path.read_text(), {}, []
+    text = path.read_text() if path.exists() else ""
+    rows, good = {}, []
     for line in text.splitlines():
         try:
             row = json.loads(line)

@@ -59,8 +59,7 @@ def make(directory: str | Path, kind: str, train: int = 6000, valid: int = 1000,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.other_physics", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m tools.other_physics", description=__doc__)
     p.add_argument("directory")
     p.add_argument("--kind", choices=tuple(KINDS), default="axis-length")
     p.add_argument("--train", type=int, default=6000, help="training images (valid and test: 1,000 each)")
