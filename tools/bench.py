@@ -1,6 +1,5 @@
 """Training throughput of the scientist's naive loop, ours and the default recipe, taking turns; --time-to-target:
-the README's command to 83%, 96% validation and 98% test accuracy (docs/speed.md). E.g. python -m tools.bench
---device cuda --batch-size 4096 --precision bf16 --compile."""
+the README's command to 83%, 96% validation and 98% test accuracy (commands and numbers: docs/speed.md)."""
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,5 @@
-"""Data sets of other physics than the benchmark's, in the scientist's layout (answer key beside the test file), to
-check what a run assumes: `python -m tools.other_physics DIR --kind axis-length [--train 6000 --seed 0]`. Each kind:
-stationary Gaussian log-density fields, states differing by correlation lengths; recording_date = label in train."""
+"""Data of other physics than the benchmark's, in the scientist's layout (answer key beside the test file): two
+stationary Gaussian log-density fields whose states differ by correlation lengths; recording_date = label in train."""
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,5 @@
 """Is a trained run as good on the real (unlabelled) test file as on the benchmark's? Per file: agreement with the
-likelihood-ratio test, share of state 1, mean confidence (docs/evaluation.md). Usage: python -m tools.real_check
-runs/RUN [--real PATH --benchmark data/synthetic]."""
+likelihood-ratio test, share of state 1, mean confidence (docs/evaluation.md)."""
 from __future__ import annotations
 
 import sys
