@@ -28,9 +28,6 @@ from fileio import provenance, provenance_line
 from train import (StopFlag, TrainState, build_model, build_scheduler, build_training, evaluate, fit, pick_device,
                    resolve_precision, train_epoch)
 
-Steps = Callable[[], int]  # trains some steps, returns how many
-
-
 class HDF5Samples(Dataset):
     """One sample per __getitem__, read with h5py (opened in each DataLoader worker: handles do not survive fork)."""
 
@@ -48,8 +45,8 @@ class HDF5Samples(Dataset):
         return torch.from_numpy((x - self.mean) / self.std), torch.tensor(float(self.h5["labels"][i][0]))
 
 
-def naive_steps(cfg: Config, data_dir: Path, data: DeviceData, device: torch.device, workers: int) -> Steps:
-    """The scientist's loop, one step per call."""
+def naive_steps(cfg: Config, data_dir: Path, data: DeviceData, device: torch.device, workers: int) -> Callable[[], int]:
+    """The scientist's loop, one step per call (returns 1)."""
     torch.manual_seed(cfg.seed)
     samples = HDF5Samples(data_dir / SPLIT_FILES["train"], data.stats, len(data.y["train"]))
     loader = DataLoader(samples, batch_size=64, shuffle=True, num_workers=workers, drop_last=True,
@@ -72,8 +69,8 @@ def naive_steps(cfg: Config, data_dir: Path, data: DeviceData, device: torch.dev
     return step
 
 
-def our_steps(cfg: Config, data: DeviceData, device: torch.device, batches: int) -> Steps:
-    """train.train_epoch over the first `batches` batches of the resident training set per call (0: all)."""
+def our_steps(cfg: Config, data: DeviceData, device: torch.device, batches: int) -> Callable[[], int]:
+    """train.train_epoch over the first `batches` batches of the resident set per call (0: all); returns their count."""
     torch.manual_seed(cfg.seed)
     n = len(data.x["train"])
     if cfg.batch_size > n:
@@ -147,7 +144,7 @@ class TargetReached(Exception):
     pass
 
 
-def time_to_target(cfg: Config, targets: list[float], recipe: str, test_target: float = 0.0) -> None:
+def time_to_target(cfg: Config, targets: list[float], recipe: str, test_target: float) -> None:
     """Training time (validation included, test scoring not) until validation accuracy reaches each target."""
     device = pick_device(cfg.device)
     cfg = resolve_precision(cfg, device)
