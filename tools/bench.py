@@ -1,14 +1,5 @@
-"""Training throughput of a naive loop, ours and the default recipe; and time to a target accuracy.
-
-    python -m tools.bench                                   # CPU (CUDA when available): img/s and ratio
-    python -m tools.bench --device cuda --batch-size 4096 --precision bf16 --compile
-    python -m tools.bench --time-to-target    # the README's command to 83%, 96% validation and 98% test accuracy
-
-The naive loop is the scientist's: an h5py Dataset read sample by sample, a DataLoader (batch 64), `.item()`
-after every step, AdamW. Ours is train.train_epoch on device-resident tensors. Both train the bench's ViT on raw
-density, so their ratio is the loop's; the last row is the default recipe. The styles take turns (--rounds) so
-that a shared machine's load falls on all alike; timing starts after warm-up.
-"""
+"""Training throughput of the scientist's naive loop, ours and the default recipe, taking turns; --time-to-target:
+the README's command to 83%, 96% validation and 98% test accuracy (commands and numbers: docs/speed.md)."""
 from __future__ import annotations
 
 import argparse
@@ -37,18 +28,13 @@ from fileio import provenance, provenance_line
 from train import (StopFlag, TrainState, build_model, build_scheduler, build_training, evaluate, fit, pick_device,
                    resolve_precision, train_epoch)
 
-Steps = Callable[[], int]  # trains some steps, returns how many
-
-
 class HDF5Samples(Dataset):
     """One sample per __getitem__, read with h5py (opened in each DataLoader worker: handles do not survive fork)."""
 
-    def __init__(self, path: Path, stats: dict):
-        self.path, self.channels, self.h5 = path, stats["channels"], None
+    def __init__(self, path: Path, stats: dict, n: int):
+        self.path, self.channels, self.h5, self.n = path, stats["channels"], None, n
         self.mean = np.asarray(stats["mean"], np.float32)[:, None, None]
         self.std = np.asarray(stats["std"], np.float32)[:, None, None]
-        with h5py.File(path, "r") as h5:
-            self.n = len(h5["labels"])
 
     def __len__(self) -> int:
         return self.n
@@ -59,11 +45,12 @@ class HDF5Samples(Dataset):
         return torch.from_numpy((x - self.mean) / self.std), torch.tensor(float(self.h5["labels"][i][0]))
 
 
-def naive_steps(cfg: Config, data_dir: Path, data: DeviceData, device: torch.device, workers: int) -> Steps:
-    """The scientist's loop, one step per call."""
+def naive_steps(cfg: Config, data_dir: Path, data: DeviceData, device: torch.device, workers: int) -> Callable[[], int]:
+    """The scientist's loop, one step per call (returns 1)."""
     torch.manual_seed(cfg.seed)
-    loader = DataLoader(HDF5Samples(data_dir / SPLIT_FILES["train"], data.stats), batch_size=64, shuffle=True,
-                        num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    samples = HDF5Samples(data_dir / SPLIT_FILES["train"], data.stats, len(data.y["train"]))
+    loader = DataLoader(samples, batch_size=64, shuffle=True, num_workers=workers, drop_last=True,
+                        persistent_workers=workers > 0)
     model = build_model(cfg, len(data.stats["channels"]), data.image_size).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=cfg.weight_decay)
     scheduler = build_scheduler(dataclasses.replace(cfg, optimizer="adamw"), optimizer, len(loader))
@@ -82,8 +69,8 @@ def naive_steps(cfg: Config, data_dir: Path, data: DeviceData, device: torch.dev
     return step
 
 
-def our_steps(cfg: Config, data: DeviceData, device: torch.device, batches: int) -> Steps:
-    """train.train_epoch over the first `batches` batches of the resident training set per call (0: all)."""
+def our_steps(cfg: Config, data: DeviceData, device: torch.device, batches: int) -> Callable[[], int]:
+    """train.train_epoch over the first `batches` batches of the resident set per call (0: all); returns their count."""
     torch.manual_seed(cfg.seed)
     n = len(data.x["train"])
     if cfg.batch_size > n:
@@ -99,21 +86,6 @@ def our_steps(cfg: Config, data: DeviceData, device: torch.device, batches: int)
         train_epoch(training, data, cfg, next(epochs), stop, False)
         return len(data.x["train"]) // cfg.batch_size
     return step
-
-
-def measure(styles: dict[str, Steps], seconds: float, rounds: int, device: torch.device) -> dict[str, list]:
-    """[steps, seconds] per style, the styles taking turns `rounds` times, each for >= `seconds` (0: one call)."""
-    totals = {name: [0, 0.0] for name in styles}
-    for _ in range(rounds):
-        for name, step in styles.items():
-            torch.cuda.synchronize(device) if device.type == "cuda" else None
-            start, done = time.perf_counter(), step()
-            while time.perf_counter() - start < seconds:
-                done += step()
-            torch.cuda.synchronize(device) if device.type == "cuda" else None
-            totals[name][0] += done
-            totals[name][1] += time.perf_counter() - start
-    return totals
 
 
 def throughput(args: argparse.Namespace) -> None:
@@ -143,7 +115,16 @@ def throughput(args: argparse.Namespace) -> None:
             step()
     load, seconds, rounds = os.getloadavg()[0], args.seconds if args.seconds is not None else (3 if cuda else 8), \
         args.rounds or (1 if cuda else 3)
-    totals = measure(styles, seconds, rounds, device)
+    totals = {name: [0, 0.0] for name in styles}  # [steps, seconds]; each style >= `seconds` per round (0: one call)
+    for _ in range(rounds):
+        for name, step in styles.items():
+            torch.cuda.synchronize(device) if cuda else None
+            start, done = time.perf_counter(), step()
+            while time.perf_counter() - start < seconds:
+                done += step()
+            torch.cuda.synchronize(device) if cuda else None
+            totals[name][0] += done
+            totals[name][1] += time.perf_counter() - start
     print(f"timed: {rounds} rounds of >= {seconds:g} s per style, taking turns; load average {load:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after (on {os.cpu_count()} CPUs)")
     compiled = f", torch.compile{' (CUDA graphs)' if cuda else ''}" if cfg.compile else ""
@@ -163,9 +144,8 @@ class TargetReached(Exception):
     pass
 
 
-def time_to_target(cfg: Config, targets: list[float], recipe: str, test_target: float = 0.0) -> None:
-    """Train cfg; the training time (per-epoch validation included, test scoring left out) until the validation
-    accuracy first reaches each of `targets` and the test accuracy (all views) `test_target`."""
+def time_to_target(cfg: Config, targets: list[float], recipe: str, test_target: float) -> None:
+    """Training time (validation included, test scoring not) until validation accuracy reaches each target."""
     device = pick_device(cfg.device)
     cfg = resolve_precision(cfg, device)
     torch.manual_seed(cfg.seed)  # as run_transformer.run does
@@ -211,7 +191,7 @@ def accuracy(x: float) -> bool:
     return 0 < x <= 1
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def command(argv: list[str] | None) -> None:
     p = Parser(prog="python -m tools.bench", description=__doc__, formatter_class=HelpFormatter)
     add_config_flags(p, ("device", "data_dir", "emb_dim", "depth", "heads", "mlp_dim", "batch_size", "precision",
                          "compile"), {"emb_dim": 64, "depth": 3, "heads": 4, "mlp_dim": 128, "batch_size": None},
@@ -220,30 +200,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     count = lambda name: checked(int, name, non_negative)  # noqa: E731
     p.add_argument("--seconds", type=checked(float, "seconds", non_negative), default=None,
                    help="timed seconds per style and round (default 3 on CUDA, 8 on CPU; 0: one call each)")
-    p.add_argument("--rounds", type=count("rounds"), default=0, help="the styles take turns this often (0: 1 "
-                   "CUDA, 3 CPU)")
+    p.add_argument("--rounds", type=count("rounds"), default=0, help="turns per style (0: 1 on CUDA, 3 on CPU)")
     p.add_argument("--workers", type=count("workers"), default=2, help="DataLoader workers of the naive loop")
-    p.add_argument("--time-to-target", action="store_true", help="instead: time --recipe to --target validation "
-                   "and --test-target test accuracy")
+    p.add_argument("--time-to-target", action="store_true", help="instead: time --recipe to the targets")
     p.add_argument("--target", type=checked(float, "target", accuracy), nargs="+", default=[0.83, 0.96],
                    help="validation accuracies to time")
     p.add_argument("--test-target", type=checked(float, "test_target", non_negative), default=0.98,
-                   help="test accuracy to time (all test-time views; the benchmark's answer key), 0: none")
-    p.add_argument("--recipe", default="--loss smooth", help="with --time-to-target: the run_transformer flags "
-                   "of the recipe timed (the README's command by default)")
-    return p.parse_args(argv)
+                   help="test accuracy to time (all test-time views, answer key), 0: none")
+    p.add_argument("--recipe", default="--loss smooth", help="run_transformer flags timed (the README's command)")
+    args = p.parse_args(argv)
+    print(provenance_line(provenance(None if argv is None else [__file__, *argv])))
+    if not args.time_to_target:
+        return throughput(args)
+    recipe = ["--device", args.device, "--data-dir", args.data_dir, *shlex.split(args.recipe)]
+    time_to_target(parse_config(recipe), args.target, f"recipe {args.recipe!r}", args.test_target)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes as in cli.exit_code."""
-    def body() -> None:
-        args = parse_args(argv)
-        print(provenance_line(provenance(None if argv is None else [__file__, *argv])))
-        if not args.time_to_target:
-            return throughput(args)
-        recipe = ["--device", args.device, "--data-dir", args.data_dir, *shlex.split(args.recipe)]
-        time_to_target(parse_config(recipe), args.target, f"recipe {args.recipe!r}", args.test_target)
-    return exit_code(body)
+    return exit_code(lambda: command(argv))
 
 
 if __name__ == "__main__":

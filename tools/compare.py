@@ -1,17 +1,8 @@
-"""Ablation grid: which of the requested changes make the ViT generalise, measured fairly.
-
-    python -m tools.compare --quick                              # small grid, a few minutes on a CPU
-    python -m tools.compare --device cuda --jobs 12              # the full grid
-    python -m tools.compare --only before,after --seeds 5        # a subset; rerun the same command to resume
-    python -m tools.compare --out-dir results/evaluation --report-only   # the report again, nothing trained
-
-Rows: `before` (the pre-change ViT), each requested change on it, `after` (all of them), `after` with one taken
-back, the reference CNN, on raw and whitened density. Each run is `python run_transformer.py` in its own folder,
-scored on labelled images that no run used for any choice, and one line of results.jsonl, so a rerun skips it.
-"""
+"""Ablation grid of the requested changes: each row is run_transformer.py in its own folder, scored on labelled
+images no run used for a choice; rerun the same command to resume (docs/evaluation.md). E.g. --quick,
+--device cuda --jobs 12, --only before,after --seeds 5, --report-only (the report again, nothing trained)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -146,8 +137,7 @@ CHOICE_SHARE = 6  # on the user's data, 1 in 6 training images of each state is 
 
 
 def ensure_heldout(directory: Path, seed: int = 0, per_class: int = PER_CLASS) -> Path:
-    """directory/heldout.hdf5 from the benchmark's generator on a stream of its own, with its exact Bayes
-    accuracy in the manifest; generated once and reused while the manifest matches."""
+    """directory/heldout.hdf5 on a stream of its own, with its exact Bayes accuracy; reused while it matches."""
     path, manifest = directory / HELDOUT_FILE, directory / HELDOUT_MANIFEST
     wanted = {"generator": "fictitious-gas benchmark, held-out set", "seed": seed, "stream": STREAM,
               "per_class": per_class}
@@ -169,9 +159,7 @@ def ensure_heldout(directory: Path, seed: int = 0, per_class: int = PER_CLASS) -
 
 
 def carve(data_dir: Path, folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """The grid's data on the user's files: folder/train.hdf5 and folder/valid.hdf5 split the user's training
-    file by state (1 in CHOICE_SHARE for choices), the test file beside them. Returns (folder, the user's
-    validation file: the evaluation set). Rewritten only when the user's files changed."""
+    """(folder, the user's validation file): the user's training file split by state into folder/train and /valid."""
     sources = {name: data_dir / f for name, f in SPLIT_FILES.items()}
     answers = data_dir / ANSWER_FILE
     wanted = {"choice_share": CHOICE_SHARE, "seed": seed,
@@ -200,8 +188,7 @@ def carve(data_dir: Path, folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]:
-    """The run's best checkpoint on the labelled file `path`, as the run predicts: accuracy, n, Bayes accuracy
-    (benchmark only) and which images it got right (for paired differences)."""
+    """The run's best checkpoint on `path`, as the run predicts: accuracy, n, Bayes accuracy, images right."""
     payload = load_checkpoint(run_dir / "best.pt")
     split = read_split(path, "held-out", tuple(payload["stats"]["channels"]))
     x = to_tensor(split, payload["stats"], device)
@@ -239,8 +226,7 @@ def config_flags(cfg: Config) -> list[str]:
 
 
 def train_one(cfg: Config, threads: int = 0) -> dict[str, Any]:
-    """Train cfg as a user would, in a process of its own; its summary.json (with "diverged" on exit code 3).
-    The run's output goes to cfg.out_dir/log.txt."""
+    """Train cfg as a user would, in a process of its own logging to out_dir/log.txt; its summary.json."""
     folder = Path(cfg.out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     earlier = set(folder.glob("*/summary.json"))  # an earlier, killed or diverged attempt's folder may be here
@@ -282,9 +268,8 @@ def run_job(job: dict[str, Any], threads: int = 0) -> dict[str, Any]:
 
 def load_results(path: Path) -> dict[str, dict[str, Any]]:
     """Finished runs by key. A line torn by a kill is dropped and the file rewritten without it."""
-    if not path.exists():
-        return {}
-    text, rows, good = path.read_text(), {}, []
+    text = path.read_text() if path.exists() else ""
+    rows, good = {}, []
     for line in text.splitlines():
         try:
             row = json.loads(line)
@@ -297,28 +282,13 @@ def load_results(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def check_same_data(out: Path, data_dir: Path) -> None:
-    """Refuse to continue a grid on changed data: its finished runs would keep their keys and the report would mix
-    two data sets. out/data.json records the files the grid started on."""
-    record, files = out / "data.json", data.data_files(data_dir, (data_dir / ANSWER_FILE).exists())
-    if not record.exists():
-        write_json(record, files)
-        return
-    changed = changed_files(json.loads(record.read_text()), files)
-    if changed:
-        raise UserError(f"{out / 'results.jsonl'} holds runs on other data: {changed[0]} changed since the grid "
-                        f"started; pass another --out-dir to start a grid on this data (or restore the file)")
-
-
 def append_result(path: Path, row: dict[str, Any]) -> None:
-    """One whole line per finished run, on disk before the next run is recorded."""
     append_text(path, json.dumps(row, sort_keys=True) + "\n")
 
 
 def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path, jobs: int, threads: int,
              deadline: float, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every seed of every variant, at most `jobs` runs at a time; skips what results.jsonl holds.
-    The density-only variants go first, so a grid cut short by --max-minutes has them."""
+    """Every seed of every variant not in results.jsonl, `jobs` at a time, density-only variants first."""
     path = out / "results.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     rows = load_results(path)
@@ -358,20 +328,36 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
     return rows
 
 
-def summarise(chosen: list[Variant], settings: Settings, base: Config, out: Path, rows: dict[str, Any]
-              ) -> list[dict[str, Any]]:
-    """One line per variant: its rate, finished runs and mean ± std of the report's columns over seeds."""
-    lines = []
-    for v in chosen:
-        cfg = v.build(base)
-        runs = [rows[j["key"]] for j in seed_jobs(v, settings, base, out) if j["key"] in rows]
-        lines.append({"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels], "init": cfg.init,
-                      "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
-                      "lr": settings.lrs[cfg.optimizer], "runs": runs, **metrics(runs)})
-    return lines
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes as in cli.exit_code; an interrupted grid still writes the report of what finished."""
+    argv = sys.argv[1:] if argv is None else argv
+    return exit_code(lambda: grid_command(argv),
+                     lambda e: "finished runs are kept: rerun the same command to continue")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def evaluation_data(base: Config, out: Path, quick: bool, device: torch.device) -> tuple[Config, Path, Path]:
+    """(base, the runs' data folder, the evaluation file): the benchmark's held-out set or the user's carved data."""
+    resolved, _ = data.resolve_data_dir(base, log=lambda m: None)  # generates the benchmark once, here
+    if (resolved / synthetic.MANIFEST).exists():
+        seed = json.loads((resolved / synthetic.MANIFEST).read_text()).get("seed", 0)
+        folder = resolved.parent / f"{resolved.name}-heldout"
+        evaluation_file = ensure_heldout(folder, seed, QUICK_HELDOUT_PER_CLASS if quick else PER_CLASS)
+    else:
+        resolved, evaluation_file = carve(resolved, out / "data")
+        write_json(out / "reference.json", reference_accuracy(resolved, evaluation_file, device))
+        base = dataclasses.replace(base, data_dir=str(resolved))
+    # a grid continued on changed data would mix two data sets in one report: out/data.json names the first
+    record, files = out / "data.json", data.data_files(resolved, (resolved / ANSWER_FILE).exists())
+    if not record.exists():
+        write_json(record, files)
+    changed = changed_files(json.loads(record.read_text()), files)
+    if changed:
+        raise UserError(f"{out / 'results.jsonl'} holds runs on other data: {changed[0]} changed since the grid "
+                        f"started; pass another --out-dir to start a grid on this data (or restore the file)")
+    return base, resolved, evaluation_file
+
+
+def grid_command(argv: list[str]) -> None:
     p = Parser(prog="python -m tools.compare", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="small grid, density only, on a small benchmark")
     add_config_flags(p, ("data_dir", "epochs", "device"), defaults={"data_dir": "", "epochs": None},
@@ -387,33 +373,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "CPU, min(12, cores) on CUDA, where they share the GPU)")
     p.add_argument("--max-minutes", type=checked(float, "max_minutes", non_negative), default=0.0,
                    help="start no new run after this long (0: no limit); rerun to finish the grid")
-    p.add_argument("--report-only", action="store_true",
-                   help="train nothing: rewrite the report from the results.jsonl in --out-dir")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Exit codes as in cli.exit_code; stopped by --max-minutes is done (0). An interrupted grid still
-    writes the report of what finished."""
-    argv = sys.argv[1:] if argv is None else argv
-    return exit_code(lambda: grid_command(argv, parse_args(argv)),
-                     lambda e: "finished runs are kept: rerun the same command to continue")
-
-
-def evaluation_data(base: Config, out: Path, quick: bool, device: torch.device) -> tuple[Config, Path, Path]:
-    """(base, the runs' data folder, the evaluation file): the benchmark's held-out set beside it, or on the
-    user's files a carved training file and their validation file (with the reference classifier's score)."""
-    resolved, _ = data.resolve_data_dir(base, log=lambda m: None)  # generates the benchmark once, here
-    if (resolved / synthetic.MANIFEST).exists():
-        seed = json.loads((resolved / synthetic.MANIFEST).read_text()).get("seed", 0)
-        folder = resolved.parent / f"{resolved.name}-heldout"
-        return base, resolved, ensure_heldout(folder, seed, QUICK_HELDOUT_PER_CLASS if quick else PER_CLASS)
-    resolved, evaluation_file = carve(resolved, out / "data")
-    write_json(out / "reference.json", reference_accuracy(resolved, evaluation_file, device))
-    return dataclasses.replace(base, data_dir=str(resolved)), resolved, evaluation_file
-
-
-def grid_command(argv: list[str], args: argparse.Namespace) -> None:
+    p.add_argument("--report-only", action="store_true", help="train nothing: rewrite report.md from results.jsonl")
+    args = p.parse_args(argv)
     start, interrupted = time.time(), None
     preset = QUICK if args.quick else FULL
     configs = tuple(c.strip() for c in args.only.split(",") if c.strip()) or preset.configs
@@ -440,7 +401,6 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
     else:
         base, resolved, evaluation_file = evaluation_data(base, out, args.quick, device)
         settings = dataclasses.replace(settings, heldout=str(evaluation_file))
-        check_same_data(out, resolved)
         print(f"{len(chosen)} variants (configuration x channel set) on {resolved}, scored on {evaluation_file}, "
               f"{device}, {jobs} parallel run(s); results in {out}/")
         deadline = start + 60 * args.max_minutes if args.max_minutes > 0 else 0.0
@@ -448,7 +408,13 @@ def grid_command(argv: list[str], args: argparse.Namespace) -> None:
             rows = run_grid(chosen, settings, base, out, jobs, max(1, (os.cpu_count() or 1) // jobs), deadline)
         except (Interrupted, KeyboardInterrupt) as e:  # still report what finished, then exit as interrupted
             interrupted, rows = e, load_results(out / "results.jsonl")
-    lines = summarise(chosen, settings, base, out, rows)
+    lines = []
+    for v in chosen:  # one per variant: its rate, finished runs and mean ± std of the report's columns over seeds
+        cfg = v.build(base)
+        runs = [rows[j["key"]] for j in seed_jobs(v, settings, base, out) if j["key"] in rows]
+        lines.append({"variant": v.name, "config": v.config, "channels": CHANNEL_SETS[v.channels], "init": cfg.init,
+                      "reference": f"{'after+whiten' if cfg.whiten else 'after'}/{v.channels}",
+                      "lr": settings.lrs[cfg.optimizer], "runs": runs, **metrics(runs)})
     user_data = resolved == out / "data"
     header = (f"Command: `python -m tools.compare {' '.join(argv)}`; data {args.data_dir or resolved}"
               + (" (runs train on a stratified 5/6 of its training file and make every choice, early stopping and "

@@ -1,9 +1,5 @@
-"""The report of compare.py's grid: report.md and figures/accuracy.png from finished runs (results.jsonl).
-
-A row's accuracy on the evaluation set is the mean over its seeds with a 95% interval; the difference to its
-reference (`after` on the same input and channels) is paired: the same seeds on the same images, so most of what
-the images have in common cancels.
-"""
+"""report.md and figures/accuracy.png of compare.py's grid from results.jsonl: per row the mean over seeds with a 95%
+interval, and the paired difference to `after` (same seeds, same images; docs/evaluation.md)."""
 from __future__ import annotations
 
 import base64
@@ -39,8 +35,7 @@ def correctness(runs: list[dict[str, Any]]) -> np.ndarray:
 
 
 def interval(per_image: np.ndarray) -> tuple[float, float]:
-    """Mean over seeds of (seeds, images) per-image scores, and its 95% half-width (seed spread and image
-    sampling in quadrature; NaN with one seed, whose spread is unknown)."""
+    """Mean over seeds of (seeds, images) scores, 95% half-width: seed spread and image sampling in quadrature."""
     k, n = per_image.shape
     per_seed = per_image.mean(axis=1)
     t = T975[k - 1] if k - 1 < len(T975) else Z95
@@ -93,8 +88,7 @@ def pct(pair: tuple[float, float], sign: str = "") -> str:
 
 def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int, effects: dict[str, Any],
                  yardstick: dict[str, float] | None = None) -> str:
-    """report.md and figures/accuracy.png; returns the markdown. yardstick: the reference
-    classifier's accuracy on the evaluation set (the user's data, where no Bayes limit is known)."""
+    """report.md and figures/accuracy.png; returns the markdown. yardstick: the reference classifier's score."""
     by_name = {l["variant"]: l for l in lines}
     for l in lines:
         l["heldout_acc"] = heldout_accuracy(l["runs"])
@@ -152,8 +146,7 @@ def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int
 
 
 def effects_table(lines: list[dict[str, Any]], effects: dict[str, Any], evaluated: str = "held-out") -> list[str]:
-    """Markdown: each requested change's paired held-out effect (with it minus without it, same seeds), added to
-    `before` and taken from `after`, on raw and whitened density without the date channel; [] without data."""
+    """Markdown: each change's paired effect, added to `before` and taken from `after`; [] without data."""
     runs = {l["variant"]: l["runs"] for l in lines}
     inputs = {"raw": "", "whitened": "+whiten"}
 
@@ -175,8 +168,7 @@ def effects_table(lines: list[dict[str, Any]], effects: dict[str, Any], evaluate
 
 
 def plot_accuracy(lines: list[dict[str, Any]], marks: dict[str, float], path: Path, evaluated: str) -> None:
-    """A forest plot of the accuracy on the evaluation set and the paired difference to `after` (95% intervals),
-    `marks` drawn across. Each run's own learning curves are in its run folder."""
+    """A forest plot of the accuracy and the paired difference to `after` (95% intervals), `marks` drawn across."""
     panels = {f"{evaluated} accuracy, % (95% interval)": ([l["heldout_acc"] for l in lines], marks),
               "Δ vs after, points (paired, 95%)": ([l["diff"] for l in lines], {"no difference": 0.0})}
     fig, axes = pyplot().subplots(1, 2, figsize=(12, 0.28 * len(lines) + 1.5), sharey=True, squeeze=False)

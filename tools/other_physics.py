@@ -1,20 +1,5 @@
-"""Data sets of other physics than the built-in benchmark's, in the scientist's layout, to check what a run
-assumes against data it did not generate.
-
-    python -m tools.other_physics DIR --kind axis-length              # 6,000 / 1,000 / 1,000 images
-    python -m tools.other_physics DIR --kind diagonal --train 2000 --seed 3
-
-Each kind is a pair of stationary Gaussian log-density fields whose states differ by their correlation
-lengths (a Gaussian spectrum with a 2 x 2 length tensor per state), on a periodic grid unless said otherwise:
-- axis-length: state 1 is correlated over a longer distance along the first axis (reflections keep the state,
-  a transpose does neither);
-- isotropic: state 1 is correlated over a longer distance in every direction (every symmetry keeps it);
-- diagonal: state 0 is stretched along the main diagonal, state 1 along the other one (a transpose keeps the
-  state, reflections swap it);
-- cropped: axis-length cut from a larger field, so the grid is not periodic (shifts keep nothing).
-`recording_date` equals the label in the training file only, as in the scientist's data; the test file's
-labels are -1 with the answer key beside it (test_labels.hdf5).
-"""
+"""Data of other physics than the benchmark's, in the scientist's layout (answer key beside the test file): two
+stationary Gaussian log-density fields whose states differ by correlation lengths; recording_date = label in train."""
 from __future__ import annotations
 
 import argparse
@@ -28,31 +13,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from synthetic import write_hdf5  # noqa: E402
 
 KINDS = {  # per state: (length along axis 0, along axis 1, along the main diagonal's normal), crop factor
-    "axis-length": ((1.2, 1.2, 0.0), (1.25, 1.2, 0.0), 1),
-    "isotropic": ((1.2, 1.2, 0.0), (1.5, 1.5, 0.0), 1),
-    "diagonal": ((1.3, 1.3, 0.5), (1.3, 1.3, -0.5), 1),
-    "cropped": ((1.2, 1.2, 0.0), (1.25, 1.2, 0.0), 2),
+    "axis-length": ((1.2, 1.2, 0.0), (1.25, 1.2, 0.0), 1),  # reflections keep the state, a transpose does neither
+    "isotropic": ((1.2, 1.2, 0.0), (1.5, 1.5, 0.0), 1),  # every symmetry keeps the state
+    "diagonal": ((1.3, 1.3, 0.5), (1.3, 1.3, -0.5), 1),  # a transpose keeps the state, reflections swap it
+    "cropped": ((1.2, 1.2, 0.0), (1.25, 1.2, 0.0), 2),  # axis-length cut from a larger field: not periodic
 }
-
-
-def spectrum(size: int, lengths: tuple[float, float, float]) -> np.ndarray:
-    """A Gaussian power spectrum exp(-k^T L k / 2) with L = [[a^2, c], [c, b^2]], unit mean, k = 0 removed."""
-    a, b, c = lengths
-    k = 2 * np.pi * np.fft.fftfreq(size)
-    ki, kj = np.meshgrid(k, k, indexing="ij")
-    power = np.exp(-0.5 * (a * a * ki * ki + b * b * kj * kj + 2 * c * ki * kj))
-    power[0, 0] = 0.0
-    return power / power.mean()
 
 
 def fields(labels: np.ndarray, kind: str, size: int, rng: np.random.Generator, contrast: float = 1.0
            ) -> np.ndarray:
-    """Log-density (N, size, size) float64 of the given states; `contrast` scales how far state 1's lengths
-    lie from state 0's (a larger one: states told apart with fewer images)."""
+    """Log-density (N, size, size) of the given states; `contrast` scales how far state 1's lengths lie from 0's."""
     (l0, l1, crop) = KINDS[kind]
     lengths = (l0, tuple(a + contrast * (b - a) for a, b in zip(l0, l1)))
     big = size * crop
-    amplitude = [np.sqrt(spectrum(big, lengths[c])) for c in (0, 1)]
+    k = 2 * np.pi * np.fft.fftfreq(big)
+    ki, kj = np.meshgrid(k, k, indexing="ij")
+    amplitude = []
+    for a, b, c in lengths:  # power exp(-k^T L k / 2) with L = [[a^2, c], [c, b^2]], unit mean, k = 0 removed
+        power = np.exp(-0.5 * (a * a * ki * ki + b * b * kj * kj + 2 * c * ki * kj))
+        power[0, 0] = 0.0
+        amplitude.append(np.sqrt(power / power.mean()))
     white = rng.standard_normal((len(labels), big, big))
     amp = np.where(labels[:, None, None] == 1, amplitude[1], amplitude[0])
     return 0.15 * np.fft.ifft2(np.fft.fft2(white) * amp).real[:, :size, :size]
@@ -78,8 +58,7 @@ def make(directory: str | Path, kind: str, train: int = 6000, valid: int = 1000,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.other_physics", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m tools.other_physics", description=__doc__)
     p.add_argument("directory")
     p.add_argument("--kind", choices=tuple(KINDS), default="axis-length")
     p.add_argument("--train", type=int, default=6000, help="training images (valid and test: 1,000 each)")
