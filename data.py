@@ -160,8 +160,6 @@ def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
     return splits
 
 
-# ---- the shortcut guard --------------------------------------------------------------------------------
-
 def find_confounders(splits: dict[str, RawSplit]) -> dict[str, str]:
     """Channels that give the training labels away (name -> evidence): a per-sample constant that alone separates
     the labels, or values outside those of valid and test (whose labels are never used)."""
@@ -203,8 +201,6 @@ def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[s
     return names
 
 
-# ---- tensors on the device -----------------------------------------------------------------------------
-
 def _read(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnChunk | None = None) -> np.ndarray:
     """(N, C, S, S) float32 in `channels` order, density as its logarithm when `log_density` (<= 0 refused: a clamp
     would make outliers); `on_chunk` sees every chunk's raw channels, density included."""
@@ -220,8 +216,7 @@ def _read(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnC
                 if bad.any():
                     raise UserError(f"{split.path}: density has {int(bad.sum())} non-positive values (in "
                                     f"{int(bad.any(axis=(1, 2)).sum())} of {len(split)} samples; float16 stores "
-                                    f"values below 6e-8 as 0) and whitening takes its logarithm; drop or fix "
-                                    f"those samples, or use --no-whiten (raw density)")
+                                    f"< 6e-8 as 0) but whitening takes its logarithm; fix them or use --no-whiten")
                 values = np.log(values)
             x[start:start + len(values), c] = values
     return x
@@ -311,8 +306,6 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, device: torch.
     return [order[(s * world + rank) * per_step:(s * world + rank + 1) * per_step] for s in range(steps)]
 
 
-# ---- the run's data ------------------------------------------------------------------------------------
-
 def resolve_data_dir(cfg: Config, log: Callable[[str], None]) -> tuple[Path, str]:
     """--data-dir when it has train.hdf5 ("files"), else the built-in benchmark in it when it is empty ("synthetic")."""
     data_dir = Path(cfg.data_dir)
@@ -401,6 +394,5 @@ def check_same_data(run_dir: Path, files: dict[str, dict[str, Any]]) -> None:
         raise UserError(f"{run_dir}/config.json, the record of the data the run read, is missing or damaged; start "
                         f"a new run") from None
     if changed:
-        raise UserError(f"cannot resume {run_dir}: {changed[0]} changed since the run started (its size or SHA-256 "
-                        f"differs from config.json), so the run would mix two data sets; restore that file, or "
-                        f"start a new run")
+        raise UserError(f"cannot resume {run_dir}: {changed[0]} changed since the run started (SHA-256 differs "
+                        f"from config.json); restore that file, or start a new run")
