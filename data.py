@@ -62,21 +62,17 @@ class RawSplit:
             yield start, block
 
 
-def _dataset(h5: h5py.File, key: str, path: Path, needs: str) -> h5py.Dataset:
-    """Dataset `key` of `path`, or one line that lists what is there and points out a key differing in case."""
-    if key not in h5 or not isinstance(h5[key], h5py.Dataset):
-        near = [k for k in sorted(h5) if k.lower() == key.lower()]
-        hint = f"; its '{near[0]}' differs only in case: rename it to '{key}'" if near else ""
-        raise UserError(f"{path} has no dataset '{key}' (found: {', '.join(sorted(h5)) or 'none'}); {needs}{hint}")
-    ds = h5[key]
-    if ds.dtype.kind not in "biuf":
-        raise UserError(f"{path}: dataset '{key}' holds {ds.dtype} values, expected numbers")
-    return ds
-
-
-def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> int:
-    """N, after checking channels (N, S, S) of one shape, labels (N,) or (N, 1) when present, N > 0."""
-    labels = shapes.pop("labels", None)
+def _datasets(h5: h5py.File, path: Path, name: str, keys: tuple[str, ...], needs: str) -> tuple[dict, int]:
+    """Datasets `keys` of `path` and N, checked: numbers, channels (N, S, S) of one shape, labels (N, 1), N > 0."""
+    for key in keys:
+        if key not in h5 or not isinstance(h5[key], h5py.Dataset):
+            near = [k for k in sorted(h5) if k.lower() == key.lower()]
+            hint = f"; its '{near[0]}' differs only in case: rename it to '{key}'" if near else ""
+            raise UserError(f"{path} has no dataset '{key}' (found: {', '.join(sorted(h5)) or 'none'}); {needs}{hint}")
+        if h5[key].dtype.kind not in "biuf":
+            raise UserError(f"{path}: dataset '{key}' holds {h5[key].dtype} values, expected numbers")
+    shapes = {key: h5[key].shape for key in keys if key != "labels"}
+    labels = h5["labels"].shape if "labels" in keys else None
     for key, shape in shapes.items():
         if len(shape) != 3 or shape[1] != shape[2] or shape[1] == 0:
             raise UserError(f"{path}: {key} has shape {shape}, expected (N, S, S) square grids")
@@ -91,7 +87,7 @@ def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> 
     if first is not None and shapes[first][0] != n:
         raise UserError(f"{path}: {first} has {shapes[first][0]} samples but labels has {n}; the datasets must "
                         f"have the same length")
-    return n
+    return {key: h5[key] for key in keys}, n
 
 
 def open_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_NAMES,
@@ -109,8 +105,7 @@ def open_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_
     try:
         keys = (*channels, "labels") if labelled or "labels" in h5 else channels
         needs = f"the {name} file needs {', '.join(keys if labelled else channels)}"
-        datasets = {key: _dataset(h5, key, path, needs) for key in keys}
-        n = _check_shapes(path, name, {key: ds.shape for key, ds in datasets.items()})
+        datasets, n = _datasets(h5, path, name, keys, needs)
         # a damaged header can declare an enormous dataset: refuse it rather than swap or be killed
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 1 << 62
         if sum(ds.size * 4 for ds in datasets.values()) > memory:

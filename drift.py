@@ -78,12 +78,12 @@ def check(reference: dict, values: np.ndarray) -> DriftCheck:
     values, rings = values[:, :len(names)], values[:, len(names):]
     z = (values - np.asarray(reference["median"])) / np.asarray(reference["scale"])  # robust standard scores
     valid = np.isfinite(z).all(axis=1)
-    flags = ~valid | (np.abs(np.where(valid[:, None], z, 0)).max(axis=1) > reference["threshold"])
+    score = np.abs(np.where(valid[:, None], z, 0))
+    flags = ~valid | (score.max(axis=1) > reference["threshold"])
     outside = {name: {"below": float(np.mean(values[:, i] < lo)), "above": float(np.mean(values[:, i] > hi))}
                for i, (name, lo, hi) in enumerate(zip(names, reference["low"], reference["high"]))}
-    worst = np.abs(np.where(valid[:, None], z, 0)).argmax(axis=1)
     keys = [f"{names[w]} {'higher' if row[w] > 0 else 'lower'}" if ok else "density not positive, or constant"
-            for row, w, ok in zip(z[flags], worst[flags], valid[flags])]
+            for row, w, ok in zip(z[flags], score[flags].argmax(axis=1), valid[flags])]
     culprits = {key: n / len(flags) for key, n in Counter(sorted(keys)).most_common()}
     medians = np.median(rings[valid], axis=0) if valid.any() else np.full(rings.shape[1], np.nan)
     return DriftCheck(flags, float(flags.mean()), outside, culprits, medians.tolist(), float(flags.mean()) > WARN_SHARE)
