@@ -156,8 +156,8 @@ def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
 
 
 def find_confounders(splits: dict[str, RawSplit]) -> dict[str, str]:
-    """Channels that give the training labels away (name -> evidence): a per-sample constant that alone separates
-    the labels, or values outside those of valid and test (whose labels are never used)."""
+    """Channels that give the training labels away (name -> evidence): a label-separating constant or a range unlike
+    valid's and test's (whose labels are never used)."""
     names, ranges, found = list(splits["train"].channels), {}, {}
     for split_name, split in splits.items():  # per split and channel: each sample's lowest and highest value
         low, high = {name: [] for name in names}, {name: [] for name in names}
@@ -197,8 +197,7 @@ def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[s
 
 
 def _read(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnChunk | None = None) -> np.ndarray:
-    """(N, C, S, S) float32 in `channels` order, density as its logarithm when `log_density` (<= 0 refused: a clamp
-    would make outliers); `on_chunk` sees every chunk's raw channels, density included."""
+    """(N, C, S, S) float32 in `channels` order, density as its log if `log_density`; `on_chunk` sees raw chunks."""
     grid = next(iter(split.channels.values())).shape[-1]
     x = np.empty((len(split), len(channels), grid, grid), np.float32)
     for start, block in split.chunks(list(dict.fromkeys([*channels, *(["density"] if on_chunk else [])]))):
@@ -263,8 +262,7 @@ class DeviceData:
 def to_device(splits: dict[str, RawSplit], channels: list[str], device: torch.device | str,
               test_labels: np.ndarray | None = None, whiten: bool = False, stats: dict | None = None,
               symmetry: SymmetryPlan = SymmetryPlan(), on_chunk: dict[str, OnChunk] | None = None) -> DeviceData:
-    """Every split on `device`, normalised with training statistics (or a checkpoint's `stats`); test y is the
-    answer key or None."""
+    """Every split on `device`, normalised with training statistics or a checkpoint's `stats`; test y: answer key."""
     xs, on_chunk = {}, on_chunk or {}
     if stats is None:  # a new run: statistics of the training images they normalise
         whiten = whiten and "density" in channels

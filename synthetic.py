@@ -48,10 +48,8 @@ def class_spectrum(label: int, grid: int = GRID) -> np.ndarray:
     """Covariance eigenvalues of log-density minus its offset: exp(-0.67 |k|) exp(±0.033/2 |k| cos 2θ), + for label
     0, k = 0 removed, mean PIXEL_STD**2."""
     kk, cos2 = wave_vectors(grid)
-    sign = 1.0 if label == 0 else -1.0
-    spec = np.exp(-SPECTRAL_DECAY * kk) * np.exp(sign * ANISOTROPY / 2 * kk * cos2)
+    spec = np.exp(-SPECTRAL_DECAY * kk) * np.exp((1 - 2 * label) * ANISOTROPY / 2 * kk * cos2)  # label 1: transposed
     spec[0, 0] = 0.0
-    # The two classes are transposes of each other, so they share one normalisation.
     return spec * (PIXEL_STD**2 / spec.mean())
 
 
