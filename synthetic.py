@@ -108,10 +108,9 @@ def generate_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Size
 def ensure_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Sizes()) -> Path:
     """Reuse the benchmark in `directory` if it matches; else generate it. Never replaces foreign files."""
     directory = Path(directory)
-    manifest = directory / MANIFEST
-    if manifest.exists():
+    if (directory / MANIFEST).exists():
         with contextlib.suppress(OSError, ValueError, AttributeError):  # unreadable or damaged: generated again
-            saved = json.loads(manifest.read_text())
+            saved = json.loads((directory / MANIFEST).read_text())
             same = saved.get("seed") == seed and saved.get("sizes") == asdict(sizes) and saved.get("complete")
             if same and all((directory / f).exists() for f in FILES):
                 return directory
