@@ -63,7 +63,7 @@ class RawSplit:
 
 
 def _datasets(h5: h5py.File, path: Path, name: str, keys: tuple[str, ...], needs: str) -> tuple[dict, int]:
-    """Datasets `keys` of `path` and N, checked: numbers, channels (N, S, S) of one shape, labels (N, 1), N > 0."""
+    """`keys` of `path` and N, checked: numbers, channels (N, S, S) of one shape, labels (N,) or (N, 1), N > 0."""
     for key in keys:
         if key not in h5 or not isinstance(h5[key], h5py.Dataset):
             near = [k for k in sorted(h5) if k.lower() == key.lower()]
