@@ -62,44 +62,37 @@ class RawSplit:
             yield start, block
 
 
-def _dataset(h5: h5py.File, key: str, path: Path, needs: str) -> h5py.Dataset:
-    """Dataset `key` of `path`, or one line that lists what is there and points out a key differing in case."""
-    if key not in h5 or not isinstance(h5[key], h5py.Dataset):
-        found = ", ".join(sorted(h5.keys())) or "none"
-        near = [k for k in sorted(h5.keys()) if k.lower() == key.lower()]
-        hint = f"; its '{near[0]}' differs only in case: rename it to '{key}'" if near else ""
-        raise UserError(f"{path} has no dataset '{key}' (found: {found}); {needs}{hint}")
-    ds = h5[key]
-    if ds.dtype.kind not in "biuf":
-        raise UserError(f"{path}: dataset '{key}' holds {ds.dtype} values, expected numbers")
-    return ds
-
-
-def _check_shapes(path: Path, name: str, shapes: dict[str, tuple[int, ...]]) -> int:
-    """N, after checking channels (N, S, S) of one shape, labels (N,) or (N, 1) when present, N > 0."""
-    channels = {k: v for k, v in shapes.items() if k != "labels"}
-    for key, shape in channels.items():
+def _datasets(h5: h5py.File, path: Path, name: str, keys: tuple[str, ...], needs: str) -> tuple[dict, int]:
+    """`keys` of `path` and N, checked: numbers, channels (N, S, S) of one shape, labels (N,) or (N, 1), N > 0."""
+    for key in keys:
+        if key not in h5 or not isinstance(h5[key], h5py.Dataset):
+            near = [k for k in sorted(h5) if k.lower() == key.lower()]
+            hint = f"; its '{near[0]}' differs only in case: rename it to '{key}'" if near else ""
+            raise UserError(f"{path} has no dataset '{key}' (found: {', '.join(sorted(h5)) or 'none'}); {needs}{hint}")
+        if h5[key].dtype.kind not in "biuf":
+            raise UserError(f"{path}: dataset '{key}' holds {h5[key].dtype} values, expected numbers")
+    shapes = {key: h5[key].shape for key in keys if key != "labels"}
+    labels = h5["labels"].shape if "labels" in keys else None
+    for key, shape in shapes.items():
         if len(shape) != 3 or shape[1] != shape[2] or shape[1] == 0:
             raise UserError(f"{path}: {key} has shape {shape}, expected (N, S, S) square grids")
-    labels = shapes.get("labels")
+    if len(set(shapes.values())) > 1:
+        raise UserError(f"{path}: channel shapes differ ({', '.join(f'{k} {v}' for k, v in shapes.items())})")
     if labels is not None and (len(labels) not in (1, 2) or (len(labels) == 2 and labels[1] != 1)):
         raise UserError(f"{path}: labels have shape {labels}, expected (N, 1)")
-    n = labels[0] if labels is not None else next(iter(channels.values()))[0]
+    n = labels[0] if labels is not None else next(iter(shapes.values()))[0]
     if n == 0:
         raise UserError(f"{path}: the {name} split is empty; it needs at least one sample")
-    for key, shape in channels.items():
-        if shape[0] != n:
-            raise UserError(f"{path}: {key} has {shape[0]} samples but {'labels' if labels else 'density'} has "
-                            f"{n}; the datasets must have the same length")
-    if len(set(channels.values())) > 1:
-        raise UserError(f"{path}: channel shapes differ ({', '.join(f'{k} {v}' for k, v in channels.items())})")
-    return n
+    first = next(iter(shapes), None)  # all channels have one shape
+    if first is not None and shapes[first][0] != n:
+        raise UserError(f"{path}: {first} has {shapes[first][0]} samples but labels has {n}; the datasets must "
+                        f"have the same length")
+    return {key: h5[key] for key in keys}, n
 
 
 def open_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_NAMES,
                labelled: bool = True) -> RawSplit:
-    """One split file, checked and left open for streaming; an unlabelled one may lack labels (then all -1).
-    h5py reports damage with many exception types: each becomes one UserError line."""
+    """One split file, checked and left open for streaming; an unlabelled one may lack labels (then all -1)."""
     path = Path(path)
     if not path.is_file():
         where = f"put {SPLIT_FILES[name]} in --data-dir" if name in SPLIT_FILES else "check the path"
@@ -112,12 +105,9 @@ def open_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_
     try:
         keys = (*channels, "labels") if labelled or "labels" in h5 else channels
         needs = f"the {name} file needs {', '.join(keys if labelled else channels)}"
-        datasets = {key: _dataset(h5, key, path, needs) for key in keys}
-        n = _check_shapes(path, name, {key: ds.shape for key, ds in datasets.items()})
-        try:  # a damaged header can declare an enormous dataset: refuse it rather than swap or be killed
-            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            memory = 1 << 62
+        datasets, n = _datasets(h5, path, name, keys, needs)
+        # a damaged header can declare an enormous dataset: refuse it rather than swap or be killed
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 1 << 62
         if sum(ds.size * 4 for ds in datasets.values()) > memory:
             raise UserError(f"{path} declares more data than this machine's memory "
                             f"({', '.join(f'{k} {ds.shape}' for k, ds in datasets.items())})")
@@ -143,12 +133,9 @@ def read_split(path: str | Path, name: str, channels: tuple[str, ...] = CHANNEL_
 
 
 def read_answer_key(data_dir: Path, n: int) -> np.ndarray | None:
-    """True test labels when an answer file sits beside the test file (the built-in benchmark), else None."""
-    if not (data_dir / ANSWER_FILE).is_file():
-        return None
-    key = open_split(data_dir / ANSWER_FILE, "answer key", channels=())
-    key.close()
-    return key.labels if len(key) == n else None
+    """The n true test labels when an answer file sits beside the test file (the built-in benchmark), else None."""
+    key = read_split(data_dir / ANSWER_FILE, "answer key", ()) if (data_dir / ANSWER_FILE).is_file() else None
+    return key.labels if key is not None and len(key) == n else None
 
 
 def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
@@ -168,11 +155,9 @@ def load_splits(data_dir: str | Path) -> dict[str, RawSplit]:
     return splits
 
 
-# ---- the shortcut guard --------------------------------------------------------------------------------
-
 def find_confounders(splits: dict[str, RawSplit]) -> dict[str, str]:
-    """Channels that give the labels away in training (name -> evidence): constant within each sample with that
-    constant alone separating the labels, or values outside those of valid or test (whose labels are never used)."""
+    """Channels that give the training labels away (name -> evidence): a label-separating constant or a range unlike
+    valid's and test's (whose labels are never used)."""
     names, ranges, found = list(splits["train"].channels), {}, {}
     for split_name, split in splits.items():  # per split and channel: each sample's lowest and highest value
         low, high = {name: [] for name in names}, {name: [] for name in names}
@@ -211,12 +196,8 @@ def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[s
     return names
 
 
-# ---- tensors on the device -----------------------------------------------------------------------------
-
 def _read(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnChunk | None = None) -> np.ndarray:
-    """(N, C, S, S) float32 in `channels` order, density as its logarithm when `log_density` (<= 0 refused: a clamp
-    would make outliers). `on_chunk` sees every chunk's raw channels, density included, so derived features need
-    no read of their own."""
+    """(N, C, S, S) float32 in `channels` order, density as its log if `log_density`; `on_chunk` sees raw chunks."""
     grid = next(iter(split.channels.values())).shape[-1]
     x = np.empty((len(split), len(channels), grid, grid), np.float32)
     for start, block in split.chunks(list(dict.fromkeys([*channels, *(["density"] if on_chunk else [])]))):
@@ -229,16 +210,14 @@ def _read(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnC
                 if bad.any():
                     raise UserError(f"{split.path}: density has {int(bad.sum())} non-positive values (in "
                                     f"{int(bad.any(axis=(1, 2)).sum())} of {len(split)} samples; float16 stores "
-                                    f"values below 6e-8 as 0) and whitening takes its logarithm; drop or fix "
-                                    f"those samples, or use --no-whiten (raw density)")
+                                    f"< 6e-8 as 0) but whitening takes its logarithm; fix them or use --no-whiten")
                 values = np.log(values)
             x[start:start + len(values), c] = values
     return x
 
 
 def _transform(x: np.ndarray, channels: list[str], gain: np.ndarray | None, stats: dict | None = None) -> None:
-    """In place, chunk by chunk: every Fourier mode of log-density scaled by `gain`, then each channel minus its
-    `stats` mean over its std."""
+    """In place: log-density's Fourier modes scaled by `gain`, then each channel standardised with `stats`."""
     g = None if gain is None else torch.from_numpy(np.asarray(gain, np.float32))
     for start in range(0, len(x), CHUNK):
         part = x[start:start + CHUNK]
@@ -283,8 +262,7 @@ class DeviceData:
 def to_device(splits: dict[str, RawSplit], channels: list[str], device: torch.device | str,
               test_labels: np.ndarray | None = None, whiten: bool = False, stats: dict | None = None,
               symmetry: SymmetryPlan = SymmetryPlan(), on_chunk: dict[str, OnChunk] | None = None) -> DeviceData:
-    """Every split normalised with training statistics (or a checkpoint's `stats`) on `device`; a new whitening
-    filter is averaged over the symmetries `symmetry` applies. Test y is the answer key or None."""
+    """Every split on `device`, normalised with training statistics or a checkpoint's `stats`; test y: answer key."""
     xs, on_chunk = {}, on_chunk or {}
     if stats is None:  # a new run: statistics of the training images they normalise
         whiten = whiten and "density" in channels
@@ -313,9 +291,7 @@ def to_device(splits: dict[str, RawSplit], channels: list[str], device: torch.de
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, device: torch.device | str,
                   rank: int = 0, world: int = 1) -> list[torch.Tensor]:
-    """Index batches for one epoch: one permutation drawn on the device from (seed, epoch), full batches only.
-    Every process takes a disjoint slice of it, so all ranks run the same number of steps; a resumed run
-    shuffles identically."""
+    """Full index batches for one epoch from a permutation seeded by (seed, epoch), each rank a disjoint slice."""
     generator = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(n, generator=generator, device=device)
     steps = max(n // (batch_size * world), 1)
@@ -323,11 +299,8 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, device: torch.
     return [order[(s * world + rank) * per_step:(s * world + rank + 1) * per_step] for s in range(steps)]
 
 
-# ---- the run's data ------------------------------------------------------------------------------------
-
 def resolve_data_dir(cfg: Config, log: Callable[[str], None]) -> tuple[Path, str]:
-    """The user's files when --data-dir has train.hdf5 ("files"), else the built-in benchmark generated into a
-    sub-folder of the default or an empty folder ("synthetic"); any other folder is the user's: refused."""
+    """--data-dir when it has train.hdf5 ("files"), else the built-in benchmark in it when it is empty ("synthetic")."""
     data_dir = Path(cfg.data_dir)
     if (data_dir / SPLIT_FILES["train"]).exists():
         return data_dir, "files"
@@ -339,33 +312,27 @@ def resolve_data_dir(cfg: Config, log: Callable[[str], None]) -> tuple[Path, str
     # hidden files and the generator's own folders (synthetic, synthetic-*) are not the user's data
     found = sorted(p.name for p in data_dir.iterdir() if not p.name.startswith(".")
                    and not (p.is_dir() and p.name.split("-")[0] == "synthetic")) if data_dir.is_dir() else []
-    if found:
+    if found:  # advise: files that look like the splits under another name, else what the run reads
+        wanted = {**SPLIT_FILES, "validation": SPLIT_FILES["valid"], "test_no_labels": SPLIT_FILES["test"]}
+        renames = [f"{n} to {wanted[Path(n).stem.lower()]}" for n in found
+                   if Path(n).stem.lower() in wanted and n not in SPLIT_FILES.values()]
+        if renames:
+            advice = f"rename {', '.join(renames)}"
+        elif set(found) & set(SPLIT_FILES.values()):
+            advice = f"put {SPLIT_FILES['train']} beside them"
+        else:
+            advice = f"the run reads {', '.join(SPLIT_FILES.values())} (with datasets density, recording_date, labels)"
         raise UserError(f"{data_dir} has no {SPLIT_FILES['train']} but holds {', '.join(found[:6])}"
-                        f"{' ...' if len(found) > 6 else ''}; {what_to_rename(found)}")
+                        f"{' ...' if len(found) > 6 else ''}; {advice}, or pass an empty folder to generate the "
+                        f"built-in benchmark there")
     # one folder per generator seed: runs of different seeds never rewrite each other's (fingerprinted) data
     bench = data_dir / ("synthetic" if cfg.synthetic_seed == 0 else f"synthetic-seed{cfg.synthetic_seed}")
     log(f"no {SPLIT_FILES['train']} in {data_dir}/: using the built-in synthetic benchmark in {bench}/")
     return synthetic.ensure_benchmark(bench, cfg.synthetic_seed), "synthetic"
 
 
-def what_to_rename(names: list[str]) -> str:
-    """Advice for a folder without train.hdf5: which of its files look like the splits under another name."""
-    wanted = {**SPLIT_FILES, "validation": SPLIT_FILES["valid"], "test_no_labels": SPLIT_FILES["test"]}
-    renames = [f"{n} to {wanted[n.rsplit('.', 1)[0].lower()]}" for n in names
-               if n.rsplit(".", 1)[0].lower() in wanted and n not in SPLIT_FILES.values()]
-    if renames:
-        advice = f"rename {', '.join(renames)}"
-    elif set(names) & set(SPLIT_FILES.values()):
-        advice = f"put {SPLIT_FILES['train']} beside them"
-    else:
-        advice = (f"the run reads {', '.join(SPLIT_FILES.values())} (each with datasets density, recording_date, "
-                  f"labels)")
-    return advice + ", or pass an empty folder to generate the built-in benchmark there"
-
-
 def load_data(cfg: Config, device: torch.device, log: Callable[[str], None], saved: dict | None = None):
-    """Read, check and move the data; returns (DeviceData, info for config.json and the summary). `saved`: a
-    resumed run's checkpoint, whose input preparation and symmetries are kept."""
+    """(DeviceData, info for config.json); a resumed run keeps `saved`'s input preparation and symmetries."""
     data_dir, source = resolve_data_dir(cfg, log)
     splits = load_splits(data_dir)
     confounders = find_confounders(splits)
@@ -407,28 +374,18 @@ def load_data(cfg: Config, device: torch.device, log: Callable[[str], None], sav
 
 def data_files(data_dir: Path, answers: bool) -> dict[str, dict[str, Any]]:
     """Size and SHA-256 of each split file, and of the answer key when the test metrics use it."""
-    files = {name: fingerprint(data_dir / f) for name, f in SPLIT_FILES.items()}
-    if answers:
-        files["test_answers"] = fingerprint(data_dir / ANSWER_FILE)
-    return files
-
-
-def recorded_data(run_dir: Path) -> dict[str, Any]:
-    """What run_dir/config.json records about the data the run read: data_dir, source, channels, files."""
-    try:
-        data = json.loads((run_dir / "config.json").read_text())["data"]
-        if isinstance(data.get("files"), dict):
-            return data
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    raise UserError(f"{run_dir}/config.json, the record of the data the run read, is missing or damaged; start a "
-                    f"new run")
+    files = {**SPLIT_FILES, **({"test_answers": ANSWER_FILE} if answers else {})}
+    return {name: fingerprint(data_dir / file) for name, file in files.items()}
 
 
 def check_same_data(run_dir: Path, files: dict[str, dict[str, Any]]) -> None:
     """Resume only on the data the run started with: its whitening filter, statistics and history belong to it."""
-    changed = changed_files(recorded_data(run_dir)["files"], files)
+    try:
+        recorded = json.loads((run_dir / "config.json").read_text())["data"]["files"]
+        changed = changed_files(recorded, files)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{run_dir}/config.json, the record of the data the run read, is missing or damaged; start "
+                        f"a new run") from None
     if changed:
-        raise UserError(f"cannot resume {run_dir}: {changed[0]} changed since the run started (its size or SHA-256 "
-                        f"differs from config.json), so the run would mix two data sets; restore that file, or "
-                        f"start a new run")
+        raise UserError(f"cannot resume {run_dir}: {changed[0]} changed since the run started (SHA-256 differs "
+                        f"from config.json); restore that file, or start a new run")

@@ -1,10 +1,9 @@
-"""Is a file like the training data? A description of the training set, and per-sample flags against it.
-
-Features that a change of instrument, resolution or regime moves but the state does not (log-density's mean,
-std and radially averaged power in |k| bands; the other channels' mean and std); a sample is flagged when its
-most extreme robust score exceeds what only FALSE_FLAG_RATE of the training samples reach."""
+"""Is a file like the training data? Per-sample features that the state does not move, described on the training
+set; a sample is flagged when its most extreme robust score exceeds what only FALSE_FLAG_RATE of the training
+samples reach (docs/usage.md, "Drift check")."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,9 +21,7 @@ FEATURES = ["mean of log-density", "std of log-density",
 
 
 def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
-    """Per sample of `channels` ('density' and the `others`, (n, S, S)): FEATURES, the others' mean and std, then
-    the log-power of each ring |k| in [r - 0.5, r + 0.5), r = 1, 2, ... (the figure); NaN log-density features
-    where density <= 0."""
+    """Per sample: FEATURES, the `others`' mean and std, then the log-power of each ring |k| ≈ 1, 2, ... (figure)."""
     density = channels["density"]
     # a pixel <= 0 has no logarithm: NaN, which every log-density feature of its sample then inherits
     log_rho = np.log(np.where(density > 0, density, np.nan).astype(np.float64))
@@ -44,8 +41,7 @@ def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
 
 
 def describe(values: np.ndarray, others: list[str] = ()) -> dict:
-    """The training set's `table` described: per-feature median, scale, 0.1/99.9 % range, flag threshold and ring
-    percentiles (the figure), as plain lists (saved in the checkpoint)."""
+    """The training set's `table` as plain lists (saved in the checkpoint): median, scale, range, flag threshold."""
     names = FEATURES + [f"{stat} of {name}" for name in others for stat in ("mean", "std")]
     values, rings = values[:, :len(names)], values[:, len(names):]
     q16, median, q84 = np.percentile(values, [15.87, 50, 84.13], axis=0)
@@ -82,14 +78,13 @@ def check(reference: dict, values: np.ndarray) -> DriftCheck:
     values, rings = values[:, :len(names)], values[:, len(names):]
     z = (values - np.asarray(reference["median"])) / np.asarray(reference["scale"])  # robust standard scores
     valid = np.isfinite(z).all(axis=1)
-    flags = ~valid | (np.abs(np.where(valid[:, None], z, 0)).max(axis=1) > reference["threshold"])
+    score = np.abs(np.where(valid[:, None], z, 0))
+    flags = ~valid | (score.max(axis=1) > reference["threshold"])
     outside = {name: {"below": float(np.mean(values[:, i] < lo)), "above": float(np.mean(values[:, i] > hi))}
                for i, (name, lo, hi) in enumerate(zip(names, reference["low"], reference["high"]))}
-    worst = np.abs(np.where(valid[:, None], z, 0)).argmax(axis=1)
     keys = [f"{names[w]} {'higher' if row[w] > 0 else 'lower'}" if ok else "density not positive, or constant"
-            for row, w, ok in zip(z[flags], worst[flags], valid[flags])]
-    found, counts = np.unique(keys, return_counts=True) if keys else ([], [])
-    culprits = {str(key): n / len(flags) for n, key in sorted(zip(counts, found), key=lambda kv: -kv[0])}
+            for row, w, ok in zip(z[flags], score[flags].argmax(axis=1), valid[flags])]
+    culprits = {key: n / len(flags) for key, n in Counter(sorted(keys)).most_common()}
     medians = np.median(rings[valid], axis=0) if valid.any() else np.full(rings.shape[1], np.nan)
     return DriftCheck(flags, float(flags.mean()), outside, culprits, medians.tolist(), float(flags.mean()) > WARN_SHARE)
 

@@ -1,10 +1,6 @@
-"""The built-in fictitious-gas benchmark in the scientist's HDF5 layout, and its Bayes limit.
-
-Log-density is a stationary Gaussian random field on a periodic grid with Fourier-space covariance
-lambda_c(k) ∝ exp(-0.67 |k|) exp(s_c (a/2) |k| cos 2θ), s = +1 (label 0) / -1 (label 1), a = 0.033, k = 0 removed,
-scaled to a pixel std of 0.13, plus a per-sample offset (std 0.035): class 1 is class 0 transposed. Both classes
-being Gaussian with known spectra, the exact likelihood-ratio test is the best any classifier can do.
-"""
+"""The built-in fictitious-gas benchmark in the scientist's HDF5 layout, and its Bayes limit: log-density is a
+periodic Gaussian random field (class 1 the transpose of class 0, see class_spectrum) plus a per-sample offset, so
+the exact likelihood-ratio test is the best any classifier can do."""
 from __future__ import annotations
 
 import contextlib
@@ -49,18 +45,16 @@ def wave_vectors(grid: int = GRID) -> tuple[np.ndarray, np.ndarray]:
 
 
 def class_spectrum(label: int, grid: int = GRID) -> np.ndarray:
-    """Covariance eigenvalues lambda_c(k) of log-density (minus its offset); mean(lambda) = PIXEL_STD**2."""
+    """Covariance eigenvalues of log-density minus its offset: exp(-0.67 |k|) exp(±0.033/2 |k| cos 2θ), + for label
+    0, k = 0 removed, mean PIXEL_STD**2."""
     kk, cos2 = wave_vectors(grid)
-    sign = 1.0 if label == 0 else -1.0
-    spec = np.exp(-SPECTRAL_DECAY * kk) * np.exp(sign * ANISOTROPY / 2 * kk * cos2)
+    spec = np.exp(-SPECTRAL_DECAY * kk) * np.exp((1 - 2 * label) * ANISOTROPY / 2 * kk * cos2)  # label 1: transposed
     spec[0, 0] = 0.0
-    # The two classes are transposes of each other, so they share one normalisation.
     return spec * (PIXEL_STD**2 / spec.mean())
 
 
 def sample_log_density(labels: np.ndarray, rng: np.random.Generator, grid: int = GRID) -> np.ndarray:
-    """Gaussian random fields (N, grid, grid), float64: white noise coloured by sqrt(lambda) in Fourier space, plus
-    each sample's offset."""
+    """Log-density fields (N, grid, grid), float64: white noise coloured by sqrt(lambda), plus each sample's offset."""
     amplitude = np.where(labels[:, None, None] == 1, np.sqrt(class_spectrum(1, grid)), np.sqrt(class_spectrum(0, grid)))
     field = np.fft.ifft2(np.fft.fft2(rng.standard_normal((len(labels), grid, grid))) * amplitude).real
     return field + OFFSET_STD * rng.standard_normal((len(labels), 1, 1))
@@ -95,8 +89,7 @@ def generate_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Size
         raise UserError(f"cannot create the benchmark folder {directory}: {e.strerror}; pass another --data-dir")
     manifest = {"generator": "fictitious-gas benchmark", "version": 1, "seed": seed, "sizes": asdict(sizes),
                 "files": list(FILES)}
-    # Claim the files before writing them: an interrupted generation is then finished next time rather than
-    # refused as foreign files, and its mix of old and new files is never reused as complete.
+    # claimed before writing: an interrupted generation is finished next time, never refused or reused
     write_json(directory / MANIFEST, {**manifest, "complete": False})
     plan = {"train.hdf5": (sizes.train0, sizes.train1, "label"),
             "valid.hdf5": (sizes.valid0, sizes.valid1, "valid"),
@@ -115,10 +108,9 @@ def generate_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Size
 def ensure_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Sizes()) -> Path:
     """Reuse the benchmark in `directory` if it matches; else generate it. Never replaces foreign files."""
     directory = Path(directory)
-    manifest = directory / MANIFEST
-    if manifest.exists():
+    if (directory / MANIFEST).exists():
         with contextlib.suppress(OSError, ValueError, AttributeError):  # unreadable or damaged: generated again
-            saved = json.loads(manifest.read_text())
+            saved = json.loads((directory / MANIFEST).read_text())
             same = saved.get("seed") == seed and saved.get("sizes") == asdict(sizes) and saved.get("complete")
             if same and all((directory / f).exists() for f in FILES):
                 return directory
@@ -130,8 +122,6 @@ def ensure_benchmark(directory: str | Path, seed: int = 0, sizes: Sizes = Sizes(
     return generate_benchmark(directory, seed, sizes)
 
 
-# ---- the Bayes limit -------------------------------------------------------------------------------------
-
 @functools.lru_cache(maxsize=None)  # it draws 64 fields: once per grid size is enough
 def quantisation_variance(grid: int = GRID) -> float:
     """Variance that float16 storage adds to each log-density pixel (measured on fixed fields)."""
@@ -141,9 +131,8 @@ def quantisation_variance(grid: int = GRID) -> float:
 
 
 def bayes_log_likelihood_ratio(density: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """log p(x | label 1) - log p(x | label 0) for each (N, grid, grid) density sample, exactly Gaussian: the class
-    spectra plus white quantisation noise. At k = 0 (the per-sample offset, the same for both classes) both are
-    the noise alone, so that mode adds exactly 0."""
+    """log p(x | label 1) - log p(x | label 0) per density sample: Gaussian with the class spectra plus the
+    quantisation noise (k = 0, the offset, adds exactly 0)."""
     grid = density.shape[-1]
     lam0, lam1 = (class_spectrum(label, grid) + quantisation_variance(grid) for label in (0, 1))
     weight = torch.from_numpy(1 / lam0 - 1 / lam1)
@@ -154,5 +143,4 @@ def bayes_log_likelihood_ratio(density: np.ndarray, chunk: int = 4096) -> np.nda
 
 
 def bayes_predict(density: np.ndarray) -> np.ndarray:
-    """The Bayes-optimal label (equal priors) for each sample."""
     return (bayes_log_likelihood_ratio(density) > 0).astype(np.int64)
