@@ -28,6 +28,7 @@ from fileio import provenance, provenance_line
 from train import (StopFlag, TrainState, build_model, build_scheduler, build_training, evaluate, fit, pick_device,
                    resolve_precision, train_epoch)
 
+
 class HDF5Samples(Dataset):
     """One sample per __getitem__, read with h5py (opened in each DataLoader worker: handles do not survive fork)."""
 
