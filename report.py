@@ -156,8 +156,6 @@ def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceDa
     return {**out, "scale_vs_bayes": slope} if synthetic else out
 
 
-# ---- files -----------------------------------------------------------------------------------------------
-
 def write_metrics_csv(path: str | Path, history: list[dict[str, float]]) -> Path:
     """One row per epoch, rewritten whole, so a resumed run continues the same table."""
     rows = [",".join(str(row.get(column, "")) for column in METRIC_COLUMNS) for row in rounded(history)]
@@ -176,8 +174,6 @@ def write_probabilities(path: str | Path, probabilities: np.ndarray, drift_flags
     rows = [f"{i},{v:.6f},{int(v > 0.5)}{flags[i] if flags else ''}" for i, v in enumerate(probabilities)]
     return write_text(path, "\n".join([header, *rows]) + "\n")
 
-
-# ---- figures ---------------------------------------------------------------------------------------------
 
 def pyplot():
     import matplotlib
@@ -243,14 +239,11 @@ def plot_calibration(path: str | Path, panels: dict[str, dict[str, dict]],
     return save_figure(fig, path)
 
 
-# ---- the page -------------------------------------------------------------------------------------------
-
 def show(x: float | None, spec: str = ".2%") -> str:
     return "–" if x is None else format(x, spec)
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    """The lines of a markdown table, then a blank line."""
     return [f"| {' | '.join(cells)} |" for cells in (header, ("---",) * len(header), *rows)] + [""]
 
 
@@ -304,10 +297,9 @@ def symmetry_section(plan: dict[str, Any]) -> list[str]:
                  f"{n}{' (negated)' if s else ''}" for n, s in views["rules"]) + f" at {views['shifts'] ** 2} "
                  f"shift(s) each") + "."]
     if not found:
-        return lines + ["", "The check did not run (too few training images of a state), so no symmetry was "
-                        "assumed unless forced.", ""]
-    lines += ["", f"Tested on {sum(found['images'].values()):,} training images (docs/usage.md): a rule holds "
-              f"while z < {found['z_threshold']:.2f} (false alarm ≤ {found['false_alarm']:.0%} over {found['tests']} tests).", ""]
+        return lines + ["", "Not checked (too few training images of a state): no symmetry unless forced.", ""]
+    lines += ["", f"Tested on {sum(found['images'].values()):,} training images (docs/usage.md): a rule holds if z < "
+              f"{found['z_threshold']:.2f}; false alarm ≤ {found['false_alarm']:.0%} in {found['tests']} tests.", ""]
     rows = [(name, f"{r['keep_z']:.1f}", f"{r['swap_z']:.1f}", r["verdict"]) for name, r in found["elements"].items()]
     rows.append(("periodic shifts", f"{found['shifts']['keep_z']:.1f}", "–", found["shifts"]["verdict"]))
     return lines + table(("symmetry", "z if it keeps the state", "z if it swaps the state", "verdict"), rows)
