@@ -65,13 +65,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
 
 def rounded(obj: Any) -> Any:
     """`obj` with every float rounded to 6 significant digits: a float32 score has about 7, the rest is noise."""
-    if isinstance(obj, float):
-        return float(f"{obj:.6g}")
-    if isinstance(obj, dict):
-        return {key: rounded(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [rounded(value) for value in obj]
-    return obj
+    return json.loads(json.dumps(obj), parse_float=lambda text: float(f"{float(text):.6g}"))
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -1,6 +1,5 @@
-"""Scores of probabilities of state 1 (log loss, accuracy, ROC AUC, calibration error) and their calibration:
-sigmoid((z + c) / T), fitted on validation reweighted to the mix of states the probabilities refer to (a 50/50
-mix under a state-swapping symmetry, else the training split's; docs/evaluation.md)."""
+"""Scores of probabilities of state 1 and their calibration sigmoid((z + c) / T), fitted on validation reweighted
+to the mix of states the probabilities refer to (docs/evaluation.md)."""
 from __future__ import annotations
 
 import numpy as np

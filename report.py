@@ -102,8 +102,7 @@ def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarra
 def check_test_split(run_dir: Path, data: DeviceData, result: dict[str, Any]) -> None:
     """drift.png and the drift entries of assess's `result`: the test split against the training description."""
     if data.drift is None:  # possible with --no-whiten only
-        result["notes"].append("note: the training density has values <= 0, so it has no log-density to describe: "
-                               "no drift check")
+        result["notes"].append("note: no drift check: the training density has values <= 0 (no log-density)")
         return
     described, checked = data.drift, data.test_drift
     fig, (ax, bars) = pyplot().subplots(1, 2, figsize=(12, 4.5))
