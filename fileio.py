@@ -101,21 +101,15 @@ def changed_files(recorded: dict[str, dict[str, Any]], current: dict[str, dict[s
 
 def fresh_directory(parent: str | Path, name: str) -> Path:
     """Create parent/name, or parent/name-2, -3, ... : an existing run folder is never reused."""
-    try:
-        Path(parent).mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a file, or a link to nowhere, in the way
-        raise UserError(f"cannot create output folder {parent}: {_reason(Path(parent) / 'x', e)}; "
-                        f"choose another --out-dir")
     for i in itertools.count(1):
         candidate = Path(parent) / (name if i == 1 else f"{name}-{i}")
         try:
-            candidate.mkdir()
+            candidate.mkdir(parents=True)
             return candidate
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise UserError(f"cannot create run folder {candidate}: {_reason(candidate, e)}; "
-                            f"choose another --out-dir")
+        except OSError as e:  # taken: try the next name; a file, or a link to nowhere, in the way: stop
+            if not candidate.exists():
+                raise UserError(f"cannot create output folder {candidate}: {_reason(candidate, e)}; "
+                                f"choose another --out-dir")
 
 
 def check_writable(path: str | Path) -> None:
