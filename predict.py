@@ -2,6 +2,7 @@
 the network, normalisation, views, calibration and drift description saved in the run's best.pt."""
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import Callable
 
@@ -38,15 +39,12 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
     # runs that do not read density have no drift description to check against
     described = "drift" in payload and "density" in stats["channels"]
     rows: list = []
-    split = open_split(source, "input", tuple(stats["channels"]), labelled=False)
-    try:
+    with closing(open_split(source, "input", tuple(stats["channels"]), labelled=False)) as split:
         grid = split.channels[stats["channels"][0]].shape[-1]
         if grid != payload["image_size"]:
             raise UserError(f"{source} has {grid}-pixel grids but the model was trained on {payload['image_size']}")
         x = to_tensor(split, stats, device, (lambda b: rows.append(drift.table(b, payload["drift"]["channels"])))
                       if described else None)
-    finally:
-        split.close()
     try:
         logits = predict_logits(model, x, views).cpu().numpy()
     except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output
