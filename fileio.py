@@ -1,6 +1,7 @@
 """Files: atomic writes (a kill leaves the old complete file or the new one), fingerprints, provenance."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -11,16 +12,13 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import torch
 
 from config import UserError
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 
 def _reason(path: Path, e: OSError) -> str:
     """Why `path` cannot be written: names a file standing where a folder should be."""
@@ -44,13 +42,12 @@ class WriteFailed(UserError):
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Serialise through `write(buffer)` in memory (a full disk is then our OSError, not a library's), write a
     temporary file beside `path`, fsync, and rename it over `path`."""
-    path, buffer, tmp = Path(path), io.BytesIO(), None
+    path, buffer = Path(path), io.BytesIO()
     write(buffer)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"  # one per writer
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the usual permissions
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
@@ -58,8 +55,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     except OSError as e:  # a full disk, a file in the way of the folder, or `path` is a folder: nothing changed
         raise WriteFailed(f"cannot write {path}: {_reason(path, e)}; free some space or choose another path")
     finally:
-        if tmp:  # gone already after the rename
-            Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # gone already after the rename
+            tmp.unlink()
     return path
 
 
