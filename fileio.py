@@ -116,8 +116,7 @@ def check_writable(path: str | Path) -> None:
         raise UserError(f"cannot write {path}: it is a folder; name a file, e.g. {path / 'predictions.txt'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):  # gone when closed
-            pass
+        tempfile.TemporaryFile(dir=path.parent).close()  # gone when closed
     except OSError as e:
         raise UserError(f"cannot write {path}: {_reason(path, e)}; choose another path")
 
