@@ -29,7 +29,7 @@ def _reason(path: Path, e: OSError) -> str:
 def unreadable(path: str | Path, e: BaseException) -> UserError | None:
     """The one line for a file locked by another program or without read permission; None for other failures."""
     if "unable to lock file" in str(e) or (isinstance(e, OSError) and e.errno == errno.EAGAIN):
-        return UserError(f"{path} is in use by another program (HDF5 could not lock it); close it there, then run again")
+        return UserError(f"{path} is in use by another program (HDF5 could not lock it); close it there and rerun")
     if isinstance(e, PermissionError):
         return UserError(f"{path} cannot be read: permission denied; give yourself read access to it")
     return None
