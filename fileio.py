@@ -1,6 +1,7 @@
 """Files: atomic writes (a kill leaves the old complete file or the new one), fingerprints, provenance."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -11,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -18,22 +20,16 @@ import torch
 
 from config import UserError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 def _reason(path: Path, e: OSError) -> str:
-    """Why `path` cannot be written, in words: a file standing where a folder should be is named."""
+    """Why `path` cannot be written: names a file standing where a folder should be."""
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     return f"{blocker} is a file, not a folder" if blocker else (e.strerror or str(e))
 
 
 def unreadable(path: str | Path, e: BaseException) -> UserError | None:
-    """The one line for a file that cannot be read because of something around it (another program's HDF5
-    lock, no permission); None for other failures, which the caller words."""
+    """The one line for a file locked by another program or without read permission; None for other failures."""
     if "unable to lock file" in str(e) or (isinstance(e, OSError) and e.errno == errno.EAGAIN):
-        return UserError(f"{path} is in use by another program (HDF5 could not lock it: a program such as a "
-                         f"notebook holds it open for writing); close it there, then run again")
+        return UserError(f"{path} is in use by another program (HDF5 could not lock it); close it there and rerun")
     if isinstance(e, PermissionError):
         return UserError(f"{path} cannot be read: permission denied; give yourself read access to it")
     return None
@@ -44,40 +40,29 @@ class WriteFailed(UserError):
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Serialise through `write(buffer)` in memory (so a full disk is our OSError, not a library's odd error),
-    then write a temporary file beside `path`, fsync, and rename it over `path`."""
-    path = Path(path)
-    buffer = io.BytesIO()
+    """Serialise through `write(buffer)` in memory (a full disk is then our OSError, not a library's), write a
+    temporary file beside `path`, fsync, and rename it over `path`."""
+    path, buffer = Path(path), io.BytesIO()
     write(buffer)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"  # one per writer
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise WriteFailed(f"cannot write {path}: {_reason(path, e)}; choose a writable folder (e.g. --out-dir)")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the usual permissions
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:  # a full disk, or `path` is a folder: the old file (if any) is left as it was
+    except OSError as e:  # a full disk, a file in the way of the folder, or `path` is a folder: nothing changed
         raise WriteFailed(f"cannot write {path}: {_reason(path, e)}; free some space or choose another path")
     finally:
-        Path(tmp).unlink(missing_ok=True)  # gone already after the rename
+        with contextlib.suppress(OSError):  # gone already after the rename
+            tmp.unlink()
     return path
 
 
 def rounded(obj: Any) -> Any:
-    """`obj` with every float rounded to 6 significant digits (0.986, not 0.9860000014305115): a float32 score
-    has about 7, the rest is noise."""
-    if isinstance(obj, float):
-        return float(f"{obj:.6g}")
-    if isinstance(obj, dict):
-        return {key: rounded(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [rounded(value) for value in obj]
-    return obj
+    """`obj` with every float rounded to 6 significant digits: a float32 score has about 7, the rest is noise."""
+    return json.loads(json.dumps(obj), parse_float=lambda text: float(f"{float(text):.6g}"))
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -93,23 +78,9 @@ def save_torch(path: str | Path, obj: Any) -> Path:
 
 
 def append_text(path: str | Path, text: str) -> Path:
-    """Append `text` to `path` and fsync; a failed write is one WriteFailed line and leaves no torn record."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab", buffering=0) as f:
-            start = f.seek(0, os.SEEK_END)
-            try:
-                rest = memoryview(text.encode())
-                while rest:
-                    rest = rest[f.write(rest):]
-                os.fsync(f.fileno())
-            except OSError:
-                f.truncate(start)
-                raise
-    except OSError as e:
-        raise WriteFailed(f"cannot write {path}: {_reason(path, e)}; free some space or choose another path")
-    return path
+    """`path` with `text` appended, rewritten atomically: a failed write leaves no torn record."""
+    old = Path(path).read_bytes() if Path(path).is_file() else b""
+    return atomic_write(path, lambda f: f.write(old + text.encode()))
 
 
 def fingerprint(path: str | Path) -> dict[str, Any]:
@@ -127,21 +98,15 @@ def changed_files(recorded: dict[str, dict[str, Any]], current: dict[str, dict[s
 
 def fresh_directory(parent: str | Path, name: str) -> Path:
     """Create parent/name, or parent/name-2, -3, ... : an existing run folder is never reused."""
-    try:
-        Path(parent).mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a file, or a link to nowhere, in the way
-        raise UserError(f"cannot create output folder {parent}: {_reason(Path(parent) / 'x', e)}; "
-                        f"choose another --out-dir")
     for i in itertools.count(1):
         candidate = Path(parent) / (name if i == 1 else f"{name}-{i}")
         try:
-            candidate.mkdir()
+            candidate.mkdir(parents=True)
             return candidate
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise UserError(f"cannot create run folder {candidate}: {_reason(candidate, e)}; "
-                            f"choose another --out-dir")
+        except OSError as e:  # taken: try the next name; a file, or a link to nowhere, in the way: stop
+            if not candidate.exists():
+                raise UserError(f"cannot create output folder {candidate}: {_reason(candidate, e)}; "
+                                f"choose another --out-dir")
 
 
 def check_writable(path: str | Path) -> None:
@@ -151,13 +116,10 @@ def check_writable(path: str | Path) -> None:
         raise UserError(f"cannot write {path}: it is a folder; name a file, e.g. {path / 'predictions.txt'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):  # gone when closed
-            pass
+        tempfile.TemporaryFile(dir=path.parent).close()  # gone when closed
     except OSError as e:
         raise UserError(f"cannot write {path}: {_reason(path, e)}; choose another path")
 
-
-# ---- provenance: which code and command made a result ----------------------------------------------------
 
 ROOT = Path(__file__).resolve().parent
 NOT_CODE = (":(exclude)results", ":(exclude)docs", ":(exclude)*.md")  # changes there do not change the code
@@ -173,8 +135,8 @@ def git(*args: str) -> str | None:
 
 
 def provenance(argv: list[str] | None = None) -> dict[str, Any]:
-    """{"commit": sha or "unknown", "dirty": uncommitted code changes (None: unknown), "command": the command to
-    type in the repository root, e.g. `python tools/compare.py --quick` (every tool also runs as a script)}."""
+    """The commit, whether the code has uncommitted changes (None: unknown) and the command to type in the
+    repository root, e.g. `python tools/compare.py --quick`."""
     argv = list(sys.argv if argv is None else argv)
     if argv and Path(argv[0]).is_absolute() and Path(argv[0]).is_relative_to(ROOT):
         argv[0] = str(Path(argv[0]).relative_to(ROOT))  # python -m tools.compare puts the absolute path here

@@ -1,6 +1,5 @@
-"""Scores of probabilities of state 1 (log loss, accuracy, ROC AUC, calibration error) and their calibration:
-sigmoid((z + c) / T), fitted on validation reweighted to the mix of states the probabilities refer to (a 50/50
-mix under a state-swapping symmetry, else the training split's; docs/evaluation.md)."""
+"""Scores of probabilities of state 1 and their calibration sigmoid((z + c) / T), fitted on validation reweighted
+to the mix of states the probabilities refer to (docs/evaluation.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -23,16 +22,14 @@ def log_loss(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) ->
 
 
 def roc_auc(p: np.ndarray, y: np.ndarray) -> float:
-    """Area under the ROC curve via the Mann-Whitney statistic, ties given average ranks (NaN with one class)."""
+    """Area under the ROC curve: the share of (state 1, state 0) pairs ranked right, ties half (NaN with one class)."""
     p, y = np.asarray(p, np.float64), np.asarray(y)
-    n1, n0 = int(y.sum()), int(len(y) - y.sum())
-    if n0 == 0 or n1 == 0:
+    negatives, positives = np.sort(p[y == 0]), p[y == 1]
+    if len(negatives) == 0 or len(positives) == 0:
         return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    _, first, counts = np.unique(p[order], return_index=True, return_counts=True)
-    ranks = np.empty(len(p))
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)  # 1-based average rank of each tie group
-    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
+    below = np.searchsorted(negatives, positives, "left")
+    ties = np.searchsorted(negatives, positives, "right") - below
+    return float((below + ties / 2).sum() / (len(negatives) * len(positives)))
 
 
 def scores(p: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

@@ -1,11 +1,8 @@
-"""Classify new measurements with a trained run: `python run_transformer.py --predict RUN --input new.hdf5`.
-
-Everything the prediction needs is in the run's best.pt: the network, the input normalisation (channels,
-whitening filter), the test-time views, the calibration temperature and the training data's description for
-the drift check.
-"""
+"""Classify new measurements with a trained run: `python run_transformer.py --predict RUN --input new.hdf5`, with
+the network, normalisation, views, calibration and drift description saved in the run's best.pt."""
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import Callable
 
@@ -23,8 +20,8 @@ from train import Diverged, NonFinitePredictions, overflow_message, pick_device,
 
 def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: str = "auto",
                  log: Callable[[str], None] = print) -> Path:
-    """Classify the HDF5 file `input_file` with the best checkpoint of `run_dir`; writes 0/1 lines to `output`
-    (default: predictions-<input_file>.txt in the run folder) and the probabilities to a .csv beside them."""
+    """Classify `input_file` with `run_dir`/best.pt: 0/1 lines to `output` (default: predictions-<input>.txt in the
+    run folder), the probabilities to a .csv beside them."""
     if not input_file:
         raise UserError("--predict needs --input FILE.hdf5, the measurements to classify")
     source = Path(input_file)
@@ -33,25 +30,21 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
     path = Path(output) if output else run_dir / f"predictions-{source.stem}.txt"
     csv_path = path.with_suffix(".csv")
     if csv_path == path or path.is_dir() or output.endswith(("/", "\\")):
-        raise UserError(f"--output {output} must name a new text file such as predictions.txt (the "
-                        f"probabilities go to a .csv beside it)")
+        raise UserError(f"--output {output} must name a new text file such as predictions.txt (a .csv goes beside it)")
     for target in (path, csv_path):
         if target.exists():
             raise UserError(f"{target} already exists; choose another --output (nothing was overwritten)")
     device = pick_device(device_name)
     model = trained_model(payload, device)
-    # the drift check's features (runs that do not read density have no description to check against)
+    # runs that do not read density have no drift description to check against
     described = "drift" in payload and "density" in stats["channels"]
     rows: list = []
-    split = open_split(source, "input", tuple(stats["channels"]), labelled=False)
-    try:
+    with closing(open_split(source, "input", tuple(stats["channels"]), labelled=False)) as split:
         grid = split.channels[stats["channels"][0]].shape[-1]
         if grid != payload["image_size"]:
             raise UserError(f"{source} has {grid}-pixel grids but the model was trained on {payload['image_size']}")
         x = to_tensor(split, stats, device, (lambda b: rows.append(drift.table(b, payload["drift"]["channels"])))
                       if described else None)
-    finally:
-        split.close()
     try:
         logits = predict_logits(model, x, views).cpu().numpy()
     except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output

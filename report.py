@@ -24,11 +24,8 @@ METRIC_COLUMNS = ("epoch", "lr", "train_objective", "train_loss", "train_acc", "
 
 def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
            logits: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Calibrate the best model's view-averaged validation/test `logits`, compare with the yardstick, check the
-    test split for drift, map the model's sensitivity, and draw the figures. Returns the calibrated
-    "probabilities" per split, the test split's drift "flags" (None without a check), the entries for best.pt
-    ("checkpoint") and summary.json ("summary"), the Bayes lines of the learning curves ("bayes_curves") and the
-    "notes" to print."""
+    """Calibrate, compare with the yardstick, check drift and map sensitivity from the best model's view-averaged
+    `logits`; returns probabilities, drift flags, entries for best.pt and summary.json, Bayes lines and notes."""
     labels = {name: None if data.y[name] is None else data.y[name].cpu().numpy() for name in ("train", "valid", "test")}
     # the share of state 1 the probabilities refer to: 50/50 under a state-swapping symmetry, else training's
     prior = 0.5 if data.symmetry.swaps else float(np.mean(labels["train"]))
@@ -63,8 +60,7 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
 
 def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed: int, data_dir: str = "DIR"
                            ) -> tuple[reference.Reference, dict[str, Any], str]:
-    """The reference classifier's accuracies, its paired validation gap to the model, and a WARNING line when
-    the model trails it by more than reference.Z_SHORT standard errors."""
+    """The yardstick's accuracies and paired validation gap, and a WARNING when the model trails by > Z_SHORT SE."""
     model, l2 = reference.fit_reference(data.x["train"], data.y["train"], seed)
     out: dict[str, Any] = {"classifier": "logistic regression on pixels, mode power and log mode power", "l2": l2}
     right = {name: (reference.logits(model, data.x[name]).cpu() > 0).float() == data.y[name].cpu()
@@ -76,15 +72,13 @@ def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed
         return model, out, ""
     return model, out, (f"WARNING: the model's validation accuracy is {100 * out['valid_gap']:.1f} ± "
                         f"{100 * out['valid_gap_se']:.1f} points below the reference classifier's "
-                        f"({out['valid_acc']:.4f}, a logistic regression on the same inputs); try python -m "
-                        f"tools.compare --data-dir {data_dir} to see which settings help, --model cnn, or another "
-                        f"--optimizer or --lr")
+                        f"({out['valid_acc']:.4f}); try --model cnn, another --optimizer or --lr, or python -m "
+                        f"tools.compare --data-dir {data_dir}")
 
 
 def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
                       offset: float, prior: float, llr: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict]:
-    """T and c, and per split before/after calibration: ECE and log loss (reweighted to the reference prior),
-    mean |p - p_Bayes| on the benchmark; and the reliability tables of the labelled splits, per panel."""
+    """Per split, ECE, log loss and |p - p_Bayes| before/after calibration; the reliability tables per panel."""
     out: dict[str, Any] = {"temperature": temperature, "offset": offset, "prior_state_1": prior,
                            "ece_bins": metrics.ECE_BINS}
     panels: dict[str, dict[str, dict]] = {"before calibration": {}, f"after calibration (T = {temperature:.3g}"
@@ -106,12 +100,9 @@ def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarra
 
 
 def check_test_split(run_dir: Path, data: DeviceData, result: dict[str, Any]) -> None:
-    """The test split against the training description (both from load_data): drift.png and assess's `result`. Left of
-    the figure: radially averaged log-power, the training 0.1-99.9 % band and the test split's median; right: the
-    share of its samples outside each feature's training range."""
+    """drift.png and the drift entries of assess's `result`: the test split against the training description."""
     if data.drift is None:  # possible with --no-whiten only
-        result["notes"].append("note: the training density has values <= 0, so it has no log-density to describe: "
-                               "no drift check")
+        result["notes"].append("note: no drift check: the training density has values <= 0 (no log-density)")
         return
     described, checked = data.drift, data.test_drift
     fig, (ax, bars) = pyplot().subplots(1, 2, figsize=(12, 4.5))
@@ -137,8 +128,7 @@ def check_test_split(run_dir: Path, data: DeviceData, result: dict[str, Any]) ->
 
 def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
                     temperature: float, yardstick: nn.Module) -> dict[str, Any]:
-    """sensitivity.png and its numbers: the model's map in calibrated log-odds beside the exact likelihood
-    ratio's (benchmark) or the reference classifier's (elsewhere), each on its own symmetric colour scale."""
+    """sensitivity.png and its numbers: the model's map beside the exact one (benchmark) or the yardstick's."""
     channel, views, synthetic = info["channels"].index("density"), data.symmetry.views, info["source"] == "synthetic"
     model_map = mode_sensitivity(model, data.x["valid"], channel, views) / temperature
     if synthetic:
@@ -165,8 +155,6 @@ def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceDa
     return {**out, "scale_vs_bayes": slope} if synthetic else out
 
 
-# ---- files -----------------------------------------------------------------------------------------------
-
 def write_metrics_csv(path: str | Path, history: list[dict[str, float]]) -> Path:
     """One row per epoch, rewritten whole, so a resumed run continues the same table."""
     rows = [",".join(str(row.get(column, "")) for column in METRIC_COLUMNS) for row in rounded(history)]
@@ -186,10 +174,7 @@ def write_probabilities(path: str | Path, probabilities: np.ndarray, drift_flags
     return write_text(path, "\n".join([header, *rows]) + "\n")
 
 
-# ---- figures ---------------------------------------------------------------------------------------------
-
 def pyplot():
-    """matplotlib with the file-only backend (no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -222,9 +207,7 @@ def plot_curves(path: str | Path, history: list[dict[str, float]], title: str = 
 
 def plot_calibration(path: str | Path, panels: dict[str, dict[str, dict]],
                      splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    """calibration.png: a reliability diagram per panel (per split, the frequency of state 1 against the mean
-    probability per bin; marker area: share), the ROC curves with their AUC and, per split, the confusion matrix
-    at 0.5; splits: name -> (calibrated p, y)."""
+    """calibration.png: reliability diagrams, ROC curves and confusion matrices; splits: name -> (p, y)."""
     count = len(panels) + 1 + len(splits)
     fig, axes = pyplot().subplots(1, count, figsize=(4.5 * count, 4.5), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels.items()):
@@ -255,14 +238,11 @@ def plot_calibration(path: str | Path, panels: dict[str, dict[str, dict]],
     return save_figure(fig, path)
 
 
-# ---- the page -------------------------------------------------------------------------------------------
-
 def show(x: float | None, spec: str = ".2%") -> str:
     return "–" if x is None else format(x, spec)
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    """The lines of a markdown table, then a blank line."""
     return [f"| {' | '.join(cells)} |" for cells in (header, ("---",) * len(header), *rows)] + [""]
 
 
@@ -290,18 +270,14 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
              f"Data: {source} in {summary['data_dir']} (channels {', '.join(summary['channels'])}); best epoch "
              f"{summary['best_epoch']} of {summary['epochs_run']} run; {wall_time}."
              + (f" Training diverged: {summary['diverged']}." if summary.get("diverged") else ""), "",
-             f"Scores of the best epoch's model with all {views} test-time view{'s' * (views > 1)} per image (the "
-             f"learning curves' validation uses the unshifted views).", "",
+             f"Scores of the best epoch's model with all {views} test-time view{'s' * (views > 1)} per image.", "",
              *table(("", "validation", "test"), rows),
-             f"Written probabilities are sigmoid((logit + c) / T) with T = {cal['temperature']:.4g} and c = "
-             f"{cal['offset']:.4g}, fitted on validation; they refer to a share of state 1 of "
-             f"{cal['prior_state_1']:.3g} (validation is reweighted to it). The 0/1 predictions do not depend on T; "
-             f"c (fitted only where no symmetry swaps the state) moves their threshold. Accuracies are those of the "
-             f"written 0/1 predictions; log losses and AUC are of the raw logits."
+             f"Probabilities: sigmoid((logit + c) / T), T = {cal['temperature']:.4g}, c = {cal['offset']:.4g}, "
+             f"share of state 1 {cal['prior_state_1']:.3g} (docs/usage.md, Calibration)."
              + (f" **Not calibrated:** T is at the end of its search range: {cal['not_calibrated']}."
                 if cal.get("not_calibrated") else ""), "",
-             f"The reference classifier's validation accuracy minus the model's: {100 * ref['valid_gap']:+.1f} "
-             f"± {100 * ref['valid_gap_se']:.1f} points (paired, one standard error).", ""]
+             f"Reference minus model, validation: {100 * ref['valid_gap']:+.1f} ± {100 * ref['valid_gap_se']:.1f} "
+             f"points (paired, one standard error).", ""]
     lines += symmetry_section(summary["symmetry"])
     lines += ["## Learning curves", "", "![learning curves](curves.png)", "",
               "## Calibration, ROC curve and confusion matrix at 0.5", "",
@@ -320,12 +296,9 @@ def symmetry_section(plan: dict[str, Any]) -> list[str]:
                  f"{n}{' (negated)' if s else ''}" for n, s in views["rules"]) + f" at {views['shifts'] ** 2} "
                  f"shift(s) each") + "."]
     if not found:
-        return lines + ["", "The check did not run (too few training images of a state), so no symmetry was "
-                        "assumed unless forced.", ""]
-    lines += ["", f"Each rule was tested on {sum(found['images'].values()):,} training images: z is how many standard "
-              f"errors the class-mean statistics move under the symmetry (one-sided, normal under the rule); a rule "
-              f"holds while z < {found['z_threshold']:.2f}, so a true symmetry is rejected with probability at most "
-              f"{found['false_alarm']:.0%} over all {found['tests']} tests.", ""]
+        return lines + ["", "Not checked (too few training images of a state): no symmetry unless forced.", ""]
+    lines += ["", f"Tested on {sum(found['images'].values()):,} training images (docs/usage.md): a rule holds if z < "
+              f"{found['z_threshold']:.2f}; false alarm ≤ {found['false_alarm']:.0%} in {found['tests']} tests.", ""]
     rows = [(name, f"{r['keep_z']:.1f}", f"{r['swap_z']:.1f}", r["verdict"]) for name, r in found["elements"].items()]
     rows.append(("periodic shifts", f"{found['shifts']['keep_z']:.1f}", "–", found["shifts"]["verdict"]))
     return lines + table(("symmetry", "z if it keeps the state", "z if it swaps the state", "verdict"), rows)
@@ -351,11 +324,9 @@ def sensitivity_section(result: dict[str, Any] | None) -> list[str]:
     lines = ["## What the model learned", ""]
     if result is None:
         return lines + ["No density channel: no map over its Fourier modes.", ""]
-    lines.append(f"Sensitivity of the calibrated log-odds to the amplitude of each Fourier mode of density, "
-                 f"averaged over {result['images']} validation images, beside that of the "
-                 f"{result['compared_with']} (each on its own colour scale): correlation {result['correlation']:.3f}"
-                 + (f", scale {result['scale_vs_bayes']:.2f} (1 = the same strength)" if "scale_vs_bayes" in result
-                    else "") + ".")
+    lines.append(f"Over {result['images']} validation images, correlation with the {result['compared_with']}'s map "
+                 f"{result['correlation']:.3f}" + (f", scale {result['scale_vs_bayes']:.2f} (1 = the same strength)"
+                                                   if "scale_vs_bayes" in result else "") + ".")
     if len(result["channel_effect"]) > 1:
         lines.append("Mean change of the calibrated log-odds when one channel is swapped between images: " + ", ".join(
             f"{k} {v:.3g}" for k, v in result["channel_effect"].items()) + ".")
