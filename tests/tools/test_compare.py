@@ -219,7 +219,7 @@ def test_quick_grid_answers_the_question_on_the_users_data_without_an_answer_key
     reference classifier and no Bayes limit or benchmark goal; the user's folder is only read."""
     from tools import other_physics
     monkeypatch.setattr(compare, "train_one", in_process)
-    data = other_physics.make(tmp_path / "user", "axis-length", train=360, valid=120, test=40)
+    data = other_physics.make(tmp_path / "user", "axis-length", train=180, valid=120, test=20)
     (data / "test_labels.hdf5").unlink()
     before = {p.name: p.stat().st_mtime_ns for p in data.iterdir()}
     out = tmp_path / "grid"
@@ -228,7 +228,7 @@ def test_quick_grid_answers_the_question_on_the_users_data_without_an_answer_key
     assert compare.main(argv) == 0
     assert {p.name: p.stat().st_mtime_ns for p in data.iterdir()} == before
     with h5py.File(out / "data" / "train.hdf5") as train_part, h5py.File(out / "data" / "valid.hdf5") as choice:
-        assert len(train_part["labels"]) == 300 and len(choice["labels"]) == 60
+        assert len(train_part["labels"]) == 150 and len(choice["labels"]) == 30
         assert choice["labels"][()].mean() == pytest.approx(0.5)  # stratified
     report = report_rows(out)
     assert set(report) == {("before", "density"), ("after", "density")}
