@@ -58,7 +58,7 @@ def model_and_data(run_dir: Path, name: str = "last.pt"):
 
 def test_two_processes_stay_in_sync_and_match_single_process_evaluation(tiny_benchmark, tmp_path):
     proc, run_dir, dumps = torchrun(tmp_path, ["--data-dir", str(tiny_benchmark), "--epochs", "2",
-                                               "--batch-size", "16"])
+                                               "--batch-size", "16", "--tta-shifts", "1"])
     # rank 0 alone prints: one line per epoch, and the run says how it was split
     assert proc.stdout.count("epoch   1 ") == 1 and proc.stdout.count("epoch   2 ") == 1, proc.stdout
     assert "on each of 2 processes" in proc.stdout
