@@ -168,7 +168,7 @@ def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys, mon
     """A real run (the CNN, the cheapest model) for one epoch on the tiny benchmark, recorded with its summary
     and its score on the held-out set."""
     monkeypatch.setattr(compare, "train_one", in_process)
-    monkeypatch.setattr(compare, "QUICK_HELDOUT_PER_CLASS", 200)
+    monkeypatch.setattr(compare, "QUICK_HELDOUT_PER_CLASS", 50)
     out = tmp_path / "out"
     argv = ["--quick", "--only", "cnn", "--data-dir", str(tiny_benchmark), "--out-dir", str(out), "--epochs", "1",
             "--device", "cpu", "--seeds", "1"]
