@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,8 +80,9 @@ def wait_for_rows(run_parent: Path, k: int, proc: subprocess.Popen, timeout: flo
 
 def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     """A real SIGTERM to a training process; --resume of its run folder ends bit for bit where an uninterrupted
-    run with the same seed ends (both of these in this process). Before that, one sample of train.hdf5 changes:
-    the resumed epochs would train on other data than the run's whitening filter, statistics and history, so
+    run with the same seed ends (both of these in this process; the uninterrupted one trains while the
+    subprocess starts, and a thread sends the signal once the subprocess has written its first epoch). Before
+    that, one sample of train.hdf5 changes: the resumed epochs would train on other data than the run's whitening filter, statistics and history, so
     --resume refuses in one line naming the file and leaves the run folder untouched; with the file restored,
     the run resumes. Each checkpoint records how long every attempt has worked on the run; the summary and
     report.md give the total and the attempts, not the last one's."""
@@ -90,8 +92,27 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
             "--tta-shifts", "1"]
     cut = start([*args, "--out-dir", str(tmp_path / "cut" / "runs"), "--predictions", str(tmp_path / "cut.txt")],
                 tmp_path / "cut.log")
-    run_dir = wait_for_rows(tmp_path / "cut" / "runs", 1, cut)
-    cut.send_signal(signal.SIGTERM)
+    watched: dict = {}
+
+    def interrupt_after_epoch_1() -> None:  # the poll of wait_for_rows, off the main thread
+        try:
+            watched["run_dir"] = wait_for_rows(tmp_path / "cut" / "runs", 1, cut)
+            cut.send_signal(signal.SIGTERM)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+            watched["error"] = e
+    watcher = threading.Thread(target=interrupt_after_epoch_1, daemon=True)
+    watcher.start()
+    try:
+        # the uninterrupted reference, in this process while the subprocess imports and trains its first epoch
+        ref = [*args, "--out-dir", str(tmp_path / "ref" / "runs"), "--predictions", str(tmp_path / "ref.txt")]
+        assert run_transformer.main(ref) == 0
+        ref_dir = only_run(tmp_path / "ref")
+    finally:
+        watcher.join(timeout=700)
+    if "error" in watched:
+        cut.kill()
+        raise watched["error"]
+    run_dir = watched["run_dir"]
     rc, out = finished(cut, tmp_path / "cut.log")
     assert rc == 128 + signal.SIGTERM, out
     assert "Traceback" not in out
@@ -125,9 +146,6 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     [earlier, last] = summary["attempt_seconds"]
     assert earlier == 600.0 and 0 < last < 600 and summary["wall_time_s"] == pytest.approx(600.0 + last, abs=0.11)
     assert f"{summary['wall_time_s']} s over 2 attempts (600.0 s, {last} s)" in (run_dir / "report.md").read_text()
-    ref = [*args, "--out-dir", str(tmp_path / "ref" / "runs"), "--predictions", str(tmp_path / "ref.txt")]
-    assert run_transformer.main(ref) == 0
-    ref_dir = only_run(tmp_path / "ref")
 
     assert (run_dir / "metrics.csv").read_text() == (ref_dir / "metrics.csv").read_text()
     assert len(rows(run_dir)) == 3

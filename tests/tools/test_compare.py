@@ -168,7 +168,7 @@ def test_quick_grid_end_to_end(tiny_benchmark: Path, tmp_path: Path, capsys, mon
     """A real run (the CNN, the cheapest model) for one epoch on the tiny benchmark, recorded with its summary
     and its score on the held-out set."""
     monkeypatch.setattr(compare, "train_one", in_process)
-    monkeypatch.setattr(compare, "QUICK_HELDOUT_PER_CLASS", 200)
+    monkeypatch.setattr(compare, "QUICK_HELDOUT_PER_CLASS", 50)
     out = tmp_path / "out"
     argv = ["--quick", "--only", "cnn", "--data-dir", str(tiny_benchmark), "--out-dir", str(out), "--epochs", "1",
             "--device", "cpu", "--seeds", "1"]
@@ -219,7 +219,7 @@ def test_quick_grid_answers_the_question_on_the_users_data_without_an_answer_key
     reference classifier and no Bayes limit or benchmark goal; the user's folder is only read."""
     from tools import other_physics
     monkeypatch.setattr(compare, "train_one", in_process)
-    data = other_physics.make(tmp_path / "user", "axis-length", train=360, valid=120, test=40)
+    data = other_physics.make(tmp_path / "user", "axis-length", train=180, valid=120, test=20)
     (data / "test_labels.hdf5").unlink()
     before = {p.name: p.stat().st_mtime_ns for p in data.iterdir()}
     out = tmp_path / "grid"
@@ -228,7 +228,7 @@ def test_quick_grid_answers_the_question_on_the_users_data_without_an_answer_key
     assert compare.main(argv) == 0
     assert {p.name: p.stat().st_mtime_ns for p in data.iterdir()} == before
     with h5py.File(out / "data" / "train.hdf5") as train_part, h5py.File(out / "data" / "valid.hdf5") as choice:
-        assert len(train_part["labels"]) == 300 and len(choice["labels"]) == 60
+        assert len(train_part["labels"]) == 150 and len(choice["labels"]) == 30
         assert choice["labels"][()].mean() == pytest.approx(0.5)  # stratified
     report = report_rows(out)
     assert set(report) == {("before", "density"), ("after", "density")}
