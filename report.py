@@ -247,6 +247,7 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
     paragraph (a string) or a table (a header and its rows)."""
     cal, bayes, ref = summary["calibration"], summary.get("bayes_accuracy", {}), summary["reference"]
     attempts, views = summary["attempt_seconds"], summary["views"]
+    found, used, tta = summary["symmetry"].get("found"), summary["symmetry"]["augment"], summary["symmetry"]["views"]
     test, learned = (summary.get("drift") or {}).get("test"), summary.get("sensitivity")
     effect = (learned or {}).get("channel_effect", {})
     wall_time = f"{summary['wall_time_s']} s" + (
@@ -275,7 +276,18 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
            if cal.get("not_calibrated") else ""),
         f"Reference minus model, validation: {100 * ref['valid_gap']:+.1f} ± {100 * ref['valid_gap_se']:.1f} "
         f"points (paired, one standard error)."],
-        "## Symmetries of the training data": symmetry_blocks(summary["symmetry"]),
+        "## Symmetries of the training data": [
+            "Augmentation used: " + (", ".join(used["keep"][1:] + [f"{n} (swaps the state)" for n in used["swap"]]
+                                               + ["periodic shifts"] * used["shifts"]) or "none")
+            + "; test-time views: " + ("none" if tta is None else ", ".join(
+                f"{n}{' (negated)' if s else ''}" for n, s in tta["rules"]) + f" at {tta['shifts'] ** 2} "
+                f"shift(s) each") + ".",
+            *(["Not checked (too few training images of a state): no symmetry unless forced."] if not found else [
+                f"Tested on {sum(found['images'].values()):,} training images (docs/usage.md): a rule holds if z < "
+                f"{found['z_threshold']:.2f}; false alarm ≤ {found['false_alarm']:.0%} in {found['tests']} tests.",
+                (("symmetry", "z if it keeps the state", "z if it swaps the state", "verdict"),
+                 [(name, f"{r['keep_z']:.1f}", f"{r['swap_z']:.1f}" if "swap_z" in r else "–", r["verdict"])
+                  for name, r in {**found["elements"], "periodic shifts": found["shifts"]}.items()])])],
         "## Learning curves": ["![learning curves](curves.png)"],
         "## Calibration, ROC curve and confusion matrix at 0.5": [
             "![reliability diagrams, ROC curve and confusion matrices](calibration.png)"],
@@ -305,23 +317,4 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     return [f"| {' | '.join(cells)} |" for cells in (header, ("---",) * len(header), *rows)] + [""]
-
-
-def symmetry_blocks(plan: dict[str, Any]) -> list:
-    """What augmentation and the views used, and the z of each rule the check tested."""
-    found, used, views = plan.get("found") or {}, plan["augment"], plan["views"]
-    blocks: list = [
-        "Augmentation used: " + (", ".join(used["keep"][1:] + [f"{n} (swaps the state)" for n in used["swap"]]
-                                           + ["periodic shifts"] * used["shifts"]) or "none")
-        + "; test-time views: " + ("none" if views is None else ", ".join(
-            f"{n}{' (negated)' if s else ''}" for n, s in views["rules"]) + f" at {views['shifts'] ** 2} "
-            f"shift(s) each") + "."]
-    if not found:
-        return blocks + ["Not checked (too few training images of a state): no symmetry unless forced."]
-    rows = [(name, f"{r['keep_z']:.1f}", f"{r['swap_z']:.1f}", r["verdict"]) for name, r in found["elements"].items()]
-    rows.append(("periodic shifts", f"{found['shifts']['keep_z']:.1f}", "–", found["shifts"]["verdict"]))
-    return blocks + [
-        f"Tested on {sum(found['images'].values()):,} training images (docs/usage.md): a rule holds if z < "
-        f"{found['z_threshold']:.2f}; false alarm ≤ {found['false_alarm']:.0%} in {found['tests']} tests.",
-        (("symmetry", "z if it keeps the state", "z if it swaps the state", "verdict"), rows)]
 
