@@ -310,11 +310,9 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
     lines = []
     for title, blocks in sections.items():
         lines += [title, ""]
-        for block in blocks:
-            lines += table(*block) if isinstance(block, tuple) else [block, ""]
+        for block in blocks:  # a table is its header, a rule and its rows
+            lines += [block] if isinstance(block, str) else [
+                f"| {' | '.join(cells)} |" for cells in (block[0], ("---",) * len(block[0]), *block[1])]
+            lines.append("")
     return write_text(Path(run_dir) / "report.md", "\n".join(lines))
-
-
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    return [f"| {' | '.join(cells)} |" for cells in (header, ("---",) * len(header), *rows)] + [""]
 
