@@ -13,10 +13,9 @@ from fileio import write_text
 from report import pyplot, save_figure
 
 GOAL = 0.83  # the scientist's target test accuracy, shown on the built-in benchmark that stands in for their data
-# report column: (summary.json key, heading); mean ± std over seeds
 COLUMNS = {"test_acc": ("test_acc", "test acc"), "test_auc": ("test_auc", "test AUC"),
            "gap_acc": ("final_gap_acc", "train−val gap"), "best_epoch": ("best_epoch", "epochs to best"),
-           "wall_s": ("wall_time_s", "wall s/run")}
+           "wall_s": ("wall_time_s", "wall s/run")}  # column: (summary.json key, heading), mean ± std over seeds
 PERCENT = ("test_acc", "gap_acc")
 T975 = (math.nan, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)  # by degrees of freedom
 Z95 = 1.96  # beyond 10 degrees of freedom
