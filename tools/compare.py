@@ -331,8 +331,7 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
 def main(argv: list[str] | None = None) -> int:
     """Exit codes as in cli.exit_code; an interrupted grid still writes the report of what finished."""
     argv = sys.argv[1:] if argv is None else argv
-    return exit_code(lambda: grid_command(argv),
-                     lambda e: "finished runs are kept: rerun the same command to continue")
+    return exit_code(lambda: grid_command(argv), lambda e: "finished runs are kept: rerun the same command to continue")
 
 
 def evaluation_data(base: Config, out: Path, quick: bool, device: torch.device) -> tuple[Config, Path, Path]:

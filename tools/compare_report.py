@@ -90,12 +90,11 @@ def pct(pair: tuple[float, float], sign: str = "") -> str:
 def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int, effects: dict[str, Any],
                  yardstick: dict[str, float] | None = None) -> str:
     """report.md and figures/accuracy.png; returns the markdown. yardstick: the reference classifier's score."""
-    by_name = {l["variant"]: l for l in lines}
-    for l in lines:
+    runs_of = {l["variant"]: l["runs"] for l in lines}
+    for l in lines:  # a row is no reference for itself
         l["heldout_acc"] = heldout_accuracy(l["runs"])
-        reference = by_name.get(l["reference"])
-        l["diff"] = (math.nan, math.nan) if reference is None or reference is l else \
-            paired_difference(l["runs"], reference["runs"])
+        reference = [] if l["reference"] == l["variant"] else runs_of.get(l["reference"], [])
+        l["diff"] = paired_difference(l["runs"], reference)
     complete = all(len(l["runs"]) == seeds for l in lines)
     runs = [r for l in lines for r in l["runs"] if "finished_at" in r]
     if runs:  # the grid's own wall time, across invocations and parallel workers
