@@ -93,32 +93,36 @@ def throughput(args: argparse.Namespace) -> None:
     """One table: the naive loop, ours and the default recipe, in images per second."""
     device = pick_device(args.device)
     cuda = device.type == "cuda"
-    cfg = Config(whiten=False, augment="off", tta="off", pool="cls", dropout=0.1, device=args.device,
-                 data_dir=args.data_dir, emb_dim=args.emb_dim, depth=args.depth, heads=args.heads,
-                 mlp_dim=args.mlp_dim, compile=args.compile,
+    shared = {"device": args.device, "data_dir": args.data_dir, "compile": args.compile}
+    cfg = Config(whiten=False, augment="off", tta="off", pool="cls", dropout=0.1, emb_dim=args.emb_dim,
+                 depth=args.depth, heads=args.heads, mlp_dim=args.mlp_dim, **shared,
                  batch_size=args.batch_size or (4096 if cuda else 128),
                  precision=args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32"))
-    data, info = load_data(cfg, device, lambda message: None)
-    recipe = resolve_precision(Config(loss="smooth", device=args.device, data_dir=args.data_dir,
-                                      compile=args.compile, batch_size=args.batch_size or Config.batch_size,
-                                      precision=args.precision), device)
-    recipe_data, _ = load_data(recipe, device, lambda message: None)
+    recipe = resolve_precision(Config(loss="smooth", batch_size=args.batch_size or Config.batch_size,
+                                      precision=args.precision, **shared), device)
+    (data, info), (recipe_data, _) = (load_data(c, device, lambda message: None) for c in (cfg, recipe))
     where = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or 'CPU'}, " \
         f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({where}) | torch {torch.__version__} | python {platform.python_version()} | data: "
           f"{info['source']}, {len(data.x['train']):,} training images", flush=True)
     batches = 0 if cuda else 16  # ours stops at the end of a train_epoch call: a whole epoch on CUDA
-    styles = {"naive": naive_steps(cfg, Path(info["data_dir"]), data, device, args.workers),
-              "ours": our_steps(cfg, data, device, batches),
-              "recipe": our_steps(recipe, recipe_data, device, batches)}
-    for name, step in styles.items():  # warm-up: DataLoader workers, compilation
-        for _ in range(5 if name == "naive" else 1):
+    compiled = f", torch.compile{' (CUDA graphs)' if cuda else ''}" if cfg.compile else ""
+    recipe_label = (f"default recipe: ViT emb {recipe.emb_dim} depth {recipe.depth} heads {recipe.heads}, whitened, "
+                    f"augmented, {recipe.optimizer.upper()}")
+    styles = {  # the table's rows, the naive loop first: label -> (batch, precision, one timed call)
+        f"naive: HDF5 Dataset + DataLoader ({args.workers} workers), .item()/step, AdamW":
+            (64, "fp32", naive_steps(cfg, Path(info["data_dir"]), data, device, args.workers)),
+        f"ours: resident tensors, 1 sync/epoch, {cfg.optimizer.upper()}{compiled}":
+            (cfg.batch_size, cfg.precision, our_steps(cfg, data, device, batches)),
+        recipe_label: (recipe.batch_size, recipe.precision, our_steps(recipe, recipe_data, device, batches))}
+    for warm_ups, (_, _, step) in zip((5, 1, 1), styles.values()):  # DataLoader workers, compilation
+        for _ in range(warm_ups):
             step()
     load, seconds, rounds = os.getloadavg()[0], args.seconds if args.seconds is not None else (3 if cuda else 8), \
         args.rounds or (1 if cuda else 3)
     totals = {name: [0, 0.0] for name in styles}  # [steps, seconds]; each style >= `seconds` per round (0: one call)
     for _ in range(rounds):
-        for name, step in styles.items():
+        for name, (_, _, step) in styles.items():
             torch.cuda.synchronize(device) if cuda else None
             start, done = time.perf_counter(), step()
             while time.perf_counter() - start < seconds:
@@ -128,14 +132,9 @@ def throughput(args: argparse.Namespace) -> None:
             totals[name][1] += time.perf_counter() - start
     print(f"timed: {rounds} rounds of >= {seconds:g} s per style, taking turns; load average {load:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after (on {os.cpu_count()} CPUs)")
-    compiled = f", torch.compile{' (CUDA graphs)' if cuda else ''}" if cfg.compile else ""
-    rows = [(f"naive: HDF5 Dataset + DataLoader ({args.workers} workers), .item()/step, AdamW", 64, "fp32"),
-            (f"ours: resident tensors, 1 sync/epoch, {cfg.optimizer.upper()}{compiled}", cfg.batch_size, cfg.precision),
-            (f"default recipe: ViT emb {recipe.emb_dim} depth {recipe.depth} heads {recipe.heads}, whitened, "
-             f"augmented, {recipe.optimizer.upper()}", recipe.batch_size, recipe.precision)]
     print(f"{'style':<76} {'batch':>6} {'prec':>5} {'steps':>6} {'img/s':>11} {'ratio':>8}")
     base = None
-    for (style, batch, precision), (steps, took) in zip(rows, totals.values()):
+    for (style, (batch, precision, _)), (steps, took) in zip(styles.items(), totals.values()):
         img_s = steps * batch / took
         base = base or img_s
         print(f"{style:<76} {batch:>6} {precision:>5} {steps:>6} {img_s:>11,.0f} {img_s / base:>7.2f}x")

@@ -136,15 +136,20 @@ STREAM = 1000  # the benchmark draws split i from the stream (seed, i), i < 3
 CHOICE_SHARE = 6  # on the user's data, 1 in 6 training images of each state is kept for choices
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The JSON object a generator or a grid wrote at path; {} when missing or unreadable (then regenerated)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def ensure_heldout(directory: Path, seed: int = 0, per_class: int = PER_CLASS) -> Path:
     """directory/heldout.hdf5 on a stream of its own, with its exact Bayes accuracy; reused while it matches."""
     path, manifest = directory / HELDOUT_FILE, directory / HELDOUT_MANIFEST
     wanted = {"generator": "fictitious-gas benchmark, held-out set", "seed": seed, "stream": STREAM,
               "per_class": per_class}
-    try:
-        saved = json.loads(manifest.read_text()) if manifest.exists() else {}
-    except (OSError, ValueError):
-        saved = {}
+    saved = read_manifest(manifest)
     if path.exists() and {k: saved.get(k) for k in wanted} == wanted:
         return path
     if path.exists() and not saved:
@@ -164,11 +169,8 @@ def carve(data_dir: Path, folder: Path, seed: int = 0) -> tuple[Path, Path]:
     answers = data_dir / ANSWER_FILE
     wanted = {"choice_share": CHOICE_SHARE, "seed": seed,
               "sources": {str(p): fingerprint(p) for p in [*sources.values(), answers] if p.exists()}}
-    try:
-        if json.loads((folder / CARVE_MANIFEST).read_text()) == wanted:
-            return folder, sources["valid"]
-    except (OSError, ValueError):
-        pass
+    if read_manifest(folder / CARVE_MANIFEST) == wanted:
+        return folder, sources["valid"]
     read_split(sources["train"], "train", ("density",))  # refuses a damaged or ill-shaped file in one line
     with h5py.File(sources["train"], "r") as h5:
         arrays = {key: h5[key][()] for key in h5.keys() if isinstance(h5[key], h5py.Dataset)}
@@ -194,8 +196,7 @@ def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]
     x = to_tensor(split, payload["stats"], device)
     logits = predict_logits(trained_model(payload, device), x, SymmetryPlan.from_dict(payload["symmetry"]).views).cpu()
     correct = (logits + payload.get("calibration", {}).get("offset", 0.0) > 0).numpy() == split.labels
-    manifest = path.parent / HELDOUT_MANIFEST
-    bayes = float(json.loads(manifest.read_text())["bayes_accuracy"]) if manifest.exists() else None
+    bayes = read_manifest(path.parent / HELDOUT_MANIFEST).get("bayes_accuracy")
     return {"acc": rounded(float(correct.mean())), "n": len(correct), "bayes_acc": bayes, "correct": pack(correct)}
 
 
@@ -269,16 +270,15 @@ def run_job(job: dict[str, Any], threads: int = 0) -> dict[str, Any]:
 def load_results(path: Path) -> dict[str, dict[str, Any]]:
     """Finished runs by key. A line torn by a kill is dropped and the file rewritten without it."""
     text = path.read_text() if path.exists() else ""
-    rows, good = {}, []
+    rows = {}
     for line in text.splitlines():
         try:
             row = json.loads(line)
             rows[row["key"]] = row
-            good.append(line)
         except (ValueError, KeyError, TypeError):
             continue
-    if text and (not text.endswith("\n") or len(good) != len(text.splitlines())):
-        write_text(path, "".join(line + "\n" for line in good))
+    if text and (not text.endswith("\n") or len(rows) != len(text.splitlines())):
+        write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows.values()))
     return rows
 
 
@@ -331,15 +331,14 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
 def main(argv: list[str] | None = None) -> int:
     """Exit codes as in cli.exit_code; an interrupted grid still writes the report of what finished."""
     argv = sys.argv[1:] if argv is None else argv
-    return exit_code(lambda: grid_command(argv),
-                     lambda e: "finished runs are kept: rerun the same command to continue")
+    return exit_code(lambda: grid_command(argv), lambda e: "finished runs are kept: rerun the same command to continue")
 
 
 def evaluation_data(base: Config, out: Path, quick: bool, device: torch.device) -> tuple[Config, Path, Path]:
     """(base, the runs' data folder, the evaluation file): the benchmark's held-out set or the user's carved data."""
     resolved, _ = data.resolve_data_dir(base, log=lambda m: None)  # generates the benchmark once, here
     if (resolved / synthetic.MANIFEST).exists():
-        seed = json.loads((resolved / synthetic.MANIFEST).read_text()).get("seed", 0)
+        seed = read_manifest(resolved / synthetic.MANIFEST).get("seed", 0)
         folder = resolved.parent / f"{resolved.name}-heldout"
         evaluation_file = ensure_heldout(folder, seed, QUICK_HELDOUT_PER_CLASS if quick else PER_CLASS)
     else:
@@ -369,8 +368,8 @@ def grid_command(argv: list[str]) -> None:
         p.add_argument(f"--{optimizer}-lr", type=checked(float, f"{optimizer}_lr", positive), default=rate,
                        help=f"the learning rate of every {optimizer} row")
     p.add_argument("--only", default="", help="comma-separated configurations: " + ", ".join(CONFIGS))
-    p.add_argument("--jobs", type=checked(int, "jobs", non_negative), default=0, help="parallel runs (0: 1 on "
-                   "CPU, min(12, cores) on CUDA, where they share the GPU)")
+    p.add_argument("--jobs", type=checked(int, "jobs", non_negative), default=0,
+                   help="parallel runs (0: 1 on CPU, min(12, cores) sharing the GPU on CUDA)")
     p.add_argument("--max-minutes", type=checked(float, "max_minutes", non_negative), default=0.0,
                    help="start no new run after this long (0: no limit); rerun to finish the grid")
     p.add_argument("--report-only", action="store_true", help="train nothing: rewrite report.md from results.jsonl")
@@ -386,16 +385,14 @@ def grid_command(argv: list[str]) -> None:
     out = Path(args.out_dir or f"compare_out/{'quick' if args.quick else 'full'}")
     device = pick_device(args.device)
     jobs = args.jobs or (1 if device.type == "cpu" else min(12, os.cpu_count() or 1))
-    data_dir = args.data_dir or "data"
-    if args.quick and not args.data_dir:
-        data_dir = str(synthetic.ensure_benchmark(Path("data") / "synthetic-quick", 0, QUICK_SIZES))
+    data_dir = args.data_dir or (str(synthetic.ensure_benchmark(Path("data") / "synthetic-quick", 0, QUICK_SIZES))
+                                 if args.quick else "data")
     # precision resolved here: a run's key names what ran (bf16 or fp32), not "auto"
     base = resolve_precision(Config(data_dir=data_dir, device=args.device), device)
     chosen = variants(configs, settings.channel_sets)
     if args.report_only:
-        resolved = Path(data_dir)
-        if (out / "data" / CARVE_MANIFEST).exists():  # a grid on the user's data: its runs' data
-            resolved = out / "data"
+        resolved = out / "data" if (out / "data" / CARVE_MANIFEST).exists() else Path(data_dir)
+        if resolved == out / "data":  # a grid on the user's data: its runs' data
             base = dataclasses.replace(base, data_dir=str(resolved))
         rows = load_results(out / "results.jsonl")
     else:
@@ -422,8 +419,7 @@ def grid_command(argv: list[str]) -> None:
                  if user_data else "")
               + f"; {settings.epochs} epochs (a row that names its own keeps them), {settings.seeds} seeds, {jobs} "
               f"parallel run(s); this invocation took {time.time() - start:.0f} s.")
-    reference_file = out / "reference.json"
-    yardstick = json.loads(reference_file.read_text()) if user_data and reference_file.exists() else None
+    yardstick = read_manifest(out / "reference.json") if user_data else None
     print(write_report(lines, out, header, settings.seeds, EFFECTS, yardstick))
     print(f"report: {out}/report.md, {out}/figures/")
     if interrupted is not None:

@@ -13,8 +13,9 @@ from fileio import write_text
 from report import pyplot, save_figure
 
 GOAL = 0.83  # the scientist's target test accuracy, shown on the built-in benchmark that stands in for their data
-COLUMNS = {"test_acc": "test_acc", "test_auc": "test_auc", "gap_acc": "final_gap_acc", "best_epoch": "best_epoch",
-           "wall_s": "wall_time_s"}  # report column -> summary.json key; mean ± std over seeds
+COLUMNS = {"test_acc": ("test_acc", "test acc"), "test_auc": ("test_auc", "test AUC"),
+           "gap_acc": ("final_gap_acc", "train−val gap"), "best_epoch": ("best_epoch", "epochs to best"),
+           "wall_s": ("wall_time_s", "wall s/run")}  # column: (summary.json key, heading), mean ± std over seeds
 PERCENT = ("test_acc", "gap_acc")
 T975 = (math.nan, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)  # by degrees of freedom
 Z95 = 1.96  # beyond 10 degrees of freedom
@@ -62,7 +63,7 @@ def paired_difference(runs: list[dict[str, Any]], reference: list[dict[str, Any]
 def metrics(runs: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     """Mean and sample std over seeds of each of COLUMNS (a diverged run without a value is left out)."""
     out = {}
-    for column, key in COLUMNS.items():
+    for column, (key, _) in COLUMNS.items():
         x = np.array([r["summary"].get(key) for r in runs], float)  # None: NaN
         x = x[np.isfinite(x)]
         std = float(x.std(ddof=1)) if len(x) > 1 else 0.0
@@ -89,12 +90,11 @@ def pct(pair: tuple[float, float], sign: str = "") -> str:
 def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int, effects: dict[str, Any],
                  yardstick: dict[str, float] | None = None) -> str:
     """report.md and figures/accuracy.png; returns the markdown. yardstick: the reference classifier's score."""
-    by_name = {l["variant"]: l for l in lines}
-    for l in lines:
+    runs_of = {l["variant"]: l["runs"] for l in lines}
+    for l in lines:  # a row is no reference for itself
         l["heldout_acc"] = heldout_accuracy(l["runs"])
-        reference = by_name.get(l["reference"])
-        l["diff"] = (math.nan, math.nan) if reference is None or reference is l else \
-            paired_difference(l["runs"], reference["runs"])
+        reference = [] if l["reference"] == l["variant"] else runs_of.get(l["reference"], [])
+        l["diff"] = paired_difference(l["runs"], reference)
     complete = all(len(l["runs"]) == seeds for l in lines)
     runs = [r for l in lines for r in l["runs"] if "finished_at" in r]
     if runs:  # the grid's own wall time, across invocations and parallel workers
@@ -118,11 +118,9 @@ def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int
            + (" Test: the test file, mean ± std over seeds." if tested else "")
            + (f" Goal: the scientist's {100 * GOAL:.0f}% (held-out, else test)." if bayes else ""), ""]
     shown = (("test_acc", "test_auc") if tested else ()) + ("gap_acc", "best_epoch", "wall_s")
-    heads = ["configuration", "channels", "init", "lr", "seeds", f"{evaluated} acc", "Δ vs after"]
-    heads += ["test acc", "test AUC"] if tested else []
-    heads += ["train−val gap", "epochs to best", "wall s/run"] + ([f"≥ {100 * GOAL:.0f}%?"] if bayes else [])
-    md += effects_table(lines, effects, evaluated)
-    md += ["All rows:", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    heads = ["configuration", "channels", "init", "lr", "seeds", f"{evaluated} acc", "Δ vs after",
+             *(COLUMNS[m][1] for m in shown)] + ([f"≥ {100 * GOAL:.0f}%?"] if bayes else [])
+    rows = []
     for l in lines:
         diverged = sum(bool(r["summary"].get("diverged")) for r in l["runs"])
         cells = [l["config"], l["channels"], l["init"], f"{l['lr']:g}",
@@ -132,7 +130,8 @@ def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int
         if bayes:
             reached = l["heldout_acc"][0] if math.isfinite(l["heldout_acc"][0]) else l["test_acc"][0]
             cells.append("–" if not math.isfinite(reached) else "yes" if reached >= GOAL else "no")
-        md.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    md += effects_table(lines, effects, evaluated) + ["All rows:", ""] + table(heads, rows)
     above = [l["variant"] for l in lines if bayes and l["heldout_acc"][0] > bayes]
     if above:  # possible only through a leak on 20,000 images: look before trusting it
         md += ["", f"**Warning**: above the Bayes limit on the held-out set: {', '.join(above)}."]
@@ -163,8 +162,12 @@ def effects_table(lines: list[dict[str, Any]], effects: dict[str, Any], evaluate
     heads = ["requested change"] + [f"{where}, {name}" for name in inputs for where in ("on before", "in after")]
     return ([f"What each requested change does to {evaluated} accuracy, in points: the row with it minus the row "
              "without it, paired (same seeds, same images), 95% interval; **bold**: the interval excludes 0. "
-             "Density only.", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-            + ["| " + " | ".join(row) + " |" for row in rows] + [""])
+             "Density only.", ""] + table(heads, rows) + [""])
+
+
+def table(heads: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines."""
+    return ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def plot_accuracy(lines: list[dict[str, Any]], marks: dict[str, float], path: Path, evaluated: str) -> None:

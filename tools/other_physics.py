@@ -20,8 +20,7 @@ KINDS = {  # per state: (length along axis 0, along axis 1, along the main diago
 }
 
 
-def fields(labels: np.ndarray, kind: str, size: int, rng: np.random.Generator, contrast: float = 1.0
-           ) -> np.ndarray:
+def fields(labels: np.ndarray, kind: str, size: int, rng: np.random.Generator, contrast: float = 1.0) -> np.ndarray:
     """Log-density (N, size, size) of the given states; `contrast` scales how far state 1's lengths lie from 0's."""
     (l0, l1, crop) = KINDS[kind]
     lengths = (l0, tuple(a + contrast * (b - a) for a, b in zip(l0, l1)))
@@ -42,8 +41,7 @@ def make(directory: str | Path, kind: str, train: int = 6000, valid: int = 1000,
          size: int = 28, seed: int = 0, contrast: float = 1.0) -> Path:
     """Write train.hdf5, valid.hdf5, test_no_labels.hdf5 and test_labels.hdf5 (balanced states) into directory."""
     directory = Path(directory)
-    for index, (name, n) in enumerate((("train.hdf5", train), ("valid.hdf5", valid),
-                                       ("test_no_labels.hdf5", test))):
+    for index, (name, n) in enumerate(zip(("train.hdf5", "valid.hdf5", "test_no_labels.hdf5"), (train, valid, test))):
         rng = np.random.default_rng([seed, index])
         labels = rng.permutation(np.arange(n) % 2)
         density = np.exp(fields(labels, kind, size, rng, contrast)).astype(np.float16)
