@@ -24,8 +24,7 @@ class UserError(Exception):
 def _opt(role: str, default: Any, help: str, choices: tuple | None = None, check: Callable | None = None,
          negation: str | None = None) -> Any:
     """A Config field; `negation`: the value that a --no-FLAG form sets (for a str field)."""
-    return field(default=default, metadata={"role": role, "help": help, "choices": choices, "check": check,
-                                            "negation": negation})
+    return field(default=default, metadata=dict(role=role, help=help, choices=choices, check=check, negation=negation))
 
 
 def rule(test: Callable[[Any], bool], text: str) -> Callable[[Any], bool]:
