@@ -24,23 +24,18 @@ class UserError(Exception):
 def _opt(role: str, default: Any, help: str, choices: tuple | None = None, check: Callable | None = None,
          negation: str | None = None) -> Any:
     """A Config field; `negation`: the value that a --no-FLAG form sets (for a str field)."""
-    return field(default=default, metadata={"role": role, "help": help, "choices": choices, "check": check,
-                                            "negation": negation})
+    return field(default=default, metadata=dict(role=role, help=help, choices=choices, check=check, negation=negation))
 
 
-def positive(x: float) -> bool:
-    """must be > 0"""
-    return x > 0
+def rule(test: Callable[[Any], bool], text: str) -> Callable[[Any], bool]:
+    """A range check for `checked` and Config's `check`: `test`, with `text` as the message when it fails."""
+    test.__doc__ = text
+    return test
 
 
-def non_negative(x: float) -> bool:
-    """must be >= 0"""
-    return x >= 0
-
-
-def probability(x: float) -> bool:
-    """must be in [0, 1)"""
-    return 0 <= x < 1
+positive = rule(lambda x: x > 0, "must be > 0")
+non_negative = rule(lambda x: x >= 0, "must be >= 0")
+probability = rule(lambda x: 0 <= x < 1, "must be in [0, 1)")
 
 
 def channel_spec(text: str) -> bool:
