@@ -79,12 +79,12 @@ def wait_for_rows(run_parent: Path, k: int, proc: subprocess.Popen, timeout: flo
 
 
 def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
-    """A real SIGTERM to a training process; --resume of its run folder ends bit for bit where an uninterrupted
-    run with the same seed ends (both of these in this process; the uninterrupted one trains while the
-    subprocess starts, and a thread sends the signal once the subprocess has written its first epoch). Before
-    that, one sample of train.hdf5 changes: the resumed epochs would train on other data than the run's whitening
-    filter, statistics and history, so --resume refuses in one line naming the file and leaves the run folder
-    untouched; with the file restored, the run resumes. Each checkpoint records how long every attempt has worked on the run; the summary and
+    """A real SIGTERM to a training process; --resume of its run folder ends bit for bit where an uninterrupted run
+    with the same seed ends (both of these in this process; the uninterrupted one trains while the subprocess
+    starts, and a thread sends the signal once the subprocess has written its first epoch). Before that, one sample
+    of train.hdf5 changes: the resumed epochs would train on other data than the run's whitening filter, statistics
+    and history, so --resume refuses in one line naming the file and leaves the run folder untouched; with the file
+    restored, the run resumes. Each checkpoint records how long every attempt has worked on the run; the summary and
     report.md give the total and the attempts, not the last one's."""
     # 12 steps of 32 per epoch: the signal lands in epoch 2, whose partial work is abandoned and replayed.
     data = synthetic.generate_benchmark(tmp_path / "data", 0, synthetic.Sizes(200, 200, 50, 50, 40, 40))
