@@ -25,10 +25,13 @@ def exit_code(body: Callable[[], int | None], hint: Callable[[Interrupted], str]
         return body() or 0
     except SystemExit as e:  # argparse: --help (0) or a one-line error (2)
         return e.code or 0
-    except (UserError, Diverged) as e:  # bad input: 2, printed by every rank (theirs may differ); diverged: 3
-        if isinstance(e, UserError) or distributed.is_main():
-            print(("" if distributed.is_main() else f"[rank {distributed.rank()}] ") + f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, UserError) else 3
+    except UserError as e:
+        print(("" if distributed.is_main() else f"[rank {distributed.rank()}] ") + f"error: {e}", file=sys.stderr)
+        return 2
+    except Diverged as e:
+        if distributed.is_main():
+            print(f"error: {e}", file=sys.stderr)
+        return 3
     except (Interrupted, KeyboardInterrupt) as e:
         e = e if isinstance(e, Interrupted) else Interrupted(signal_name(signal.SIGINT), signal.SIGINT)
         if distributed.is_main():
