@@ -242,77 +242,92 @@ def show(x: float | None, spec: str = ".2%") -> str:
     return "–" if x is None else format(x, spec)
 
 
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    return [f"| {' | '.join(cells)} |" for cells in (header, ("---",) * len(header), *rows)] + [""]
+
+
 def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
-    """report.md: the summary numbers and every figure of the run, as titled sections of blocks; a block is a
-    paragraph (a string) or a table (a header and its rows)."""
+    """report.md: the summary numbers and every figure of the run."""
     cal, bayes, ref = summary["calibration"], summary.get("bayes_accuracy", {}), summary["reference"]
+    valid, test = cal.get("valid", {}), cal.get("test", {})
     attempts, views = summary["attempt_seconds"], summary["views"]
-    found, used, tta = summary["symmetry"].get("found"), summary["symmetry"]["augment"], summary["symmetry"]["views"]
-    test, learned = (summary.get("drift") or {}).get("test"), summary.get("sensitivity")
-    effect = (learned or {}).get("channel_effect", {})
     wall_time = f"{summary['wall_time_s']} s" + (
         f" over {len(attempts)} attempts ({', '.join(f'{t} s' for t in attempts)})" if len(attempts) > 1 else "")
     source = "the built-in benchmark" if summary["data_source"] == "synthetic" else "the files"
-    bayes_row = [("Bayes limit (exact likelihood ratio)", bayes.get("valid"), bayes.get("test"), ".2%")] * bool(bayes)
-    rows = [(label, show(on_valid, spec), show(on_test, spec)) for label, on_valid, on_test, spec in (
-        ("accuracy", summary["val_acc"], summary.get("test_acc"), ".2%"),
-        ("reference classifier (logistic regression on the same inputs)", ref.get("valid_acc"), ref.get("test_acc"),
-         ".2%"), *bayes_row, ("ROC AUC", summary["val_auc"], summary.get("test_auc"), ".4f"))]
-    rows += [(label, *(" → ".join(show(split[key][k], spec) for k in ("before", "after")) if key in split else "–"
-                       for split in (cal.get("valid", {}), cal.get("test", {}))))
-             for label, key, spec in (("log loss, before → after calibration", "log_loss", ".4f"),
-                                      (f"ECE ({cal['ece_bins']} bins), before → after", "ece", ".2%"),
-                                      ("mean abs(p − p_Bayes), before → after", "mean_abs_diff_bayes", ".4f"))
-             if key in cal.get("valid", {})]  # the Bayes posterior only on the benchmark
-    sections = {f"# Run {Path(run_dir).name}": [
-        f"Data: {source} in {summary['data_dir']} (channels {', '.join(summary['channels'])}); best epoch "
-        f"{summary['best_epoch']} of {summary['epochs_run']} run; {wall_time}."
-        + (f" Training diverged: {summary['diverged']}." if summary.get("diverged") else ""),
-        f"Scores of the best epoch's model with all {views} test-time view{'s' * (views > 1)} per image.",
-        (("", "validation", "test"), rows),
-        f"Probabilities: sigmoid((logit + c) / T), T = {cal['temperature']:.4g}, c = {cal['offset']:.4g}, "
-        f"share of state 1 {cal['prior_state_1']:.3g} (docs/usage.md, Calibration)."
-        + (f" **Not calibrated:** T is at the end of its search range: {cal['not_calibrated']}."
-           if cal.get("not_calibrated") else ""),
-        f"Reference minus model, validation: {100 * ref['valid_gap']:+.1f} ± {100 * ref['valid_gap_se']:.1f} "
-        f"points (paired, one standard error)."],
-        "## Symmetries of the training data": [
-            "Augmentation used: " + (", ".join(used["keep"][1:] + [f"{n} (swaps the state)" for n in used["swap"]]
-                                               + ["periodic shifts"] * used["shifts"]) or "none")
-            + "; test-time views: " + ("none" if tta is None else ", ".join(
-                f"{n}{' (negated)' if s else ''}" for n, s in tta["rules"]) + f" at {tta['shifts'] ** 2} "
-                f"shift(s) each") + ".",
-            *(["Not checked (too few training images of a state): no symmetry unless forced."] if not found else [
-                f"Tested on {sum(found['images'].values()):,} training images (docs/usage.md): a rule holds if z < "
-                f"{found['z_threshold']:.2f}; false alarm ≤ {found['false_alarm']:.0%} in {found['tests']} tests.",
-                (("symmetry", "z if it keeps the state", "z if it swaps the state", "verdict"),
-                 [(name, f"{r['keep_z']:.1f}", f"{r['swap_z']:.1f}" if "swap_z" in r else "–", r["verdict"])
-                  for name, r in {**found["elements"], "periodic shifts": found["shifts"]}.items()])])],
-        "## Learning curves": ["![learning curves](curves.png)"],
-        "## Calibration, ROC curve and confusion matrix at 0.5": [
-            "![reliability diagrams, ROC curve and confusion matrices](calibration.png)"],
-        "## Drift check (test split against the training set)": ["Not run: the training density has values ≤ 0."]
-        if test is None else [
-            f"{show(test['share_flagged'])} of {test['n']} test samples lie outside the training data's range ("
-            + ("WARNING: more than 1 % flagged" if test["warning"] else "no warning") + "; a fresh training-like "
-            f"sample is flagged with probability {drift.FALSE_FLAG_RATE:.2%})." + ("" if not test["flagged_by"] else
-            " Flagged mainly by: " + ", ".join(f"{k} ({show(v)})" for k, v in test["flagged_by"].items()) + "."),
-            (("feature", "below the training 0.1 %", "above the training 99.9 %"),
-             [(name.replace("|", "&#124;"), show(side["below"]), show(side["above"]))
-              for name, side in test["outside_training_range"].items()]), "![drift check](drift.png)"],
-        "## What the model learned": ["No density channel: no map over its Fourier modes."] if learned is None else [
-            f"Over {learned['images']} validation images, correlation with the {learned['compared_with']}'s map "
-            f"{learned['correlation']:.3f}" + (f", scale {learned['scale_vs_bayes']:.2f} (1 = the same strength)"
-                                               if "scale_vs_bayes" in learned else "") + "."
-            + ("" if len(effect) < 2 else " Mean change of the calibrated log-odds when one channel is swapped "
-               "between images: " + ", ".join(f"{k} {v:.3g}" for k, v in effect.items()) + "."),
-            "![sensitivity map](sensitivity.png)"]}
-    lines = []
-    for title, blocks in sections.items():
-        lines += [title, ""]
-        for block in blocks:  # a table is its header, a rule and its rows
-            lines += [block] if isinstance(block, str) else [
-                f"| {' | '.join(cells)} |" for cells in (block[0], ("---",) * len(block[0]), *block[1])]
-            lines.append("")
-    return write_text(Path(run_dir) / "report.md", "\n".join(lines))
+    rows = [("accuracy", show(summary["val_acc"]), show(summary.get("test_acc"))),
+            ("reference classifier (logistic regression on the same inputs)", show(ref.get("valid_acc")),
+             show(ref.get("test_acc")))]
+    if bayes:
+        rows.append(("Bayes limit (exact likelihood ratio)", show(bayes.get("valid")), show(bayes.get("test"))))
+    rows.append(("ROC AUC", show(summary["val_auc"], ".4f"), show(summary.get("test_auc"), ".4f")))
+    for label, key, spec in (("log loss, before → after calibration", "log_loss", ".4f"),
+                             (f"ECE ({cal['ece_bins']} bins), before → after", "ece", ".2%"),
+                             ("mean abs(p − p_Bayes), before → after", "mean_abs_diff_bayes", ".4f")):
+        if key in valid:  # the Bayes posterior only on the benchmark
+            rows.append((label, *(f"{show(split[key]['before'], spec)} → {show(split[key]['after'], spec)}"
+                                  if key in split else "–" for split in (valid, test))))
+    lines = [f"# Run {Path(run_dir).name}", "",
+             f"Data: {source} in {summary['data_dir']} (channels {', '.join(summary['channels'])}); best epoch "
+             f"{summary['best_epoch']} of {summary['epochs_run']} run; {wall_time}."
+             + (f" Training diverged: {summary['diverged']}." if summary.get("diverged") else ""), "",
+             f"Scores of the best epoch's model with all {views} test-time view{'s' * (views > 1)} per image.", "",
+             *table(("", "validation", "test"), rows),
+             f"Probabilities: sigmoid((logit + c) / T), T = {cal['temperature']:.4g}, c = {cal['offset']:.4g}, "
+             f"share of state 1 {cal['prior_state_1']:.3g} (docs/usage.md, Calibration)."
+             + (f" **Not calibrated:** T is at the end of its search range: {cal['not_calibrated']}."
+                if cal.get("not_calibrated") else ""), "",
+             f"Reference minus model, validation: {100 * ref['valid_gap']:+.1f} ± {100 * ref['valid_gap_se']:.1f} "
+             f"points (paired, one standard error).", ""]
+    lines += symmetry_section(summary["symmetry"])
+    lines += ["## Learning curves", "", "![learning curves](curves.png)", "",
+              "## Calibration, ROC curve and confusion matrix at 0.5", "",
+              "![reliability diagrams, ROC curve and confusion matrices](calibration.png)", ""]
+    lines += drift_section(summary.get("drift")) + sensitivity_section(summary.get("sensitivity"))
+    return write_text(Path(run_dir) / "report.md", "\n".join(lines) + "\n")
 
+
+def symmetry_section(plan: dict[str, Any]) -> list[str]:
+    """What augmentation and the views used, and the z of each rule the check tested."""
+    found, used, views = plan.get("found") or {}, plan["augment"], plan["views"]
+    lines = ["## Symmetries of the training data", "",
+             "Augmentation used: " + (", ".join(used["keep"][1:] + [f"{n} (swaps the state)" for n in used["swap"]]
+                                                + ["periodic shifts"] * used["shifts"]) or "none")
+             + "; test-time views: " + ("none" if views is None else ", ".join(
+                 f"{n}{' (negated)' if s else ''}" for n, s in views["rules"]) + f" at {views['shifts'] ** 2} "
+                 f"shift(s) each") + "."]
+    if not found:
+        return lines + ["", "Not checked (too few training images of a state): no symmetry unless forced.", ""]
+    lines += ["", f"Tested on {sum(found['images'].values()):,} training images (docs/usage.md): a rule holds if z < "
+              f"{found['z_threshold']:.2f}; false alarm ≤ {found['false_alarm']:.0%} in {found['tests']} tests.", ""]
+    rows = [(name, f"{r['keep_z']:.1f}", f"{r['swap_z']:.1f}", r["verdict"]) for name, r in found["elements"].items()]
+    rows.append(("periodic shifts", f"{found['shifts']['keep_z']:.1f}", "–", found["shifts"]["verdict"]))
+    return lines + table(("symmetry", "z if it keeps the state", "z if it swaps the state", "verdict"), rows)
+
+
+def drift_section(result: dict[str, Any] | None) -> list[str]:
+    lines = ["## Drift check (test split against the training set)", ""]
+    if result is None:
+        return lines + ["Not run: the training density has values ≤ 0.", ""]
+    test = result["test"]
+    verdict = "WARNING: more than 1 % flagged" if test["warning"] else "no warning"
+    lines += [f"{show(test['share_flagged'])} of {test['n']} test samples lie outside the training data's range "
+              f"({verdict}; a fresh training-like sample is flagged with probability {drift.FALSE_FLAG_RATE:.2%})."
+              + ("" if not test["flagged_by"] else " Flagged mainly by: " + ", ".join(
+                  f"{k} ({show(v)})" for k, v in test["flagged_by"].items()) + "."), ""]
+    rows = [(name.replace("|", "&#124;"), show(side["below"]), show(side["above"]))
+            for name, side in test["outside_training_range"].items()]
+    return lines + table(("feature", "below the training 0.1 %", "above the training 99.9 %"), rows) + [
+        "![drift check](drift.png)", ""]
+
+
+def sensitivity_section(result: dict[str, Any] | None) -> list[str]:
+    lines = ["## What the model learned", ""]
+    if result is None:
+        return lines + ["No density channel: no map over its Fourier modes.", ""]
+    lines.append(f"Over {result['images']} validation images, correlation with the {result['compared_with']}'s map "
+                 f"{result['correlation']:.3f}" + (f", scale {result['scale_vs_bayes']:.2f} (1 = the same strength)"
+                                                   if "scale_vs_bayes" in result else "") + ".")
+    if len(result["channel_effect"]) > 1:
+        lines.append("Mean change of the calibrated log-odds when one channel is swapped between images: " + ", ".join(
+            f"{k} {v:.3g}" for k, v in result["channel_effect"].items()) + ".")
+    return lines + ["", "![sensitivity map](sensitivity.png)", ""]
