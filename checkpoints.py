@@ -1,5 +1,4 @@
 """Reading back the checkpoints that run_transformer.run writes (best.pt, last.pt); the rules of --resume."""
-from __future__ import annotations
 
 import dataclasses
 import warnings
@@ -8,7 +7,7 @@ from typing import Any
 
 import torch
 
-from config import EXPERIMENT, MODEL, OPTIMIZER, Config, UserError, config_from_dict, fields_with, flag
+from config import FIXED, Config, UserError, config_from_dict, fields_with, flag
 from fileio import unreadable
 from train import Training, TrainState, build_model
 
@@ -50,12 +49,11 @@ def resume_config(run_dir: Path, typed: dict[str, Any]) -> tuple[Config, dict[st
     except (TypeError, AttributeError):
         raise UserError(f"{run_dir}/last.pt cannot be resumed: its training state is damaged; train anew") from None
     asked = dataclasses.replace(saved, **typed)
-    for kind, role in (("model", MODEL), ("optimizer", OPTIMIZER), ("training", EXPERIMENT)):
-        changes = ", ".join(f"{flag(k)}: checkpoint {getattr(saved, k)!r} vs requested {getattr(asked, k)!r}"
-                            for k in fields_with(role) if getattr(asked, k) != getattr(saved, k))
-        if changes:
-            raise UserError(f"cannot resume {run_dir}: the {kind} settings differ ({changes}); drop those flags, or "
-                            f"start a new run with them")
+    changes = ", ".join(f"{flag(k)}: checkpoint {getattr(saved, k)!r} vs requested {getattr(asked, k)!r}"
+                        for k in fields_with(FIXED) if getattr(asked, k) != getattr(saved, k))
+    if changes:
+        raise UserError(f"cannot resume {run_dir}: settings of the experiment differ ({changes}); drop those flags, "
+                        f"or start a new run with them")
     return asked, payload
 
 

@@ -1,6 +1,5 @@
 """Every entry point's exit code, `sys.exit(exit_code(lambda: body(args), hint))`: 0 done, 2 bad input (one line,
 no traceback), 3 diverged, 128 + signal number when interrupted."""
-from __future__ import annotations
 
 import signal
 import sys

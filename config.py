@@ -1,6 +1,5 @@
 """Every setting and its default (Config), with a role tag each that says what a change of it means (for --resume
 and compare.py's run identities), and the command-line flags built from it."""
-from __future__ import annotations
 
 import argparse
 import dataclasses
@@ -9,12 +8,9 @@ from typing import Any, Callable
 
 CHANNEL_NAMES = ("density", "recording_date")
 
-MODEL = "model"  # the network and the input its weights expect: a checkpoint loads only with the same values
-OPTIMIZER = "optimizer"  # kept in the optimizer and scheduler state: a resumed run cannot change it
-EXPERIMENT = "experiment"  # data, loss, regularisation, seed, precision: another value is another experiment
+FIXED = "fixed"  # the experiment (network, optimizer, data, loss, seed, precision): a resumed run keeps it
 CONTROL = "control"  # part of a run's identity, but a resumed run may change it
-EXECUTION = "execution"  # how the same experiment is computed: a resumed run may change it
-OUTPUT = "output"  # where the results are written
+EXECUTION = "execution"  # how and where the same experiment is computed and written: a resumed run may change it
 
 
 class UserError(Exception):
@@ -46,49 +42,49 @@ def channel_spec(text: str) -> bool:
 
 @dataclass
 class Config:
-    data_dir: str = _opt(EXPERIMENT, "data", "folder of train.hdf5, valid.hdf5, test_no_labels.hdf5; without "
+    data_dir: str = _opt(FIXED, "data", "folder of train.hdf5, valid.hdf5, test_no_labels.hdf5; without "
                          "train.hdf5 the synthetic benchmark is generated in DATA_DIR/synthetic")
-    channels: str = _opt(EXPERIMENT, "auto", "input channels, comma separated from density, recording_date; auto "
+    channels: str = _opt(FIXED, "auto", "input channels, comma separated from density, recording_date; auto "
                          "drops those the shortcut guard flags", check=channel_spec)
-    whiten: bool = _opt(MODEL, True, "feed log-density whitened by the training set's mean power spectrum")
-    augment: str = _opt(EXPERIMENT, "auto", "train on random symmetries: auto (those the training data show), off, "
+    whiten: bool = _opt(FIXED, True, "feed log-density whitened by the training set's mean power spectrum")
+    augment: str = _opt(FIXED, "auto", "train on random symmetries: auto (those the training data show), off, "
                         "or a list such as flip0,flip1,transpose=swap,shift", negation="off")
-    tta: str = _opt(EXPERIMENT, "auto", "predict the mean logit over symmetric views: auto, off or a list as for "
+    tta: str = _opt(FIXED, "auto", "predict the mean logit over symmetric views: auto, off or a list as for "
                     "--augment", negation="off")
-    tta_shifts: int = _opt(EXPERIMENT, 4, "views' periodic shifts per axis within a patch", check=positive)
-    synthetic_seed: int = _opt(EXPERIMENT, 0, "seed of the synthetic benchmark generator")
-    model: str = _opt(MODEL, "vit", "the BatchNorm Vision Transformer or the reference CNN", choices=("vit", "cnn"))
-    patch_size: int = _opt(MODEL, 4, "side of the square patches (must divide the image size)", check=positive)
-    emb_dim: int = _opt(MODEL, 32, "token width of the ViT", check=positive)
-    depth: int = _opt(MODEL, 4, "number of transformer blocks", check=positive)
-    heads: int = _opt(MODEL, 2, "attention heads (must divide --emb-dim)", check=positive)
-    mlp_dim: int = _opt(MODEL, 64, "hidden width of each block's MLP", check=positive)
-    dropout: float = _opt(EXPERIMENT, 0.0, "dropout of attention weights and MLPs in the blocks", check=probability)
-    emb_dropout: float = _opt(EXPERIMENT, 0.2, "dropout after the patch embedding", check=probability)
-    patch_norm: str = _opt(MODEL, "batch", "normalisation after the patch convolution", choices=("batch", "none"))
-    block_norm: str = _opt(MODEL, "layer", "normalisation in the transformer blocks", choices=("layer", "batch"))
-    init: str = _opt(EXPERIMENT, "torch", "init of the ViT's Linear weights: fan-in uniform, Xavier or N(0, 0.02)",
+    tta_shifts: int = _opt(FIXED, 4, "views' periodic shifts per axis within a patch", check=positive)
+    synthetic_seed: int = _opt(FIXED, 0, "seed of the synthetic benchmark generator")
+    model: str = _opt(FIXED, "vit", "the BatchNorm Vision Transformer or the reference CNN", choices=("vit", "cnn"))
+    patch_size: int = _opt(FIXED, 4, "side of the square patches (must divide the image size)", check=positive)
+    emb_dim: int = _opt(FIXED, 32, "token width of the ViT", check=positive)
+    depth: int = _opt(FIXED, 4, "number of transformer blocks", check=positive)
+    heads: int = _opt(FIXED, 2, "attention heads (must divide --emb-dim)", check=positive)
+    mlp_dim: int = _opt(FIXED, 64, "hidden width of each block's MLP", check=positive)
+    dropout: float = _opt(FIXED, 0.0, "dropout of attention weights and MLPs in the blocks", check=probability)
+    emb_dropout: float = _opt(FIXED, 0.2, "dropout after the patch embedding", check=probability)
+    patch_norm: str = _opt(FIXED, "batch", "normalisation after the patch convolution", choices=("batch", "none"))
+    block_norm: str = _opt(FIXED, "layer", "normalisation in the transformer blocks", choices=("layer", "batch"))
+    init: str = _opt(FIXED, "torch", "init of the ViT's Linear weights: fan-in uniform, Xavier or N(0, 0.02)",
                      choices=("torch", "xavier", "trunc02"))
-    pool: str = _opt(MODEL, "mean", "the ViT head reads the mean patch token or the CLS token", choices=("cls", "mean"))
-    optimizer: str = _opt(OPTIMIZER, "sgd", "SGD with momentum and LinearLR 1 -> 0.1, or AdamW with warmup and "
+    pool: str = _opt(FIXED, "mean", "the ViT head reads the mean patch token or the CLS token", choices=("cls", "mean"))
+    optimizer: str = _opt(FIXED, "sgd", "SGD with momentum and LinearLR 1 -> 0.1, or AdamW with warmup and "
                           "cosine decay", choices=("sgd", "adamw"))
-    lr: float = _opt(OPTIMIZER, 0.05, "peak learning rate", check=positive)
-    momentum: float = _opt(OPTIMIZER, 0.9, "SGD momentum", check=probability)
-    weight_decay: float = _opt(OPTIMIZER, 5e-4, "weight decay (L2 for SGD, decoupled for AdamW)", check=non_negative)
-    warmup_epochs: float = _opt(OPTIMIZER, 2.0, "AdamW: epochs of linear warmup", check=non_negative)
-    loss: str = _opt(EXPERIMENT, "bce", "BCE with logits, MSE on sigmoid(logits), or BCE on label-smoothed targets",
+    lr: float = _opt(FIXED, 0.05, "peak learning rate", check=positive)
+    momentum: float = _opt(FIXED, 0.9, "SGD momentum", check=probability)
+    weight_decay: float = _opt(FIXED, 5e-4, "weight decay (L2 for SGD, decoupled for AdamW)", check=non_negative)
+    warmup_epochs: float = _opt(FIXED, 2.0, "AdamW: epochs of linear warmup", check=non_negative)
+    loss: str = _opt(FIXED, "bce", "BCE with logits, MSE on sigmoid(logits), or BCE on label-smoothed targets",
                      choices=("bce", "mse", "smooth"))
-    smoothing: float = _opt(EXPERIMENT, 0.1, "--loss smooth: targets y*(1-eps) + 0.5*eps", check=probability)
-    epochs: int = _opt(OPTIMIZER, 6, "maximum number of epochs (LinearLR spans all of them)", check=positive)
-    batch_size: int = _opt(OPTIMIZER, 128, "training batch size", check=positive)
+    smoothing: float = _opt(FIXED, 0.1, "--loss smooth: targets y*(1-eps) + 0.5*eps", check=probability)
+    epochs: int = _opt(FIXED, 6, "maximum number of epochs (LinearLR spans all of them)", check=positive)
+    batch_size: int = _opt(FIXED, 128, "training batch size", check=positive)
     patience: int = _opt(CONTROL, 6, "stop after this many epochs without a better validation loss", check=positive)
-    seed: int = _opt(EXPERIMENT, 0, "seed for initialisation, shuffling and dropout")
+    seed: int = _opt(FIXED, 0, "seed for initialisation, shuffling and dropout")
     device: str = _opt(EXECUTION, "auto", "auto picks cuda when available", choices=("auto", "cpu", "cuda"))
-    precision: str = _opt(EXPERIMENT, "auto", "auto: bf16 autocast where native", choices=("auto", "fp32", "bf16"))
+    precision: str = _opt(FIXED, "auto", "auto: bf16 autocast where native", choices=("auto", "fp32", "bf16"))
     compile: bool = _opt(EXECUTION, False, "torch.compile the training steps")
     sync_bn: bool = _opt(CONTROL, False, "under torchrun: synchronise BatchNorm statistics across processes")
-    out_dir: str = _opt(OUTPUT, "runs", "each run gets a fresh sub-folder here")
-    predictions: str = _opt(OUTPUT, "outputs/predictions.txt", "copy of the test predictions (one 0/1 per line)")
+    out_dir: str = _opt(EXECUTION, "runs", "each run gets a fresh sub-folder here")
+    predictions: str = _opt(EXECUTION, "outputs/predictions.txt", "copy of the test predictions (one 0/1 per line)")
 
 
 def fields_with(*roles: str) -> tuple[str, ...]:
@@ -137,11 +133,10 @@ def add_config_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | N
     for name in names or tuple(by_name):
         meta, default = by_name[name].metadata, defaults.get(name, by_name[name].default)
         text = meta["help"] + (f"; {notes[name]}" if name in notes else "")
-        if by_name[name].type in ("bool", bool):
+        if by_name[name].type is bool:
             parser.add_argument(flag(name), action=argparse.BooleanOptionalAction, default=default, help=text)
             continue
-        kind = {"int": int, "float": float, "str": str}[by_name[name].type]
-        parser.add_argument(flag(name), type=checked(kind, name, meta["check"]), default=default,
+        parser.add_argument(flag(name), type=checked(by_name[name].type, name, meta["check"]), default=default,
                             choices=meta["choices"], help=text)
         if meta["negation"] is not None:
             parser.add_argument("--no-" + flag(name)[2:], dest=name, action="store_const", const=meta["negation"],

@@ -1,7 +1,7 @@
 """The scientist's HDF5 files (density, recording_date (N, S, S), labels (N, 1)), checked and streamed in chunks
 into the normalised float32 tensors the model reads."""
-from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -255,7 +255,7 @@ class DeviceData:
     image_size: int
     symmetry: SymmetryPlan = SymmetryPlan()  # what augmentation and test-time views use
     drift: dict | None = None  # drift.describe of the training set; None where its density is not positive
-    test_drift: drift.DriftCheck | None = None  # the test split against it
+    test_drift: "drift.DriftCheck | None" = None  # the test split against it
     bayes_llr: dict[str, np.ndarray] = field(default_factory=dict)  # valid/test exact LLR, built-in benchmark
 
 
@@ -360,7 +360,7 @@ def load_data(cfg: Config, device: torch.device, log: Callable[[str], None], sav
         data.test_drift = drift.check(data.drift, table["test"])
     info = {"data_dir": str(data_dir), "source": source, "channels": channels, "confounders": confounders,
             "files": data_files(data_dir, answers=test_labels is not None),
-            "sizes": {name: len(s) for name, s in splits.items()}, "symmetry": plan.to_dict()}
+            "sizes": {name: len(s) for name, s in splits.items()}, "symmetry": dataclasses.asdict(plan)}
     if source == "synthetic":
         llr = {name: np.concatenate([v for _, v in parts]) for name, parts in derived.items()}
         data.bayes_llr = {name: llr[name] for name in ("valid", "test")}

@@ -1,7 +1,6 @@
 """Is a file like the training data? Per-sample features that the state does not move, described on the training
 set; a sample is flagged when its most extreme robust score exceeds what only FALSE_FLAG_RATE of the training
 samples reach (docs/usage.md, "Drift check")."""
-from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass

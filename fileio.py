@@ -1,5 +1,4 @@
 """Files: atomic writes (a kill leaves the old complete file or the new one), fingerprints, provenance."""
-from __future__ import annotations
 
 import contextlib
 import errno

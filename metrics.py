@@ -1,6 +1,5 @@
 """Scores of probabilities of state 1 and their calibration sigmoid((z + c) / T), fitted on validation reweighted
 to the mix of states the probabilities refer to (docs/evaluation.md)."""
-from __future__ import annotations
 
 import numpy as np
 import torch

@@ -1,6 +1,5 @@
 """Classify new measurements with a trained run: `python run_transformer.py --predict RUN --input new.hdf5`, with
 the network, normalisation, views, calibration and drift description saved in the run's best.pt."""
-from __future__ import annotations
 
 from contextlib import closing
 from pathlib import Path

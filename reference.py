@@ -1,7 +1,6 @@
 """The yardstick on any data set: logistic regression on the model's inputs' pixels, Fourier mode powers and log
 powers (the exact log-likelihood ratio of Gaussian fields is linear in the powers), L2 chosen on a stratified fifth
 of the training split. An nn.Module, so sensitivity.py maps it like the model."""
-from __future__ import annotations
 
 import math
 

@@ -1,6 +1,5 @@
 """The end of a run: calibration, the yardstick, the drift check and the sensitivity map of the best model, and
 what they leave for a person: metrics.csv, predictions, figures and report.md."""
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import reference
 from config import Config
 from data import SPLIT_FILES, DeviceData
 from fileio import atomic_write, rounded, write_text
+from symmetry import SymmetryPlan
 from sensitivity import SENSITIVITY_IMAGES, bayes_sensitivity, channel_importance, map_correlation, mode_sensitivity
 
 SPLIT_NAMES = {"valid": "validation", "test": "test"}
@@ -288,13 +288,8 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
 
 def symmetry_section(plan: dict[str, Any]) -> list[str]:
     """What augmentation and the views used, and the z of each rule the check tested."""
-    found, used, views = plan.get("found") or {}, plan["augment"], plan["views"]
-    lines = ["## Symmetries of the training data", "",
-             "Augmentation used: " + (", ".join(used["keep"][1:] + [f"{n} (swaps the state)" for n in used["swap"]]
-                                                + ["periodic shifts"] * used["shifts"]) or "none")
-             + "; test-time views: " + ("none" if views is None else ", ".join(
-                 f"{n}{' (negated)' if s else ''}" for n, s in views["rules"]) + f" at {views['shifts'] ** 2} "
-                 f"shift(s) each") + "."]
+    found = plan["found"]
+    lines = ["## Symmetries of the training data", "", SymmetryPlan.from_dict(plan).describe().capitalize() + "."]
     if not found:
         return lines + ["", "Not checked (too few training images of a state): no symmetry unless forced.", ""]
     lines += ["", f"Tested on {sum(found['images'].values()):,} training images (docs/usage.md): a rule holds if z < "

@@ -1,6 +1,5 @@
 """Train the gas classifier into a fresh run folder (the built-in benchmark when data/ is empty), continue one
 (--resume runs/RUN) or classify a file with one (--predict runs/RUN --input new.hdf5); see docs/usage.md."""
-from __future__ import annotations
 
 import argparse
 import dataclasses
@@ -19,7 +18,7 @@ import distributed
 import symmetry
 from checkpoints import load_checkpoint, restore_training, resume_config
 from cli import exit_code
-from config import (CONTROL, EXECUTION, OUTPUT, Config, HelpFormatter, Parser, UserError, add_config_flags, fields_with,
+from config import (CONTROL, EXECUTION, Config, HelpFormatter, Parser, UserError, add_config_flags, fields_with,
                     flag)
 from data import check_same_data, load_data
 from fileio import WriteFailed, check_writable, fresh_directory, provenance, rounded, save_torch, write_json
@@ -64,7 +63,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
         return {"model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
                 "scheduler": training.scheduler.state_dict(), "train_state": dataclasses.asdict(state),
                 "config": dataclasses.asdict(cfg), "stats": data.stats, "image_size": data.image_size,
-                "symmetry": data.symmetry.to_dict(), "rng": torch.get_rng_state(),
+                "symmetry": dataclasses.asdict(data.symmetry), "rng": torch.get_rng_state(),
                 "attempt_seconds": [*earlier, round(time.time() - start, 1)],  # the first run's, then each resume's
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         one = modes.add_mutually_exclusive_group()
         one.add_argument("--resume", metavar="RUN_DIR", default="", help="continue the run in this folder from its "
                          "last.pt; of the flags above only these may change: "
-                         + ", ".join(flag(name) for name in fields_with(CONTROL, EXECUTION, OUTPUT)))
+                         + ", ".join(flag(name) for name in fields_with(CONTROL, EXECUTION)))
         one.add_argument("--predict", metavar="RUN_DIR", default="", help="classify --input with the best "
                          "checkpoint of this run folder")
         modes.add_argument("--input", metavar="FILE", default="", help="with --predict: the HDF5 file to classify")

@@ -1,7 +1,6 @@
 """What the model learned: s_k = d logit / d log a_k, the logit's sensitivity to the amplitude of each Fourier
 mode k, by Parseval Re(conj(G_k) X_k) / S^2 for the input X and the logit's gradient G; scaling a mode commutes
 with whitening and normalisation, so s_k is the same in raw and input space (docs/usage.md)."""
-from __future__ import annotations
 
 import numpy as np
 import torch

@@ -1,7 +1,5 @@
 """The symmetries of the square grid that the labelled training images show (each keeps or swaps the label),
 and their use: augmentation and test-time views (docs/usage.md, symmetries)."""
-from __future__ import annotations
-
 import functools
 import itertools
 import math
@@ -130,18 +128,20 @@ class SymmetryPlan:
         """The unshifted views: those of the validation after each epoch."""
         return None if self.views is None else Views(self.views.rules)
 
-    def to_dict(self) -> dict[str, Any]:
-        rules, shifts, v = self.augment.rules, self.augment.shifts, self.views
-        augment = {"keep": [n for n, s in rules if not s], "swap": [n for n, s in rules if s], "shifts": shifts}
-        views = None if v is None else {"rules": [list(rule) for rule in v.rules], "shifts": v.shifts}
-        return {"augment": augment, "views": views, "found": self.found}
+    def describe(self) -> str:
+        """The log line's and report.md's account of what augmentation and the views use."""
+        used = [f"{n}{' (swaps)' * s}" for n, s in self.augment.rules[1:]] + ["periodic shifts"] * self.augment.shifts
+        v = self.views
+        return f"augmentation: {', '.join(used) or 'none'}; test-time views: " + ("none" if v is None else (
+            f"the image{''.join(f' and {n}' + ' (negated)' * s for n, s in v.rules[1:])} at {v.shifts**2} "
+            f"shift(s) each, {v.count()} views"))
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> SymmetryPlan:
+    def from_dict(d: dict[str, Any]) -> "SymmetryPlan":
+        """The plan from its saved form, dataclasses.asdict(plan)."""
         a, v = d["augment"], d["views"]
-        augment = Symmetries(tuple((n, n in a["swap"]) for n in NAMES if n in a["keep"] + a["swap"]), a["shifts"])
-        views = None if v is None else Views(tuple((n, s) for n, s in v["rules"]), v["shifts"])
-        return SymmetryPlan(augment, views, d["found"])
+        views = None if v is None else Views(tuple(map(tuple, v["rules"])), v["shifts"])
+        return SymmetryPlan(Symmetries(tuple(map(tuple, a["rules"])), a["shifts"]), views, d["found"])
 
 
 def features(x: torch.Tensor) -> torch.Tensor:
@@ -247,11 +247,9 @@ def plan(augment: str, tta: str, tta_shifts: int, images: torch.Tensor, labels: 
         return forced
     group, view_group = resolve(augment, "--augment"), resolve(tta, "--tta")
     views = None if view_group.trivial else views_of(view_group, tta_shifts)
-    used = [f"{n}{' (swaps)' if s else ''}" for n, s in group.rules[1:]] + ["periodic shifts"] * group.shifts
-    log(f"augmentation: {', '.join(used) or 'none'}; test-time views: " + ("none" if views is None else
-        f"the image{''.join(f' and {n}' + ' (negated)' * s for n, s in views.rules[1:])} at {views.shifts**2} "
-        f"shift(s) each, {views.count()} views"))
-    return SymmetryPlan(group, views, found)
+    chosen = SymmetryPlan(group, views, found)
+    log(chosen.describe())
+    return chosen
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,7 +1,6 @@
 """The built-in fictitious-gas benchmark in the scientist's HDF5 layout, and its Bayes limit: log-density is a
 periodic Gaussian random field (class 1 the transpose of class 0, see class_spectrum) plus a per-sample offset, so
 the exact likelihood-ratio test is the best any classifier can do."""
-from __future__ import annotations
 
 import contextlib
 import functools

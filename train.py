@@ -160,14 +160,6 @@ def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None
     return logits
 
 
-def predict_proba(model: nn.Module, x: torch.Tensor, views: Views | None = None) -> torch.Tensor:
-    return torch.sigmoid(predict_logits(model, x, views))
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, views: Views | None = None) -> dict[str, float]:
-    return scores(predict_proba(model, x, views), y)
-
-
 @dataclass
 class TrainState:
     """Everything that must survive an interruption, besides model/optimizer/scheduler state."""
@@ -244,7 +236,7 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
             # rank 0's BatchNorm statistics (an epoch's last step updates them after DDP's broadcast) on every rank
             distributed.from_main(*model.buffers())
             try:
-                val = evaluate(model, data.x["valid"], data.y["valid"], views)
+                val = scores(torch.sigmoid(predict_logits(model, data.x["valid"], views)), data.y["valid"])
             except NonFinitePredictions as e:
                 raise Diverged(overflow_message(e, f"training diverged at epoch {epoch + 1} on the validation "
                                                    f"split", cfg.lr)) from None

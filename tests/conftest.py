@@ -1,6 +1,5 @@
 """Shared fixtures: a tiny built-in benchmark (a fraction of a second to generate), one finished run that every
 test reading a finished run shares, and the real test file."""
-from __future__ import annotations
 
 import contextlib
 import io

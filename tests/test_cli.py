@@ -1,5 +1,4 @@
 """cli.py: every entry point turns its errors into one line on stderr and the documented exit code."""
-from __future__ import annotations
 
 import argparse
 import signal

@@ -19,7 +19,8 @@ from config import config_from_dict
 from data import epoch_batches
 from checkpoints import load_checkpoint
 from data import load_data
-from train import build_model, evaluate
+from metrics import scores
+from train import build_model, predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 # fp32: the checks below recompute the run's numbers in fp32 in this process (bf16 is checked in test_train)
@@ -81,7 +82,8 @@ def test_two_processes_stay_in_sync_and_match_single_process_evaluation(tmp_path
     initial = build_model(cfg, len(data.stats["channels"]), data.image_size).state_dict()
     assert not torch.equal(initial["head.weight"], ranks[0]["head.weight"]), "training did not change weights"
 
-    single = evaluate(model, data.x["valid"], data.y["valid"], data.symmetry.epoch_views())  # as fit validates
+    logits = predict_logits(model, data.x["valid"], data.symmetry.epoch_views())  # as fit validates
+    single = scores(torch.sigmoid(logits), data.y["valid"])  # as fit validates
     rows = metrics(run_dir)
     for key in ("loss", "acc", "auc"):
         assert rows[-1][f"val_{key}"] == pytest.approx(single[key], rel=2e-5, abs=1e-6), key

@@ -1,5 +1,4 @@
 """drift.py: a file like the training data raises no warning; another correlation length, noise level or offset does."""
-from __future__ import annotations
 
 import io
 

@@ -1,6 +1,5 @@
 """Bad input gets one clear line and exit code 2, never a traceback or a hang; nothing the user owns is
 overwritten. Every case runs run_transformer.main in-process on a private copy of a tiny data set."""
-from __future__ import annotations
 
 import json
 import resource
@@ -122,10 +121,10 @@ CASES: dict[str, tuple[Setup, list[str]]] = {
     "predictions-onto-data": (lambda d, tmp, run: ["--predictions", str(d / "train.hdf5")],
                               ["not a predictions file", "choose another path"]),
     "resume-model-differs": (lambda d, tmp, run: ["--resume", str(run), "--emb-dim", "8", "--depth", "2"],
-                             ["model settings differ", "--emb-dim: checkpoint 16 vs requested 8",
+                             ["settings of the experiment differ", "--emb-dim: checkpoint 16 vs requested 8",
                               "--depth: checkpoint 1 vs requested 2"]),
     "resume-lr-differs": (lambda d, tmp, run: ["--resume", str(run), "--lr", "0.01"],
-                          ["optimizer settings differ", "--lr: checkpoint 0.05 vs requested 0.01"]),
+                          ["settings of the experiment differ", "--lr: checkpoint 0.05 vs requested 0.01"]),
     "resume-not-a-checkpoint": (lambda d, tmp, run: (tmp / "fake").mkdir() or (tmp / "fake" / "last.pt")
                                 .write_bytes(b"\x80\x04not a pickle") and ["--resume", str(tmp / "fake")],
                                 ["last.pt is not a checkpoint written by run_transformer.py"]),

@@ -1,6 +1,5 @@
 """fileio.py: what every written file shares (atomic writes are tested with the errors, in test_errors.py) and
 the provenance every stored result carries: the code (commit, uncommitted changes) and the command."""
-from __future__ import annotations
 
 import math
 import re

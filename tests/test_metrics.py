@@ -1,6 +1,5 @@
 """metrics.py: the scores every report uses, the fitted temperature, the calibration error and the prior the
 probabilities refer to."""
-from __future__ import annotations
 
 import numpy as np
 import pytest

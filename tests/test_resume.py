@@ -3,7 +3,6 @@
 The resume test sends a real SIGTERM to a training subprocess and checks that the resumed run ends bit for bit
 where an uninterrupted run with the same seed ends. The other tests call run_transformer.main in-process.
 """
-from __future__ import annotations
 
 import csv
 import hashlib
@@ -163,14 +162,14 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, capsys):
 
 def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(tiny_benchmark, tmp_path, monkeypatch, capsys):
     """A signal while epoch 1 is evaluated: the epoch completes, is saved, and the run stops with exit 130."""
-    evaluate = train.evaluate
+    predict_logits = train.predict_logits
 
-    def evaluate_then_ctrl_c(*args, **kwargs):
+    def predict_then_ctrl_c(*args, **kwargs):
         handler = signal.getsignal(signal.SIGINT)
         assert isinstance(getattr(handler, "__self__", None), train.StopFlag), "no StopFlag: would stop pytest"
         os.kill(os.getpid(), signal.SIGINT)  # caught by fit's StopFlag, which only sets a flag
-        return evaluate(*args, **kwargs)
-    monkeypatch.setattr(train, "evaluate", evaluate_then_ctrl_c)
+        return predict_logits(*args, **kwargs)
+    monkeypatch.setattr(train, "predict_logits", predict_then_ctrl_c)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     rc = run_transformer.main(cli(tiny_benchmark, tmp_path, "--epochs", "3"))
     err = capsys.readouterr().err
@@ -332,16 +331,16 @@ def overflowing(model: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
 def test_predictions_that_overflow_in_validation_are_a_divergence(tiny_benchmark, tmp_path, monkeypatch, capsys):
     """Finite weights, NaN validation predictions in epoch 2 (--lr 1e6 on small data did that): exit 3 with the
     advice of a divergence in training, best.pt of epoch 1 kept and its predictions written, not a traceback."""
-    evaluate, calls = train.evaluate, []
+    predict_logits, calls = train.predict_logits, []
 
     def overflowing_in_epoch_2(model, *args, **kwargs):
         calls.append(1)
         hook = overflowing(model) if len(calls) == 2 else None
         try:
-            return evaluate(model, *args, **kwargs)
+            return predict_logits(model, *args, **kwargs)
         finally:
             hook and hook.remove()
-    monkeypatch.setattr(train, "evaluate", overflowing_in_epoch_2)
+    monkeypatch.setattr(train, "predict_logits", overflowing_in_epoch_2)
     rc = run_transformer.main(cli(tiny_benchmark, tmp_path, "--epochs", "2", "--tta-shifts", "1"))
     err = capsys.readouterr().err.strip()
     run_dir = only_run(tmp_path)

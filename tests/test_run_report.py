@@ -1,5 +1,4 @@
 """report.py through the command line: calibrated probabilities, drift flags, sensitivity map, one page per run."""
-from __future__ import annotations
 
 import json
 import re

@@ -1,5 +1,4 @@
 """sensitivity.py: the map peaks at the mode a model reads, and the exact likelihood ratio's map is the physics."""
-from __future__ import annotations
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """The built-in benchmark generator (statistics, layout, date rules, reuse) and its Bayes limit."""
-from __future__ import annotations
 
 import json
 import math

@@ -13,7 +13,7 @@ import train
 from conftest import benchmark_plan
 from symmetry import SymmetryPlan
 from train import (TrainState, build_model, build_optimizer, build_scheduler, build_training, fit,
-                   predict_proba, resolve_precision, training_loss)
+                   predict_logits, resolve_precision, training_loss)
 
 
 def small_cfg(**kw) -> Config:
@@ -104,7 +104,7 @@ def fit_tiny(benchmark, whiten: bool = True, on_epoch=lambda st, improved: None,
                      symmetry=all_views_plan(changes.get("tta_shifts", 4)))
     torch.manual_seed(cfg.seed)
     training = build_training(cfg, 1, 28, len(data.x["train"]), torch.device("cpu"))
-    untrained = roc_auc(predict_proba(training.model, data.x["valid"]), data.y["valid"])
+    untrained = roc_auc(predict_logits(training.model, data.x["valid"]), data.y["valid"])
     return fit(training, data, cfg, TrainState(), on_epoch, log=lambda s: None), training, data, cfg, untrained
 
 
@@ -119,7 +119,7 @@ def test_fit_learns_and_records_consistent_metrics(tiny_benchmark):
     assert state.best_epoch == 1 + min(range(4), key=lambda i: state.history[i]["val_loss"])
     # validation loss and accuracy are those of the probabilities (of the plan's epoch views), whatever the
     # training loss
-    p = predict_proba(training.model, data.x["valid"], data.symmetry.views)
+    p = torch.sigmoid(predict_logits(training.model, data.x["valid"], data.symmetry.views))
     assert row["val_loss"] == pytest.approx(F.binary_cross_entropy(p, data.y["valid"]).item(), rel=1e-4)
     assert row["val_acc"] == pytest.approx(((p > 0.5).float() == data.y["valid"]).float().mean().item())
 
@@ -128,7 +128,7 @@ def test_fit_stops_after_patience_epochs_without_a_better_validation_loss(tiny_b
     """Scripted validation losses: better at epochs 1 and 2, then worse twice: with patience 2 fit stops after
     epoch 4 of 10, and on_epoch hears which epochs improved."""
     losses = iter([0.60, 0.50, 0.55, 0.51, 0.40, 0.30])
-    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: {"loss": next(losses), "acc": 0.5, "auc": 0.5})
+    monkeypatch.setattr(train, "scores", lambda *args, **kwargs: {"loss": next(losses), "acc": 0.5, "auc": 0.5})
     improved = []
     state, *_ = fit_tiny(tiny_benchmark, on_epoch=lambda st, imp: improved.append(imp), epochs=10, patience=2)
     assert state.epoch == 4 and improved == [True, True, False, False]
@@ -166,8 +166,8 @@ def test_the_requested_sgd_recipe_learns_with_the_default_init(small_benchmark):
 def test_the_validation_after_each_epoch_uses_the_image_and_its_partner_unshifted(tiny_benchmark, monkeypatch):
     """Those 2 views pick the best epoch (the final scores use all 32); the metrics rows say how many."""
     seen = []
-    real = train.evaluate
-    monkeypatch.setattr(train, "evaluate", lambda model, x, y, v=None: seen.append(v.count()) or real(model, x, y, v))
+    real = train.predict_logits
+    monkeypatch.setattr(train, "predict_logits", lambda model, x, v=None: seen.append(v.count()) or real(model, x, v))
     monkeypatch.setattr(ValidatedWithAllViews, "epoch_views", SymmetryPlan.epoch_views)
     state, *_ = fit_tiny(tiny_benchmark, epochs=2, tta_shifts=4)
     assert seen == [2, 2] and [row["val_views"] for row in state.history] == [2, 2]

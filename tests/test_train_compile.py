@@ -7,7 +7,6 @@ in-place buffer updates into graph outputs written back to the module. Inductor'
 ~30 s per graph on 2 cores, too slow for CI; on a CUDA machine the second test checks the real GPU
 configuration (inductor with CUDA graphs, mode="reduce-overhead") against eager.
 """
-from __future__ import annotations
 
 import dataclasses
 

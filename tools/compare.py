@@ -1,7 +1,6 @@
 """Ablation grid of the requested changes: each row is run_transformer.py in its own folder, scored on labelled
 images no run used for a choice; rerun the same command to resume (docs/evaluation.md). E.g. --quick,
 --device cuda --jobs 12, --only before,after --seeds 5, --report-only (the report again, nothing trained)."""
-from __future__ import annotations
 
 import dataclasses
 import hashlib
@@ -26,7 +25,7 @@ import reference
 import synthetic
 from checkpoints import load_checkpoint, trained_model
 from cli import exit_code
-from config import (EXECUTION, OUTPUT, Config, HelpFormatter, Parser, UserError, add_config_flags,
+from config import (EXECUTION, Config, HelpFormatter, Parser, UserError, add_config_flags,
                     checked, fields_with, flag, non_negative, positive)
 from data import ANSWER_FILE, SPLIT_FILES, load_splits, read_split, to_device, to_tensor
 from fileio import append_text, changed_files, fingerprint, provenance, rounded, write_json, write_text
@@ -111,7 +110,7 @@ def variants(configs: tuple[str, ...], channel_sets: tuple[str, ...] = tuple(CHA
 
 def job_key(cfg: Config) -> str:
     """A run's identity: every setting but how it is computed, how random numbers are drawn and where it is written."""
-    ignored = fields_with(EXECUTION, OUTPUT)
+    ignored = fields_with(EXECUTION)
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignored}
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 

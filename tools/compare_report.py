@@ -1,6 +1,5 @@
 """report.md and figures/accuracy.png of compare.py's grid from results.jsonl: per row the mean over seeds with a 95%
 interval, and the paired difference to `after` (same seeds, same images; docs/evaluation.md)."""
-from __future__ import annotations
 
 import base64
 import math

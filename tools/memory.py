@@ -1,7 +1,6 @@
 """Peak resident memory of `run_transformer.py --loss smooth --epochs 1` on the benchmark with 1x, 4x, 10x (or the
 given multiples of) its training split, appended to results/speed/memory.txt (docs/speed.md). Scales run in rising
 order: the kernel reports the largest child's peak so far."""
-from __future__ import annotations
 
 import argparse
 import resource

@@ -1,6 +1,5 @@
 """Data of other physics than the benchmark's, in the scientist's layout (answer key beside the test file): two
 stationary Gaussian log-density fields whose states differ by correlation lengths; recording_date = label in train."""
-from __future__ import annotations
 
 import argparse
 import sys

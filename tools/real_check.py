@@ -1,6 +1,5 @@
 """Is a trained run as good on the real (unlabelled) test file as on the benchmark's? Per file: agreement with the
 likelihood-ratio test, share of state 1, mean confidence (docs/evaluation.md)."""
-from __future__ import annotations
 
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from config import HelpFormatter, Parser, config_from_dict
 from data import read_answer_key, read_split, to_tensor
 from checkpoints import load_checkpoint, trained_model
 from symmetry import SymmetryPlan
-from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_proba
+from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_logits
 
 REAL_TEST_FILE = Path(__file__).resolve().parents[2] / "shared" / "gasdata" / "test_no_labels.hdf5"
 
@@ -27,7 +26,8 @@ def describe(name: str, model, payload: dict, path: Path, device: torch.device) 
     split = read_split(path, "input", tuple(stats["channels"]), labelled=False)
     answers = split.labels if (split.labels >= 0).all() else read_answer_key(path.parent, len(split))
     try:
-        p = predict_proba(model, to_tensor(split, stats, device), SymmetryPlan.from_dict(payload["symmetry"]).views)
+        views = SymmetryPlan.from_dict(payload["symmetry"]).views
+        p = torch.sigmoid(predict_logits(model, to_tensor(split, stats, device), views))
     except NonFinitePredictions as e:
         raise Diverged(overflow_message(e, f"the model diverges on {path}", cfg.lr)) from None
     p = p.cpu().numpy()

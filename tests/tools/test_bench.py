@@ -1,5 +1,4 @@
 """bench.py: the table it prints, what each style trains, and its one-line errors (no timing is asserted)."""
-from __future__ import annotations
 
 from pathlib import Path
 

@@ -1,5 +1,4 @@
 """The ablation harness: grid bookkeeping, resumption after an interruption, and one real end-to-end run."""
-from __future__ import annotations
 
 import dataclasses
 import json
@@ -14,7 +13,7 @@ from tools import compare
 from tools.compare_report import pack, unpack
 import synthetic
 import run_transformer
-from config import EXECUTION, OUTPUT, Config, UserError, fields_with, parse_config
+from config import EXECUTION, Config, UserError, fields_with, parse_config
 from data import read_answer_key
 from fileio import write_json
 from predict import predict_file
@@ -248,14 +247,14 @@ def test_quick_grid_answers_the_question_on_the_users_data_without_an_answer_key
 
 
 def test_a_run_is_identified_by_every_setting_except_how_and_where_it_is_computed():
-    """job_key follows config.py's roles: EXECUTION and OUTPUT fields leave a run's identity alone (a
+    """job_key follows config.py's roles: EXECUTION fields leave a run's identity alone (a
     stored result stands for any of their values), every other field makes it another run."""
     from test_checkpoints import another_value
     base = Config()
     for f in dataclasses.fields(Config):
         changed = dataclasses.replace(base, **{f.name: another_value(f, getattr(base, f.name))})
         same = compare.job_key(changed) == compare.job_key(base)
-        assert same == (f.name in fields_with(EXECUTION, OUTPUT)), f.name
+        assert same == (f.name in fields_with(EXECUTION)), f.name
 
 
 ENTRY = """import json, pathlib, sys, time

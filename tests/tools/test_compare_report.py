@@ -1,5 +1,4 @@
 """The grid's report: intervals, paired differences and the table of each requested change's effect."""
-from __future__ import annotations
 
 import math
 
