@@ -36,7 +36,7 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
     device = pick_device(device_name)
     model = trained_model(payload, device)
     # runs that do not read density have no drift description to check against
-    described = "drift" in payload and "density" in stats["channels"]
+    described = payload.get("drift") is not None and "density" in stats["channels"]
     rows: list = []
     with closing(open_split(source, "input", tuple(stats["channels"]), labelled=False)) as split:
         grid = split.channels[stats["channels"][0]].shape[-1]

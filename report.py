@@ -2,7 +2,7 @@
 what they leave for a person: metrics.csv, predictions, figures and report.md."""
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -11,21 +11,27 @@ from torch import nn
 import drift
 import metrics
 import reference
+from checkpoints import load_checkpoint
 from config import Config
 from data import SPLIT_FILES, DeviceData
-from fileio import atomic_write, rounded, write_text
+from fileio import atomic_write, rounded, save_torch, write_json, write_text
 from symmetry import SymmetryPlan
 from sensitivity import SENSITIVITY_IMAGES, bayes_sensitivity, channel_importance, map_correlation, mode_sensitivity
+from train import TrainState, predict_logits
 
 SPLIT_NAMES = {"valid": "validation", "test": "test"}
 METRIC_COLUMNS = ("epoch", "lr", "train_objective", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc",
                   "val_views", "gap_acc", "gap_loss")
 
 
-def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
-           logits: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Calibrate, compare with the yardstick, check drift and map sensitivity from the best model's view-averaged
-    `logits`; returns probabilities, drift flags, entries for best.pt and summary.json, Bayes lines and notes."""
+def finish(run_dir: Path, cfg: Config, data: DeviceData, info: dict[str, Any], model: nn.Module, state: TrainState,
+           attempts: list[float], diverged: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score best.pt with all views; calibrate, compare with the yardstick, check drift and map sensitivity; write
+    the predictions, figures, summary.json and report.md."""
+    best = load_checkpoint(run_dir / "best.pt")
+    model.load_state_dict(best["model"])
+    views = data.symmetry.views  # the best epoch was picked with the unshifted views; the final scores use all
+    logits = {name: predict_logits(model, data.x[name], views).cpu().numpy() for name in ("valid", "test")}
     labels = {name: None if data.y[name] is None else data.y[name].cpu().numpy() for name in ("train", "valid", "test")}
     # the share of state 1 the probabilities refer to: 50/50 under a state-swapping symmetry, else training's
     prior = 0.5 if data.symmetry.swaps else float(np.mean(labels["train"]))
@@ -34,32 +40,56 @@ def assess(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info:
                                                           metrics.prior_weights(labels["valid"], prior),
                                                           offset=not data.symmetry.swaps))
     calibration, reliability = calibrate_summary(logits, labels, temperature, offset, prior, data.bayes_llr)
-    logits = {name: z + offset for name, z in logits.items()}
-    yardstick, yard_summary, yard_note = compare_with_reference(data, logits, cfg.seed, info["data_dir"])
-    probabilities = {name: metrics.sigmoid(z, temperature) for name, z in logits.items()}
+    probabilities = {name: metrics.sigmoid(z + offset, temperature) for name, z in logits.items()}
     plot_calibration(run_dir / "calibration.png", reliability, {
         SPLIT_NAMES[n]: (probabilities[n], labels[n]) for n in ("valid", "test") if labels[n] is not None})
-    notes = []
+    yardstick, yard_summary, notes = compare_with_reference(data, logits["valid"] + offset, cfg.seed, info["data_dir"])
     if bound := metrics.at_bound(temperature):
         calibration["not_calibrated"] = bound
         notes.append(f"WARNING: the calibration temperature {temperature:g} is at the end of its search range: {bound}")
-    if yard_note:
-        notes.append(yard_note)
-    bayes_curves = {} if not data.bayes_llr else {
-        "val_loss": metrics.log_loss(metrics.bayes_posterior(data.bayes_llr["valid"], prior), labels["valid"]),
-        "val_acc": info["bayes_accuracy"]["valid"]}
-    result = {"probabilities": probabilities, "flags": None, "notes": notes, "bayes_curves": bayes_curves,
-              "checkpoint": {"calibration": {"temperature": temperature, "offset": offset, "prior_state_1": prior,
-                                             "fitted_on": "valid"}},
-              "summary": {"calibration": calibration, "reference": yard_summary}}
-    check_test_split(run_dir, data, result)
+    summary = {"calibration": calibration, "reference": yard_summary, **check_test_split(run_dir, data, notes)}
     if "density" in info["channels"]:
-        result["summary"]["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature, yardstick)
-    return result
+        summary["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature, yardstick)
+    save_torch(run_dir / "best.pt", {**best, "drift": data.drift, "calibration": {
+        "temperature": temperature, "offset": offset, "prior_state_1": prior, "fitted_on": "valid"}})
+    flags = None if data.test_drift is None else data.test_drift.flags
+    for path in (run_dir / "predictions.txt", cfg.predictions):
+        write_predictions(path, probabilities["test"])
+    write_probabilities(run_dir / "test_probabilities.csv", probabilities["test"], flags)
+    bayes = {} if not data.bayes_llr else {"val_acc": info["bayes_accuracy"]["valid"], "val_loss": metrics.log_loss(
+        metrics.bayes_posterior(data.bayes_llr["valid"], prior), labels["valid"])}
+    plot_curves(run_dir / "curves.png", state.history, f"{cfg.model} {cfg.optimizer} {cfg.loss} "
+                f"channels={','.join(info['channels'])}", bayes)
+    final, attempts = state.history[-1], [round(t, 1) for t in attempts]  # best.pt exists, so an epoch finished
+    summary.update({"run_dir": str(run_dir), "data_source": info["source"], "data_dir": info["data_dir"],
+                    "channels": info["channels"], "symmetry": info["symmetry"], "epochs_run": state.epoch,
+                    "best_epoch": state.best_epoch, "diverged": diverged,
+                    "best_val_loss": state.history[state.best_epoch - 1]["val_loss"],
+                    "views": views.count() if views else 1, "final_train_loss": final["train_loss"],
+                    "final_train_acc": final["train_acc"], "final_gap_acc": final["gap_acc"],
+                    "wall_time_s": round(sum(attempts), 1), "attempt_seconds": attempts})
+    for name, prefix in (("valid", "val"), ("test", "test")):
+        if labels[name] is not None:  # loss and AUC of the raw logits; accuracy of the written predictions
+            split = metrics.scores(torch.sigmoid(torch.from_numpy(logits[name])), torch.from_numpy(labels[name]))
+            split["acc"] = float(np.mean((probabilities[name] > 0.5) == labels[name]))
+            summary.update({f"{prefix}_{k}": v for k, v in split.items()})
+    if "bayes_accuracy" in info:
+        summary["bayes_accuracy"] = info["bayes_accuracy"]
+    summary = rounded(summary)
+    write_page(run_dir, summary)
+    write_json(run_dir / "summary.json", summary)  # last: a run folder with it holds all the run's results
+    log(f"best epoch {state.best_epoch}, scored with all {summary['views']} view(s) per image: val acc "
+        f"{summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
+        + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
+        + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
+        + f" | predictions: {run_dir}/predictions.txt and {cfg.predictions}, report: {run_dir}/report.md")
+    for note in notes:
+        log(note)
+    return summary
 
 
-def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed: int, data_dir: str = "DIR"
-                           ) -> tuple[reference.Reference, dict[str, Any], str]:
+def compare_with_reference(data: DeviceData, valid_logits: np.ndarray, seed: int, data_dir: str = "DIR"
+                           ) -> tuple[reference.Reference, dict[str, Any], list[str]]:
     """The yardstick's accuracies and paired validation gap, and a WARNING when the model trails by > Z_SHORT SE."""
     model, l2 = reference.fit_reference(data.x["train"], data.y["train"], seed)
     out: dict[str, Any] = {"classifier": "logistic regression on pixels, mode power and log mode power", "l2": l2}
@@ -67,13 +97,13 @@ def compare_with_reference(data: DeviceData, logits: dict[str, np.ndarray], seed
              for name in ("valid", "test") if data.y[name] is not None}
     out.update({f"{name}_acc": float(r.float().mean()) for name, r in right.items()})
     out["valid_gap"], out["valid_gap_se"] = reference.paired_gap(
-        right["valid"], (torch.from_numpy(logits["valid"]) > 0).float() == data.y["valid"].cpu())
+        right["valid"], (torch.from_numpy(valid_logits) > 0).float() == data.y["valid"].cpu())
     if out["valid_gap"] <= reference.Z_SHORT * out["valid_gap_se"]:
-        return model, out, ""
-    return model, out, (f"WARNING: the model's validation accuracy is {100 * out['valid_gap']:.1f} ± "
+        return model, out, []
+    return model, out, [f"WARNING: the model's validation accuracy is {100 * out['valid_gap']:.1f} ± "
                         f"{100 * out['valid_gap_se']:.1f} points below the reference classifier's "
                         f"({out['valid_acc']:.4f}); try --model cnn, another --optimizer or --lr, or python -m "
-                        f"tools.compare --data-dir {data_dir}")
+                        f"tools.compare --data-dir {data_dir}"]
 
 
 def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray | None], temperature: float,
@@ -99,13 +129,13 @@ def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarra
     return out, panels
 
 
-def check_test_split(run_dir: Path, data: DeviceData, result: dict[str, Any]) -> None:
-    """drift.png and the drift entries of assess's `result`: the test split against the training description."""
+def check_test_split(run_dir: Path, data: DeviceData, notes: list[str]) -> dict[str, Any]:
+    """drift.png and summary.json's drift entry: the test split against the training description."""
     if data.drift is None:  # possible with --no-whiten only
-        result["notes"].append("note: no drift check: the training density has values <= 0 (no log-density)")
-        return
+        notes.append("note: no drift check: the training density has values <= 0 (no log-density)")
+        return {}
     described, checked = data.drift, data.test_drift
-    fig, (ax, bars) = pyplot().subplots(1, 2, figsize=(12, 4.5))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
     rings = described["rings"]
     k = np.arange(1, len(rings["median"]) + 1)
     ax.fill_between(k, rings["low"], rings["high"], color="0.85", label="training 0.1-99.9 %")
@@ -113,17 +143,10 @@ def check_test_split(run_dir: Path, data: DeviceData, result: dict[str, Any]) ->
     ax.plot(k, checked.rings, "--", label="test split median")
     ax.set_xlabel("|k| (grid units)"), ax.set_ylabel("log power of log-density"), ax.legend(fontsize=8)
     ax.set_title("radially averaged power spectrum")
-    y, outside = np.arange(len(checked.outside)), checked.outside
-    bars.barh(y - 0.2, [v["below"] for v in outside.values()], 0.4, label="below the training range")
-    bars.barh(y + 0.2, [v["above"] for v in outside.values()], 0.4, label="above the training range")
-    bars.axvline(0.001, color="k", linestyle=":", label="expected: 0.1 % each side")
-    bars.set_yticks(y, list(outside), fontsize=8), bars.invert_yaxis(), bars.set_xlabel("share of samples")
-    bars.set_title("outside the training 0.1-99.9 % range"), bars.legend(fontsize=8)
     save_figure(fig, run_dir / "drift.png")
-    result["flags"], result["checkpoint"]["drift"] = checked.flags, described
-    result["summary"]["drift"] = {"test": checked.summary()}
     if checked.warn:
-        result["notes"].append(drift.warning_line(checked, f"the test split ({SPLIT_FILES['test']})"))
+        notes.append(drift.warning_line(checked, f"the test split ({SPLIT_FILES['test']})"))
+    return {"drift": {"test": checked.summary()}}
 
 
 def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],

@@ -16,17 +16,16 @@ import torch
 
 import distributed
 import symmetry
-from checkpoints import load_checkpoint, restore_training, resume_config
+from checkpoints import restore_training, resume_config
 from cli import exit_code
 from config import (CONTROL, EXECUTION, Config, HelpFormatter, Parser, UserError, add_config_flags, fields_with,
                     flag)
 from data import check_same_data, load_data
-from fileio import WriteFailed, check_writable, fresh_directory, provenance, rounded, save_torch, write_json
-from metrics import scores
+from fileio import WriteFailed, check_writable, fresh_directory, provenance, save_torch, write_json
 from predict import predict_file
-from report import assess, plot_curves, write_metrics_csv, write_page, write_predictions, write_probabilities
+from report import finish, write_metrics_csv
 from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, build_training, fit, overflow_message,
-                   pick_device, predict_logits, resolve_precision)
+                   pick_device, resolve_precision)
 
 
 def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None = None,
@@ -100,7 +99,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
             write_metrics_csv(run_dir / "metrics.csv", state.history)
 
     def end(diverged: str = "") -> dict[str, Any]:
-        return finish(run_dir, cfg, data, info, training.model, state, log, [*earlier, time.time() - start], diverged)
+        return finish(run_dir, cfg, data, info, training.model, state, [*earlier, time.time() - start], diverged, log)
 
     try:
         try:
@@ -119,52 +118,6 @@ def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None =
         raise Diverged(f"{overflow_message(e, where, cfg.lr)}. Kept best.pt, last.pt; no predictions written") from None
     except WriteFailed as e:  # a full disk: the files being replaced, last.pt among them, are still complete
         raise WriteFailed(f"{e}, then resume with: python run_transformer.py --resume {run_dir}") from None
-
-
-def finish(run_dir: Path, cfg: Config, data, info: dict[str, Any], model: torch.nn.Module, state: TrainState,
-           log: Callable[[str], None], attempts: list[float], diverged: str = "") -> dict[str, Any]:
-    """Score best.pt with all views, assess it and write the predictions, curves, summary.json and report.md."""
-    best = load_checkpoint(run_dir / "best.pt")
-    model.load_state_dict(best["model"])
-    views = data.symmetry.views  # the best epoch was picked with the unshifted views; the final scores use all
-    logits = {name: predict_logits(model, data.x[name], views).cpu().numpy() for name in ("valid", "test")}
-    trust = assess(run_dir, model, cfg, data, info, logits)
-    save_torch(run_dir / "best.pt", {**best, **trust["checkpoint"]})
-    probs = trust["probabilities"]["test"]
-    write_predictions(run_dir / "predictions.txt", probs)
-    write_probabilities(run_dir / "test_probabilities.csv", probs, trust["flags"])
-    write_predictions(cfg.predictions, probs)
-    plot_curves(run_dir / "curves.png", state.history, f"{cfg.model} {cfg.optimizer} {cfg.loss} "
-                f"channels={','.join(info['channels'])}", trust["bayes_curves"])
-    final = state.history[-1]  # best.pt exists, so an epoch finished
-    attempts = [round(t, 1) for t in attempts]
-    summary = {"run_dir": str(run_dir), "data_source": info["source"], "data_dir": info["data_dir"],
-               "channels": info["channels"], "symmetry": info["symmetry"], "epochs_run": state.epoch,
-               "best_epoch": state.best_epoch, "diverged": diverged,
-               "best_val_loss": state.history[state.best_epoch - 1]["val_loss"],
-               "views": views.count() if views else 1, "final_train_loss": final["train_loss"],
-               "final_train_acc": final["train_acc"], "final_gap_acc": final["gap_acc"],
-               "wall_time_s": round(sum(attempts), 1), "attempt_seconds": attempts}
-    for name, prefix in (("valid", "val"), ("test", "test")):
-        if data.y[name] is not None:  # loss and AUC of the raw logits; accuracy of the written predictions
-            y = data.y[name].cpu()
-            split = scores(torch.sigmoid(torch.from_numpy(logits[name])), y)
-            split["acc"] = float(((torch.from_numpy(trust["probabilities"][name]) > 0.5).float() == y).float().mean())
-            summary.update({f"{prefix}_{k}": v for k, v in split.items()})
-    if "bayes_accuracy" in info:
-        summary["bayes_accuracy"] = info["bayes_accuracy"]
-    summary = rounded({**summary, **trust["summary"]})
-    write_page(run_dir, summary)
-    write_json(run_dir / "summary.json", summary)  # last: a run folder with it holds all the run's results
-    log(f"best epoch {state.best_epoch}, scored with all {summary['views']} view(s) per image: val acc "
-        f"{summary['val_acc']:.4f} auc {summary['val_auc']:.4f}"
-        + (f" | test acc {summary['test_acc']:.4f}" if "test_acc" in summary else "")
-        + (f" vs Bayes limit {info['bayes_accuracy']['test']:.4f}" if "bayes_accuracy" in info else "")
-        + f" | predictions: {run_dir}/predictions.txt and {cfg.predictions}, "
-        f"report: {run_dir}/report.md")
-    for note in trust["notes"]:
-        log(note)
-    return summary
 
 
 def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:

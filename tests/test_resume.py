@@ -22,6 +22,7 @@ import torch
 
 import checkpoints
 import data
+import report
 import run_transformer
 import synthetic
 import train
@@ -185,16 +186,16 @@ def test_sigint_during_training_saves_last_pt_and_says_how_to_resume(tiny_benchm
 def test_a_signal_while_results_are_written_still_says_how_to_resume(tiny_benchmark, tmp_path, monkeypatch, capsys):
     """After the last epoch, last.pt is complete: a SIGTERM while the test predictions are written must point
     to --resume (which then finishes the run), not to starting over."""
-    predict = run_transformer.predict_logits
+    predict = report.predict_logits
 
     def predict_then_sigterm(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # signals_interrupt: raises Interrupted right here
         return predict(*args, **kwargs)
-    monkeypatch.setattr(run_transformer, "predict_logits", predict_then_sigterm)
+    monkeypatch.setattr(report, "predict_logits", predict_then_sigterm)
     assert run_transformer.main(cli(tiny_benchmark, tmp_path, "--epochs", "1")) == 128 + signal.SIGTERM
     run_dir = only_run(tmp_path)
     assert capsys.readouterr().err.strip().endswith(f"Resume with: python run_transformer.py --resume {run_dir}")
-    monkeypatch.setattr(run_transformer, "predict_logits", predict)
+    monkeypatch.setattr(report, "predict_logits", predict)
     assert run_transformer.main(["--resume", str(run_dir)]) == 0 and (run_dir / "summary.json").is_file()
 
 
@@ -358,7 +359,7 @@ def test_test_predictions_that_overflow_are_a_divergence_and_keep_the_checkpoint
                                                                                    monkeypatch, capsys):
     """The best epoch's own model overflows on the test split: exit 3 with the advice, no predictions written
     (a NaN would be a silent 0), best.pt and last.pt kept."""
-    predict = run_transformer.predict_logits
+    predict = report.predict_logits
 
     def overflowing_on_test(model, x, *args, **kwargs):
         if len(x) != 80:  # the tiny benchmark's validation split (100 images) is predicted as usual
@@ -368,7 +369,7 @@ def test_test_predictions_that_overflow_are_a_divergence_and_keep_the_checkpoint
             return predict(model, x, *args, **kwargs)
         finally:
             hook.remove()
-    monkeypatch.setattr(run_transformer, "predict_logits", overflowing_on_test)
+    monkeypatch.setattr(report, "predict_logits", overflowing_on_test)
     rc = run_transformer.main(cli(tiny_benchmark, tmp_path, "--epochs", "1"))
     err = capsys.readouterr().err.strip()
     run_dir = only_run(tmp_path)
