@@ -11,7 +11,6 @@ from torch import nn
 import drift
 import metrics
 import reference
-from checkpoints import load_checkpoint
 from config import Config
 from data import SPLIT_FILES, DeviceData
 from fileio import atomic_write, rounded, save_torch, write_json, write_text
@@ -28,7 +27,7 @@ def finish(run_dir: Path, cfg: Config, data: DeviceData, info: dict[str, Any], m
            attempts: list[float], diverged: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score best.pt with all views; calibrate, compare with the yardstick, check drift and map sensitivity; write
     the predictions, figures, summary.json and report.md."""
-    best = load_checkpoint(run_dir / "best.pt")
+    best = torch.load(run_dir / "best.pt", weights_only=True)  # written by this run
     model.load_state_dict(best["model"])
     views = data.symmetry.views  # the best epoch was picked with the unshifted views; the final scores use all
     logits = {name: predict_logits(model, data.x[name], views).cpu().numpy() for name in ("valid", "test")}

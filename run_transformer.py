@@ -16,13 +16,12 @@ import torch
 
 import distributed
 import symmetry
-from checkpoints import restore_training, resume_config
+from checkpoints import predict_file, restore_training, resume_config
 from cli import exit_code
 from config import (CONTROL, EXECUTION, Config, HelpFormatter, Parser, UserError, add_config_flags, fields_with,
                     flag)
 from data import check_same_data, load_data
 from fileio import WriteFailed, check_writable, fresh_directory, provenance, save_torch, write_json
-from predict import predict_file
 from report import finish, write_metrics_csv
 from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, build_training, fit, overflow_message,
                    pick_device, resolve_precision)

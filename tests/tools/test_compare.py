@@ -16,7 +16,7 @@ import run_transformer
 from config import EXECUTION, Config, UserError, fields_with, parse_config
 from data import read_answer_key
 from fileio import write_json
-from predict import predict_file
+from checkpoints import predict_file
 from train import Interrupted
 
 ROOT = Path(__file__).resolve().parent.parent
