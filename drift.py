@@ -20,7 +20,7 @@ FEATURES = ["mean of log-density", "std of log-density",
 
 
 def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
-    """Per sample: FEATURES, the `others`' mean and std, then the log-power of each ring |k| ≈ 1, 2, ... (figure)."""
+    """Per sample: FEATURES, then the `others`' mean and std."""
     density = channels["density"]
     # a pixel <= 0 has no logarithm: NaN, which every log-density feature of its sample then inherits
     log_rho = np.log(np.where(density > 0, density, np.nan).astype(np.float64))
@@ -28,30 +28,25 @@ def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
     power = torch.fft.fft2(torch.from_numpy(log_rho - log_rho.mean(axis=(1, 2), keepdims=True))).abs().square()
     power = power.numpy() / grid**2
     kk = synthetic.wave_vectors(grid)[0]
-    ring = np.rint(kk).astype(int)
     with np.errstate(divide="ignore"):  # a constant field has no power: -inf, flagged by check
         # a band that a small grid does not reach is a constant 0 for every sample: it never flags
         bands = [np.log(power[:, band].mean(axis=1)) if band.any() else np.zeros(len(power))
                  for band in ((kk >= lo) & (kk < hi) for lo, hi in zip(BAND_EDGES[:-1], BAND_EDGES[1:]))]
-        rings = [np.log(power[:, ring == r].mean(axis=1)) for r in range(1, ring.max() + 1)]
     flat = {name: np.asarray(channels[name], np.float64).reshape(len(density), -1) for name in others}
     moments = [f(flat[name], axis=1) for name in others for f in (np.mean, np.std)]
-    return np.column_stack([log_rho.mean(axis=(1, 2)), log_rho.std(axis=(1, 2)), *bands, *moments, *rings])
+    return np.column_stack([log_rho.mean(axis=(1, 2)), log_rho.std(axis=(1, 2)), *bands, *moments])
 
 
 def describe(values: np.ndarray, others: list[str] = ()) -> dict:
     """The training set's `table` as plain lists (saved in the checkpoint): median, scale, range, flag threshold."""
     names = FEATURES + [f"{stat} of {name}" for name in others for stat in ("mean", "std")]
-    values, rings = values[:, :len(names)], values[:, len(names):]
     q16, median, q84 = np.percentile(values, [15.87, 50, 84.13], axis=0)
     low, high = np.percentile(values, RANGE_PERCENTILES, axis=0)
     # a feature that never varies in training (a constant channel's std) gets a tiny scale: any change is flagged
     scale = np.maximum((q84 - q16) / 2, 1e-12)
     threshold = np.quantile(np.abs((values - median) / scale).max(axis=1), 1 - FALSE_FLAG_RATE)
-    ring_stats = np.percentile(rings, [RANGE_PERCENTILES[0], 50, RANGE_PERCENTILES[1]], axis=0)
     return {"features": names, "channels": list(others), "median": median.tolist(), "scale": scale.tolist(),
-            "low": low.tolist(), "high": high.tolist(), "n": len(values), "threshold": float(threshold),
-            "rings": {key: ring.tolist() for key, ring in zip(("low", "median", "high"), ring_stats)}}
+            "low": low.tolist(), "high": high.tolist(), "n": len(values), "threshold": float(threshold)}
 
 
 @dataclass
@@ -61,7 +56,6 @@ class DriftCheck:
     share: float  # flags.mean()
     outside: dict[str, dict[str, float]]  # feature -> share below and above the training 0.1-99.9 % range
     culprits: dict[str, float]  # "feature higher|lower" -> share of samples flagged mainly by it
-    rings: list[float]  # the file's median ring log-power (the figure)
     warn: bool  # share > WARN_SHARE
 
     def summary(self) -> dict:  # for summary.json and the report
@@ -72,9 +66,7 @@ class DriftCheck:
 def check(reference: dict, values: np.ndarray) -> DriftCheck:
     """Flag the samples of a `table` (with the other channels `reference` describes) outside the description."""
     names = reference["features"]
-    assert values.shape[1] == len(names) + len(reference["rings"]["median"]), \
-        f"the training description covers channels {reference['channels']}: pass them"
-    values, rings = values[:, :len(names)], values[:, len(names):]
+    assert values.shape[1] == len(names), f"the training description covers channels {reference['channels']}: pass them"
     z = (values - np.asarray(reference["median"])) / np.asarray(reference["scale"])  # robust standard scores
     valid = np.isfinite(z).all(axis=1)
     score = np.abs(np.where(valid[:, None], z, 0))
@@ -84,8 +76,7 @@ def check(reference: dict, values: np.ndarray) -> DriftCheck:
     keys = [f"{names[w]} {'higher' if row[w] > 0 else 'lower'}" if ok else "density not positive, or constant"
             for row, w, ok in zip(z[flags], score[flags].argmax(axis=1), valid[flags])]
     culprits = {key: n / len(flags) for key, n in Counter(sorted(keys)).most_common()}
-    medians = np.median(rings[valid], axis=0) if valid.any() else np.full(rings.shape[1], np.nan)
-    return DriftCheck(flags, float(flags.mean()), outside, culprits, medians.tolist(), float(flags.mean()) > WARN_SHARE)
+    return DriftCheck(flags, float(flags.mean()), outside, culprits, float(flags.mean()) > WARN_SHARE)
 
 
 def warning_line(result: DriftCheck, what: str) -> str:

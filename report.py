@@ -46,7 +46,13 @@ def finish(run_dir: Path, cfg: Config, data: DeviceData, info: dict[str, Any], m
     if bound := metrics.at_bound(temperature):
         calibration["not_calibrated"] = bound
         notes.append(f"WARNING: the calibration temperature {temperature:g} is at the end of its search range: {bound}")
-    summary = {"calibration": calibration, "reference": yard_summary, **check_test_split(run_dir, data, notes)}
+    summary = {"calibration": calibration, "reference": yard_summary}
+    if data.drift is None:  # possible with --no-whiten only
+        notes.append("note: no drift check: the training density has values <= 0 (no log-density)")
+    else:  # the test split against the training description
+        summary["drift"] = {"test": data.test_drift.summary()}
+        if data.test_drift.warn:
+            notes.append(drift.warning_line(data.test_drift, f"the test split ({SPLIT_FILES['test']})"))
     if "density" in info["channels"]:
         summary["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature, yardstick)
     save_torch(run_dir / "best.pt", {**best, "drift": data.drift, "calibration": {
@@ -126,26 +132,6 @@ def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarra
             row["mean_abs_diff_bayes"] = {k: float(np.mean(np.abs(v - exact))) for k, v in p.items()}
         out[name] = row
     return out, panels
-
-
-def check_test_split(run_dir: Path, data: DeviceData, notes: list[str]) -> dict[str, Any]:
-    """drift.png and summary.json's drift entry: the test split against the training description."""
-    if data.drift is None:  # possible with --no-whiten only
-        notes.append("note: no drift check: the training density has values <= 0 (no log-density)")
-        return {}
-    described, checked = data.drift, data.test_drift
-    fig, ax = pyplot().subplots(figsize=(6.5, 4.5))
-    rings = described["rings"]
-    k = np.arange(1, len(rings["median"]) + 1)
-    ax.fill_between(k, rings["low"], rings["high"], color="0.85", label="training 0.1-99.9 %")
-    ax.plot(k, rings["median"], "k-", label="training median")
-    ax.plot(k, checked.rings, "--", label="test split median")
-    ax.set_xlabel("|k| (grid units)"), ax.set_ylabel("log power of log-density"), ax.legend(fontsize=8)
-    ax.set_title("radially averaged power spectrum")
-    save_figure(fig, run_dir / "drift.png")
-    if checked.warn:
-        notes.append(drift.warning_line(checked, f"the test split ({SPLIT_FILES['test']})"))
-    return {"drift": {"test": checked.summary()}}
 
 
 def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
@@ -229,8 +215,8 @@ def plot_curves(path: str | Path, history: list[dict[str, float]], title: str = 
 
 def plot_calibration(path: str | Path, panels: dict[str, dict[str, dict]],
                      splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    """calibration.png: reliability diagrams, ROC curves and confusion matrices; splits: name -> (p, y)."""
-    count = len(panels) + 1 + len(splits)
+    """calibration.png: reliability diagrams and confusion matrices at 0.5; splits: name -> (p, y)."""
+    count = len(panels) + len(splits)
     fig, axes = pyplot().subplots(1, count, figsize=(4.5 * count, 4.5), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels.items()):
         ax.plot([0, 1], [0, 1], "k:", label="calibrated")
@@ -242,21 +228,13 @@ def plot_calibration(path: str | Path, panels: dict[str, dict[str, dict]],
         ax.set_xlabel("predicted probability of state 1 (marker area: share)")
         ax.set_ylabel("observed frequency of state 1")
         ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_title(title), ax.legend(fontsize=8)
-    roc = axes[0][len(panels)]
-    roc.plot([0, 1], [0, 1], "k:")
-    for ax, (name, (p, y)) in zip(axes[0][len(panels) + 1:], splits.items()):
-        order = np.argsort(-p, kind="mergesort")
-        tpr = np.concatenate([[0], np.cumsum(y[order]) / max(y.sum(), 1)])
-        fpr = np.concatenate([[0], np.cumsum(1 - y[order]) / max((1 - y).sum(), 1)])
-        roc.plot(fpr, tpr, label=f"{name} (AUC {metrics.roc_auc(p, y):.4f})")
+    for ax, (name, (p, y)) in zip(axes[0][len(panels):], splits.items()):
         matrix = np.array([[np.sum((y == t) & ((p > 0.5) == q)) for q in (0, 1)] for t in (0, 1)])
         ax.imshow(matrix, cmap="Blues")
         for (t, q), n in np.ndenumerate(matrix):
             ax.text(q, t, str(n), ha="center", va="center", color="k" if n < matrix.max() / 2 else "w")
         ax.set_xticks([0, 1], ["0", "1"]), ax.set_yticks([0, 1], ["0", "1"])
         ax.set_xlabel("predicted state (p > 0.5)"), ax.set_ylabel("true state"), ax.set_title(f"{name} at 0.5")
-    roc.set_xlabel("false positive rate"), roc.set_ylabel("true positive rate"), roc.set_title("ROC")
-    roc.legend(fontsize=8, loc="lower right")
     return save_figure(fig, path)
 
 
@@ -302,8 +280,8 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
              f"points (paired, one standard error).", ""]
     lines += symmetry_section(summary["symmetry"])
     lines += ["## Learning curves", "", "![learning curves](curves.png)", "",
-              "## Calibration, ROC curve and confusion matrix at 0.5", "",
-              "![reliability diagrams, ROC curve and confusion matrices](calibration.png)", ""]
+              "## Calibration and confusion matrix at 0.5", "",
+              "![reliability diagrams and confusion matrices](calibration.png)", ""]
     lines += drift_section(summary.get("drift")) + sensitivity_section(summary.get("sensitivity"))
     return write_text(Path(run_dir) / "report.md", "\n".join(lines) + "\n")
 
@@ -333,8 +311,7 @@ def drift_section(result: dict[str, Any] | None) -> list[str]:
                   f"{k} ({show(v)})" for k, v in test["flagged_by"].items()) + "."), ""]
     rows = [(name.replace("|", "&#124;"), show(side["below"]), show(side["above"]))
             for name, side in test["outside_training_range"].items()]
-    return lines + table(("feature", "below the training 0.1 %", "above the training 99.9 %"), rows) + [
-        "![drift check](drift.png)", ""]
+    return lines + table(("feature", "below the training 0.1 %", "above the training 99.9 %"), rows)
 
 
 def sensitivity_section(result: dict[str, Any] | None) -> list[str]:

@@ -90,7 +90,6 @@ def test_the_description_is_plain_data_a_checkpoint_can_hold(reference):
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=True)["drift"]
     assert loaded == reference and loaded["features"] == drift.FEATURES
-    assert len(loaded["rings"]["median"]) == 20  # rings |k| = 1 .. 20 on the 28 x 28 grid
 
 
 def test_other_channels_the_model_reads_are_described_too():

@@ -37,7 +37,7 @@ def test_the_run_writes_one_page_with_every_figure(finished_run):
     run_dir = finished_run.dir
     page = (run_dir / "report.md").read_text()
     figures = re.findall(r"\]\(([^)]+)\)", page)
-    assert set(figures) == {"curves.png", "calibration.png", "drift.png", "sensitivity.png"}
+    assert set(figures) == {"curves.png", "calibration.png", "sensitivity.png"}
     for name in figures:
         assert (run_dir / name).stat().st_size > 1000, name
     for words in ("ECE (15 bins)", "abs(p − p_Bayes)", "Bayes limit", "Drift check", "What the model learned"):
