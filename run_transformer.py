@@ -17,14 +17,13 @@ import torch
 import distributed
 import symmetry
 from checkpoints import predict_file, restore_training, resume_config
-from cli import exit_code
 from config import (CONTROL, EXECUTION, Config, HelpFormatter, Parser, UserError, add_config_flags, fields_with,
                     flag)
 from data import check_same_data, load_data
 from fileio import WriteFailed, check_writable, fresh_directory, provenance, save_torch, write_json
 from report import finish, write_metrics_csv
-from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, build_training, fit, overflow_message,
-                   pick_device, resolve_precision)
+from train import (Diverged, Interrupted, NonFinitePredictions, TrainState, build_training, exit_code, fit,
+                   overflow_message, pick_device, resolve_precision)
 
 
 def run(cfg: Config, log: Callable[[str], None] = print, progress: bool | None = None,
@@ -133,7 +132,7 @@ def finished_line(run_dir: Path, cfg: Config, state: TrainState) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train, resume or predict; exit codes as in cli.exit_code."""
+    """Train, resume or predict; exit codes as in train.exit_code."""
     def body() -> None:
         parser = Parser(description=__doc__, formatter_class=HelpFormatter)  # Config's flags, then the command modes
         add_config_flags(parser)

@@ -1,11 +1,11 @@
-"""cli.py: every entry point turns its errors into one line on stderr and the documented exit code."""
+"""train.exit_code: every entry point turns its errors into one line on stderr and the documented exit code."""
 
 import argparse
 import signal
 
 import pytest
 
-from cli import exit_code
+from train import exit_code
 from config import UserError
 from train import Diverged, Interrupted
 

@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from cli import exit_code
 from config import Config, HelpFormatter, Parser, UserError, add_config_flags, checked, non_negative, parse_config
 from data import SPLIT_FILES, DeviceData, load_data
 from fileio import provenance, provenance_line
-from train import (StopFlag, TrainState, build_model, build_scheduler, build_training, fit, pick_device, predict_logits,
-                   resolve_precision, train_epoch)
+from train import (StopFlag, TrainState, build_model, build_scheduler, build_training, exit_code, fit, pick_device,
+                   predict_logits, resolve_precision, train_epoch)
 
 
 class HDF5Samples(Dataset):
@@ -217,7 +216,7 @@ def command(argv: list[str] | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes as in cli.exit_code."""
+    """Exit codes as in train.exit_code."""
     return exit_code(lambda: command(argv))
 
 

@@ -24,13 +24,12 @@ import data
 import reference
 import synthetic
 from checkpoints import load_checkpoint, trained_model
-from cli import exit_code
 from config import (EXECUTION, Config, HelpFormatter, Parser, UserError, add_config_flags,
                     checked, fields_with, flag, non_negative, positive)
 from data import ANSWER_FILE, SPLIT_FILES, load_splits, read_split, to_device, to_tensor
 from fileio import append_text, changed_files, fingerprint, provenance, rounded, write_json, write_text
 from symmetry import SymmetryPlan
-from train import Interrupted, pick_device, predict_logits, resolve_precision, signal_name
+from train import Interrupted, exit_code, pick_device, predict_logits, resolve_precision, signal_name
 from tools.compare_report import metrics, pack, write_report
 
 ENTRY = Path(__file__).resolve().parents[1] / "run_transformer.py"
@@ -328,7 +327,7 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes as in cli.exit_code; an interrupted grid still writes the report of what finished."""
+    """Exit codes as in train.exit_code; an interrupted grid still writes the report of what finished."""
     argv = sys.argv[1:] if argv is None else argv
     return exit_code(lambda: grid_command(argv), lambda e: "finished runs are kept: rerun the same command to continue")
 

@@ -10,12 +10,11 @@ import numpy as np
 import torch
 
 import synthetic
-from cli import exit_code
 from config import HelpFormatter, Parser, config_from_dict
 from data import read_answer_key, read_split, to_tensor
 from checkpoints import load_checkpoint, trained_model
 from symmetry import SymmetryPlan
-from train import Diverged, NonFinitePredictions, overflow_message, pick_device, predict_logits
+from train import Diverged, NonFinitePredictions, exit_code, overflow_message, pick_device, predict_logits
 
 REAL_TEST_FILE = Path(__file__).resolve().parents[2] / "shared" / "gasdata" / "test_no_labels.hdf5"
 
@@ -53,7 +52,7 @@ def check(argv: list[str] | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes as in cli.exit_code."""
+    """Exit codes as in train.exit_code."""
     return exit_code(lambda: check(argv))
 
 
