@@ -196,10 +196,10 @@ def choose_channels(spec: str, confounders: dict[str, str], log=print) -> list[s
     return names
 
 
-def _read(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnChunk | None = None) -> np.ndarray:
+def _read(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnChunk | None = None) -> torch.Tensor:
     """(N, C, S, S) float32 in `channels` order, density as its log if `log_density`; `on_chunk` sees raw chunks."""
     grid = next(iter(split.channels.values())).shape[-1]
-    x = np.empty((len(split), len(channels), grid, grid), np.float32)
+    x = torch.empty(len(split), len(channels), grid, grid)
     for start, block in split.chunks(list(dict.fromkeys([*channels, *(["density"] if on_chunk else [])]))):
         if on_chunk:
             on_chunk(block)
@@ -212,38 +212,45 @@ def _read(split: RawSplit, channels: list[str], log_density: bool, on_chunk: OnC
                                     f"{int(bad.any(axis=(1, 2)).sum())} of {len(split)} samples; float16 stores "
                                     f"< 6e-8 as 0) but whitening takes its logarithm; fix them or use --no-whiten")
                 values = np.log(values)
-            x[start:start + len(values), c] = values
+            x[start:start + len(values), c] = torch.from_numpy(values)
     return x
 
 
-def _transform(x: np.ndarray, channels: list[str], gain: np.ndarray | None, stats: dict | None = None) -> None:
-    """In place: log-density's Fourier modes scaled by `gain`, then each channel standardised with `stats`."""
-    g = None if gain is None else torch.from_numpy(np.asarray(gain, np.float32))
-    for start in range(0, len(x), CHUNK):
-        part = x[start:start + CHUNK]
-        if g is not None:
-            d = channels.index("density")
-            part[:, d] = torch.fft.ifft2(torch.fft.fft2(torch.from_numpy(part[:, d])) * g).real.numpy()
-        if stats is not None:
-            part -= np.asarray(stats["mean"], np.float32)[:, None, None]
-            part /= np.asarray(stats["std"], np.float32)[:, None, None]
+def fit_stats(x: torch.Tensor, channels: list[str], whiten: bool, group: tuple[str, ...]) -> dict:
+    """The normalisation of training images x as read: each channel's mean and std, and for whitened log-density
+    the gain 1/sqrt(mean power spectrum), averaged over `group` so that whitening commutes with augmentation and
+    views, k = 0 removed: every scale gets equal weight, the per-sample offset (no class information) none."""
+    std, mean = torch.std_mean(x, dim=(0, 2, 3), correction=0)
+    gain = None
+    if whiten:
+        d = channels.index("density")
+        power = sum(torch.fft.fft2(part[:, d]).abs().square().sum(0).double() for part in x.split(CHUNK)) / len(x)
+        power = np.mean([spectrum_view(power.numpy(), name) for name in group], axis=0)
+        gain = np.zeros_like(power)
+        gain[power > 0] = 1 / np.sqrt(power[power > 0])
+        gain[0, 0] = 0.0
+        # whitened, each image has mean 0 (no k = 0) and, by Parseval, pixel variance sum_k gain^2 power / S^4
+        mean[d], std[d] = 0.0, float(np.sqrt((gain**2 * power).sum())) / x.shape[-1] ** 2
+    return {"channels": channels, "mean": mean.tolist(), "std": std.clamp_min(1e-6).tolist(),
+            "whiten": None if gain is None else gain.tolist()}
 
 
-def _chunk_sum(x: np.ndarray, c: int, term: Callable[[np.ndarray], Any]) -> Any:
-    return sum(term(x[start:start + CHUNK, c]) for start in range(0, len(x), CHUNK))
-
-
-def group_mean(spectrum: np.ndarray, group: tuple[str, ...]) -> np.ndarray:
-    """Average of an (S, S) Fourier-space array over a group of the grid's symmetries."""
-    return np.mean([spectrum_view(spectrum, name) for name in group], axis=0)
+def _prepare(x: torch.Tensor, stats: dict) -> torch.Tensor:
+    """x whitened and standardised with `stats`, in place, CHUNK images at a time."""
+    mean, std = (torch.tensor(stats[key]).view(-1, 1, 1) for key in ("mean", "std"))
+    gain = None if stats["whiten"] is None else torch.tensor(stats["whiten"], dtype=torch.float32)
+    for part in x.split(CHUNK):
+        if gain is not None:
+            d = stats["channels"].index("density")
+            part[:, d] = torch.fft.ifft2(torch.fft.fft2(part[:, d]) * gain).real
+        part.sub_(mean).div_(std)
+    return x
 
 
 def to_tensor(split: RawSplit, stats: dict, device: torch.device | str, on_chunk: OnChunk | None = None
               ) -> torch.Tensor:
     """(N, C, S, S) float32 on `device`, channels in `stats` order, prepared and normalised with training stats."""
-    x = _read(split, stats["channels"], stats["whiten"] is not None, on_chunk)
-    _transform(x, stats["channels"], stats["whiten"], stats)
-    return torch.from_numpy(x).to(device)
+    return _prepare(_read(split, stats["channels"], stats["whiten"] is not None, on_chunk), stats).to(device)
 
 
 @dataclass
@@ -266,23 +273,9 @@ def to_device(splits: dict[str, RawSplit], channels: list[str], device: torch.de
     xs, on_chunk = {}, on_chunk or {}
     if stats is None:  # a new run: statistics of the training images they normalise
         whiten = whiten and "density" in channels
-        x, gain = _read(splits["train"], channels, whiten, on_chunk.get("train")), None
-        if whiten:  # 1/sqrt(mean power spectrum of log-density), k = 0 removed: every scale gets equal weight
-            power = _chunk_sum(x, channels.index("density"), lambda part: torch.fft.fft2(torch.from_numpy(part))
-                               .abs().square().sum(0).double().numpy()) / len(x)
-            group = symmetry.whitening_group()  # averaged so that whitening commutes with augmentation and views
-            power = group_mean(power, group) if group else power
-            gain = np.zeros_like(power)
-            gain[power > 0] = 1 / np.sqrt(power[power > 0])
-            gain[0, 0] = 0.0  # the per-sample offset carries no class information
-            _transform(x, channels, gain)
-        mean = [_chunk_sum(x, c, lambda p: p.sum(dtype=np.float64)) / x[:, c].size for c in range(len(channels))]
-        std = [max(float(np.sqrt(_chunk_sum(x, c, lambda p: np.square(p - m, dtype=np.float64).sum())
-                                 / x[:, c].size)), 1e-6) for c, m in enumerate(mean)]
-        stats = {"channels": channels, "mean": [float(m) for m in mean], "std": std,
-                 "whiten": None if gain is None else gain.tolist()}
-        _transform(x, channels, None, stats)
-        xs["train"] = torch.from_numpy(x).to(device)
+        x = _read(splits["train"], channels, whiten, on_chunk.get("train"))
+        stats = fit_stats(x, channels, whiten, symmetry.whitening_group())
+        xs["train"] = _prepare(x, stats).to(device)
     xs.update({name: to_tensor(s, stats, device, on_chunk.get(name)) for name, s in splits.items() if name not in xs})
     y = {name: torch.from_numpy(split.labels).float().to(device) for name, split in splits.items()}
     y["test"] = None if test_labels is None else torch.from_numpy(test_labels).float().to(device)

@@ -5,7 +5,7 @@ import symmetry
 import torch
 
 from conftest import benchmark_plan
-from data import (choose_channels, epoch_batches, find_confounders, group_mean, load_splits,
+from data import (choose_channels, epoch_batches, find_confounders, load_splits,
                   read_split, to_device)
 
 
@@ -38,7 +38,7 @@ def test_normalisation_uses_training_statistics_only(tiny_benchmark):
     data = to_device(splits, ["density"], "cpu")
     mean, std = data.stats["mean"][0], data.stats["std"][0]
     train, valid = (read_split(tiny_benchmark / f"{n}.hdf5", n).channels["density"] for n in ("train", "valid"))
-    assert np.isclose(mean, train.mean(dtype=np.float64), rtol=1e-12, atol=0)
+    assert np.isclose(mean, train.mean(dtype=np.float64), rtol=1e-6, atol=0)  # float32 statistics
     expected_valid = (valid - np.float32(mean)) / np.float32(std)
     assert np.allclose(data.x["valid"][:, 0].numpy(), expected_valid, atol=1e-5)
     assert data.y["test"] is None  # no answer key passed
@@ -115,7 +115,8 @@ def test_a_chunked_stream_prepares_what_whole_arrays_give(tmp_path, monkeypatch)
     power = (np.abs(np.fft.fft2(np.log(raw["train"]))) ** 2).mean(axis=0)
     gain = np.asarray(got.stats["whiten"])
     kept_modes = gain > 0
-    assert np.allclose(gain[kept_modes] ** -2, group_mean(power, symmetry.NAMES)[kept_modes], rtol=1e-5)
+    averaged = np.mean([symmetry.spectrum_view(power, n) for n in symmetry.NAMES], axis=0)
+    assert np.allclose(gain[kept_modes] ** -2, averaged[kept_modes], rtol=1e-5)
     white = {name: np.fft.ifft2(np.fft.fft2(np.log(d)) * gain).real for name, d in raw.items()}
     assert np.isclose(got.stats["mean"][0], white["train"].mean(), atol=1e-6)
     assert np.isclose(got.stats["std"][0], white["train"].std(), rtol=1e-5)
