@@ -215,8 +215,8 @@ def plot_curves(path: str | Path, history: list[dict[str, float]], title: str = 
 
 def plot_calibration(path: str | Path, panels: dict[str, dict[str, dict]],
                      splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    """calibration.png: reliability diagrams and confusion matrices at 0.5; splits: name -> (p, y)."""
-    count = len(panels) + len(splits)
+    """calibration.png: reliability diagrams, ROC curves and confusion matrices; splits: name -> (p, y)."""
+    count = len(panels) + 1 + len(splits)
     fig, axes = pyplot().subplots(1, count, figsize=(4.5 * count, 4.5), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels.items()):
         ax.plot([0, 1], [0, 1], "k:", label="calibrated")
@@ -228,13 +228,21 @@ def plot_calibration(path: str | Path, panels: dict[str, dict[str, dict]],
         ax.set_xlabel("predicted probability of state 1 (marker area: share)")
         ax.set_ylabel("observed frequency of state 1")
         ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_title(title), ax.legend(fontsize=8)
-    for ax, (name, (p, y)) in zip(axes[0][len(panels):], splits.items()):
+    roc = axes[0][len(panels)]
+    roc.plot([0, 1], [0, 1], "k:")
+    for ax, (name, (p, y)) in zip(axes[0][len(panels) + 1:], splits.items()):
+        order = np.argsort(-p, kind="mergesort")
+        tpr = np.concatenate([[0], np.cumsum(y[order]) / max(y.sum(), 1)])
+        fpr = np.concatenate([[0], np.cumsum(1 - y[order]) / max((1 - y).sum(), 1)])
+        roc.plot(fpr, tpr, label=f"{name} (AUC {metrics.roc_auc(p, y):.4f})")
         matrix = np.array([[np.sum((y == t) & ((p > 0.5) == q)) for q in (0, 1)] for t in (0, 1)])
         ax.imshow(matrix, cmap="Blues")
         for (t, q), n in np.ndenumerate(matrix):
             ax.text(q, t, str(n), ha="center", va="center", color="k" if n < matrix.max() / 2 else "w")
         ax.set_xticks([0, 1], ["0", "1"]), ax.set_yticks([0, 1], ["0", "1"])
         ax.set_xlabel("predicted state (p > 0.5)"), ax.set_ylabel("true state"), ax.set_title(f"{name} at 0.5")
+    roc.set_xlabel("false positive rate"), roc.set_ylabel("true positive rate"), roc.set_title("ROC")
+    roc.legend(fontsize=8, loc="lower right")
     return save_figure(fig, path)
 
 
@@ -280,8 +288,8 @@ def write_page(run_dir: Path, summary: dict[str, Any]) -> Path:
              f"points (paired, one standard error).", ""]
     lines += symmetry_section(summary["symmetry"])
     lines += ["## Learning curves", "", "![learning curves](curves.png)", "",
-              "## Calibration and confusion matrix at 0.5", "",
-              "![reliability diagrams and confusion matrices](calibration.png)", ""]
+              "## Calibration, ROC curve and confusion matrix at 0.5", "",
+              "![reliability diagrams, ROC curve and confusion matrices](calibration.png)", ""]
     lines += drift_section(summary.get("drift")) + sensitivity_section(summary.get("sensitivity"))
     return write_text(Path(run_dir) / "report.md", "\n".join(lines) + "\n")
 
