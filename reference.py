@@ -1,6 +1,6 @@
 """The yardstick on any data set: logistic regression on the model's inputs' pixels, Fourier mode powers and log
 powers (the exact log-likelihood ratio of Gaussian fields is linear in the powers), L2 chosen on a stratified fifth
-of the training split. An nn.Module, so sensitivity.py maps it like the model."""
+of the training split. An nn.Module, so report.py maps its sensitivity like the model's."""
 
 import math
 
@@ -69,11 +69,6 @@ def fit_reference(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> tuple[Refe
         losses.append(F.binary_cross_entropy_with_logits(linear(f[held]).squeeze(1), y[held]).item())
     l2 = L2_GRID[losses.index(min(losses))]
     return Reference(mean, std, fit_linear(f, y, l2)).eval(), l2
-
-
-@torch.no_grad()
-def logits(model: Reference, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model(xb).squeeze(1) for xb in x.split(4096)])
 
 
 def paired_gap(reference_correct: torch.Tensor, model_correct: torch.Tensor) -> tuple[float, float]:

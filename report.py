@@ -11,16 +11,18 @@ from torch import nn
 import drift
 import metrics
 import reference
+import synthetic
 from config import Config
 from data import SPLIT_FILES, DeviceData
 from fileio import atomic_write, rounded, save_torch, write_json, write_text
-from symmetry import SymmetryPlan
-from sensitivity import SENSITIVITY_IMAGES, bayes_sensitivity, channel_importance, map_correlation, mode_sensitivity
+from symmetry import SymmetryPlan, Views, view_averaged_logits
 from train import TrainState, predict_logits
 
 SPLIT_NAMES = {"valid": "validation", "test": "test"}
 METRIC_COLUMNS = ("epoch", "lr", "train_objective", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc",
                   "val_views", "gap_acc", "gap_loss")
+SENSITIVITY_IMAGES = 512  # validation images averaged: the map's noise is a few % of its peak
+SENSITIVITY_BATCH = 64
 
 
 def finish(run_dir: Path, cfg: Config, data: DeviceData, info: dict[str, Any], model: nn.Module, state: TrainState,
@@ -98,7 +100,7 @@ def compare_with_reference(data: DeviceData, valid_logits: np.ndarray, seed: int
     """The yardstick's accuracies and paired validation gap, and a WARNING when the model trails by > Z_SHORT SE."""
     model, l2 = reference.fit_reference(data.x["train"], data.y["train"], seed)
     out: dict[str, Any] = {"classifier": "logistic regression on pixels, mode power and log mode power", "l2": l2}
-    right = {name: (reference.logits(model, data.x[name]).cpu() > 0).float() == data.y[name].cpu()
+    right = {name: (predict_logits(model, data.x[name]).cpu() > 0).float() == data.y[name].cpu()
              for name in ("valid", "test") if data.y[name] is not None}
     out.update({f"{name}_acc": float(r.float().mean()) for name, r in right.items()})
     out["valid_gap"], out["valid_gap_se"] = reference.paired_gap(
@@ -132,6 +134,59 @@ def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarra
             row["mean_abs_diff_bayes"] = {k: float(np.mean(np.abs(v - exact))) for k, v in p.items()}
         out[name] = row
     return out, panels
+
+
+def prepared(model: nn.Module, x: torch.Tensor, views: Views | None, images: int):
+    """The model in eval mode (for good: the report's last step), `images` fixed random images of x and the logit:
+    the model's, or its mean over the unshifted `views` (unit 1: all offsets 0; shifts change no mode's power)."""
+    model.eval()
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:images].to(x.device)]
+    return x, (model if views is None else lambda batch: view_averaged_logits(model, batch, 1, views))
+
+
+def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: Views | None = None,
+                     images: int = SENSITIVITY_IMAGES) -> np.ndarray:
+    """The (S, S) map s_k = d logit / d log a_k of input `channel` (k = 0 at [0, 0]): the logit's sensitivity to the
+    amplitude of each Fourier mode k, by Parseval Re(conj(G_k) X_k) / S^2 for the input X and the logit's gradient G,
+    over `images` random images of x (N, C, S, S). Scaling a mode commutes with whitening and normalisation, so s_k
+    is the same in raw and input space (docs/usage.md)."""
+    x, forward = prepared(model, x, views, images)
+    total = torch.zeros(x.shape[-2:], dtype=torch.float64, device=x.device)
+    for xb in x.split(SENSITIVITY_BATCH):
+        xb = xb.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(forward(xb).float().sum(), xb)
+        g_k, x_k = torch.fft.fft2(grad[:, channel].double()), torch.fft.fft2(xb[:, channel].detach().double())
+        total += (g_k.conj() * x_k).real.sum(dim=0)
+    return (total / (len(x) * x.shape[-1] ** 2)).cpu().numpy()
+
+
+@torch.no_grad()
+def channel_importance(model: nn.Module, x: torch.Tensor, views: Views | None = None, images: int = SENSITIVITY_IMAGES
+                       ) -> list[float]:
+    """Per input channel, the mean |change of the logit| when that channel alone is swapped between images."""
+    x, forward = prepared(model, x, views, images)
+    base = torch.cat([forward(xb).float() for xb in x.split(SENSITIVITY_BATCH)])
+    change = []
+    for channel in range(x.shape[1]):
+        swapped = x.clone()
+        swapped[:, channel] = x[:, channel].roll(1, 0)  # every image gets its neighbour's channel
+        change.append(float((torch.cat([forward(xb).float() for xb in swapped.split(SENSITIVITY_BATCH)]) - base).abs().mean()))
+    return change
+
+
+def bayes_sensitivity(grid: int = synthetic.GRID) -> np.ndarray:
+    """The exact log-likelihood ratio's map on the benchmark (50/50 states, float16 noise included)."""
+    noise = synthetic.quantisation_variance(grid)
+    lam0, lam1 = (synthetic.class_spectrum(c, grid) + noise for c in (0, 1))
+    weights = 0.5 * (lam0 + lam1) * (1 / lam0 - 1 / lam1)
+    weights[0, 0] = 0.0  # the offset mode is the same for both states
+    return weights
+
+
+def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two (S, S) maps over the modes k != 0 (nan where one is flat)."""
+    a, b = a.ravel()[1:], b.ravel()[1:]
+    return float("nan") if np.ptp(a) == 0 or np.ptp(b) == 0 else float(np.corrcoef(a, b)[0, 1])
 
 
 def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],

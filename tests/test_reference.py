@@ -4,6 +4,7 @@ import torch
 
 import reference
 from report import compare_with_reference
+from train import predict_logits
 from data import DeviceData
 from tools import other_physics
 
@@ -18,7 +19,7 @@ def images(kind: str, n: int, seed: int, contrast: float = 1.0, brighter: float 
 
 
 def accuracy(model, x, y) -> float:
-    return float(((reference.logits(model, x) > 0).float() == y).float().mean())
+    return float(((predict_logits(model, x) > 0).float() == y).float().mean())
 
 
 def test_the_reference_reads_correlation_lengths_and_mean_levels():
@@ -40,7 +41,7 @@ def test_a_model_clearly_short_of_the_reference_gets_a_warning():
     xv, yv = images("axis-length", 400, 1, 6.0)
     data = DeviceData({"train": x, "valid": xv, "test": xv}, {"train": y, "valid": yv, "test": None}, {}, 16)
     model, _ = reference.fit_reference(x, y)
-    good = reference.logits(model, xv).numpy()
+    good = predict_logits(model, xv).numpy()
     noise = np.random.default_rng(0).normal(size=len(yv))
     _, summary, notes = compare_with_reference(data, good, seed=0)
     assert notes == [] and abs(summary["valid_gap"]) < 0.02 and "test_acc" not in summary

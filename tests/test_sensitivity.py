@@ -1,4 +1,4 @@
-"""sensitivity.py: the map peaks at the mode a model reads, and the exact likelihood ratio's map is the physics."""
+"""report.py's sensitivity map: it peaks at the mode a model reads; the exact likelihood ratio's map is the physics."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import synthetic
-from sensitivity import bayes_sensitivity, channel_importance, map_correlation, mode_sensitivity
+from report import bayes_sensitivity, channel_importance, map_correlation, mode_sensitivity
 from symmetry import Views
 
 PAIR = Views((("identity", False), ("transpose", True)), 4)  # the image and its transpose, which votes negated

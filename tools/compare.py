@@ -207,7 +207,7 @@ def reference_accuracy(data_dir: Path, path: Path, device: torch.device) -> dict
         prepared = to_device(splits, ["density"], device)
     model, _ = reference.fit_reference(prepared.x["train"], prepared.y["train"])
     split = read_split(path, "held-out", ("density",))
-    right = (reference.logits(model, to_tensor(split, prepared.stats, device)).cpu().numpy() > 0) == split.labels
+    right = (predict_logits(model, to_tensor(split, prepared.stats, device)).cpu().numpy() > 0) == split.labels
     acc = float(right.mean())
     return rounded({"acc": acc, "half_width": 1.96 * float(np.sqrt(acc * (1 - acc) / len(right))), "n": len(right)})
 
@@ -280,10 +280,6 @@ def load_results(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def append_result(path: Path, row: dict[str, Any]) -> None:
-    append_text(path, json.dumps(row, sort_keys=True) + "\n")
-
-
 def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path, jobs: int, threads: int,
              deadline: float, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every seed of every variant not in results.jsonl, `jobs` at a time, density-only variants first."""
@@ -298,7 +294,7 @@ def run_grid(chosen: list[Variant], settings: Settings, base: Config, out: Path,
     def record(row: dict[str, Any]) -> None:
         nonlocal finished
         row["finished_at"] = time.time()
-        append_result(path, row)
+        append_text(path, json.dumps(row, sort_keys=True) + "\n")
         rows[row["key"]], finished, s = row, finished + 1, row["summary"]
         held = f"held-out acc {row['heldout']['acc']:.4f} " if "heldout" in row else ""
         log(f"[{finished}/{todo}] {row['variant']} lr {row['lr']:g} seed {row['seed']}: {held}"

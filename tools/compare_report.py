@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from fileio import write_text
-from report import pyplot, save_figure
+from report import pyplot, save_figure, table
 
 GOAL = 0.83  # the scientist's target test accuracy, shown on the built-in benchmark that stands in for their data
 COLUMNS = {"test_acc": ("test_acc", "test acc"), "test_auc": ("test_auc", "test AUC"),
@@ -133,8 +133,8 @@ def write_report(lines: list[dict[str, Any]], out: Path, header: str, seeds: int
     md += effects_table(lines, effects, evaluated) + ["All rows:", ""] + table(heads, rows)
     above = [l["variant"] for l in lines if bayes and l["heldout_acc"][0] > bayes]
     if above:  # possible only through a leak on 20,000 images: look before trusting it
-        md += ["", f"**Warning**: above the Bayes limit on the held-out set: {', '.join(above)}."]
-    md += ["", "![accuracy](figures/accuracy.png)", ""]
+        md += [f"**Warning**: above the Bayes limit on the held-out set: {', '.join(above)}.", ""]
+    md += ["![accuracy](figures/accuracy.png)", ""]
     markdown = "\n".join(md)
     write_text(out / "report.md", markdown)
     marks = {f"Bayes limit {100 * bayes:.2f}%": bayes} if bayes else \
@@ -161,12 +161,7 @@ def effects_table(lines: list[dict[str, Any]], effects: dict[str, Any], evaluate
     heads = ["requested change"] + [f"{where}, {name}" for name in inputs for where in ("on before", "in after")]
     return ([f"What each requested change does to {evaluated} accuracy, in points: the row with it minus the row "
              "without it, paired (same seeds, same images), 95% interval; **bold**: the interval excludes 0. "
-             "Density only.", ""] + table(heads, rows) + [""])
-
-
-def table(heads: list[str], rows: list[list[str]]) -> list[str]:
-    """A markdown table's lines."""
-    return ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)] + ["| " + " | ".join(r) + " |" for r in rows]
+             "Density only.", ""] + table(heads, rows))
 
 
 def plot_accuracy(lines: list[dict[str, Any]], marks: dict[str, float], path: Path, evaluated: str) -> None:
