@@ -2,8 +2,6 @@
 powers (the exact log-likelihood ratio of Gaussian fields is linear in the powers), L2 chosen on a stratified fifth
 of the training split. An nn.Module, so report.py maps its sensitivity like the model's."""
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,10 +67,3 @@ def fit_reference(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> tuple[Refe
         losses.append(F.binary_cross_entropy_with_logits(linear(f[held]).squeeze(1), y[held]).item())
     l2 = L2_GRID[losses.index(min(losses))]
     return Reference(mean, std, fit_linear(f, y, l2)).eval(), l2
-
-
-def paired_gap(reference_correct: torch.Tensor, model_correct: torch.Tensor) -> tuple[float, float]:
-    """Reference accuracy minus the model's on the same images, and the standard error of that difference."""
-    d = reference_correct.float() - model_correct.float()
-    return float(d.mean()), float(d.std() / math.sqrt(len(d))) if len(d) > 1 else math.inf
-

@@ -85,7 +85,6 @@ def test_explicit_channels_keep_the_confounder_and_the_model_follows(tmp_path, t
     checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
     assert checkpoint["model"]["features.0.0.weight"].shape[1] == 2
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert set(summary["sensitivity"]["channel_effect"]) == {"density", "recording_date"}
     # the test file's dates (7..9) are nothing like training's (the label): the drift check says so
     test_drift = summary["drift"]["test"]
     assert test_drift["warning"] and "recording_date" in next(iter(test_drift["flagged_by"]))
