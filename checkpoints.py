@@ -86,7 +86,7 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
         raise UserError("--predict needs --input FILE.hdf5, the measurements to classify")
     source = Path(input_file)
     payload = load_checkpoint(run_dir / "best.pt")
-    stats, views = payload["stats"], SymmetryPlan.from_dict(payload["symmetry"]).views
+    stats, plan = payload["stats"], SymmetryPlan.from_dict(payload["symmetry"])
     path = Path(output) if output else run_dir / f"predictions-{source.stem}.txt"
     csv_path = path.with_suffix(".csv")
     if csv_path == path or path.is_dir() or output.endswith(("/", "\\")):
@@ -106,7 +106,7 @@ def predict_file(run_dir: Path, input_file: str, output: str = "", device_name: 
         x = to_tensor(split, stats, device, (lambda b: rows.append(drift.table(b, payload["drift"]["channels"])))
                       if described else None)
     try:
-        logits = predict_logits(model, x, views).cpu().numpy()
+        logits = predict_logits(model, x, plan).cpu().numpy()
     except NonFinitePredictions as e:  # a NaN would be a silent 0 in the output
         where = f"the model of {run_dir}/best.pt diverges on {source}"
         raise Diverged(f"{overflow_message(e, where, payload['config']['lr'])}; nothing was written") from None

@@ -16,7 +16,7 @@ import synthetic
 from config import Config
 from data import SPLIT_FILES, DeviceData
 from fileio import atomic_write, rounded, save_torch, write_json, write_text
-from symmetry import SymmetryPlan, Views, view_averaged_logits
+from symmetry import SymmetryPlan, view_averaged_logits
 from train import TrainState, predict_logits
 
 SPLIT_NAMES = {"valid": "validation", "test": "test"}
@@ -32,8 +32,8 @@ def finish(run_dir: Path, cfg: Config, data: DeviceData, info: dict[str, Any], m
     the predictions, figures, summary.json and report.md."""
     best = torch.load(run_dir / "best.pt", weights_only=True)  # written by this run
     model.load_state_dict(best["model"])
-    views = data.symmetry.views  # the best epoch was picked with the unshifted views; the final scores use all
-    logits = {name: predict_logits(model, data.x[name], views).cpu().numpy() for name in ("valid", "test")}
+    # the best epoch was picked with the unshifted views; the final scores use all
+    logits = {name: predict_logits(model, data.x[name], data.symmetry).cpu().numpy() for name in ("valid", "test")}
     labels = {name: None if data.y[name] is None else data.y[name].cpu().numpy() for name in ("train", "valid", "test")}
     # the share of state 1 the probabilities refer to: 50/50 under a state-swapping symmetry, else training's
     prior = 0.5 if data.symmetry.swaps else float(np.mean(labels["train"]))
@@ -73,7 +73,7 @@ def finish(run_dir: Path, cfg: Config, data: DeviceData, info: dict[str, Any], m
                     "channels": info["channels"], "symmetry": info["symmetry"], "epochs_run": state.epoch,
                     "best_epoch": state.best_epoch, "diverged": diverged,
                     "best_val_loss": state.history[state.best_epoch - 1]["val_loss"],
-                    "views": views.count() if views else 1, "final_train_loss": final["train_loss"],
+                    "views": data.symmetry.view_count(), "final_train_loss": final["train_loss"],
                     "final_train_acc": final["train_acc"], "final_gap_acc": final["gap_acc"],
                     "wall_time_s": round(sum(attempts), 1), "attempt_seconds": attempts})
     for name, prefix in (("valid", "val"), ("test", "test")):
@@ -139,16 +139,16 @@ def calibrate_summary(logits: dict[str, np.ndarray], labels: dict[str, np.ndarra
     return out, panels
 
 
-def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, views: Views | None = None,
+def mode_sensitivity(model: nn.Module, x: torch.Tensor, channel: int, plan: SymmetryPlan | None = None,
                      images: int = SENSITIVITY_IMAGES) -> np.ndarray:
     """The (S, S) map s_k = d logit / d log a_k of input `channel` (k = 0 at [0, 0]): the logit's sensitivity to the
     amplitude of each Fourier mode k, by Parseval Re(conj(G_k) X_k) / S^2 for the input X and the logit's gradient G,
     over `images` random images of x (N, C, S, S). Scaling a mode commutes with whitening and normalisation, so s_k
     is the same in raw and input space (docs/usage.md). The logit is the model's, or its mean over the unshifted
-    `views` (unit 1: all offsets 0; shifts change no mode's power); the model is left in eval mode."""
+    views of `plan` (unit 1: all offsets 0; shifts change no mode's power); the model is left in eval mode."""
     model.eval()
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:images].to(x.device)]
-    forward = model if views is None else lambda batch: view_averaged_logits(model, batch, 1, views)
+    forward = model if plan is None else lambda batch: view_averaged_logits(model, batch, 1, plan)
     total = torch.zeros(x.shape[-2:], dtype=torch.float64, device=x.device)
     for xb in x.split(SENSITIVITY_BATCH):
         xb = xb.detach().clone().requires_grad_(True)
@@ -176,8 +176,8 @@ def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
 def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceData, info: dict[str, Any],
                     temperature: float, yardstick: nn.Module) -> dict[str, Any]:
     """sensitivity.png and its numbers: the model's map beside the exact one (benchmark) or the yardstick's."""
-    channel, views, synthetic = info["channels"].index("density"), data.symmetry.views, info["source"] == "synthetic"
-    model_map = mode_sensitivity(model, data.x["valid"], channel, views) / temperature
+    channel, synthetic = info["channels"].index("density"), info["source"] == "synthetic"
+    model_map = mode_sensitivity(model, data.x["valid"], channel, data.symmetry) / temperature
     if synthetic:
         other, compared_with = bayes_sensitivity(model_map.shape[-1]), "exact likelihood ratio"
     else:

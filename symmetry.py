@@ -1,5 +1,6 @@
 """The symmetries of the square grid that the labelled training images show (each keeps or swaps the label),
 and their use: augmentation and test-time views (docs/usage.md, symmetries)."""
+import dataclasses
 import functools
 import itertools
 import math
@@ -69,16 +70,6 @@ class Symmetries:
         return len(self.rules) == 1 and not self.shifts
 
 
-@dataclass(frozen=True)
-class Views:
-    """Test-time views: the image and optionally one partner symmetry, each at shifts x shifts periodic shifts."""
-    rules: tuple[tuple[str, bool], ...]
-    shifts: int = 1
-
-    def count(self) -> int:
-        return len(self.rules) * self.shifts**2
-
-
 def parse_spec(text: str, flag: str) -> Symmetries:
     """'off', or a forced list such as 'flip0,flip1,transpose=swap,shift', closed into the group it generates."""
     if text == "off":
@@ -99,49 +90,51 @@ def parse_spec(text: str, flag: str) -> Symmetries:
     return Symmetries(tuple(group.items()), shifts)
 
 
-def views_of(group: Symmetries, shifts: int) -> Views:
-    """The image and its preferred partner in `group` (a swapping one first); shifts only where they hold."""
+def views_of(group: Symmetries, shifts: int) -> tuple[tuple[tuple[str, bool], ...], int]:
+    """The image and its preferred partner in `group` (a swapping one first), and the shifts per axis: `shifts`
+    where shifts hold, else 1."""
     rules = dict(group.rules)
     partner = [(n, rules[n]) for n in sorted(PARTNER_ORDER, key=lambda n: not rules.get(n)) if n in rules][:1]
-    return Views((("identity", False), *partner), shifts if group.shifts else 1)
+    return (("identity", False), *partner), shifts if group.shifts else 1
 
 
 @dataclass(frozen=True)
 class SymmetryPlan:
-    """What a run uses: the augmentation group, the views (None: the image alone) and the check's findings."""
+    """What a run uses: the augmentation group; the test-time views, the image and at most one partner symmetry,
+    each at view_shifts x view_shifts periodic shifts (1 view: the image alone); and the check's findings."""
     augment: Symmetries = Symmetries()
-    views: Views | None = None
+    views: tuple[tuple[str, bool], ...] = (("identity", False),)
+    view_shifts: int = 1
     found: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    def applied(self) -> tuple[tuple[str, bool], ...]:
-        return self.augment.rules + (self.views.rules if self.views else ())
+    def view_count(self) -> int:
+        return len(self.views) * self.view_shifts**2
 
     def whitening_group(self) -> tuple[str, ...]:
         """The group of everything augmentation and the views apply: whitening averaged over it commutes."""
-        return tuple(closure({n: False for n, _ in self.applied()}))
+        return tuple(closure({n: False for n, _ in self.augment.rules + self.views}))
 
     @property
     def swaps(self) -> bool:
-        return any(swap for _, swap in self.applied())
+        return any(swap for _, swap in self.augment.rules + self.views)
 
-    def epoch_views(self) -> Views | None:
-        """The unshifted views: those of the validation after each epoch."""
-        return None if self.views is None else Views(self.views.rules)
+    def epoch_views(self) -> "SymmetryPlan":
+        """The plan with unshifted views: those of the validation after each epoch."""
+        return dataclasses.replace(self, view_shifts=1)
 
     def describe(self) -> str:
         """The log line's and report.md's account of what augmentation and the views use."""
         used = [f"{n}{' (swaps)' * s}" for n, s in self.augment.rules[1:]] + ["periodic shifts"] * self.augment.shifts
-        v = self.views
-        return f"augmentation: {', '.join(used) or 'none'}; test-time views: " + ("none" if v is None else (
-            f"the image{''.join(f' and {n}' + ' (negated)' * s for n, s in v.rules[1:])} at {v.shifts**2} "
-            f"shift(s) each, {v.count()} views"))
+        views = "none" if self.view_count() == 1 else (
+            f"the image{''.join(f' and {n}' + ' (negated)' * s for n, s in self.views[1:])} at {self.view_shifts**2} "
+            f"shift(s) each, {self.view_count()} views")
+        return f"augmentation: {', '.join(used) or 'none'}; test-time views: {views}"
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "SymmetryPlan":
         """The plan from its saved form, dataclasses.asdict(plan)."""
-        a, v = d["augment"], d["views"]
-        views = None if v is None else Views(tuple(map(tuple, v["rules"])), v["shifts"])
-        return SymmetryPlan(Symmetries(tuple(map(tuple, a["rules"])), a["shifts"]), views, d["found"])
+        augment = Symmetries(tuple(map(tuple, d["augment"]["rules"])), d["augment"]["shifts"])
+        return SymmetryPlan(augment, tuple(map(tuple, d["views"])), d["view_shifts"], d["found"])
 
 
 def features(x: torch.Tensor) -> torch.Tensor:
@@ -246,8 +239,7 @@ def plan(augment: str, tta: str, tta_shifts: int, images: torch.Tensor, labels: 
                 f"{found['z_threshold']:.2f}); expect mislabelled images or wrong views; {flag} auto uses what holds")
         return forced
     group, view_group = resolve(augment, "--augment"), resolve(tta, "--tta")
-    views = None if view_group.trivial else views_of(view_group, tta_shifts)
-    chosen = SymmetryPlan(group, views, found)
+    chosen = SymmetryPlan(group, *views_of(view_group, tta_shifts), found)
     log(chosen.describe())
     return chosen
 
@@ -277,12 +269,12 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, group: Symmetries) -> tuple[
     return x, y
 
 
-def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, unit: int, views: Views) -> torch.Tensor:
-    """The model's logit averaged over the views, (B, 1); the shifts are spread evenly over `unit` pixels (a ViT's
-    patch). A swapping view votes negated: the average is antisymmetric and any learned offset cancels."""
-    offsets = sorted({unit * i // views.shifts for i in range(views.shifts)})
+def view_averaged_logits(model: torch.nn.Module, x: torch.Tensor, unit: int, plan: SymmetryPlan) -> torch.Tensor:
+    """The model's logit averaged over the plan's views, (B, 1); the shifts are spread evenly over `unit` pixels (a
+    ViT's patch). A swapping view votes negated: the average is antisymmetric and any learned offset cancels."""
+    offsets = sorted({unit * i // plan.view_shifts for i in range(plan.view_shifts)})
     total = torch.zeros(len(x), 1, device=x.device)
-    for (name, swap), rows, cols in itertools.product(views.rules, offsets, offsets):
+    for (name, swap), rows, cols in itertools.product(plan.views, offsets, offsets):
         logit = model(torch.roll(apply(x, name), (rows, cols), (-2, -1))).float()
         total += -logit if swap else logit
-    return total / (len(views.rules) * len(offsets) ** 2)
+    return total / (len(plan.views) * len(offsets) ** 2)

@@ -20,7 +20,7 @@ from cnn import ReferenceCNN
 from config import Config, UserError
 from data import DeviceData, epoch_batches
 from metrics import scores
-from symmetry import Views, augment_batch, view_averaged_logits
+from symmetry import SymmetryPlan, augment_batch, view_averaged_logits
 from vision_transformer import VisionTransformer
 
 
@@ -151,9 +151,10 @@ def build_training(cfg: Config, in_channels: int, image_size: int, n_train: int,
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, views: Views | None = None) -> torch.Tensor:
-    """Eval-mode logits of state 1, (N,), averaged over `views`; NonFinitePredictions where a forward pass overflows."""
-    forward = (lambda images: view_averaged_logits(model, images, model.shift_unit, views)) if views else model
+def predict_logits(model: nn.Module, x: torch.Tensor, plan: SymmetryPlan | None = None) -> torch.Tensor:
+    """Eval-mode logits of state 1, (N,), averaged over the plan's views; NonFinitePredictions where a forward pass
+    overflows."""
+    forward = model if plan is None else lambda images: view_averaged_logits(model, images, model.shift_unit, plan)
     model.eval()  # train_epoch switches back
     logits = torch.cat([forward(x[i:i + 2048]).float().squeeze(1) for i in range(0, len(x), 2048)])
     bad = int((~torch.isfinite(logits)).sum())
@@ -228,7 +229,7 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
     """Train until cfg.epochs or early stopping on validation log loss, calling on_epoch(state, improved)."""
     model, device, stop = training.model, data.x["train"].device, StopFlag()
     views = data.symmetry.epoch_views()  # image and partner, unshifted: the best epoch of all views in 12 of 12 runs
-    n = views.count() if views else 1
+    n = views.view_count()
     previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while state.epoch < cfg.epochs and state.epoch - state.best_epoch < cfg.patience:

@@ -29,8 +29,8 @@ def saved_logits(run_dir: Path, file: Path) -> np.ndarray:
     model = build_model(cfg, len(payload["stats"]["channels"]), payload["image_size"])
     model.load_state_dict(payload["model"])
     split = read_split(file, "input", tuple(payload["stats"]["channels"]), labelled=False)
-    views = SymmetryPlan.from_dict(payload["symmetry"]).views
-    return predict_logits(model, to_tensor(split, payload["stats"], "cpu"), views).numpy()
+    plan = SymmetryPlan.from_dict(payload["symmetry"])
+    return predict_logits(model, to_tensor(split, payload["stats"], "cpu"), plan).numpy()
 
 
 def test_the_run_writes_one_page_with_every_figure(finished_run):

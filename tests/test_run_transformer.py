@@ -219,7 +219,7 @@ def test_a_run_on_data_of_another_physics_uses_what_holds_and_reports_against_th
     used = summary["symmetry"]["augment"]
     assert used["rules"] == [["identity", False], ["flip1", False], ["flip0", False], ["rot180", False]]
     assert used["shifts"]
-    assert summary["symmetry"]["views"]["rules"][1] == ["flip0", False]
+    assert summary["symmetry"]["views"][1] == ["flip0", False]
     assert summary["reference"]["valid_acc"] > 0.9 and "bayes_accuracy" not in summary
     assert summary["sensitivity"]["compared_with"] == "reference classifier"
     page = (run_dir / "report.md").read_text()

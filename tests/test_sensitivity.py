@@ -7,9 +7,10 @@ from torch import nn
 
 import synthetic
 from report import bayes_sensitivity, map_correlation, mode_sensitivity
-from symmetry import Views
+from symmetry import SymmetryPlan
 
-PAIR = Views((("identity", False), ("transpose", True)), 4)  # the image and its transpose, which votes negated
+# the image and its transpose, which votes negated
+PAIR = SymmetryPlan(views=(("identity", False), ("transpose", True)), view_shifts=4)
 
 GRID = synthetic.GRID
 
@@ -56,7 +57,7 @@ def test_the_map_of_a_model_that_reads_one_mode_peaks_at_that_mode():
     assert peak in {(3, 5), (GRID - 3, GRID - 5)}  # k and -k: the same real wave
     assert sens[3, 5] > 0 and np.abs(np.delete(sens.ravel(), [3 * GRID + 5, (GRID - 3) * GRID + GRID - 5])).max() < 1e-6
     # through the view average, the transposed view votes with the opposite sign at the transposed mode
-    views = mode_sensitivity(model, x, channel=0, views=PAIR, images=64)
+    views = mode_sensitivity(model, x, channel=0, plan=PAIR, images=64)
     assert views[3, 5] > 0 > views[5, 3]
 
 

@@ -123,12 +123,12 @@ def test_forcing_what_the_data_contradict_warns_and_auto_uses_what_holds():
     lines = []
     plan = symmetry.plan("auto", BENCHMARK, 2, x, y, lines.append)
     assert plan.augment == symmetry.parse_spec("flip0,flip1,shift", "")
-    assert plan.views == symmetry.Views((("identity", False), ("transpose", True)), 2)  # forced, as asked
+    assert (plan.views, plan.view_shifts) == ((("identity", False), ("transpose", True)), 2)  # forced, as asked
     warnings = [line for line in lines if line.startswith("WARNING")]
     assert len(warnings) == 1 and "--tta" in warnings[0] and "transpose=swap" in warnings[0]
     assert "neither: transpose" in lines[0]
     plan = symmetry.plan("auto", "auto", 2, x[:30], y[:30], lines.append)  # 15 of each state: too few to tell
-    assert plan.augment.trivial and plan.views is None and "skipped" in lines[-2]
+    assert plan.augment.trivial and plan.view_count() == 1 and "skipped" in lines[-2]
 
 
 def test_augment_draws_group_elements_with_their_rules_and_shifts_only_where_they_hold():
@@ -158,10 +158,10 @@ def test_views_average_with_the_partners_sign_and_cover_every_shift():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
     x = torch.randn(5, 1, 8, 8)
-    swap = symmetry.Views((("identity", False), ("transpose", True)), 4)
+    swap = symmetry.SymmetryPlan(views=(("identity", False), ("transpose", True)), view_shifts=4)
     averaged = symmetry.view_averaged_logits(model, x, 4, swap)
     assert torch.allclose(symmetry.view_averaged_logits(model, x.transpose(-1, -2), 4, swap), -averaged, atol=1e-6)
-    keep = symmetry.Views((("identity", False), ("flip0", False)), 2)
+    keep = symmetry.SymmetryPlan(views=(("identity", False), ("flip0", False)), view_shifts=2)
     assert torch.allclose(symmetry.view_averaged_logits(model, x.flip(-2), 4, keep),
                           symmetry.view_averaged_logits(model, x, 4, keep), atol=1e-6)
     expected = sum((-1 if t else 1) * model(torch.roll(x.transpose(-1, -2) if t else x, (a, b), (-2, -1)))
@@ -170,7 +170,7 @@ def test_views_average_with_the_partners_sign_and_cover_every_shift():
     spread = sum(model(torch.roll(v, (a, b), (-2, -1))) for v in (x, x.flip(-2)) for a in (0, 2) for b in (0, 2)) / 8
     assert torch.allclose(symmetry.view_averaged_logits(model, x, 4, keep), spread, atol=1e-6)  # 2 shifts over 4
     assert symmetry.views_of(symmetry.parse_spec("flip0,flip1", ""), 4) == \
-        symmetry.Views((("identity", False), ("flip0", False)), 1)  # no shifts where they do not hold
+        ((("identity", False), ("flip0", False)), 1)  # no shifts where they do not hold
 
 
 @pytest.mark.parametrize("spec", [BENCHMARK, "flip0,flip1", "transpose,flip0=swap"])
@@ -211,7 +211,7 @@ def test_views_shift_by_the_models_own_unit():
     vit = VisionTransformer(in_channels=1, patch_size=7, emb_dim=16, depth=1, heads=2, mlp_dim=16).eval()
     assert vit.shift_unit == 7 and ReferenceCNN(in_channels=1).shift_unit == 4
     x = torch.randn(6, 1, 28, 28)
-    views = symmetry.Views((("identity", False), ("transpose", True)), 2)
+    views = symmetry.SymmetryPlan(views=(("identity", False), ("transpose", True)), view_shifts=2)
     logits = predict_logits(vit, x, views)
     assert torch.equal(logits, symmetry.view_averaged_logits(vit, x, 7, views).squeeze(1))
     # the unit matters: views within 4 pixels give other logits

@@ -84,12 +84,12 @@ class ValidatedWithAllViews(SymmetryPlan):
     """A plan whose validation after each epoch uses all views (those of the final scores), not the pair."""
 
     def epoch_views(self):
-        return self.views
+        return self
 
 
 def all_views_plan(tta_shifts: int) -> ValidatedWithAllViews:
     plan = benchmark_plan(tta_shifts)
-    return ValidatedWithAllViews(plan.augment, plan.views)
+    return ValidatedWithAllViews(plan.augment, plan.views, plan.view_shifts)
 
 
 def fit_tiny(benchmark, whiten: bool = True, on_epoch=lambda st, improved: None, **changes):
@@ -119,7 +119,7 @@ def test_fit_learns_and_records_consistent_metrics(tiny_benchmark):
     assert state.best_epoch == 1 + min(range(4), key=lambda i: state.history[i]["val_loss"])
     # validation loss and accuracy are those of the probabilities (of the plan's epoch views), whatever the
     # training loss
-    p = torch.sigmoid(predict_logits(training.model, data.x["valid"], data.symmetry.views))
+    p = torch.sigmoid(predict_logits(training.model, data.x["valid"], data.symmetry))
     assert row["val_loss"] == pytest.approx(F.binary_cross_entropy(p, data.y["valid"]).item(), rel=1e-4)
     assert row["val_acc"] == pytest.approx(((p > 0.5).float() == data.y["valid"]).float().mean().item())
 
@@ -167,7 +167,7 @@ def test_the_validation_after_each_epoch_uses_the_image_and_its_partner_unshifte
     """Those 2 views pick the best epoch (the final scores use all 32); the metrics rows say how many."""
     seen = []
     real = train.predict_logits
-    monkeypatch.setattr(train, "predict_logits", lambda model, x, v=None: seen.append(v.count()) or real(model, x, v))
+    monkeypatch.setattr(train, "predict_logits", lambda model, x, plan: seen.append(plan.view_count()) or real(model, x, plan))
     monkeypatch.setattr(ValidatedWithAllViews, "epoch_views", SymmetryPlan.epoch_views)
     state, *_ = fit_tiny(tiny_benchmark, epochs=2, tta_shifts=4)
     assert seen == [2, 2] and [row["val_views"] for row in state.history] == [2, 2]

@@ -163,7 +163,7 @@ def time_to_target(cfg: Config, targets: list[float], recipe: str, test_target: 
         reached = {"validation": row["val_acc"]}
         if tested:  # scored off the clock
             paused = time.perf_counter()
-            right = (predict_logits(training.model, data.x["test"], data.symmetry.views) > 0).float() == data.y["test"]
+            right = (predict_logits(training.model, data.x["test"], data.symmetry) > 0).float() == data.y["test"]
             reached["test"] = float(right.float().mean())
             clock["paused"] += time.perf_counter() - paused
         test = f"  test acc {reached['test']:.4f}" if tested else ""

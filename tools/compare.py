@@ -192,7 +192,7 @@ def score_run(run_dir: Path, path: Path, device: torch.device) -> dict[str, Any]
     payload = load_checkpoint(run_dir / "best.pt")
     split = read_split(path, "held-out", tuple(payload["stats"]["channels"]))
     x = to_tensor(split, payload["stats"], device)
-    logits = predict_logits(trained_model(payload, device), x, SymmetryPlan.from_dict(payload["symmetry"]).views).cpu()
+    logits = predict_logits(trained_model(payload, device), x, SymmetryPlan.from_dict(payload["symmetry"])).cpu()
     correct = (logits + payload.get("calibration", {}).get("offset", 0.0) > 0).numpy() == split.labels
     bayes = read_manifest(path.parent / HELDOUT_MANIFEST).get("bayes_accuracy")
     return {"acc": rounded(float(correct.mean())), "n": len(correct), "bayes_acc": bayes, "correct": pack(correct)}

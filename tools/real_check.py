@@ -25,8 +25,8 @@ def describe(name: str, model, payload: dict, path: Path, device: torch.device) 
     split = read_split(path, "input", tuple(stats["channels"]), labelled=False)
     answers = split.labels if (split.labels >= 0).all() else read_answer_key(path.parent, len(split))
     try:
-        views = SymmetryPlan.from_dict(payload["symmetry"]).views
-        p = torch.sigmoid(predict_logits(model, to_tensor(split, stats, device), views))
+        plan = SymmetryPlan.from_dict(payload["symmetry"])
+        p = torch.sigmoid(predict_logits(model, to_tensor(split, stats, device), plan))
     except NonFinitePredictions as e:
         raise Diverged(overflow_message(e, f"the model diverges on {path}", cfg.lr)) from None
     p = p.cpu().numpy()
