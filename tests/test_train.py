@@ -167,7 +167,8 @@ def test_the_validation_after_each_epoch_uses_the_image_and_its_partner_unshifte
     """Those 2 views pick the best epoch (the final scores use all 32); the metrics rows say how many."""
     seen = []
     real = train.predict_logits
-    monkeypatch.setattr(train, "predict_logits", lambda model, x, plan: seen.append(plan.view_count()) or real(model, x, plan))
+    monkeypatch.setattr(train, "predict_logits", lambda model, x, plan: seen.append(plan.view_count()) or
+                        real(model, x, plan))
     monkeypatch.setattr(ValidatedWithAllViews, "epoch_views", SymmetryPlan.epoch_views)
     state, *_ = fit_tiny(tiny_benchmark, epochs=2, tta_shifts=4)
     assert seen == [2, 2] and [row["val_views"] for row in state.history] == [2, 2]
