@@ -17,25 +17,19 @@ class UserError(Exception):
     """A problem with the user's input or environment: printed as one line, exit code 2, no traceback."""
 
 
-def _opt(role: str, default: Any, help: str, choices: tuple | None = None, check: Callable | None = None,
+def _opt(role: str, default: Any, help: str, choices: tuple | None = None, check: tuple | None = None,
          negation: str | None = None) -> Any:
-    """A Config field; `negation`: the value that a --no-FLAG form sets (for a str field)."""
+    """A Config field; `check`: (test of the value, what it must be); `negation`: the value that a --no-FLAG form
+    sets (for a str field)."""
     return field(default=default, metadata=dict(role=role, help=help, choices=choices, check=check, negation=negation))
 
 
-def rule(test: Callable[[Any], bool], text: str) -> Callable[[Any], bool]:
-    """A range check for `checked` and Config's `check`: `test`, with `text` as the message when it fails."""
-    test.__doc__ = text
-    return test
-
-
-positive = rule(lambda x: x > 0, "must be > 0")
-non_negative = rule(lambda x: x >= 0, "must be >= 0")
-probability = rule(lambda x: 0 <= x < 1, "must be in [0, 1)")
+positive = (lambda x: x > 0, "must be > 0")
+non_negative = (lambda x: x >= 0, "must be >= 0")
+probability = (lambda x: 0 <= x < 1, "must be in [0, 1)")
 
 
 def channel_spec(text: str) -> bool:
-    """'auto' or distinct names from density, recording_date separated by commas"""
     names = [n.strip() for n in text.split(",")]
     return text == "auto" or (all(n in CHANNEL_NAMES for n in names) and len(set(names)) == len(names))
 
@@ -45,7 +39,8 @@ class Config:
     data_dir: str = _opt(FIXED, "data", "folder of train.hdf5, valid.hdf5, test_no_labels.hdf5; without "
                          "train.hdf5 the synthetic benchmark is generated in DATA_DIR/synthetic")
     channels: str = _opt(FIXED, "auto", "input channels, comma separated from density, recording_date; auto "
-                         "drops those the shortcut guard flags", check=channel_spec)
+                         "drops those the shortcut guard flags", check=(channel_spec, "'auto' or distinct names "
+                         "from density, recording_date separated by commas"))
     whiten: bool = _opt(FIXED, True, "feed log-density whitened by the training set's mean power spectrum")
     augment: str = _opt(FIXED, "auto", "train on random symmetries: auto (those the training data show), off, "
                         "or a list such as flip0,flip1,transpose=swap,shift", negation="off")
@@ -96,15 +91,15 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def checked(kind: type, name: str, check: Callable | None = None) -> Callable[[str], Any]:
-    """An argparse type: `kind(text)`, refused with `check`'s docstring when `check(value)` fails."""
+def checked(kind: type, name: str, check: tuple | None = None) -> Callable[[str], Any]:
+    """An argparse type: `kind(text)`, refused when check = (test, what the value must be) fails."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}")
-        if check is not None and not check(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range for {flag(name)} ({check.__doc__})")
+        if check is not None and not check[0](value):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range for {flag(name)} ({check[1]})")
         return value
     return parse
 

@@ -139,7 +139,3 @@ def bayes_log_likelihood_ratio(density: np.ndarray, chunk: int = 4096) -> np.nda
              * weight).sum(dim=(1, 2)).numpy() / grid**2 for i in range(0, len(density), chunk)]
     # |X_k|^2 / N^2 has expectation lambda_k
     return 0.5 * np.concatenate(quad) - 0.5 * np.log(lam1 / lam0).sum()
-
-
-def bayes_predict(density: np.ndarray) -> np.ndarray:
-    return (bayes_log_likelihood_ratio(density) > 0).astype(np.int64)

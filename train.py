@@ -40,10 +40,6 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def signal_name(signum: int) -> str:
-    return signal.Signals(signum).name
-
-
 def overflow_message(problem: Exception | str, where: str, lr: float) -> str:
     """The one line of a non-finite loss, weights or predictions: where, what, and the likely cause."""
     return f"{where}: {problem}; the learning rate (--lr {lr:g}) is probably too high, try --lr {lr / 10:g}"
@@ -191,7 +187,8 @@ def train_epoch(training: Training, data: DeviceData, cfg: Config, epoch: int, s
     for step, idx in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                                     disable=not progress, file=sys.stderr)):
         if stop.signum is not None and not distributed.active():  # under DDP all ranks stop after the epoch
-            raise Interrupted(f"{signal_name(stop.signum)} during epoch {epoch + 1}, step {step + 1}", stop.signum)
+            name = signal.Signals(stop.signum).name
+            raise Interrupted(f"{name} during epoch {epoch + 1}, step {step + 1}", stop.signum)
         if cfg.compile and x.is_cuda:  # CUDA graphs may now overwrite the previous step's outputs
             torch.compiler.cudagraph_mark_step_begin()
         xb, yb = x[idx], y[idx]
@@ -257,7 +254,7 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
                 f"{row['gap_loss']:+.4f}" + ("  *" if improved else ""))
             signum = int(distributed.all_reduce(torch.tensor(stop.signum or 0, device=device), "max"))
             if signum:  # under DDP every rank stops when any rank was signalled
-                raise Interrupted(f"{signal_name(signum)} after epoch {epoch + 1}", signum)
+                raise Interrupted(f"{signal.Signals(signum).name} after epoch {epoch + 1}", signum)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -265,7 +262,7 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
 
 
 def raise_interrupted(signum: int, frame) -> None:
-    raise Interrupted(signal_name(signum), signum)
+    raise Interrupted(signal.Signals(signum).name, signum)
 
 
 def exit_code(body: Callable[[], int | None], hint: Callable[[Interrupted], str] = lambda e: "") -> int:
@@ -287,7 +284,7 @@ def exit_code(body: Callable[[], int | None], hint: Callable[[Interrupted], str]
             print(f"error: {e}", file=sys.stderr)
         return 3
     except (Interrupted, KeyboardInterrupt) as e:
-        e = e if isinstance(e, Interrupted) else Interrupted(signal_name(signal.SIGINT), signal.SIGINT)
+        e = e if isinstance(e, Interrupted) else Interrupted(signal.SIGINT.name, signal.SIGINT)
         if distributed.is_main():
             print(f"interrupted: {e}" + (f"; {hint(e)}" if hint(e) else ""), file=sys.stderr)
         return 128 + int(e.signum)

@@ -185,11 +185,6 @@ def time_to_target(cfg: Config, targets: list[float], recipe: str, test_target: 
           f"{max(r['val_acc'] for r in state.history):.4f}")
 
 
-def accuracy(x: float) -> bool:
-    """must be in (0, 1]"""
-    return 0 < x <= 1
-
-
 def command(argv: list[str] | None) -> None:
     p = Parser(prog="python -m tools.bench", description=__doc__, formatter_class=HelpFormatter)
     add_config_flags(p, ("device", "data_dir", "emb_dim", "depth", "heads", "mlp_dim", "batch_size", "precision",
@@ -202,8 +197,8 @@ def command(argv: list[str] | None) -> None:
     p.add_argument("--rounds", type=count("rounds"), default=0, help="turns per style (0: 1 on CUDA, 3 on CPU)")
     p.add_argument("--workers", type=count("workers"), default=2, help="DataLoader workers of the naive loop")
     p.add_argument("--time-to-target", action="store_true", help="instead: time --recipe to the targets")
-    p.add_argument("--target", type=checked(float, "target", accuracy), nargs="+", default=[0.83, 0.96],
-                   help="validation accuracies to time")
+    p.add_argument("--target", type=checked(float, "target", (lambda x: 0 < x <= 1, "must be in (0, 1]")), nargs="+",
+                   default=[0.83, 0.96], help="validation accuracies to time")
     p.add_argument("--test-target", type=checked(float, "test_target", non_negative), default=0.98,
                    help="test accuracy to time (all test-time views, answer key), 0: none")
     p.add_argument("--recipe", default="--loss smooth", help="run_transformer flags timed (the README's command)")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from config import (EXECUTION, Config, HelpFormatter, Parser, UserError, add_con
 from data import ANSWER_FILE, SPLIT_FILES, load_splits, read_split, to_device, to_tensor
 from fileio import append_text, changed_files, fingerprint, provenance, rounded, write_json, write_text
 from symmetry import SymmetryPlan
-from train import Interrupted, exit_code, pick_device, predict_logits, resolve_precision, signal_name
+from train import Interrupted, exit_code, pick_device, predict_logits, resolve_precision
 from tools.compare_report import metrics, pack, write_report
 
 ENTRY = Path(__file__).resolve().parents[1] / "run_transformer.py"
@@ -156,7 +157,7 @@ def ensure_heldout(directory: Path, seed: int = 0, per_class: int = PER_CLASS) -
     split = synthetic.make_split(per_class, per_class, "test", np.random.default_rng([seed, STREAM]))
     synthetic.write_hdf5(path, {"density": split["density"], "recording_date": split["recording_date"],
                                 "labels": split["labels"].astype(np.int8)[:, None]})
-    bayes = float((synthetic.bayes_predict(split["density"]) == split["labels"]).mean())
+    bayes = float(((synthetic.bayes_log_likelihood_ratio(split["density"]) > 0) == split["labels"]).mean())
     write_json(manifest, {**wanted, "bayes_accuracy": bayes})
     return path
 
@@ -244,7 +245,7 @@ def train_one(cfg: Config, threads: int = 0) -> dict[str, Any]:
             RUNNING.discard(proc)
     last = ([""] + (folder / "log.txt").read_text().strip().splitlines())[-1].removeprefix("error: ")
     if code > 128:
-        raise Interrupted(signal_name(code - 128), code - 128)
+        raise Interrupted(signal.Signals(code - 128).name, code - 128)
     if code not in (0, 3):
         raise UserError(f"{folder}: run_transformer.py exited with code {code}: {last}")
     written = [p for p in folder.glob("*/summary.json") if p not in earlier]  # this attempt's, if any

@@ -30,7 +30,7 @@ def describe(name: str, model, payload: dict, path: Path, device: torch.device) 
     except NonFinitePredictions as e:
         raise Diverged(overflow_message(e, f"the model diverges on {path}", cfg.lr)) from None
     p = p.cpu().numpy()
-    state1, bayes = p > 0.5, synthetic.bayes_predict(split.channels["density"])
+    state1, bayes = p > 0.5, synthetic.bayes_log_likelihood_ratio(split.channels["density"]) > 0
     print(f"{name:15s} n {len(state1):5d}  agrees with the likelihood-ratio test {(state1 == bayes).mean():.1%}  "
           f"state 1 {state1.mean():.1%}  mean confidence {np.maximum(p, 1 - p).mean():.3f}"
           + (f"  accuracy {(state1 == answers).mean():.1%} (likelihood-ratio test {(bayes == answers).mean():.1%})"

@@ -303,7 +303,7 @@ def test_the_heldout_set_is_balanced_test_like_and_generated_once(tmp_path: Path
     assert np.bincount(labels).tolist() == [300, 300]
     assert set(np.unique(dates)) == {7, 8, 9}, "recording_date random per pixel, as in the test file"
     bayes = json.loads((path.parent / compare.HELDOUT_MANIFEST).read_text())["bayes_accuracy"]
-    assert bayes == pytest.approx(np.mean(synthetic.bayes_predict(density) == labels))
+    assert bayes == pytest.approx(np.mean((synthetic.bayes_log_likelihood_ratio(density) > 0) == labels))
     # its own random stream: not a copy of any split the benchmark draws with the same seed
     assert not np.array_equal(density[:100], synthetic.make_split(100, 0, "test", np.random.default_rng([0, 2]))
                               ["density"])
