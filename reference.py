@@ -1,6 +1,7 @@
-"""The yardstick on any data set: logistic regression on the model's inputs' pixels, Fourier mode powers and log
-powers (the exact log-likelihood ratio of Gaussian fields is linear in the powers), L2 chosen on a stratified fifth
-of the training split. An nn.Module, so report.py maps its sensitivity like the model's."""
+"""What the ViT is measured against: the scientist's reference CNN (--model cnn), the strongly regularised model the
+ViT is meant to mimic, and the yardstick on any data set, a logistic regression on the model's inputs' pixels, Fourier
+mode powers and log powers (the exact log-likelihood ratio of Gaussian fields is linear in the powers), L2 chosen on
+a stratified fifth of the training split; an nn.Module, so report.py maps its sensitivity like the model's."""
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,27 @@ L2_GRID = (1e-4, 1e-3, 1e-2)  # per-sample L2 penalty on the standardised featur
 MAX_TRAIN = 12_000  # training images the fit reads at most (drawn at random): ~80 MB of features at 28x28
 ITERATIONS = 40
 Z_SHORT = 1.96  # the model is "clearly short" of the reference when it trails by more than this many std errors
+
+
+def conv_block(cin: int, cout: int) -> nn.Sequential:
+    """3x3 conv -> BatchNorm -> ReLU -> 2x2 max-pool -> Dropout2d: halves the image side."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.MaxPool2d(2), nn.Dropout2d(0.25))
+
+
+class ReferenceCNN(nn.Module):
+    """(B, C, S, S) -> (B, 1) logits: two conv blocks (C -> 16 -> 32), then Linear(32*S*S/16 -> 128 -> 1), S % 4 = 0."""
+
+    def __init__(self, *, in_channels: int = 2, image_size: int = 28):
+        super().__init__()
+        side = image_size // 4
+        self.shift_unit = 4  # the total stride of the two max-pools: a shift by 4 moves the map by one cell
+        self.features = nn.Sequential(conv_block(in_channels, 16), conv_block(16, 32))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * side * side, 128), nn.ReLU(inplace=True),
+                                        nn.Dropout(0.5), nn.Linear(128, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(images))
 
 
 def mode_features(x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 import distributed
-from cnn import ReferenceCNN
+from reference import ReferenceCNN
 from config import Config, UserError
 from data import DeviceData, epoch_batches
 from metrics import scores

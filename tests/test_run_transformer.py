@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import run_transformer
-from cnn import ReferenceCNN
+from reference import ReferenceCNN
 from config import Config, UserError
 from conftest import SMALL_VIT
 from data import read_answer_key

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import symmetry
-from cnn import ReferenceCNN
+from reference import ReferenceCNN
 from config import UserError
 from data import fit_stats
 from synthetic import wave_vectors

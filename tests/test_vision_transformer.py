@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnn import ReferenceCNN
+from reference import ReferenceCNN
 from config import Config
 from train import build_training, resolve_precision
 import torch.nn.functional as F
