@@ -12,7 +12,6 @@ import synthetic
 
 FALSE_FLAG_RATE = 2e-4  # share of fresh training-like samples flagged
 WARN_SHARE = 0.01  # warn when more of a file is flagged than this
-RANGE_PERCENTILES = (0.1, 99.9)  # the per-feature training range reported beside the flags
 BAND_EDGES = (1, 2, 4, 7, 10, 14, np.inf)  # |k| bands of the radially averaged power spectrum (grid units)
 FEATURES = ["mean of log-density", "std of log-density",
             *(f"power at {lo}<=|k|<{hi}" if np.isfinite(hi) else f"power at |k|>={lo}"
@@ -38,15 +37,14 @@ def table(channels: dict[str, np.ndarray], others: list[str]) -> np.ndarray:
 
 
 def describe(values: np.ndarray, others: list[str] = ()) -> dict:
-    """The training set's `table` as plain lists (saved in the checkpoint): median, scale, range, flag threshold."""
+    """The training set's `table` as plain lists (saved in the checkpoint): median, scale, flag threshold."""
     names = FEATURES + [f"{stat} of {name}" for name in others for stat in ("mean", "std")]
     q16, median, q84 = np.percentile(values, [15.87, 50, 84.13], axis=0)
-    low, high = np.percentile(values, RANGE_PERCENTILES, axis=0)
     # a feature that never varies in training (a constant channel's std) gets a tiny scale: any change is flagged
     scale = np.maximum((q84 - q16) / 2, 1e-12)
     threshold = np.quantile(np.abs((values - median) / scale).max(axis=1), 1 - FALSE_FLAG_RATE)
     return {"features": names, "channels": list(others), "median": median.tolist(), "scale": scale.tolist(),
-            "low": low.tolist(), "high": high.tolist(), "n": len(values), "threshold": float(threshold)}
+            "n": len(values), "threshold": float(threshold)}
 
 
 @dataclass
@@ -54,13 +52,12 @@ class DriftCheck:
     """Flags of one file against a training description, and what differs."""
     flags: np.ndarray  # (N,) bool: outside the training range
     share: float  # flags.mean()
-    outside: dict[str, dict[str, float]]  # feature -> share below and above the training 0.1-99.9 % range
     culprits: dict[str, float]  # "feature higher|lower" -> share of samples flagged mainly by it
     warn: bool  # share > WARN_SHARE
 
     def summary(self) -> dict:  # for summary.json and the report
         return {"n": len(self.flags), "share_flagged": self.share, "warning": self.warn,
-                "flagged_by": self.culprits, "outside_training_range": self.outside}
+                "flagged_by": self.culprits}
 
 
 def check(reference: dict, values: np.ndarray) -> DriftCheck:
@@ -71,12 +68,10 @@ def check(reference: dict, values: np.ndarray) -> DriftCheck:
     valid = np.isfinite(z).all(axis=1)
     score = np.abs(np.where(valid[:, None], z, 0))
     flags = ~valid | (score.max(axis=1) > reference["threshold"])
-    outside = {name: {"below": float(np.mean(values[:, i] < lo)), "above": float(np.mean(values[:, i] > hi))}
-               for i, (name, lo, hi) in enumerate(zip(names, reference["low"], reference["high"]))}
     keys = [f"{names[w]} {'higher' if row[w] > 0 else 'lower'}" if ok else "density not positive, or constant"
             for row, w, ok in zip(z[flags], score[flags].argmax(axis=1), valid[flags])]
     culprits = {key: n / len(flags) for key, n in Counter(sorted(keys)).most_common()}
-    return DriftCheck(flags, float(flags.mean()), outside, culprits, float(flags.mean()) > WARN_SHARE)
+    return DriftCheck(flags, float(flags.mean()), culprits, float(flags.mean()) > WARN_SHARE)
 
 
 def warning_line(result: DriftCheck, what: str) -> str:

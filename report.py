@@ -353,9 +353,7 @@ def drift_section(result: dict[str, Any] | None) -> list[str]:
               f"({verdict}; a fresh training-like sample is flagged with probability {drift.FALSE_FLAG_RATE:.2%})."
               + ("" if not test["flagged_by"] else " Flagged mainly by: " + ", ".join(
                   f"{k} ({show(v)})" for k, v in test["flagged_by"].items()) + "."), ""]
-    rows = [(name.replace("|", "&#124;"), show(side["below"]), show(side["above"]))
-            for name, side in test["outside_training_range"].items()]
-    return lines + table(("feature", "below the training 0.1 %", "above the training 99.9 %"), rows)
+    return lines
 
 
 def sensitivity_section(result: dict[str, Any] | None) -> list[str]:

@@ -35,9 +35,6 @@ def reference() -> dict:
 def test_a_fresh_sample_of_the_training_distribution_is_rarely_flagged(reference):
     fresh = drift.check(reference, rows(benchmark_density(1000, 1000, seed=2)))
     assert fresh.share < drift.WARN_SHARE / 2 and not fresh.warn
-    # per-feature 0.1-99.9 % ranges alone would flag several times more: the multiple-testing problem
-    anywhere = 1 - np.prod([1 - sum(side.values()) for side in fresh.outside.values()])
-    assert fresh.share < anywhere
 
 
 def test_the_benchmarks_own_test_split_and_one_state_only_raise_no_warning(reference, tiny_benchmark):
