@@ -17,6 +17,8 @@ ELEMENTS = {"identity": (False, False, False), "flip1": (False, False, True), "f
             "rot180": (False, True, True), "transpose": (True, False, False), "rot270": (True, False, True),
             "rot90": (True, True, False), "antitranspose": (True, True, True)}
 NAMES = tuple(ELEMENTS)
+Rules = tuple[tuple[str, bool], ...]  # a group: (element, whether it swaps the state) each, identity first
+IDENTITY: Rules = (("identity", False),)
 PARTNER_ORDER = ("transpose", "antitranspose", "rot90", "rot270", "flip0", "flip1", "rot180")  # swapping first
 FALSE_ALARM = 0.01  # probability that the check rejects any symmetry that truly holds (Bonferroni)
 MAX_FEATURE_VALUES = 12_000_000  # images x features the check holds at once (~50 MB of float32)
@@ -59,21 +61,11 @@ def closure(rules: dict[str, bool]) -> dict[str, bool] | None:
         group = grown
 
 
-@dataclass(frozen=True)
-class Symmetries:
-    """A group of symmetries, each with its label rule (identity first), and whether periodic shifts keep it."""
-    rules: tuple[tuple[str, bool], ...] = (("identity", False),)
-    shifts: bool = False
-
-    @property
-    def trivial(self) -> bool:
-        return len(self.rules) == 1 and not self.shifts
-
-
-def parse_spec(text: str, flag: str) -> Symmetries:
-    """'off', or a forced list such as 'flip0,flip1,transpose=swap,shift', closed into the group it generates."""
+def parse_spec(text: str, flag: str) -> tuple[Rules, bool]:
+    """'off', or a forced list such as 'flip0,flip1,transpose=swap,shift': the rules of the group it generates, and
+    whether periodic shifts keep the state."""
     if text == "off":
-        return Symmetries()
+        return IDENTITY, False
     rules, shifts = {}, False
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, rule = item.partition("=")
@@ -87,36 +79,42 @@ def parse_spec(text: str, flag: str) -> Symmetries:
     group = closure(rules)
     if group is None:
         raise UserError(f"{flag} {text!r}: these rules contradict (a product would keep and swap the label); drop one")
-    return Symmetries(tuple(group.items()), shifts)
+    return tuple(group.items()), shifts
 
 
-def views_of(group: Symmetries, shifts: int) -> tuple[tuple[tuple[str, bool], ...], int]:
-    """The image and its preferred partner in `group` (a swapping one first), and the shifts per axis: `shifts`
-    where shifts hold, else 1."""
-    rules = dict(group.rules)
+def views_of(group: Rules, shifts: bool, view_shifts: int) -> tuple[Rules, int]:
+    """The image and its preferred partner in `group` (a swapping one first), and the shifts per axis: `view_shifts`
+    where shifts keep the state, else 1."""
+    rules = dict(group)
     partner = [(n, rules[n]) for n in sorted(PARTNER_ORDER, key=lambda n: not rules.get(n)) if n in rules][:1]
-    return (("identity", False), *partner), shifts if group.shifts else 1
+    return (*IDENTITY, *partner), view_shifts if shifts else 1
 
 
 @dataclass(frozen=True)
 class SymmetryPlan:
-    """What a run uses: the augmentation group; the test-time views, the image and at most one partner symmetry,
-    each at view_shifts x view_shifts periodic shifts (1 view: the image alone); and the check's findings."""
-    augment: Symmetries = Symmetries()
-    views: tuple[tuple[str, bool], ...] = (("identity", False),)
+    """What a run uses: augmentation by a group of symmetries (rules) and, if `shifts`, periodic shifts; the test-time
+    views, the image and at most one partner, each at view_shifts x view_shifts periodic shifts (1 view: the image
+    alone); and the check's findings."""
+    augment: Rules = IDENTITY
+    shifts: bool = False
+    views: Rules = IDENTITY
     view_shifts: int = 1
     found: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def augments(self) -> bool:
+        return len(self.augment) > 1 or self.shifts
 
     def view_count(self) -> int:
         return len(self.views) * self.view_shifts**2
 
     def whitening_group(self) -> tuple[str, ...]:
         """The group of everything augmentation and the views apply: whitening averaged over it commutes."""
-        return tuple(closure({n: False for n, _ in self.augment.rules + self.views}))
+        return tuple(closure({n: False for n, _ in self.augment + self.views}))
 
     @property
     def swaps(self) -> bool:
-        return any(swap for _, swap in self.augment.rules + self.views)
+        return any(swap for _, swap in self.augment + self.views)
 
     def epoch_views(self) -> "SymmetryPlan":
         """The plan with unshifted views: those of the validation after each epoch."""
@@ -124,7 +122,7 @@ class SymmetryPlan:
 
     def describe(self) -> str:
         """The log line's and report.md's account of what augmentation and the views use."""
-        used = [f"{n}{' (swaps)' * s}" for n, s in self.augment.rules[1:]] + ["periodic shifts"] * self.augment.shifts
+        used = [f"{n}{' (swaps)' * s}" for n, s in self.augment[1:]] + ["periodic shifts"] * self.shifts
         views = "none" if self.view_count() == 1 else (
             f"the image{''.join(f' and {n}' + ' (negated)' * s for n, s in self.views[1:])} at {self.view_shifts**2} "
             f"shift(s) each, {self.view_count()} views")
@@ -133,8 +131,8 @@ class SymmetryPlan:
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "SymmetryPlan":
         """The plan from its saved form, dataclasses.asdict(plan)."""
-        augment = Symmetries(tuple(map(tuple, d["augment"]["rules"])), d["augment"]["shifts"])
-        return SymmetryPlan(augment, tuple(map(tuple, d["views"])), d["view_shifts"], d["found"])
+        return SymmetryPlan(tuple(map(tuple, d["augment"])), d["shifts"], tuple(map(tuple, d["views"])),
+                            d["view_shifts"], d["found"])
 
 
 def features(x: torch.Tensor) -> torch.Tensor:
@@ -202,15 +200,16 @@ def check(images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     return found
 
 
-def largest_group(found: dict[str, Any]) -> Symmetries:
-    """The largest subgroup whose elements all hold with consistent rules (of equal ones, the first in NAMES)."""
+def largest_group(found: dict[str, Any]) -> tuple[Rules, bool]:
+    """The largest subgroup whose elements all hold with consistent rules (of equal ones, the first in NAMES), and
+    whether periodic shifts hold."""
     holds = {"identity": False} | {n: r["verdict"] == "swaps" for n, r in found["elements"].items()
                                    if r["verdict"] in ("keeps", "swaps")}
     candidates = (closure({n: holds[n] for n in generators})
                   for size in range(len(holds)) for generators in itertools.combinations(list(holds)[1:], size))
     groups = [group for group in candidates if group is not None and group.items() <= holds.items()]
     best = min(groups, key=lambda group: (-len(group), [NAMES.index(n) for n in group]))
-    return Symmetries(tuple(best.items()), found["shifts"]["verdict"] == "keeps")
+    return tuple(best.items()), found["shifts"]["verdict"] == "keeps"
 
 
 def plan(augment: str, tta: str, tta_shifts: int, images: torch.Tensor, labels: torch.Tensor, log=print
@@ -226,43 +225,43 @@ def plan(augment: str, tta: str, tta_shifts: int, images: torch.Tensor, labels: 
             f"symmetry is rejected with probability <= {FALSE_ALARM:.0%}): " + "; ".join(
                 f"{v}: {', '.join(n for n in verdicts if verdicts[n] == v)}" for v in dict.fromkeys(verdicts.values())))
 
-    def resolve(spec: str, flag: str) -> Symmetries:
+    def resolve(spec: str, flag: str) -> tuple[Rules, bool]:
         if spec == "auto":
-            return largest_group(found) if found else Symmetries()
+            return largest_group(found) if found else (IDENTITY, False)
         forced = parse_spec(spec, flag)
-        rejected = [f"{n}={'swap' if s else 'keep'} (z {z:.1f})" for n, s in forced.rules[1:]
+        rejected = [f"{n}={'swap' if s else 'keep'} (z {z:.1f})" for n, s in forced[0][1:]
                     if found and (z := found["elements"][n]["swap_z" if s else "keep_z"]) >= found["z_threshold"]]
-        if found and forced.shifts and found["shifts"]["verdict"] != "keeps":
+        if found and forced[1] and found["shifts"]["verdict"] != "keeps":
             rejected.append(f"shift (z {found['shifts']['keep_z']:.1f})")
         if rejected:
             log(f"WARNING: {flag} {spec} forces what the training data contradict: {', '.join(rejected)} (z above "
                 f"{found['z_threshold']:.2f}); expect mislabelled images or wrong views; {flag} auto uses what holds")
         return forced
-    group, view_group = resolve(augment, "--augment"), resolve(tta, "--tta")
-    chosen = SymmetryPlan(group, *views_of(view_group, tta_shifts), found)
+    chosen = SymmetryPlan(*resolve(augment, "--augment"), *views_of(*resolve(tta, "--tta"), tta_shifts), found)
     log(chosen.describe())
     return chosen
 
 
 @functools.lru_cache(maxsize=None)
-def _table(group: Symmetries, device: torch.device) -> torch.Tensor:
+def _table(group: Rules, device: torch.device) -> torch.Tensor:
     """(8, 4) bools per slot (transpose, flip rows, flip columns, swap): slot i holds element i mod |group|,
     and |group| divides 8, so a uniform slot is a uniform element."""
-    rows = [(*ELEMENTS[n], s) for n, s in group.rules]
+    rows = [(*ELEMENTS[n], s) for n, s in group]
     return torch.tensor([rows[i % len(rows)] for i in range(8)], dtype=torch.bool, device=device)
 
 
-def augment_batch(x: torch.Tensor, y: torch.Tensor, group: Symmetries) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random element of `group` per image (label swapped by its rule), with shifts one per batch; no host sync."""
+def augment_batch(x: torch.Tensor, y: torch.Tensor, plan: SymmetryPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random element of the plan's group per image (label swapped by its rule), with shifts one per batch (where
+    they keep the state); no host sync."""
     b = len(x)
     draws = torch.rand(3, b, device=x.device) < 0.5
     slot = draws[0].long() * 4 + draws[1].long() * 2 + draws[2].long()
-    pick = _table(group, x.device)[slot].T.view(4, b, 1, 1, 1)
+    pick = _table(plan.augment, x.device)[slot].T.view(4, b, 1, 1, 1)
     x = torch.where(pick[0], x.transpose(-1, -2), x)
     x = torch.where(pick[1], x.flip(-2), x)
     x = torch.where(pick[2], x.flip(-1), x)
     y = torch.where(pick[3].view(b), 1 - y, y)
-    if group.shifts:
+    if plan.shifts:
         shift = torch.randint(0, x.shape[-1], (2,), device=x.device)
         idx = (torch.arange(x.shape[-1], device=x.device) - shift[:, None]) % x.shape[-1]
         x = x.index_select(-2, idx[0]).index_select(-1, idx[1])

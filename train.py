@@ -192,8 +192,8 @@ def train_epoch(training: Training, data: DeviceData, cfg: Config, epoch: int, s
         if cfg.compile and x.is_cuda:  # CUDA graphs may now overwrite the previous step's outputs
             torch.compiler.cudagraph_mark_step_begin()
         xb, yb = x[idx], y[idx]
-        if not data.symmetry.augment.trivial:
-            xb, yb = augment_batch(xb, yb, data.symmetry.augment)
+        if data.symmetry.augments:
+            xb, yb = augment_batch(xb, yb, data.symmetry)
         with training.autocast:
             logits = model(xb).float().squeeze(1)
         loss = training.loss_fn(logits, yb)

@@ -84,4 +84,4 @@ def benchmark_plan(tta_shifts: int = 4) -> symmetry.SymmetryPlan:
     """What the symmetry check finds on the built-in benchmark (tests/test_symmetry.py checks that it does):
     reflections and shifts keep the state, a transpose swaps it; views: the image and its transpose."""
     group = symmetry.parse_spec("flip0,flip1,transpose=swap,shift", "")
-    return symmetry.SymmetryPlan(group, *symmetry.views_of(group, tta_shifts))
+    return symmetry.SymmetryPlan(*group, *symmetry.views_of(*group, tta_shifts))

@@ -89,7 +89,7 @@ class ValidatedWithAllViews(SymmetryPlan):
 
 def all_views_plan(tta_shifts: int) -> ValidatedWithAllViews:
     plan = benchmark_plan(tta_shifts)
-    return ValidatedWithAllViews(plan.augment, plan.views, plan.view_shifts)
+    return ValidatedWithAllViews(plan.augment, plan.shifts, plan.views, plan.view_shifts)
 
 
 def fit_tiny(benchmark, whiten: bool = True, on_epoch=lambda st, improved: None, **changes):
