@@ -309,8 +309,6 @@ def resolve_data_dir(cfg: Config, log: Callable[[str], None]) -> tuple[Path, str
                    if Path(n).stem.lower() in wanted and n not in SPLIT_FILES.values()]
         if renames:
             advice = f"rename {', '.join(renames)}"
-        elif set(found) & set(SPLIT_FILES.values()):
-            advice = f"put {SPLIT_FILES['train']} beside them"
         else:
             advice = f"the run reads {', '.join(SPLIT_FILES.values())} (with datasets density, recording_date, labels)"
         raise UserError(f"{data_dir} has no {SPLIT_FILES['train']} but holds {', '.join(found[:6])}"

@@ -143,9 +143,3 @@ def provenance(argv: list[str] | None = None) -> dict[str, Any]:
     changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE) if commit else None
     return {"commit": commit or "unknown", "dirty": None if changes is None else bool(changes),
             "command": "python " + shlex.join(argv)}
-
-
-def provenance_line(record: dict[str, Any]) -> str:
-    """`code a1b2c3d4e5f6 (uncommitted changes), command: python ...`."""
-    state = {True: " (uncommitted changes)", False: "", None: " (unknown whether changed)"}[record["dirty"]]
-    return f"code {record['commit'][:12]}{state}, command: {record['command']}"

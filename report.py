@@ -20,8 +20,6 @@ from symmetry import SymmetryPlan, view_averaged_logits
 from train import TrainState, predict_logits
 
 SPLIT_NAMES = {"valid": "validation", "test": "test"}
-METRIC_COLUMNS = ("epoch", "lr", "train_objective", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc",
-                  "val_views", "gap_acc", "gap_loss")
 SENSITIVITY_IMAGES = 512  # validation images averaged: the map's noise is a few % of its peak
 SENSITIVITY_BATCH = 64
 
@@ -200,9 +198,10 @@ def map_sensitivity(run_dir: Path, model: nn.Module, cfg: Config, data: DeviceDa
 
 
 def write_metrics_csv(path: str | Path, history: list[dict[str, float]]) -> Path:
-    """One row per epoch, rewritten whole, so a resumed run continues the same table."""
-    rows = [",".join(str(row.get(column, "")) for column in METRIC_COLUMNS) for row in rounded(history)]
-    return write_text(path, "\n".join([",".join(METRIC_COLUMNS), *rows]) + "\n")
+    """One row per epoch, the columns of fit's history, rewritten whole, so a resumed run continues the same table."""
+    columns = list(history[0])
+    rows = [",".join(str(row[column]) for column in columns) for row in rounded(history)]
+    return write_text(path, "\n".join([",".join(columns), *rows]) + "\n")
 
 
 def write_predictions(path: str | Path, probabilities: np.ndarray) -> Path:
@@ -349,11 +348,10 @@ def drift_section(result: dict[str, Any] | None) -> list[str]:
         return lines + ["Not run: the training density has values ≤ 0.", ""]
     test = result["test"]
     verdict = "WARNING: more than 1 % flagged" if test["warning"] else "no warning"
-    lines += [f"{show(test['share_flagged'])} of {test['n']} test samples lie outside the training data's range "
-              f"({verdict}; a fresh training-like sample is flagged with probability {drift.FALSE_FLAG_RATE:.2%})."
-              + ("" if not test["flagged_by"] else " Flagged mainly by: " + ", ".join(
-                  f"{k} ({show(v)})" for k, v in test["flagged_by"].items()) + "."), ""]
-    return lines
+    culprits = ", ".join(f"{k} ({show(v)})" for k, v in test["flagged_by"].items())
+    rate = f"a fresh training-like sample is flagged with probability {drift.FALSE_FLAG_RATE:.2%}"
+    return lines + [f"{show(test['share_flagged'])} of {test['n']} test samples lie outside the training data's "
+                    f"range ({verdict}; {rate})." + (f" Flagged mainly by: {culprits}." if culprits else ""), ""]
 
 
 def sensitivity_section(result: dict[str, Any] | None) -> list[str]:

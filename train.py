@@ -261,15 +261,13 @@ def fit(training: Training, data: DeviceData, cfg: Config, state: TrainState,
     return state
 
 
-def raise_interrupted(signum: int, frame) -> None:
-    raise Interrupted(signal.Signals(signum).name, signum)
-
-
 def exit_code(body: Callable[[], int | None], hint: Callable[[Interrupted], str] = lambda e: "") -> int:
     """Every entry point's exit code, `sys.exit(exit_code(lambda: body(args), hint))`: 0 done, 2 bad input (one
     line, no traceback), 3 diverged, 128 + signal number when interrupted. SIGINT/SIGTERM raise Interrupted
     (fit's StopFlag takes over while training); a UserError is printed by every rank, a divergence or an
     interruption (with hint(e)) by rank 0 only."""
+    def raise_interrupted(signum: int, frame) -> None:
+        raise Interrupted(signal.Signals(signum).name, signum)
     main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
     previous = {s: signal.signal(s, raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:

@@ -75,7 +75,7 @@ CASES: dict[str, tuple[Setup, list[str]]] = {
     "split-missing": (lambda d, tmp, run: (d / "valid.hdf5").unlink() or [],
                       ["valid file", "valid.hdf5 not found", "put valid.hdf5 in --data-dir"]),
     "train-missing": (lambda d, tmp, run: (d / "train.hdf5").unlink() or [],
-                      ["has no train.hdf5 but holds", "valid.hdf5", "put train.hdf5 beside them"]),
+                      ["has no train.hdf5 but holds", "valid.hdf5", "the run reads train.hdf5"]),
     "not-hdf5": (lambda d, tmp, run: (d / "train.hdf5").write_text("density,labels\n1,0\n") and [],
                  ["train.hdf5 is not a readable HDF5 file", "copy it again"]),
     "truncated": (lambda d, tmp, run: (d / "test_no_labels.hdf5").write_bytes(

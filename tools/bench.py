@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from config import Config, HelpFormatter, Parser, UserError, add_config_flags, checked, non_negative, parse_config
 from data import SPLIT_FILES, DeviceData, load_data
-from fileio import provenance, provenance_line
+from fileio import provenance
 from train import (StopFlag, TrainState, build_model, build_scheduler, build_training, exit_code, fit, pick_device,
                    predict_logits, resolve_precision, train_epoch)
 
@@ -203,7 +203,7 @@ def command(argv: list[str] | None) -> None:
                    help="test accuracy to time (all test-time views, answer key), 0: none")
     p.add_argument("--recipe", default="--loss smooth", help="run_transformer flags timed (the README's command)")
     args = p.parse_args(argv)
-    print(provenance_line(provenance(None if argv is None else [__file__, *argv])))
+    print("provenance:", provenance(None if argv is None else [__file__, *argv]))
     if not args.time_to_target:
         return throughput(args)
     recipe = ["--device", args.device, "--data-dir", args.data_dir, *shlex.split(args.recipe)]
