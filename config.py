@@ -47,7 +47,6 @@ class Config:
     tta: str = _opt(FIXED, "auto", "predict the mean logit over symmetric views: auto, off or a list as for "
                     "--augment", negation="off")
     tta_shifts: int = _opt(FIXED, 4, "views' periodic shifts per axis within a patch", check=positive)
-    synthetic_seed: int = _opt(FIXED, 0, "seed of the synthetic benchmark generator")
     model: str = _opt(FIXED, "vit", "the BatchNorm Vision Transformer or the reference CNN", choices=("vit", "cnn"))
     patch_size: int = _opt(FIXED, 4, "side of the square patches (must divide the image size)", check=positive)
     emb_dim: int = _opt(FIXED, 32, "token width of the ViT", check=positive)

@@ -314,10 +314,8 @@ def resolve_data_dir(cfg: Config, log: Callable[[str], None]) -> tuple[Path, str
         raise UserError(f"{data_dir} has no {SPLIT_FILES['train']} but holds {', '.join(found[:6])}"
                         f"{' ...' if len(found) > 6 else ''}; {advice}, or pass an empty folder to generate the "
                         f"built-in benchmark there")
-    # one folder per generator seed: runs of different seeds never rewrite each other's (fingerprinted) data
-    bench = data_dir / ("synthetic" if cfg.synthetic_seed == 0 else f"synthetic-seed{cfg.synthetic_seed}")
-    log(f"no {SPLIT_FILES['train']} in {data_dir}/: using the built-in synthetic benchmark in {bench}/")
-    return synthetic.ensure_benchmark(bench, cfg.synthetic_seed), "synthetic"
+    log(f"no {SPLIT_FILES['train']} in {data_dir}/: using the built-in synthetic benchmark in {data_dir}/synthetic/")
+    return synthetic.ensure_benchmark(data_dir / "synthetic"), "synthetic"
 
 
 def load_data(cfg: Config, device: torch.device, log: Callable[[str], None], saved: dict | None = None):
