@@ -45,11 +45,6 @@ def setup(device: torch.device, sync_bn: bool = False) -> torch.device:
     return device
 
 
-def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 @contextmanager
 def main_first():
     """Rank 0 runs the block first (e.g. generating the benchmark files), the others after it."""

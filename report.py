@@ -58,10 +58,10 @@ def finish(run_dir: Path, cfg: Config, data: DeviceData, info: dict[str, Any], m
         summary["sensitivity"] = map_sensitivity(run_dir, model, cfg, data, info, temperature, yardstick)
     save_torch(run_dir / "best.pt", {**best, "drift": data.drift, "calibration": {
         "temperature": temperature, "offset": offset, "prior_state_1": prior, "fitted_on": "valid"}})
-    flags = None if data.test_drift is None else data.test_drift.flags
     for path in (run_dir / "predictions.txt", cfg.predictions):
         write_predictions(path, probabilities["test"])
-    write_probabilities(run_dir / "test_probabilities.csv", probabilities["test"], flags)
+    write_probabilities(run_dir / "test_probabilities.csv", probabilities["test"],
+                        None if data.test_drift is None else data.test_drift.flags)
     bayes = {} if not data.bayes_llr else {"val_acc": info["bayes_accuracy"]["valid"], "val_loss": metrics.log_loss(
         metrics.bayes_posterior(data.bayes_llr["valid"], prior), labels["valid"])}
     plot_curves(run_dir / "curves.png", state.history, f"{cfg.model} {cfg.optimizer} {cfg.loss} "
@@ -358,7 +358,6 @@ def sensitivity_section(result: dict[str, Any] | None) -> list[str]:
     lines = ["## What the model learned", ""]
     if result is None:
         return lines + ["No density channel: no map over its Fourier modes.", ""]
-    lines.append(f"Over {result['images']} validation images, correlation with the {result['compared_with']}'s map "
-                 f"{result['correlation']:.3f}" + (f", scale {result['scale_vs_bayes']:.2f} (1 = the same strength)"
-                                                   if "scale_vs_bayes" in result else "") + ".")
-    return lines + ["", "![sensitivity map](sensitivity.png)", ""]
+    scale = f", scale {result['scale_vs_bayes']:.2f} (1 = the same strength)" if "scale_vs_bayes" in result else ""
+    return lines + [f"Over {result['images']} validation images, correlation with the {result['compared_with']}'s "
+                    f"map {result['correlation']:.3f}{scale}.", "", "![sensitivity map](sensitivity.png)", ""]

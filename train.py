@@ -289,4 +289,5 @@ def exit_code(body: Callable[[], int | None], hint: Callable[[Interrupted], str]
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        distributed.teardown()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # distributed.setup's group
+            torch.distributed.destroy_process_group()
